@@ -1,0 +1,169 @@
+"""The ``customizer`` command line.
+
+    customizer demo                 fine-tune the embedded SmolLM2 on the shipped support-ticket data
+    customizer run SPEC.yaml        run the customize flow for a spec (YAML or JSON)
+    customizer check SPEC.yaml      validate a spec, its config and its dataset without training
+    customizer configs              list the config catalog
+    customizer prepare-model [URN]  convert/cache a config's base model ahead of time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from customizer.settings import Settings, apply_environment, get_settings
+
+DEMO_DATASET = Path(__file__).parent / "datasets" / "support-tickets"
+DEMO_CONFIG = "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu"
+
+
+def demo_spec(args: argparse.Namespace) -> dict:
+    """The demo job: JSON triage of support tickets with the embedded model, sized for a 2-core CPU."""
+    return {
+        "config": DEMO_CONFIG,
+        "dataset": str(DEMO_DATASET),
+        "output_model": args.output_model,
+        "hyperparameters": {
+            "training_type": "sft",
+            "finetuning_type": "lora",
+            "epochs": args.epochs,
+            "batch_size": 8,
+            "learning_rate": 5e-4,
+            "lora": {"adapter_dim": 8, "alpha": 16, "adapter_dropout": 0.0},
+        },
+        "evaluation": {"task_metric": "exact_match", "max_new_tokens": 24},
+    }
+
+
+def _load_spec_file(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read spec file {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from exc
+
+
+class UsageError(Exception):
+    """A user error: printed as one clear message, exit status 2."""
+
+
+def check_spec(raw: dict, settings: Settings):
+    """Validate a spec, its config and its dataset before any work starts (no stack traces).
+
+    Returns:
+        The validated ``CustomizationSpec``.
+
+    Raises:
+        UsageError: naming the field, file and line that is wrong.
+    """
+    from training.catalog import CatalogError, get_config
+    from training.data import DatasetError, ingest_dataset
+    from training.specs import CustomizationSpec
+
+    try:
+        spec = CustomizationSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise UsageError(f"invalid spec:\n{problems}") from exc
+    try:
+        config = get_config(spec.config, settings)
+        config.option_for(spec.hyperparameters.training_type, spec.hyperparameters.finetuning_type)
+        with tempfile.TemporaryDirectory() as scratch:
+            ingest_dataset(spec.dataset, Path(scratch), seed=spec.hyperparameters.seed)
+    except (CatalogError, DatasetError) as exc:
+        raise UsageError(str(exc)) from exc
+    return spec
+
+
+def run_flow(spec, settings: Settings) -> int:
+    from customizer.summary import render_summary
+    from flows.customize import customize
+
+    started = time.monotonic()
+    print(f"customizer: data folder {settings.root}; store {settings.publish_uri}", flush=True)
+    result = customize(spec)
+    print(render_summary(result, time.monotonic() - started, spec.evaluation.task_metric, spec.policy.max_general_drop))
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace, settings: Settings) -> int:
+    from training.catalog import load_catalog
+
+    for urn, config in sorted(load_catalog(settings).items()):
+        pairs = ", ".join(f"{o.training_type}/{o.finetuning_type}" for o in config.training_options)
+        print(f"{urn:50} base {config.target.name:40} {pairs}")
+    return 0
+
+
+def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
+    from training.base_model import resolve_base_model
+    from training.catalog import CatalogError, get_config
+
+    try:
+        config = get_config(args.config, settings)
+    except CatalogError as exc:
+        raise UsageError(str(exc)) from exc
+    resolved = resolve_base_model(config.target, settings)
+    print(f"{config.urn}: {resolved.path} (sha256 {resolved.digest[:16]}...)")
+    return 0
+
+
+def quiet_libraries() -> None:
+    """Keep the console to customizer's own progress: libraries' deprecation notes and chatter off."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for noisy in ("alembic", "mlflow", "datasets", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # lm-eval warns about every model passed in as an object; its progress bars remain.
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    logging.getLogger("customizer").setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="customizer", description="Customize LLMs end to end.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="fine-tune the embedded model on the shipped support-ticket dataset")
+    demo.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
+    demo.add_argument("--output-model", default="default/support-triage", help="output model name, namespace/name")
+    for name, text in (("run", "run the customize flow for a spec file"), ("check", "validate a spec without training")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("spec", type=Path, help="spec file (.yaml, .yml or .json)")
+    sub.add_parser("configs", help="list the config catalog")
+    prep = sub.add_parser("prepare-model", help="convert and cache a config's base model")
+    prep.add_argument("config", nargs="?", default=DEMO_CONFIG)
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    apply_environment(settings)  # before Prefect, transformers or MLflow are imported
+    quiet_libraries()
+    try:
+        if args.command == "configs":
+            return cmd_configs(args, settings)
+        if args.command == "prepare-model":
+            return cmd_prepare_model(args, settings)
+        raw = demo_spec(args) if args.command == "demo" else _load_spec_file(args.spec)
+        spec = check_spec(raw, settings)
+        if args.command == "check":
+            print(f"spec OK: config {spec.config}, dataset {spec.dataset}, output {spec.output_model}")
+            return 0
+        return run_flow(spec, settings)
+    except UsageError as exc:
+        print(f"customizer: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

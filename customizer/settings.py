@@ -1,0 +1,104 @@
+"""The one settings object: where customizer keeps its state and which services it talks to.
+
+Every value can be set from the environment with the ``CUSTOMIZER_`` prefix, e.g.
+``CUSTOMIZER_DATA_DIR=/srv/customizer`` moves everything the embedded defaults write.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Defaults need no setup: SQLite, local folders, Prefect's local API."""
+
+    model_config = SettingsConfigDict(env_prefix="CUSTOMIZER_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("~/.customizer"),
+        description="Folder for everything the embedded defaults keep: model cache, jobs, MLflow, store, Prefect.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking/registry URI. Default: SQLite under the data folder."
+    )
+    mlflow_experiment: str = Field(default="customizer", description="MLflow experiment that holds job runs.")
+    store_uri: str | None = Field(
+        default=None,
+        description="Where adapters are published: file:///path or s3://bucket/prefix. Default: a folder under the data folder.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, moto). Credentials come from the AWS chain."
+    )
+    config_dirs: list[Path] = Field(
+        default_factory=list, description="Extra folders of config YAML files added to the built-in catalog."
+    )
+    hub_offline: bool = Field(
+        default=True, description="Never contact a model hub. Set false to allow Hugging Face downloads."
+    )
+    torch_threads: int | None = Field(default=None, description="CPU threads for torch; default: all cores.")
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.root / "mlflow" / "artifacts"
+
+    @property
+    def publish_uri(self) -> str:
+        return self.store_uri or (self.root / "store").as_uri()
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment (cheap; not cached so tests can change them)."""
+    return Settings()
+
+
+def apply_environment(settings: Settings) -> None:
+    """Point the libraries customizer drives at the settings, before they are imported.
+
+    Prefect, Hugging Face and MLflow read their configuration from the environment at import time,
+    so this runs first in every entry point. Values the user already set are left alone.
+    """
+    defaults = {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # A first start migrates a new SQLite database; on a busy 2-core machine that can take >20 s.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "customizer",
+        "HF_DATASETS_OFFLINE": "1",  # datasets only ever reads local JSON here
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_DATASETS_CACHE": str(settings.root / "cache" / "datasets"),
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's SQLite file lives there
+    if settings.hub_offline:
+        defaults["HF_HUB_OFFLINE"] = "1"
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,45 @@
+"""The end-of-job summary printed by the CLI."""
+
+from __future__ import annotations
+
+from tasks.job import CustomizationResult
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:6.1f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def render_summary(result: CustomizationResult, elapsed: float, task_metric: str, forgetting_limit: float) -> str:
+    b, c = result.baseline, result.candidate
+    lines = ["", "=" * 78, f"customizer: job {result.job_id} -> {result.output_model}", "=" * 78]
+    lines.append(f"dataset      sha256 {result.dataset_sha256[:16]}...")
+    if result.train_loss:
+        val = ", ".join(f"{v:.3f}" for _, v in result.val_loss) or "n/a"
+        lines.append(
+            f"training     {result.train_loss[-1][0]} steps; train_loss {result.train_loss[0][1]:.3f} -> "
+            f"{result.train_loss[-1][1]:.3f}; val_loss per epoch {val}"
+        )
+    lines += ["", f"{'score (points, 0-100)':34} {'baseline':>9} {'candidate':>10} {'delta':>8}"]
+    for name in c.task:
+        mark = "  <- gate metric" if name == task_metric else ""
+        lines.append(f"{'task ' + name:34} {_points(b.task[name]):>9} {_points(c.task[name]):>10} {100 * (c.task[name] - b.task[name]):+8.1f}{mark}")
+    for name in c.general:
+        delta = 100 * (c.general[name] - b.general[name])
+        lines.append(f"{'general ' + name + ' (forgetting)':34} {_points(b.general[name]):>9} {_points(c.general[name]):>10} {delta:+8.1f}  (limit -{forgetting_limit:.1f})")
+    lines += ["", f"decision     {result.decision.action.upper()}"]
+    lines += [f"  - {reason}" for reason in result.decision.reasons]
+    reg = result.registered
+    lines += [
+        "",
+        f"mlflow       registered model {reg.registered_model!r} version {reg.version}, aliases: {', '.join(reg.aliases) or 'none'}",
+        f"             run {result.mlflow_run_id}; browse with: mlflow ui --backend-store-uri {result.tracking_uri}",
+        f"published    {result.published_uri}  (adapter_config.json, adapter_model.safetensors, manifest.json)",
+        f"elapsed      {_duration(elapsed)}",
+        "=" * 78,
+    ]
+    return "\n".join(lines)

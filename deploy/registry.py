@@ -1,0 +1,84 @@
+"""The MLflow model registry: one registered model per output model, one version per job.
+
+Versions carry lineage tags (dataset sha256 and URI, base model, config URN, hyperparameters,
+scores, decision); aliases ``candidate`` and ``champion`` mark the latest and the promoted version.
+MLflow names may not contain ``/``, so ``namespace/name`` is registered as ``namespace.name``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from customizer.settings import Settings
+from deploy.tracking import client
+
+CHAMPION = "champion"
+CANDIDATE = "candidate"
+
+
+class RegisteredVersion(BaseModel):
+    registered_model: str
+    version: str
+    source: str
+    aliases: list[str]
+
+
+def registered_name(output_model: str) -> str:
+    """``namespace/name`` -> the MLflow registered model name ``namespace.name``."""
+    return output_model.replace("/", ".")
+
+
+def register_version(
+    settings: Settings, output_model: str, source: str, run_id: str, tags: dict[str, str], description: str = ""
+) -> RegisteredVersion:
+    """Create a model version for an adapter logged in ``run_id`` and mark it ``candidate``.
+
+    Re-running the same job (same run id) returns the version it already created.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(settings)
+    name = registered_name(output_model)
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        mlflow_client.create_registered_model(name, tags={"customizer.output_model": output_model})
+    existing = [v for v in mlflow_client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    if existing:
+        version = existing[0]
+    else:
+        version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description)
+    mlflow_client.set_registered_model_alias(name, CANDIDATE, str(version.version))
+    return describe(settings, output_model, str(version.version))
+
+
+def set_version_tags(settings: Settings, output_model: str, version: str, tags: dict[str, str]) -> None:
+    mlflow_client = client(settings)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(registered_name(output_model), version, key, value)
+
+
+def promote(settings: Settings, output_model: str, version: str) -> RegisteredVersion:
+    """Point the ``champion`` alias at ``version``."""
+    client(settings).set_registered_model_alias(registered_name(output_model), CHAMPION, version)
+    return describe(settings, output_model, version)
+
+
+def champion_tags(settings: Settings, output_model: str) -> dict[str, str] | None:
+    """Tags of the current champion version, or None when the model has no champion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client(settings).get_model_version_by_alias(registered_name(output_model), CHAMPION)
+    except MlflowException:
+        return None
+    return dict(version.tags)
+
+
+def describe(settings: Settings, output_model: str, version: str) -> RegisteredVersion:
+    mlflow_client = client(settings)
+    name = registered_name(output_model)
+    model = mlflow_client.get_model_version(name, version)
+    # search/get do not fill aliases reliably; the registered model's alias map does.
+    aliases = sorted(a for a, v in mlflow_client.get_registered_model(name).aliases.items() if str(v) == str(version))
+    return RegisteredVersion(registered_model=name, version=str(model.version), source=model.source, aliases=aliases)

@@ -1,0 +1,72 @@
+"""MLflow tracking for a job: one run per job, addressed by run id from any task or process."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from customizer.settings import Settings
+
+log = logging.getLogger("customizer.tracking")
+
+
+def client(settings: Settings):
+    """An MlflowClient on the configured tracking URI (no global MLflow state is touched)."""
+    from mlflow import MlflowClient
+
+    if settings.tracking_uri.startswith("sqlite:///"):
+        Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def _experiment_id(mlflow_client, settings: Settings) -> str:
+    experiment = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if settings.mlflow_tracking_uri is None:  # embedded default: artifacts next to the database
+        settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+        artifact_location = settings.mlflow_artifact_root.as_uri()
+    return mlflow_client.create_experiment(settings.mlflow_experiment, artifact_location=artifact_location)
+
+
+def start_run(settings: Settings, job_id: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """Open (or reopen, when the job is re-run) the job's MLflow run and return its id."""
+    mlflow_client = client(settings)
+    experiment_id = _experiment_id(mlflow_client, settings)
+    existing = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'", max_results=1)
+    if existing:
+        run_id = existing[0].info.run_id
+        mlflow_client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = mlflow_client.create_run(experiment_id, run_name=job_id, tags={"customizer.job_id": job_id, **tags})
+    for key, value in params.items():
+        mlflow_client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def log_metric(settings: Settings, run_id: str, name: str, value: float, step: int = 0) -> None:
+    client(settings).log_metric(run_id, name, value, step=step)
+
+
+def log_metrics(settings: Settings, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    mlflow_client = client(settings)
+    for name, value in values.items():
+        mlflow_client.log_metric(run_id, name, value, step=step)
+
+
+def log_dict(settings: Settings, run_id: str, value: Any, artifact_file: str) -> None:
+    client(settings).log_text(run_id, json.dumps(value, indent=2, default=str), artifact_file)
+
+
+def log_artifacts(settings: Settings, run_id: str, folder: str | Path, artifact_path: str) -> str:
+    """Upload a folder into the run's artifacts; returns its artifact URI."""
+    mlflow_client = client(settings)
+    mlflow_client.log_artifacts(run_id, str(folder), artifact_path)
+    return f"{mlflow_client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+
+
+def end_run(settings: Settings, run_id: str, status: str) -> None:
+    client(settings).set_terminated(run_id, status=status)

@@ -1,0 +1,107 @@
+"""Registration, publication and promotion as tasks. Only store and registry I/O is retried, and
+only for transient errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from customizer import __version__
+from customizer.settings import get_settings
+from deploy import registry, tracking
+from deploy.registry import RegisteredVersion
+from deploy.store import Published, publish
+from evaluation.gate import Decision
+from evaluation.runner import StageScores
+from tasks.job import Job
+from training.base_model import ResolvedModel
+from training.data import IngestedDataset
+from training.sft import ADAPTER_FILES, TrainResult
+
+TRANSIENT = ("ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "Throttling", "SlowDown")
+
+
+def transient_io_error(task, task_run, state) -> bool:
+    """Retry condition: only connection failures, timeouts and throttling are worth a retry."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - inspecting the task's own failure
+        chain = [exc, exc.__cause__, exc.__context__]
+        return any(e is not None and any(t in type(e).__name__ or t in str(e) for t in TRANSIENT) for e in chain)
+    return False
+
+
+def _scores_tag(scores: StageScores) -> str:
+    return json.dumps({"task": scores.task, "general": scores.general, "versions": scores.versions})
+
+
+@task(name="register", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
+def register(
+    job: Job,
+    base: ResolvedModel,
+    data: IngestedDataset,
+    trained: TrainResult,
+    baseline: StageScores,
+    candidate: StageScores,
+    decision: Decision,
+) -> RegisteredVersion:
+    """Log the adapter to the run and register it as a model version with lineage tags (alias candidate)."""
+    settings = get_settings()
+    source = tracking.log_artifacts(settings, job.run_id, trained.adapter_dir, "adapter")
+    tags = {
+        "customizer.job_id": job.job_id,
+        "customizer.dataset.sha256": data.sha256,
+        "customizer.dataset.uri": data.source,
+        "customizer.base_model": job.config.target.name,
+        "customizer.base_model.digest": base.digest,
+        "customizer.config": job.spec.config,
+        "customizer.training_type": job.spec.hyperparameters.training_type,
+        "customizer.finetuning_type": job.spec.hyperparameters.finetuning_type,
+        "customizer.hyperparameters": job.spec.hyperparameters.model_dump_json(),
+        "customizer.scores.baseline": _scores_tag(baseline),
+        "customizer.scores.candidate": _scores_tag(candidate),
+        "customizer.task_metric": job.spec.evaluation.task_metric,
+        "customizer.decision": decision.action,
+        "customizer.decision.reasons": json.dumps(decision.reasons),
+        "customizer.code_version": __version__,
+    }
+    version = registry.register_version(
+        settings, job.spec.output_model, source, job.run_id, tags, description=f"customize job {job.job_id}"
+    )
+    get_run_logger().info("Registered %s version %s (aliases: %s)", version.registered_model, version.version, version.aliases)
+    return version
+
+
+@task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
+def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, trained: TrainResult, version: RegisteredVersion) -> Published:
+    """Publish the adapter and its manifest to the artifact store; record the URI on the version."""
+    settings = get_settings()
+    lineage = {
+        "job_id": job.job_id,
+        "config": job.spec.config,
+        "dataset_sha256": data.sha256,
+        "dataset_uri": data.source,
+        "base_model_digest": base.digest,
+        "mlflow": {"registered_model": version.registered_model, "version": version.version, "run_id": job.run_id},
+    }
+    published = publish(
+        Path(trained.adapter_dir), list(ADAPTER_FILES), job.spec.output_model, version.version,
+        job.config.target.name, lineage, settings,
+    )
+    registry.set_version_tags(settings, job.spec.output_model, version.version, {"customizer.published_uri": published.uri})
+    tracking.client(settings).set_tag(job.run_id, "customizer.published_uri", published.uri)
+    return published
+
+
+@task(name="promote", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
+def promote(job: Job, version: RegisteredVersion, published: Published, decision: Decision) -> RegisteredVersion:
+    """Move the ``champion`` alias to this version if the gate promoted it (only after publication)."""
+    settings = get_settings()
+    if decision.action != "promote":
+        get_run_logger().info("Not promoted: %s stays candidate", version.version)
+        return registry.describe(settings, job.spec.output_model, version.version)
+    promoted = registry.promote(settings, job.spec.output_model, version.version)
+    get_run_logger().info("%s version %s is now the champion", promoted.registered_model, promoted.version)
+    return promoted

@@ -1,0 +1,140 @@
+"""Opening and closing a job: config check, work folder, MLflow run, base model, final result."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import get_run_logger, runtime, task
+from pydantic import BaseModel
+
+from customizer import __version__
+from customizer.ids import prefixed_id
+from customizer.settings import get_settings
+from deploy import tracking
+from deploy.registry import RegisteredVersion
+from deploy.store import Published
+from evaluation.gate import Decision
+from evaluation.runner import StageScores
+from training.base_model import ResolvedModel, resolve_base_model
+from training.catalog import CustomizationConfig, get_config
+from training.data import IngestedDataset
+from training.specs import CustomizationSpec
+from training.sft import TrainResult
+
+
+class Job(BaseModel):
+    """Everything a stage needs to find the job's state (all references, no models)."""
+
+    job_id: str
+    work_dir: str
+    run_id: str
+    spec: CustomizationSpec
+    config: CustomizationConfig
+
+
+class CustomizationResult(BaseModel):
+    """What a finished customize flow reports."""
+
+    job_id: str
+    output_model: str
+    dataset_sha256: str
+    baseline: StageScores
+    candidate: StageScores
+    decision: Decision
+    registered: RegisteredVersion
+    published_uri: str
+    train_loss: list[tuple[int, float]]
+    val_loss: list[tuple[int, float]]
+    mlflow_run_id: str
+    tracking_uri: str
+
+
+def _flatten(prefix: str, value: object) -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, inner in value.items():
+            out |= _flatten(f"{prefix}.{key}" if prefix else key, inner)
+        return out
+    return {prefix: json.dumps(value) if isinstance(value, list) else value}
+
+
+@task(name="open-job")
+def open_job(spec: CustomizationSpec) -> Job:
+    """Check the config allows the method, create the work folder and the job's MLflow run."""
+    settings = get_settings()
+    config = get_config(spec.config, settings)
+    config.option_for(spec.hyperparameters.training_type, spec.hyperparameters.finetuning_type)
+    flow_run_id = runtime.flow_run.id
+    job_id = prefixed_id("cust", flow_run_id) if flow_run_id else prefixed_id("cust")
+    work_dir = settings.jobs_dir / job_id
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
+    run_id = tracking.start_run(
+        settings,
+        job_id,
+        tags={
+            "customizer.config": spec.config,
+            "customizer.output_model": spec.output_model,
+            "customizer.flow_run_id": str(flow_run_id or ""),
+            "customizer.code_version": __version__,
+        },
+        params=_flatten("", spec.hyperparameters.model_dump()) | {"config": spec.config, "dataset": spec.dataset},
+    )
+    get_run_logger().info("Job %s: work folder %s, MLflow run %s", job_id, work_dir, run_id)
+    return Job(job_id=job_id, work_dir=str(work_dir), run_id=run_id, spec=spec, config=config)
+
+
+@task(name="resolve-base-model")
+def base_model(job: Job) -> ResolvedModel:
+    """Find (or convert once into the cache) the config's base model."""
+    settings = get_settings()
+    resolved = resolve_base_model(job.config.target, settings)
+    client = tracking.client(settings)
+    client.set_tag(job.run_id, "customizer.base_model", job.config.target.name)
+    client.set_tag(job.run_id, "customizer.base_model.digest", resolved.digest)
+    return resolved
+
+
+@task(name="finish-job")
+def finish_job(
+    job: Job,
+    data: IngestedDataset,
+    trained: TrainResult,
+    baseline: StageScores,
+    candidate: StageScores,
+    decision: Decision,
+    registered: RegisteredVersion,
+    published: Published,
+) -> CustomizationResult:
+    """Close the MLflow run and assemble the job's result."""
+    settings = get_settings()
+    result = CustomizationResult(
+        job_id=job.job_id,
+        output_model=job.spec.output_model,
+        dataset_sha256=data.sha256,
+        baseline=baseline,
+        candidate=candidate,
+        decision=decision,
+        registered=registered,
+        published_uri=published.uri,
+        train_loss=trained.train_loss,
+        val_loss=trained.val_loss,
+        mlflow_run_id=job.run_id,
+        tracking_uri=settings.tracking_uri,
+    )
+    tracking.log_dict(settings, job.run_id, result.model_dump(), "result.json")
+    tracking.end_run(settings, job.run_id, "FINISHED")
+    return result
+
+
+def mark_failed(flow, flow_run, state) -> None:
+    """Flow failure hook: close the job's MLflow run as FAILED so no run is left dangling."""
+    settings = get_settings()
+    job_id = prefixed_id("cust", flow_run.id)
+    client = tracking.client(settings)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return
+    for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'"):
+        client.set_tag(run.info.run_id, "customizer.failure", str(state.message)[:4000])
+        client.set_terminated(run.info.run_id, status="FAILED")

