@@ -87,6 +87,7 @@ def apply_environment(settings: Settings) -> None:
         # A first start migrates a new SQLite database; on a busy 2-core machine that can take >20 s.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "customizer",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # library code also runs outside flows
         "HF_DATASETS_OFFLINE": "1",  # datasets only ever reads local JSON here
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -50,7 +50,7 @@ def sign_test_p(losses: int, gains: int) -> float:
 def _forgetting(name: str, baseline: Scores, candidate: Scores, policy: PromotionPolicy) -> tuple[bool, str]:
     before, after = baseline["general"][name], candidate["general"][name]
     drop = _points(before - after)
-    head = f"forgetting {name}: {_points(before):.1f} -> {_points(after):.1f} ({-drop:+.1f} points; limit -{policy.max_general_drop:.1f})"
+    head = f"forgetting {name}: {_points(before):.1f} -> {_points(after):.1f} ({_points(after - before) + 0.0:+.1f} points; limit -{policy.max_general_drop:.1f})"
     if drop <= policy.max_general_drop:
         return True, f"{head} passed"
     paired_base = baseline.get("per_sample", {}).get(name)
