@@ -14,16 +14,19 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def render_summary(result: CustomizationResult, elapsed: float, task_metric: str, forgetting_limit: float) -> str:
+def render_summary(result: CustomizationResult, elapsed: float, forgetting_limit: float) -> str:
     b, c = result.baseline, result.candidate
+    task_metric = result.task_metric
     lines = ["", "=" * 78, f"customizer: job {result.job_id} -> {result.output_model}", "=" * 78]
     lines.append(f"dataset      sha256 {result.dataset_sha256[:16]}...")
     if result.train_loss:
         val = ", ".join(f"{v:.3f}" for _, v in result.val_loss) or "n/a"
         lines.append(
             f"training     {result.train_loss[-1][0]} steps; train_loss {result.train_loss[0][1]:.3f} -> "
-            f"{result.train_loss[-1][1]:.3f}; val_loss per epoch {val}"
+            f"{result.train_loss[-1][1]:.3f}; val_loss {val}"
         )
+    lines.append(f"stopped      {result.stop_reason}")
+    lines += [f"warning      {w}" for w in result.warnings]
     lines += ["", f"{'score (points, 0-100)':34} {'baseline':>9} {'candidate':>10} {'delta':>8}"]
     for name in c.task:
         mark = "  <- gate metric" if name == task_metric else ""
@@ -38,7 +41,7 @@ def render_summary(result: CustomizationResult, elapsed: float, task_metric: str
         "",
         f"mlflow       registered model {reg.registered_model!r} version {reg.version}, aliases: {', '.join(reg.aliases) or 'none'}",
         f"             run {result.mlflow_run_id}; browse with: mlflow ui --backend-store-uri {result.tracking_uri}",
-        f"published    {result.published_uri}  (adapter_config.json, adapter_model.safetensors, manifest.json)",
+        f"published    {result.published_uri}  ({', '.join(result.published_files)})",
         f"elapsed      {_duration(elapsed)}",
         "=" * 78,
     ]

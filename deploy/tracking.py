@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,39 @@ def log_artifacts(settings: Settings, run_id: str, folder: str | Path, artifact_
 
 def end_run(settings: Settings, run_id: str, status: str) -> None:
     client(settings).set_terminated(run_id, status=status)
+
+
+class MetricBuffer:
+    """Collect metrics on the training thread and send them to MLflow in batches.
+
+    One ``log_batch`` every few seconds instead of one request per value keeps tracking off the
+    training loop's critical path (a synchronous ``log_metric`` costs milliseconds to a SQLite
+    store and far more to a remote server).
+    """
+
+    def __init__(self, settings: Settings, run_id: str, every_seconds: float = 5.0):
+        self._client = client(settings)
+        self._run_id = run_id
+        self._every = every_seconds
+        self._pending: list = []
+        self._last_flush = time.monotonic()
+
+    def add(self, name: str, value: float, step: int) -> None:
+        from mlflow.entities import Metric
+
+        if not math.isfinite(value):
+            return  # MLflow rejects NaN/inf; a diverged loss shows as the last finite value and a warning
+        self._pending.append(Metric(key=_metric_key(name), value=float(value), timestamp=int(time.time() * 1000), step=step))
+        if time.monotonic() - self._last_flush >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:1000], self._pending[1000:]  # MLflow's batch limit
+            self._client.log_batch(self._run_id, metrics=batch)
+        self._last_flush = time.monotonic()
+
+
+def _metric_key(name: str) -> str:
+    """MLflow metric names allow letters, digits and ``_-./ :``; TRL's names fit, others are cleaned."""
+    return "".join(ch if ch.isalnum() or ch in "_-./ :" else "_" for ch in name)

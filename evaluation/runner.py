@@ -25,7 +25,9 @@ from customizer.settings import Settings
 from evaluation.metrics import TASK_METRICS, register_with_lm_eval
 from training.catalog import CustomizationConfig
 from training.data import IngestedDataset, read_examples
+from training.preference import preference_row, render_with_answer, reward_row
 from training.prompts import render, stop_sequences
+from training.rewards import resolve_reward, reward_name
 from training.specs import EvaluationPlan
 
 log = logging.getLogger("customizer.evaluation")
@@ -44,6 +46,7 @@ class StageScores(BaseModel):
     """Scores of one model on one stage's benchmarks, as plain dicts the gate reads."""
 
     task: dict[str, float]  # task metric name -> score in [0, 1]
+    task_metric: str  # the one the gate reads
     general: dict[str, float]  # general benchmark name -> accuracy in [0, 1]
     versions: dict[str, str]  # benchmark name -> version
     counts: dict[str, int]  # benchmark name -> items scored
@@ -69,39 +72,115 @@ def general_benchmark(name: str) -> dict[str, Any]:
     return config
 
 
+def record_kind(record: dict[str, Any]) -> str:
+    """``answer`` (completion or chat), ``preference`` (DPO pairs) or ``reward`` (a prompt plus answer columns)."""
+    if "chosen_response" in record:
+        return "preference"
+    if "completion" in record or "messages" in record:
+        return "answer"
+    return "reward"
+
+
+def default_task_metric(kind: str, rewards: list[str]) -> str:
+    return {"answer": "exact_match", "preference": "preference_accuracy"}.get(kind) or reward_name(rewards[0])
+
+
+def _reward_results(rewards: list[str]):
+    """lm-eval ``process_results`` for reward benchmarks: every reward sees the whole record."""
+    functions = {reward_name(name): resolve_reward(name) for name in rewards}
+
+    def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+        columns = {key: [value] for key, value in json.loads(doc["columns"]).items()}
+        return {name: float(fn([results[0]], **columns)[0]) for name, fn in functions.items()}
+
+    return process_results
+
+
 def task_benchmark(
-    dataset: IngestedDataset, config: CustomizationConfig, tokenizer: Any, plan: EvaluationPlan, out_dir: Path
+    dataset: IngestedDataset,
+    config: CustomizationConfig,
+    tokenizer: Any,
+    plan: EvaluationPlan,
+    out_dir: Path,
+    rewards: list[str] | None = None,
 ) -> dict[str, Any]:
     """Build the task benchmark from the testing split, rendered with the training prompt.
 
-    Writes ``task.jsonl`` (rendered prompt + answer per item) and ``task.yaml`` (the lm-eval config,
-    kept as the record of what was scored) into ``out_dir``; returns the config.
+    - completion/chat records: generate, then exact match and JSON-field match against the answer;
+    - preference records: the log-likelihood of the chosen vs the rejected answer (preference accuracy);
+    - reward records: generate, then score with the job's reward functions (what GRPO optimises).
+
+    Writes ``task.jsonl`` (rendered items) and ``task.yaml`` (the lm-eval config, kept as the record
+    of what was scored) into ``out_dir``; returns the config (``metadata.task_metric`` is the default
+    metric for the gate).
     """
+    rewards = rewards or ["exact_answer"]
     examples = read_examples(dataset.files["testing"])
+    kind = record_kind(examples[0].record)
     rows, stops = [], set()
     for example in examples:
-        sample = render(example.record, config, tokenizer)
-        rows.append({"loc": example.loc, "prompt": sample.prompt, "answer": sample.target})
-        stops.update(stop_sequences(tokenizer, sample))
+        record = example.record
+        if kind == "preference":
+            row = preference_row(record, config, tokenizer)
+            rows.append({"loc": example.loc, "prompt": row["prompt"], "choices": [row["chosen"], row["rejected"]], "label": 0})
+        elif kind == "reward":
+            row = reward_row(record, config, tokenizer)
+            columns = {k: v for k, v in row.items() if k != "prompt"}
+            rows.append({"loc": example.loc, "prompt": row["prompt"], "answer": str(columns.get("answer", "")), "columns": json.dumps(columns)})
+            stops.update(s for s in (tokenizer.eos_token, render_with_answer(record["prompt"], "", config, tokenizer).end_text) if s)
+        else:
+            sample = render(record, config, tokenizer)
+            rows.append({"loc": example.loc, "prompt": sample.prompt, "answer": sample.target})
+            stops.update(stop_sequences(tokenizer, sample))
     out_dir.mkdir(parents=True, exist_ok=True)
     data_file = out_dir / "task.jsonl"
     data_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    benchmark = {
+    benchmark: dict[str, Any] = {
         "task": TASK_BENCHMARK,
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(data_file)}},
         "test_split": "test",
-        "output_type": "generate_until",
         "doc_to_text": "{{prompt}}",
-        "doc_to_target": "{{answer}}",
-        "target_delimiter": "",
-        "generation_kwargs": {"until": sorted(stops), "max_gen_toks": plan.max_new_tokens, "do_sample": False},
-        "metric_list": [
-            {"metric": f"task_{name}", "aggregation": "mean", "higher_is_better": True} for name in TASK_METRICS
-        ],
-        "metadata": {"version": TASK_BENCHMARK_VERSION, "dataset_sha256": dataset.sha256},
+        "metadata": {
+            "version": TASK_BENCHMARK_VERSION,
+            "dataset_sha256": dataset.sha256,
+            "kind": kind,
+            "task_metric": plan.task_metric or default_task_metric(kind, rewards),
+        },
     }
-    (out_dir / "task.yaml").write_text(yaml.safe_dump(benchmark, sort_keys=False), encoding="utf-8")
+    if kind == "preference":
+        benchmark |= {
+            "output_type": "multiple_choice",
+            "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{label}}",
+            "target_delimiter": "",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        }
+        metrics = ["preference_accuracy"]
+    else:
+        benchmark |= {
+            "output_type": "generate_until",
+            "doc_to_target": "{{answer}}",
+            "target_delimiter": "",
+            "generation_kwargs": {"until": sorted(stops), "max_gen_toks": plan.max_new_tokens, "do_sample": False},
+        }
+        if kind == "reward":
+            metrics = [reward_name(name) for name in rewards]
+            benchmark["metric_list"] = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics]
+        else:
+            metrics = list(TASK_METRICS)
+            benchmark["metric_list"] = [{"metric": f"task_{m}", "aggregation": "mean", "higher_is_better": True} for m in metrics]
+    benchmark["metadata"]["metrics"] = metrics
+    if benchmark["metadata"]["task_metric"] not in metrics:
+        raise EvaluationError(
+            f"`evaluation.task_metric` {benchmark['metadata']['task_metric']!r} does not apply to {kind} data; "
+            f"available: {', '.join(metrics)}"
+        )
+    record_of_benchmark = dict(benchmark)
+    if kind == "reward":
+        record_of_benchmark["process_results"] = f"customizer rewards: {', '.join(rewards)}"
+        benchmark["process_results"] = _reward_results(rewards)
+    (out_dir / "task.yaml").write_text(yaml.safe_dump(record_of_benchmark, sort_keys=False), encoding="utf-8")
     return benchmark
 
 
@@ -184,8 +263,11 @@ def evaluate_model(
         with open(samples_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             for sample in samples:
                 fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
+    meta = task["metadata"]
+    lm_eval_names = {"answer": lambda m: f"task_{m}", "preference": lambda m: "acc", "reward": lambda m: m}[meta["kind"]]
     scores = StageScores(
-        task={name: _score(results, TASK_BENCHMARK, f"task_{name}") for name in TASK_METRICS},
+        task={name: _score(results, TASK_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]},
+        task_metric=meta["task_metric"],
         general={name: _score(results, name, "acc") for name in general},
         versions={TASK_BENCHMARK: TASK_BENCHMARK_VERSION}
         | {name: str(cfg.get("metadata", {}).get("version", "")) for name, cfg in general.items()},

@@ -18,7 +18,7 @@ from evaluation.runner import StageScores
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.data import IngestedDataset
-from training.sft import ADAPTER_FILES, TrainResult
+from training.common import ADAPTER_FILES, TrainResult
 
 TRANSIENT = ("ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "Throttling", "SlowDown")
 
@@ -49,7 +49,7 @@ def register(
 ) -> RegisteredVersion:
     """Log the adapter to the run and register it as a model version with lineage tags (alias candidate)."""
     settings = get_settings()
-    source = tracking.log_artifacts(settings, job.run_id, trained.adapter_dir, "adapter")
+    source = tracking.log_artifacts(settings, job.run_id, trained.output_dir, trained.artifact)
     tags = {
         "customizer.job_id": job.job_id,
         "customizer.dataset.sha256": data.sha256,
@@ -62,7 +62,9 @@ def register(
         "customizer.hyperparameters": job.spec.hyperparameters.model_dump_json(),
         "customizer.scores.baseline": _scores_tag(baseline),
         "customizer.scores.candidate": _scores_tag(candidate),
-        "customizer.task_metric": job.spec.evaluation.task_metric,
+        "customizer.task_metric": candidate.task_metric,
+        "customizer.artifact": trained.artifact,
+        "customizer.stop_reason": trained.stop_reason,
         "customizer.decision": decision.action,
         "customizer.decision.reasons": json.dumps(decision.reasons),
         "customizer.code_version": __version__,
@@ -86,10 +88,11 @@ def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, traine
         "base_model_digest": base.digest,
         "mlflow": {"registered_model": version.registered_model, "version": version.version, "run_id": job.run_id},
     }
-    published = publish(
-        Path(trained.adapter_dir), list(ADAPTER_FILES), job.spec.output_model, version.version,
-        job.config.target.name, lineage, settings,
+    folder = Path(trained.output_dir)
+    files = list(ADAPTER_FILES) if trained.artifact == "adapter" else sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json", ".jinja", ".txt", ".model")
     )
+    published = publish(folder, files, job.spec.output_model, version.version, job.config.target.name, lineage, settings)
     registry.set_version_tags(settings, job.spec.output_model, version.version, {"customizer.published_uri": published.uri})
     tracking.client(settings).set_tag(job.run_id, "customizer.published_uri", published.uri)
     return published

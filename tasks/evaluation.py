@@ -14,6 +14,7 @@ from evaluation.gate import Decision, decide
 from evaluation.runner import StageScores, evaluate_model, task_benchmark
 from tasks.job import Job
 from training.base_model import ResolvedModel
+from training.common import TrainResult
 from training.data import IngestedDataset
 
 
@@ -23,14 +24,19 @@ def build_task_benchmark(job: Job, base: ResolvedModel, data: IngestedDataset) -
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    return task_benchmark(data, job.config, tokenizer, job.spec.evaluation, Path(job.work_dir) / "benchmarks")
+    return task_benchmark(
+        data, job.config, tokenizer, job.spec.evaluation, Path(job.work_dir) / "benchmarks", job.spec.hyperparameters.grpo.rewards
+    )
 
 
 @task(name="evaluate", task_run_name="evaluate-{stage}")
-def evaluate(job: Job, base: ResolvedModel, benchmark: dict[str, Any], adapter_dir: str | None, stage: str) -> StageScores:
-    """Score the base model (baseline) or base + adapter (candidate) on the task and general benchmarks."""
+def evaluate(job: Job, base: ResolvedModel, benchmark: dict[str, Any], trained: TrainResult | None, stage: str) -> StageScores:
+    """Score the base model (baseline) or the trained model (candidate) on the task and general benchmarks."""
     settings = get_settings()
-    scores = evaluate_model(base.path, adapter_dir, benchmark, job.spec.evaluation, Path(job.work_dir) / "eval" / stage, settings)
+    model_dir, adapter_dir = base.path, None
+    if trained is not None:
+        model_dir, adapter_dir = (base.path, trained.output_dir) if trained.artifact == "adapter" else (trained.output_dir, None)
+    scores = evaluate_model(model_dir, adapter_dir, benchmark, job.spec.evaluation, Path(job.work_dir) / "eval" / stage, settings)
     values = {f"{stage}.task.{k}": v for k, v in scores.task.items()} | {f"{stage}.general.{k}": v for k, v in scores.general.items()}
     tracking.log_metrics(settings, job.run_id, values)
     tracking.log_artifacts(settings, job.run_id, Path(job.work_dir) / "eval" / stage, f"eval/{stage}")
@@ -60,7 +66,7 @@ def gate(job: Job, baseline: StageScores, candidate: StageScores, champion: dict
         candidate.model_dump(include={"task", "general", "per_sample"}),
         champion,
         job.spec.policy,
-        job.spec.evaluation.task_metric,
+        candidate.task_metric,
     )
     client = tracking.client(settings)
     client.set_tag(job.run_id, "customizer.decision", decision.action)

@@ -19,7 +19,7 @@ from training.base_model import ResolvedModel, resolve_base_model
 from training.catalog import CustomizationConfig, get_config
 from training.data import IngestedDataset
 from training.specs import CustomizationSpec
-from training.sft import TrainResult
+from training.common import TrainResult
 
 
 class Job(BaseModel):
@@ -43,6 +43,10 @@ class CustomizationResult(BaseModel):
     decision: Decision
     registered: RegisteredVersion
     published_uri: str
+    published_files: list[str]
+    task_metric: str
+    stop_reason: str
+    warnings: list[str]
     train_loss: list[tuple[int, float]]
     val_loss: list[tuple[int, float]]
     mlflow_run_id: str
@@ -105,6 +109,7 @@ def finish_job(
     decision: Decision,
     registered: RegisteredVersion,
     published: Published,
+    warnings: list[str],
 ) -> CustomizationResult:
     """Close the MLflow run and assemble the job's result."""
     settings = get_settings()
@@ -117,6 +122,10 @@ def finish_job(
         decision=decision,
         registered=registered,
         published_uri=published.uri,
+        published_files=sorted([*published.manifest.files, "manifest.json"]),
+        task_metric=candidate.task_metric,
+        stop_reason=trained.stop_reason,
+        warnings=warnings,
         train_loss=trained.train_loss,
         val_loss=trained.val_loss,
         mlflow_run_id=job.run_id,

@@ -1,34 +1,119 @@
-"""Training as a task. Not retried: a re-run resumes from the last epoch checkpoint."""
+"""Training as tasks: a plan (guidance, estimate, budget) and the training run itself.
+
+Training is not retried: a re-run of the job resumes from its last checkpoint instead.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger, runtime, task
+from pydantic import BaseModel
 
 from customizer.settings import get_settings
 from deploy import tracking
 from tasks.job import Job
 from training.base_model import ResolvedModel
-from training.data import IngestedDataset
-from training.sft import TrainResult, train_sft
+from training.common import Hooks, TrainResult
+from training.data import IngestedDataset, read_examples
+from training.dpo import train_dpo
+from training.grpo import train_grpo
+from training.guidance import Estimate, JobWarning, check_budget, estimate, guidance
+from training.preference import reward_row
+from training.prompts import render
+from training.sft import train_sft
+
+METHODS = {"sft": train_sft, "dpo": train_dpo, "grpo": train_grpo}
+
+
+class TrainingPlan(BaseModel):
+    warnings: list[JobWarning]
+    estimate: Estimate
+
+
+def _tokens_per_epoch(job: Job, base: ResolvedModel, data: IngestedDataset) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    total = 0
+    for example in read_examples(data.files["training"]):
+        record = example.record
+        if "chosen_response" in record:
+            text = str(record["prompt"]) + record["chosen_response"] + record["rejected_response"]
+        elif "completion" in record or "messages" in record:
+            sample = render(record, job.config, tokenizer)
+            text = sample.prompt + sample.target
+        else:
+            text = reward_row(record, job.config, tokenizer)["prompt"]
+        total += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return total
+
+
+@task(name="plan-training")
+def plan_training(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainingPlan:
+    """Warn about risky settings, estimate the cost, and refuse a job over its budget."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    settings = get_settings()
+    hp = job.spec.hyperparameters
+    examples = data.counts["training"]
+    parameters = job.config.target.num_parameters
+    if parameters is None:  # count them without allocating weights
+        import torch
+
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base.path)).parameters())
+    cost = estimate(hp, job.config, examples, _tokens_per_epoch(job, base, data), parameters, job.spec.budget.utilisation)
+    plan = TrainingPlan(warnings=guidance(hp, job.config, examples), estimate=cost)
+    logger = get_run_logger()
+    for warning in plan.warnings:
+        logger.warning("%s: %s", warning.message, warning.explanation)
+    logger.info("Estimate: %s", cost.describe())
+    tracking.log_dict(settings, job.run_id, plan.model_dump(), "plan.json")
+    tracking.client(settings).set_tag(job.run_id, "customizer.warnings", json.dumps([w.model_dump() for w in plan.warnings]))
+    check_budget(cost, job.spec.budget.max_device_hours)
+    return plan
+
+
+def _cancel_requested() -> bool:
+    """True once this flow run is being cancelled through Prefect (the UI, the API or the CLI)."""
+    from prefect.client.orchestration import get_client
+
+    flow_run_id = runtime.flow_run.id
+    if not flow_run_id:
+        return False
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
 
 
 @task(name="train")
 def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
-    """Fine-tune the base model with LoRA SFT; losses stream to the job's MLflow run."""
+    """Run the job's method (SFT, DPO or GRPO); metrics and progress stream to the job's MLflow run."""
     settings = get_settings()
+    buffer = tracking.MetricBuffer(settings, job.run_id)
     client = tracking.client(settings)
+    last_progress = [0.0]
 
-    def sink(name: str, value: float, step: int) -> None:
-        client.log_metric(job.run_id, name, value, step=step)
+    def progress(snapshot: dict) -> None:
+        # The job's status (steps, epochs, percentage) is read from this tag; keep it fresh but cheap.
+        now = time.monotonic()
+        if snapshot["phase"] != "running" or now - last_progress[0] > 5:
+            last_progress[0] = now
+            client.set_tag(job.run_id, "customizer.progress", json.dumps(snapshot))
 
-    result = train_sft(base.path, data, job.config, job.spec.hyperparameters, Path(job.work_dir), settings, sink)
+    hooks = Hooks(sink=buffer.add, progress=progress, should_stop=_cancel_requested)
+    method = METHODS[job.spec.hyperparameters.training_type]
+    try:
+        result = method(base.path, data, job.config, job.spec.hyperparameters, Path(job.work_dir), settings, hooks)
+    finally:
+        buffer.flush()
+    client.set_tag(job.run_id, "customizer.stop_reason", result.stop_reason)
     get_run_logger().info(
-        "Trained %d steps (%.1f epochs) in %.0f s; train_loss %s -> %s; val_loss %s",
-        result.steps, result.epochs_completed, result.train_seconds,
-        f"{result.train_loss[0][1]:.3f}" if result.train_loss else "n/a",
-        f"{result.train_loss[-1][1]:.3f}" if result.train_loss else "n/a",
+        "Trained %d steps (%.1f epochs) in %.0f s: %s; val_loss %s",
+        result.steps, result.epochs_completed, result.train_seconds, result.stop_reason,
         ", ".join(f"{v:.3f}" for _, v in result.val_loss) or "n/a",
     )
     return result

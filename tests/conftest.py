@@ -57,55 +57,10 @@ sys.addaudithook(_no_network)
 
 TINY_CONFIG_URN = "test/tiny-llama@v1.0.0+cpu"
 
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def _corpus() -> list[str]:
-    import inspect
-    import json as json_module
-
-    words = "what is the capital of reply with word ok item hello yes no answer question support ticket".split()
-    lines = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
-    return lines * 20 + [inspect.getsource(json_module)]
-
-
-def build_tiny_model(folder: Path) -> Path:
-    """A 4-layer Llama with a 1k-token byte-level BPE tokenizer and a ChatML template (~1 s)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(_corpus(), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
-    )
-    tokenizer.chat_template = CHATML
-    import torch
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
+    from training.tiny import build_tiny_model
+
     return build_tiny_model(SESSION_DIR / "tiny-model")
 
 
@@ -124,7 +79,11 @@ def tiny_config_dir(tiny_model_dir: Path) -> Path:
         "prompt_format: chat\n"
         "lora_target_modules: [q_proj, v_proj]\n"
         "training_options:\n"
-        "  - {training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4}\n"
+        + "".join(
+            f"  - {{training_type: {t}, finetuning_type: {f}, num_gpus: 0, micro_batch_size: 4}}\n"
+            for t, f in [("sft", "lora"), ("sft", "lora_merged"), ("sft", "all_weights"), ("dpo", "lora"),
+                         ("dpo", "all_weights"), ("grpo", "lora"), ("grpo", "all_weights")]
+        )
     )
     os.environ["CUSTOMIZER_CONFIG_DIRS"] = json.dumps([str(folder)])
     return folder
@@ -139,6 +98,32 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def ok_rows(count: int, start: int = 0) -> list[dict]:
     """A task a tiny model learns in a few steps: always answer "ok"."""
     return [{"prompt": f"Reply with the word ok. Item {i}", "completion": "ok"} for i in range(start, start + count)]
+
+
+def canonical_dataset(folder: Path, training: list[dict], validation: list[dict], testing: list[dict] | None = None):
+    """An ingested dataset written directly (for training tests that do not exercise ingest)."""
+    from training.data import IngestedDataset
+
+    files, counts = {}, {}
+    for split, rows in (("training", training), ("validation", validation), ("testing", testing or validation)):
+        path = write_jsonl(folder / f"{split}.jsonl", [{"loc": f"{split}/data.jsonl:{i + 1}", "record": r} for i, r in enumerate(rows)])
+        files[split], counts[split] = str(path), len(rows)
+    return IngestedDataset(
+        source=str(folder), sha256="0" * 64, files=files, counts=counts, formats={s: "test" for s in files},
+        validation_source="validation", testing_source="testing",
+    )
+
+
+def changed_by_adapter(base_dir: Path, adapter_dir: Path) -> set[str]:
+    """Base weights that an adapter changes once merged: exactly its target modules, if it is sound."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(base_dir).state_dict().items()}
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).merge_and_unload().state_dict()
+    assert merged.keys() == base.keys()
+    return {k for k in base if not torch.equal(base[k], merged[k])}
 
 
 @pytest.fixture

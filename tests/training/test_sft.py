@@ -1,4 +1,5 @@
-"""LoRA SFT on the tiny model: the adapter learns, the base does not change, losses are reported."""
+"""SFT on the tiny model: LoRA trains the adapter only, lora_merged and all_weights deliver full
+weights; losses, progress and the stop reason are reported."""
 
 import json
 from pathlib import Path
@@ -7,39 +8,65 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TINY_CONFIG_URN, ok_rows, write_jsonl
+from tests.conftest import TINY_CONFIG_URN, changed_by_adapter, ok_rows, write_jsonl
 from training.catalog import get_config
+from training.common import Hooks, TrainingError
 from training.data import ingest_dataset
-from training.sft import TrainingError, train_sft
+from training.sft import train_sft
 from training.specs import Hyperparameters
+
+
+def hyperparameters(**overrides) -> Hyperparameters:
+    values = {"epochs": 2, "batch_size": 4, "learning_rate": 5e-3, "log_every_n_steps": 1, "lora": {"adapter_dim": 4, "alpha": 8}}
+    return Hyperparameters.model_validate(values | overrides)
 
 
 def test_lora_sft_trains_the_adapter_only_and_reports_losses(tmp_path: Path, settings, ok_dataset, tiny_model_dir):
     config = get_config(TINY_CONFIG_URN, settings)
     data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
-    hp = Hyperparameters(epochs=2, batch_size=4, learning_rate=5e-3, log_every_n_steps=1, lora={"adapter_dim": 4, "alpha": 8})
     base_before = load_file(tiny_model_dir / "model.safetensors")
-    seen = []
-    result = train_sft(str(tiny_model_dir), data, config, hp, tmp_path / "job", settings, sink=lambda *m: seen.append(m))
+    seen, progress = [], []
+    hooks = Hooks(sink=lambda *m: seen.append(m), progress=progress.append)
+    result = train_sft(str(tiny_model_dir), data, config, hyperparameters(), tmp_path / "job", settings, hooks)
 
-    assert result.steps == 10  # 18 training rows / batch 4 -> 5 steps x 2 epochs
+    assert result.artifact == "adapter" and result.steps == 10  # 18 training rows / batch 4 -> 5 steps x 2 epochs
     assert len(result.val_loss) == 2 and result.epochs_completed == pytest.approx(2.0)
     assert result.train_loss[-1][1] < result.train_loss[0][1]
+    assert result.stop_reason == "completed 2 epoch(s)" and result.best_val_loss == min(v for _, v in result.val_loss)
+    assert result.tokens_per_second and result.trainable_parameters < result.total_parameters
     names = [name for name, _, _ in seen]
     assert names.count("train_loss") == 10 and names.count("val_loss") == 2
+    assert {"learning_rate", "token_accuracy", "tokens_per_second"} <= set(names)
+    assert progress[-1]["steps_completed"] == 10 and progress[-1]["percentage_done"] == 100.0 and progress[-1]["epochs_completed"] == 2
 
-    adapter = Path(result.adapter_dir)
+    adapter = Path(result.output_dir)
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "test/tiny-llama"
     assert sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"] and adapter_config["r"] == 4
     weights = load_file(adapter / "adapter_model.safetensors")
-    lora_b = [t for k, t in weights.items() if "lora_B" in k]
-    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means it learned
+    assert all("lora_" in k for k in weights), "the adapter file holds adapter weights only"
+    # B starts at zero, so a merged adapter changes nothing unless it learned; it must change only its targets.
+    changed = changed_by_adapter(tiny_model_dir, adapter)
+    assert {k.rsplit(".", 2)[-2] for k in changed} == {"q_proj", "v_proj"}
     assert all(torch.equal(base_before[k], v) for k, v in load_file(tiny_model_dir / "model.safetensors").items())
 
-    # A re-run of the same job resumes from its last epoch checkpoint instead of starting over.
-    again = train_sft(str(tiny_model_dir), data, config, hp, tmp_path / "job", settings)
-    assert again.resumed_from and again.resumed_from.endswith("checkpoint-10")
+
+@pytest.mark.parametrize("finetuning_type", ["all_weights", "lora_merged"])
+def test_full_weight_outputs(tmp_path: Path, settings, ok_dataset, tiny_model_dir, finetuning_type):
+    config = get_config(TINY_CONFIG_URN, settings)
+    data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
+    result = train_sft(str(tiny_model_dir), data, config, hyperparameters(epochs=1, finetuning_type=finetuning_type), tmp_path / "job", settings)
+    assert result.artifact == "model"
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(Path(result.output_dir) / "model.safetensors")
+    assert before.keys() == after.keys(), "the output is a plain model (no adapter keys)"
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    if finetuning_type == "all_weights":
+        assert result.trainable_parameters == result.total_parameters
+        assert "model.embed_tokens.weight" in changed and any("mlp" in k for k in changed)
+    else:  # only the adapted projections moved when the adapter was merged in
+        assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    assert (Path(result.output_dir) / "tokenizer_config.json").exists()
 
 
 def test_examples_longer_than_max_seq_length_are_refused_with_their_location(tmp_path: Path, settings, tiny_model_dir):

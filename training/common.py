@@ -1,0 +1,271 @@
+"""What every training method shares: the result shape, the LoRA config, the trainer arguments that
+do not depend on the method, precision and device choice, validation/checkpoint cadence, and the
+loop around ``trainer.train()`` (callbacks, resume, stop reason). Each method module builds its own
+TRL config from these in one function and reads top to bottom."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from customizer.settings import Settings
+from training.callbacks import MetricsCallback, MetricSink, ProgressSink, StopCallback
+from training.catalog import CustomizationConfig
+from training.specs import Hyperparameters
+
+log = logging.getLogger("customizer.training")
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class TrainingError(ValueError):
+    """Training cannot start with this data or these settings."""
+
+
+class TrainingCancelled(RuntimeError):
+    """The job was cancelled while training; nothing was saved as its output."""
+
+
+class TrainResult(BaseModel):
+    """What training produced: an adapter or a full model folder, the loss curves and why it stopped."""
+
+    artifact: Literal["adapter", "model"]
+    output_dir: str
+    steps: int
+    epochs_completed: float
+    train_loss: list[tuple[int, float]]
+    val_loss: list[tuple[int, float]]
+    best_val_loss: float | None
+    best_step: int | None
+    stop_reason: str
+    train_seconds: float
+    tokens_per_second: float | None
+    trainable_parameters: int
+    total_parameters: int
+    resumed_from: str | None = None
+
+
+class Hooks(BaseModel):
+    """Where training reports to (all optional): metrics, progress, and a cancellation check."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    sink: MetricSink | None = None
+    progress: ProgressSink | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+def lora_config(hp: Hyperparameters, config: CustomizationConfig) -> Any:
+    """The one place a ``LoraConfig`` is built from a job's hyperparameters."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=hp.lora.adapter_dim,
+        lora_alpha=hp.lora.alpha,
+        lora_dropout=hp.lora.adapter_dropout,
+        target_modules=hp.lora.target_modules or config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def use_bf16(config: CustomizationConfig) -> bool:
+    """bf16 autocast where the config asks for it and the hardware runs it natively.
+
+    On CPUs without AVX512-BF16/AMX, bf16 is emulated and several times slower than fp32.
+    """
+    import torch
+
+    if config.training_precision != "bf16-mixed":
+        return False
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(examples / batch_size))
+
+
+def validation_every(hp: Hyperparameters, per_epoch: int) -> int:
+    """Steps between validations (and checkpoints): a fraction of an epoch, or a step count."""
+    if hp.val_check_interval <= 1:
+        return max(1, round(hp.val_check_interval * per_epoch))
+    return min(int(hp.val_check_interval), per_epoch)
+
+
+def common_args(
+    hp: Hyperparameters, config: CustomizationConfig, output_dir: Path, train_examples: int, micro_batch: int
+) -> dict[str, Any]:
+    """Trainer arguments every method shares (TRL configs all extend ``TrainingArguments``)."""
+    import torch
+
+    if hp.batch_size % micro_batch:
+        raise TrainingError(f"`batch_size` {hp.batch_size} is not a multiple of the config's micro_batch_size {micro_batch}")
+    every = validation_every(hp, steps_per_epoch(train_examples, hp.batch_size))
+    use_cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=micro_batch,
+        per_device_eval_batch_size=micro_batch,
+        gradient_accumulation_steps=hp.batch_size // micro_batch,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr": hp.floor_learning_rate},
+        warmup_steps=hp.warmup_steps,
+        weight_decay=hp.weight_decay,
+        logging_steps=hp.log_every_n_steps,
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=2,  # the best and the latest
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        # Recomputing activations saves memory a model of this size does not need and costs ~2x per step.
+        gradient_checkpointing=False,
+        use_cpu=not use_cuda,
+        bf16=use_bf16(config),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        save_only_model=False,  # optimizer, scheduler and RNG state too: a resume continues exactly
+    )
+
+
+@contextlib.contextmanager
+def supervised_positions_only_on_cpu() -> Iterator[None]:
+    """Let TRL's fused LM head score only the supervised positions on the CPU too.
+
+    TRL 1.16 computes the loss through a chunked LM head. On CUDA it projects only the positions
+    that carry loss; elsewhere it projects every position through the whole vocabulary (to keep tile
+    shapes static for compilers such as Neuron's). On a CPU that is most of the step: with a 49k
+    vocabulary and completion-only loss, ~3x slower for an identical loss. The switch it reads is
+    looked up at call time, so it is flipped for CPU devices while training runs.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hooks, tokens_per_example: float) -> dict[str, Any]:
+    """Train with progress, early stopping and cancellation wired in; resume from the last checkpoint.
+
+    Returns:
+        Curves, timing and the stop reason (the pieces of ``TrainResult`` every method shares).
+
+    Raises:
+        TrainingCancelled: ``hooks.should_stop`` said so; no output is saved.
+    """
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # progress goes through MetricsCallback's log lines
+    metrics = MetricsCallback(hooks.sink, hooks.progress, tokens_per_example)
+    trainer.add_callback(metrics)
+    stopper = StopCallback(hooks.should_stop) if hooks.should_stop else None
+    if stopper:
+        trainer.add_callback(stopper)
+    early = None
+    if hp.early_stopping.enabled:
+        early = EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.min_delta)
+        trainer.add_callback(early)
+
+    resume = last_checkpoint(checkpoints)
+    if resume:
+        log.info("Resuming from %s", resume)
+    started = time.monotonic()
+    with supervised_positions_only_on_cpu():
+        trainer.train(resume_from_checkpoint=resume)
+    seconds = time.monotonic() - started
+    if stopper and stopper.stopped:
+        raise TrainingCancelled(f"cancelled at step {trainer.state.global_step}; nothing was saved")
+
+    state = trainer.state
+    history = state.log_history
+    val = [(h["step"], float(h["eval_loss"])) for h in history if "eval_loss" in h]
+    best = min(val, key=lambda point: point[1]) if val else None
+    if early is not None and early.early_stopping_patience_counter >= hp.early_stopping.patience:
+        reason = (
+            f"early stopping at step {state.global_step}: val_loss did not improve by {hp.early_stopping.min_delta} "
+            f"for {hp.early_stopping.patience} validations (best {best[1]:.4f} at step {best[0]}, kept)"
+        )
+    elif hp.max_steps > 0 and state.global_step >= hp.max_steps:
+        reason = f"reached max_steps ({hp.max_steps})"
+    else:
+        reason = f"completed {hp.epochs} epoch(s)"
+    trained_steps = state.global_step - (int(resume.rpartition("-")[2]) if resume else 0)
+    return dict(
+        steps=state.global_step,
+        epochs_completed=float(state.epoch or 0.0),
+        train_loss=[(h["step"], float(h["loss"])) for h in history if "loss" in h],
+        val_loss=val,
+        best_val_loss=best[1] if best else None,
+        best_step=best[0] if best else None,
+        stop_reason=reason,
+        train_seconds=seconds,
+        tokens_per_second=(trained_steps * hp.batch_size * tokens_per_example / seconds) if seconds > 0 and trained_steps > 0 else None,
+        resumed_from=resume,
+    )
+
+
+def parameter_counts(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def name_base_model(adapter_dir: Path, config: CustomizationConfig) -> None:
+    """Name the base model by its catalog name, not this machine's cache path, so the adapter is
+    portable and a serving engine can match it to its base."""
+    path = adapter_dir / "adapter_config.json"
+    values = json.loads(path.read_text())
+    values["base_model_name_or_path"] = config.target.name
+    path.write_text(json.dumps(values, indent=2, sort_keys=True))
+
+
+def micro_batch_size(hp: Hyperparameters, config: CustomizationConfig) -> int:
+    option = config.option_for(hp.training_type, hp.finetuning_type)
+    return min(option.micro_batch_size, hp.batch_size)
+
+
+def save_output(trainer: Any, hp: Hyperparameters, config: CustomizationConfig, work_dir: Path, tokenizer: Any) -> tuple[str, str]:
+    """Save what the job delivers: the adapter (lora), the merged model (lora_merged) or the model.
+
+    Returns:
+        ``(artifact, folder)`` with artifact ``"adapter"`` or ``"model"``.
+    """
+    if hp.finetuning_type == "lora":
+        folder = work_dir / "adapter"
+        trainer.save_model(str(folder))
+        name_base_model(folder, config)
+        return "adapter", str(folder)
+    folder = work_dir / "model"
+    model = trainer.model
+    if hp.finetuning_type == "lora_merged":
+        model = model.merge_and_unload()
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return "model", str(folder)
+
