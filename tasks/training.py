@@ -7,25 +7,21 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from prefect import get_run_logger, runtime, task
+from prefect.exceptions import Abort
 from pydantic import BaseModel
 
 from customizer.settings import get_settings
 from deploy import tracking
 from tasks.job import Job
 from training.base_model import ResolvedModel
-from training.common import Hooks, TrainResult
+from training.common import Hooks, TrainingCancelled, TrainResult
 from training.data import IngestedDataset, read_examples
-from training.dpo import train_dpo
-from training.grpo import train_grpo
 from training.guidance import Estimate, JobWarning, check_budget, estimate, guidance
+from training.launch import TrainingRequest, launch
 from training.preference import reward_row
 from training.prompts import render
-from training.sft import train_sft
-
-METHODS = {"sft": train_sft, "dpo": train_dpo, "grpo": train_grpo}
 
 
 class TrainingPlan(BaseModel):
@@ -89,9 +85,24 @@ def _cancel_requested() -> bool:
     return state is not None and (state.is_cancelling() or state.is_cancelled())
 
 
+def _mark_cancelled(job: Job, message: str) -> None:
+    """Finish the cancellation the user asked for: the flow run ends Cancelled, the MLflow run KILLED."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    settings = get_settings()
+    client = tracking.client(settings)
+    client.set_tag(job.run_id, "customizer.stop_reason", message)
+    client.set_terminated(job.run_id, status="KILLED")
+    if runtime.flow_run.id:
+        with get_client(sync_client=True) as prefect:
+            prefect.set_flow_run_state(runtime.flow_run.id, Cancelled(message=message), force=True)
+
+
 @task(name="train")
 def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
-    """Run the job's method (SFT, DPO or GRPO); metrics and progress stream to the job's MLflow run."""
+    """Run the job's method (SFT, DPO or GRPO) in-process, or under torchrun for several devices;
+    metrics and progress stream to the job's MLflow run."""
     settings = get_settings()
     buffer = tracking.MetricBuffer(settings, job.run_id)
     client = tracking.client(settings)
@@ -105,9 +116,16 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
             client.set_tag(job.run_id, "customizer.progress", json.dumps(snapshot))
 
     hooks = Hooks(sink=buffer.add, progress=progress, should_stop=_cancel_requested)
-    method = METHODS[job.spec.hyperparameters.training_type]
+    request = TrainingRequest(
+        base_model_dir=base.path, dataset=data, config=job.config, hyperparameters=job.spec.hyperparameters,
+        work_dir=job.work_dir, mlflow_run_id=job.run_id,
+    )
     try:
-        result = method(base.path, data, job.config, job.spec.hyperparameters, Path(job.work_dir), settings, hooks)
+        result = launch(request, settings, hooks, should_stop=_cancel_requested)
+    except TrainingCancelled as exc:
+        _mark_cancelled(job, str(exc))
+        # Abort ends the run where it stands (Cancelled) instead of proposing Failed over it.
+        raise Abort(str(exc)) from exc
     finally:
         buffer.flush()
     client.set_tag(job.run_id, "customizer.stop_reason", result.stop_reason)

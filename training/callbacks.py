@@ -53,7 +53,7 @@ class MetricsCallback(TrainerCallback):
             self._emit(_RENAMED.get(key, key), float(value), step)
         done = step - self._first_step
         elapsed = time.monotonic() - self._started
-        if "loss" in logs and done > 0:
+        if "loss" in logs and done > 0 and state.is_world_process_zero:
             per_step = elapsed / done
             tokens = done * args.train_batch_size * args.gradient_accumulation_steps * args.world_size * self.tokens_per_example
             if tokens:

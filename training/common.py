@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,15 +108,21 @@ def common_args(
     """Trainer arguments every method shares (TRL configs all extend ``TrainingArguments``)."""
     import torch
 
-    if hp.batch_size % micro_batch:
-        raise TrainingError(f"`batch_size` {hp.batch_size} is not a multiple of the config's micro_batch_size {micro_batch}")
+    # `batch_size` is global (NeMo's meaning): split over the data-parallel processes, then accumulated.
+    replicas = world_size()
+    micro_batch = max(1, min(micro_batch, hp.batch_size // replicas))
+    if hp.batch_size % (micro_batch * replicas):
+        raise TrainingError(
+            f"`batch_size` {hp.batch_size} is not a multiple of the config's micro_batch_size {micro_batch}"
+            + (f" x {replicas} processes" if replicas > 1 else "")
+        )
     every = validation_every(hp, steps_per_epoch(train_examples, hp.batch_size))
     use_cuda = torch.cuda.is_available()
     return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=micro_batch,
         per_device_eval_batch_size=micro_batch,
-        gradient_accumulation_steps=hp.batch_size // micro_batch,
+        gradient_accumulation_steps=hp.batch_size // (micro_batch * replicas),
         num_train_epochs=hp.epochs,
         max_steps=hp.max_steps,
         learning_rate=hp.learning_rate,
@@ -142,7 +149,19 @@ def common_args(
         disable_tqdm=True,
         dataloader_num_workers=0,
         save_only_model=False,  # optimizer, scheduler and RNG state too: a resume continues exactly
+        **_distributed_args(hp, use_cuda),
     )
+
+
+def _distributed_args(hp: Hyperparameters, use_cuda: bool) -> dict[str, Any]:
+    """Under torchrun: gloo between CPU processes; FSDP to shard full weights across GPUs."""
+    if world_size() == 1:
+        return {}
+    if not use_cuda:
+        return {"ddp_backend": "gloo"}
+    if hp.finetuning_type == "all_weights":
+        return {"fsdp": "full_shard auto_wrap", "ddp_backend": "nccl"}
+    return {"ddp_backend": "nccl"}
 
 
 @contextlib.contextmanager
@@ -166,8 +185,32 @@ def supervised_positions_only_on_cpu() -> Iterator[None]:
 
 
 def last_checkpoint(folder: Path) -> str | None:
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]))
-    return str(checkpoints[-1]) if checkpoints else None
+    """The newest complete checkpoint. The trainer writes ``trainer_state.json`` last, so a
+    checkpoint cut short by a crash (no readable state file) is skipped, not resumed from."""
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]), reverse=True)
+    for checkpoint in checkpoints:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("Skipping incomplete checkpoint %s", checkpoint.name)
+            continue
+        return str(checkpoint)
+    return None
+
+
+def prepare_process(settings: Settings, hp: Hyperparameters) -> None:
+    """Threads and seeds, before any model is built: LoRA's initial weights come from the seed too,
+    so the same seed, data and config give the same run."""
+    import torch
+    from transformers import set_seed
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    set_seed(hp.seed)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hooks, tokens_per_example: float) -> dict[str, Any]:
@@ -238,10 +281,14 @@ def parameter_counts(model: Any) -> tuple[int, int]:
 
 def name_base_model(adapter_dir: Path, config: CustomizationConfig) -> None:
     """Name the base model by its catalog name, not this machine's cache path, so the adapter is
-    portable and a serving engine can match it to its base."""
+    portable and a serving engine can match it to its base. Target modules are sorted (PEFT keeps
+    them as a set) so that the same training writes the same bytes, which publication relies on
+    to skip unchanged content."""
     path = adapter_dir / "adapter_config.json"
     values = json.loads(path.read_text())
     values["base_model_name_or_path"] = config.target.name
+    if isinstance(values.get("target_modules"), list):
+        values["target_modules"] = sorted(values["target_modules"])
     path.write_text(json.dumps(values, indent=2, sort_keys=True))
 
 
@@ -258,14 +305,16 @@ def save_output(trainer: Any, hp: Hyperparameters, config: CustomizationConfig, 
     """
     if hp.finetuning_type == "lora":
         folder = work_dir / "adapter"
-        trainer.save_model(str(folder))
-        name_base_model(folder, config)
+        trainer.save_model(str(folder))  # writes on the main process only
+        if trainer.is_world_process_zero():
+            name_base_model(folder, config)
         return "adapter", str(folder)
     folder = work_dir / "model"
-    model = trainer.model
-    if hp.finetuning_type == "lora_merged":
-        model = model.merge_and_unload()
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    if hp.finetuning_type == "all_weights":
+        trainer.save_model(str(folder))
+    elif trainer.is_world_process_zero():
+        trainer.model.merge_and_unload().save_pretrained(str(folder))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(folder))
     return "model", str(folder)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from customizer.settings import Settings
 from training.catalog import CustomizationConfig
-from training.common import Hooks, TrainingError, TrainResult, common_args, lora_config, parameter_counts, run_trainer, save_output
+from training.common import Hooks, TrainingError, TrainResult, common_args, lora_config, parameter_counts, prepare_process, run_trainer, save_output
 from training.data import IngestedDataset, read_examples
 from training.preference import reward_row
 from training.rewards import resolve_reward
@@ -74,13 +74,11 @@ def train_grpo(
         RewardError: a reward name that does not resolve.
         TrainingCancelled: the job was cancelled.
     """
-    import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    prepare_process(settings, hp)
     hooks = hooks or Hooks()
     rewards = [resolve_reward(name) for name in hp.grpo.rewards]
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)

@@ -22,6 +22,7 @@ from training.common import (
     lora_config,
     micro_batch_size,
     parameter_counts,
+    prepare_process,
     run_trainer,
     save_output,
 )
@@ -99,13 +100,11 @@ def train_sft(
         TrainingError: examples too long, or a batch size that does not fit the config.
         TrainingCancelled: the job was cancelled.
     """
-    import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    prepare_process(settings, hp)
     hooks = hooks or Hooks()
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     train_rows, mean_tokens = rendered_rows(read_examples(dataset.files["training"]), config, tokenizer, "training")

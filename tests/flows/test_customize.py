@@ -5,10 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
-from prefect.testing.utilities import prefect_test_harness
 
 from customizer.settings import get_settings
 from deploy import tracking
@@ -19,38 +16,14 @@ from training.specs import CustomizationSpec
 OUTPUT = "team/ok-bot"
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture(scope="module")
-def s3_store():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
-    yield endpoint
-    server.stop()
-
-
-@pytest.fixture
-def services(prefect_server, s3_store, tiny_config_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("CUSTOMIZER_DATA_DIR", str(tmp_path / "data"))  # a fresh MLflow database per test
-    monkeypatch.setenv("CUSTOMIZER_STORE_URI", "s3://models/adapters")
-    monkeypatch.setenv("CUSTOMIZER_S3_ENDPOINT_URL", s3_store)
-    return boto3.client("s3", endpoint_url=s3_store)
-
-
-def spec_for(dataset: Path, **policy) -> CustomizationSpec:
+def spec_for(dataset: Path, hyperparameters: dict | None = None, **policy) -> CustomizationSpec:
+    hp = {"epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "log_every_n_steps": 1, "lora": {"adapter_dim": 8, "alpha": 16}}
     return CustomizationSpec.model_validate(
         {
             "config": TINY_CONFIG_URN,
             "dataset": str(dataset),
             "output_model": OUTPUT,
-            "hyperparameters": {"epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "log_every_n_steps": 1, "lora": {"adapter_dim": 8, "alpha": 16}},
+            "hyperparameters": hp | (hyperparameters or {}),
             "evaluation": {"general_benchmarks": ["capitals", "everyday"], "limit": 16, "max_new_tokens": 4},
             # The tiny model is random: its general scores are noise, so the forgetting limit is opened here
             # and the gate's forgetting rules are tested on their own in tests/evaluation/test_gate.py.
@@ -59,15 +32,10 @@ def spec_for(dataset: Path, **policy) -> CustomizationSpec:
     )
 
 
-def bucket_objects(s3, prefix: str) -> dict[str, bytes]:
-    listed = s3.list_objects_v2(Bucket="models", Prefix=prefix).get("Contents", [])
-    return {o["Key"].removeprefix(prefix): s3.get_object(Bucket="models", Key=o["Key"])["Body"].read() for o in listed}
-
-
 def test_customize_registers_publishes_and_promotes(services, ok_dataset):
     from flows.customize import customize
 
-    s3 = services
+    store = services
     result = customize(spec_for(ok_dataset))
 
     # The task improved over the base model with the same prompt, so the gate promoted.
@@ -86,7 +54,7 @@ def test_customize_registers_publishes_and_promotes(services, ok_dataset):
     assert json.loads(tags["customizer.hyperparameters"])["epochs"] == 4
     assert json.loads(tags["customizer.scores.candidate"])["task"] == result.candidate.task
     assert tags["customizer.decision"] == "promote" and json.loads(tags["customizer.decision.reasons"]) == result.decision.reasons
-    assert tags["customizer.published_uri"] == result.published_uri == f"s3://models/adapters/{OUTPUT}/1/"
+    assert tags["customizer.published_uri"] == result.published_uri == f"{store.uri}/{OUTPUT}/1/"
     assert str(client.get_model_version_by_alias(registered_name(OUTPUT), "champion").version) == str(version.version)
 
     # Losses were streamed to the job's MLflow run: train loss every step, val loss every epoch.
@@ -97,7 +65,7 @@ def test_customize_registers_publishes_and_promotes(services, ok_dataset):
     assert run.data.metrics["candidate.task.exact_match"] == result.candidate.task["exact_match"]
 
     # Every object in the bucket matches the manifest.
-    objects = bucket_objects(s3, f"adapters/{OUTPUT}/1/")
+    objects = store.objects(f"{OUTPUT}/1/")
     assert sorted(objects) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
     manifest = json.loads(objects.pop("manifest.json"))
     assert manifest["files"].keys() == objects.keys()
@@ -112,7 +80,7 @@ def test_customize_registers_publishes_and_promotes(services, ok_dataset):
     assert second.registered.version == "2" and second.registered.aliases == ["candidate"]
     assert str(client.get_model_version_by_alias(registered_name(OUTPUT), "champion").version) == "1"
     assert "vs champion" in " ".join(second.decision.reasons)
-    assert "manifest.json" in bucket_objects(s3, f"adapters/{OUTPUT}/2/")
+    assert "manifest.json" in store.objects(f"{OUTPUT}/2/")
 
 
 def test_a_bad_dataset_fails_the_flow_and_closes_its_run(services, tmp_path):
@@ -120,7 +88,7 @@ def test_a_bad_dataset_fails_the_flow_and_closes_its_run(services, tmp_path):
 
     root = tmp_path / "bad"
     write_jsonl(root / "training" / "t.jsonl", [{"prompt": "x", "completion": "ok"}, "{broken"])
-    published_before = bucket_objects(services, "adapters/")
+    published_before = services.objects()
     with pytest.raises(Exception, match=r"training/t.jsonl:2: not valid JSON"):
         customize(spec_for(root))
     client = tracking.client(get_settings())
@@ -128,4 +96,4 @@ def test_a_bad_dataset_fails_the_flow_and_closes_its_run(services, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "not valid JSON" in runs[0].data.tags["customizer.failure"]
-    assert bucket_objects(services, "adapters/") == published_before  # nothing was published
+    assert services.objects() == published_before == {}  # nothing was published

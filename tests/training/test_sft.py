@@ -82,3 +82,38 @@ def test_batch_size_must_fit_the_micro_batch(tmp_path: Path, settings, ok_datase
     data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
     with pytest.raises(TrainingError, match="`batch_size` 6 is not a multiple"):
         train_sft(str(tiny_model_dir), data, get_config(TINY_CONFIG_URN, settings), Hyperparameters(batch_size=6), tmp_path / "job", settings)
+
+
+def test_packing_puts_several_examples_in_a_row_without_cross_attention(tmp_path: Path, settings, ok_dataset, tiny_model_dir):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from training.data import read_examples
+    from training.sft import rendered_rows, sft_config
+
+    config = get_config(TINY_CONFIG_URN, settings)
+    data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows, _ = rendered_rows(read_examples(data.files["training"]), config, tokenizer, "training")
+    hp = hyperparameters(sequence_packing_enabled=True, batch_size=4)
+    trainer = SFTTrainer(model=str(tiny_model_dir), args=sft_config(hp, config, tmp_path / "ckpt", len(rows)),
+                         train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows[:2]), processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    positions = batch["position_ids"][0].tolist()
+    starts = [i for i, p in enumerate(positions) if p == 0]
+    assert len(starts) > 1 and batch["input_ids"].shape[0] < 4, "examples were not packed into shared rows"
+
+    # The second example in the row must see exactly what it would see alone.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    first, second = starts[0], starts[1]
+    end = starts[2] if len(starts) > 2 else len(positions)
+    with torch.no_grad():
+        # As in training: no KV cache, no 2-D attention mask, position ids that restart per example.
+        packed = model(input_ids=batch["input_ids"][:1], position_ids=batch["position_ids"][:1], use_cache=False).logits[0, second:end]
+        alone = model(input_ids=batch["input_ids"][:1, second:end]).logits[0]
+    assert torch.allclose(packed, alone, atol=1e-5)
+
+    result = train_sft(str(tiny_model_dir), data, config, hyperparameters(epochs=1, sequence_packing_enabled=True), tmp_path / "job", settings)
+    unpacked = train_sft(str(tiny_model_dir), data, config, hyperparameters(epochs=1), tmp_path / "job2", settings)
+    assert result.steps < unpacked.steps  # fewer, fuller rows

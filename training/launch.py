@@ -1,0 +1,164 @@
+"""Run a training method in this process, or across processes with ``torchrun`` (DDP; FSDP for full
+weights on GPUs) when the config's training option asks for more than one device or node.
+
+``python -m training.launch REQUEST.json`` is the per-process entry point: it reads a
+``TrainingRequest``, trains, and (on rank 0) writes the ``TrainResult`` next to the request and
+streams metrics and progress to the job's MLflow run itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from customizer.settings import Settings, get_settings
+from training.catalog import CustomizationConfig
+from training.common import Hooks, TrainingCancelled, TrainingError, TrainResult
+from training.data import IngestedDataset
+from training.specs import Hyperparameters
+
+log = logging.getLogger("customizer.training")
+
+
+class TrainingRequest(BaseModel):
+    """Everything a training process needs, as plain data (it crosses a process boundary)."""
+
+    base_model_dir: str
+    dataset: IngestedDataset
+    config: CustomizationConfig
+    hyperparameters: Hyperparameters
+    work_dir: str
+    mlflow_run_id: str | None = None
+
+
+def methods() -> dict[str, Callable[..., TrainResult]]:
+    from training.dpo import train_dpo
+    from training.grpo import train_grpo
+    from training.sft import train_sft
+
+    return {"sft": train_sft, "dpo": train_dpo, "grpo": train_grpo}
+
+
+def run(request: TrainingRequest, settings: Settings, hooks: Hooks | None = None) -> TrainResult:
+    """Train in this process."""
+    method = methods()[request.hyperparameters.training_type]
+    return method(request.base_model_dir, request.dataset, request.config, request.hyperparameters, Path(request.work_dir), settings, hooks)
+
+
+def processes_for(request: TrainingRequest) -> tuple[int, int]:
+    """``(processes per node, nodes)`` from the config's training option; 0 GPUs means one CPU process."""
+    option = request.config.option_for(request.hyperparameters.training_type, request.hyperparameters.finetuning_type)
+    return max(option.num_gpus, 1), option.num_nodes
+
+
+def launch(
+    request: TrainingRequest,
+    settings: Settings,
+    hooks: Hooks | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train in-process for one device, else under ``torchrun`` with one process per device.
+
+    Raises:
+        TrainingError: a training process failed (the message carries the end of its log).
+        TrainingCancelled: ``should_stop`` said so; the processes were stopped.
+    """
+    per_node, nodes = processes_for(request)
+    if per_node * nodes == 1:
+        return run(request, settings, hooks)
+
+    work_dir = Path(request.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    request_path = work_dir / "train-request.json"
+    result_path = work_dir / "train-result.json"
+    result_path.unlink(missing_ok=True)
+    request_path.write_text(request.model_dump_json(indent=2))
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={per_node}", f"--nnodes={nodes}"]
+    if nodes > 1:
+        # Multi-node: every node runs this launch with the same rendezvous endpoint (e.g. a Kubernetes
+        # job's head service) and its own node rank, from the environment torchrun documents.
+        command += [f"--rdzv-endpoint={os.environ['CUSTOMIZER_RDZV_ENDPOINT']}", "--rdzv-backend=c10d", f"--rdzv-id={work_dir.name}"]
+    else:
+        command += ["--standalone"]
+    command += ["-m", "training.launch", str(request_path)]
+    log_path = work_dir / "train-processes.log"
+    log.info("Launching %d training processes on %d node(s): %s", per_node * nodes, nodes, " ".join(command))
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd())
+        try:
+            while process.poll() is None:
+                if should_stop is not None and should_stop():
+                    _stop(process)
+                    raise TrainingCancelled("cancelled while training; the training processes were stopped")
+                time.sleep(1.0)
+        except BaseException:
+            _stop(process)
+            raise
+    if process.returncode != 0 or not result_path.exists():
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise TrainingError(f"distributed training failed (exit {process.returncode}); end of its log:\n{tail}")
+    return TrainResult.model_validate_json(result_path.read_text())
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a process group: SIGTERM, then SIGKILL after a grace period."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _mlflow_hooks(settings: Settings, run_id: str) -> tuple[Hooks, Callable[[], None]]:
+    from deploy.tracking import MetricBuffer, client
+
+    buffer = MetricBuffer(settings, run_id)
+    mlflow = client(settings)
+    last = [0.0]
+
+    def progress(snapshot: dict) -> None:
+        now = time.monotonic()
+        if snapshot["phase"] != "running" or now - last[0] > 5:
+            last[0] = now
+            mlflow.set_tag(run_id, "customizer.progress", json.dumps(snapshot))
+
+    return Hooks(sink=buffer.add, progress=progress), buffer.flush
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Per-process entry point under ``torchrun`` (or alone)."""
+    from customizer.settings import apply_environment
+
+    settings = get_settings()
+    apply_environment(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(levelname)s %(message)s")
+    rank = int(os.environ.get("RANK", "0"))
+    logging.getLogger().handlers[0].addFilter(lambda record: setattr(record, "rank", rank) or True)
+    request_path = Path((argv or sys.argv[1:])[0])
+    request = TrainingRequest.model_validate_json(request_path.read_text())
+    hooks, flush = (_mlflow_hooks(settings, request.mlflow_run_id) if request.mlflow_run_id and rank == 0 else (Hooks(), lambda: None))
+    try:
+        result = run(request, settings, hooks)
+    finally:
+        flush()
+    if rank == 0:
+        tmp = request_path.with_name("train-result.json.tmp")
+        tmp.write_text(result.model_dump_json(indent=2))
+        tmp.replace(request_path.with_name("train-result.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
