@@ -30,7 +30,7 @@ def customize(spec: CustomizationSpec) -> CustomizationResult:
     candidate = evaluate(job, base, benchmark, trained=trained, stage="candidate")
 
     champion = champion_scores(job, data)
-    decision = gate(job, baseline, candidate, champion)
+    decision = gate(job, baseline, candidate, champion, trained)
 
     # Register and publish every candidate; only a promoted one, fully published, becomes champion.
     version = register(job, base, data, trained, baseline, candidate, decision)

@@ -58,15 +58,20 @@ def champion_scores(job: Job, data: IngestedDataset) -> dict[str, dict[str, floa
 
 
 @task(name="gate")
-def gate(job: Job, baseline: StageScores, candidate: StageScores, champion: dict[str, dict[str, float]] | None) -> Decision:
+def gate(
+    job: Job, baseline: StageScores, candidate: StageScores, champion: dict[str, dict[str, float]] | None, trained: TrainResult
+) -> Decision:
     """Apply the promotion policy (a pure function) and record the decision on the run."""
     settings = get_settings()
+    hp = job.spec.hyperparameters
     decision = decide(
         baseline.model_dump(include={"task", "general", "per_sample"}),
         candidate.model_dump(include={"task", "general", "per_sample"}),
         champion,
         job.spec.policy,
         candidate.task_metric,
+        curves={"train_loss": trained.train_loss, "val_loss": trained.val_loss},
+        method=(hp.training_type, hp.finetuning_type),
     )
     client = tracking.client(settings)
     client.set_tag(job.run_id, "customizer.decision", decision.action)

@@ -6,6 +6,7 @@ TRL config from these in one function and reads top to bottom."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -149,6 +150,8 @@ def common_args(
         disable_tqdm=True,
         dataloader_num_workers=0,
         save_only_model=False,  # optimizer, scheduler and RNG state too: a resume continues exactly
+        # Liger's fused kernels (RMSNorm, RoPE, SwiGLU) on GPUs, when the `gpu` extra is installed.
+        use_liger_kernel=use_cuda and importlib.util.find_spec("liger_kernel") is not None,
         **_distributed_args(hp, use_cuda),
     )
 

@@ -157,7 +157,11 @@ class EvaluationPlan(BaseModel):
 
 
 class PromotionPolicy(BaseModel):
-    """When a candidate becomes the champion."""
+    """When a candidate becomes the champion, and when a person must agree first.
+
+    A namespace can fix its policy in ``<policy folder>/<namespace>.yaml``; that file then governs
+    every job of the namespace and a job's own ``policy`` is ignored.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -174,6 +178,23 @@ class PromotionPolicy(BaseModel):
         description="A drop beyond the limit counts as forgetting when a paired sign test over the "
         "per-item results gives p below this (1.0: any drop beyond the limit counts).",
     )
+    benchmarks: list[str] | None = Field(
+        default=None, description="General benchmarks that count for forgetting; default: every one scored."
+    )
+    review_methods: list[str] = Field(
+        default_factory=lambda: ["all_weights", "dpo", "grpo"],
+        description="Methods (training or finetuning types) that need a reviewer's approval before training "
+        "and before promotion. LoRA SFT is self-service by default.",
+    )
+    diverging_curves: Literal["hold", "reject", "ignore"] = Field(
+        default="hold", description="What a validation loss that rose while training loss fell leads to."
+    )
+    approval_timeout_hours: float = Field(
+        default=72.0, gt=0, description="An approval not given within this time counts as a rejection."
+    )
+
+    def needs_review(self, training_type: str, finetuning_type: str) -> bool:
+        return training_type in self.review_methods or finetuning_type in self.review_methods
 
 
 class Budget(BaseModel):
