@@ -12,6 +12,7 @@ the scores, so baseline and candidate can be compared item by item.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -55,21 +56,55 @@ class StageScores(BaseModel):
     seconds: float
 
 
+LM_EVAL_PREFIX = "lm-eval:"
+
+
 def general_benchmark(name: str) -> dict[str, Any]:
-    """Load a shipped general benchmark's YAML as an lm-eval task config with absolute data paths.
+    """Load a general benchmark as an lm-eval task config with absolute data paths.
+
+    ``name`` is a shipped benchmark (``capitals``), the path of your own benchmark YAML (its data
+    files relative to it), or ``lm-eval:<task>`` for a task of lm-eval's registry (``mmlu``,
+    ``arc_easy``, ...), which needs that task's data in the local Hugging Face cache.
 
     Raises:
         EvaluationError: no such benchmark (the message lists the shipped ones).
     """
-    path = GENERAL_DIR / f"{name}.yaml"
+    if name.startswith(LM_EVAL_PREFIX):
+        return {"task": name.removeprefix(LM_EVAL_PREFIX), "registry": True}
+    path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else GENERAL_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in GENERAL_DIR.glob("*.yaml")))
-        raise EvaluationError(f"general benchmark {name!r} does not exist; shipped benchmarks: {known}")
+        raise EvaluationError(
+            f"general benchmark {name!r} does not exist; shipped benchmarks: {known} "
+            f"(or give a path to a benchmark YAML, or lm-eval:<task>)"
+        )
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     files = config.get("dataset_kwargs", {}).get("data_files", {})
     for split, relative in files.items():
         files[split] = str((path.parent / relative).resolve())
     return config
+
+
+def benchmark_digest(config: dict[str, Any]) -> str:
+    """Identity of a benchmark: its config and the bytes of its data files."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if not callable(v)}, sort_keys=True, default=str).encode())
+    for path in sorted(config.get("dataset_kwargs", {}).get("data_files", {}).values()):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(model_digest: str, adapter_digest: str | None, task: dict[str, Any], plan: EvaluationPlan) -> str:
+    """What a stage's scores depend on: the model, every benchmark's content and version, and the
+    pinned settings. A retraining run on an unchanged base finds its baseline under this key."""
+    import lm_eval
+
+    general = {name: benchmark_digest(general_benchmark(name)) for name in plan.general_benchmarks}
+    parts = {
+        "model": model_digest, "adapter": adapter_digest, "task": benchmark_digest(task), "general": general,
+        "limit": plan.limit, "batch_size": plan.batch_size, "max_new_tokens": plan.max_new_tokens,
+        "lm_eval": lm_eval.__version__, "seed": 0,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def record_kind(record: dict[str, Any]) -> str:
@@ -234,7 +269,9 @@ def evaluate_model(
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     register_with_lm_eval()
-    general = {name: general_benchmark(name) for name in plan.general_benchmarks}
+    configs = [general_benchmark(name) for name in plan.general_benchmarks]
+    general = {c["task"]: c for c in configs}
+    registry = any(c.get("registry") for c in configs)
     started = time.monotonic()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded, tokenizer = load_model(base_model_dir, adapter_dir, device)
@@ -242,8 +279,9 @@ def evaluate_model(
     log.info("Scoring %s on %d benchmarks", "candidate" if adapter_dir else "base model", 1 + len(general))
     output = lm_eval.simple_evaluate(
         model=model,
-        tasks=[task, *general.values()],
-        task_manager=TaskManager(include_defaults=False),
+        tasks=[task, *(c["task"] if c.get("registry") else c for c in configs)],
+        # Indexing lm-eval's 14k built-in task files takes ~12 s: only when a registry task is asked for.
+        task_manager=TaskManager(include_defaults=registry),
         limit=plan.limit,
         bootstrap_iters=0,
         log_samples=True,
@@ -270,7 +308,7 @@ def evaluate_model(
         task_metric=meta["task_metric"],
         general={name: _score(results, name, "acc") for name in general},
         versions={TASK_BENCHMARK: TASK_BENCHMARK_VERSION}
-        | {name: str(cfg.get("metadata", {}).get("version", "")) for name, cfg in general.items()},
+        | {name: str(output.get("versions", {}).get(name) or cfg.get("metadata", {}).get("version", "")) for name, cfg in general.items()},
         counts=counts,
         per_sample=per_sample,
         samples_dir=str(samples_dir),
@@ -278,3 +316,64 @@ def evaluate_model(
     )
     (out_dir / "scores.json").write_text(scores.model_dump_json(indent=2), encoding="utf-8")
     return scores
+
+
+SHIM = """# Task metrics for the lm_eval command line: the same functions customizer scores with.
+import json
+
+from evaluation.metrics import TASK_METRICS
+from training.rewards import resolve_reward, reward_name
+
+REWARDS = {rewards!r}
+
+
+def _item(name):
+    def metric(references, predictions):
+        return TASK_METRICS[name](predictions, answer=references)[0]
+
+    metric.__name__ = name
+    return metric
+
+
+exact_match = _item("exact_match")
+json_field_match = _item("json_field_match")
+
+
+def process_results(doc, results):
+    columns = {{key: [value] for key, value in json.loads(doc["columns"]).items()}}
+    return {{reward_name(n): float(resolve_reward(n)([results[0]], **columns)[0]) for n in REWARDS}}
+"""
+
+
+def export_for_lm_eval(task: dict[str, Any], plan: EvaluationPlan, folder: Path, rewards: list[str] | None = None) -> list[str]:
+    """Write the stage's benchmarks as YAML the ``lm_eval`` command line runs as they are.
+
+    The task benchmark's metrics become ``!function`` references to a small module written next to
+    the YAML that imports customizer's own metric functions, so both sides compute the same thing.
+
+    Returns:
+        The task names to pass to ``lm_eval --tasks`` (with ``--include_path folder``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "task_metrics.py").write_text(SHIM.format(rewards=list(rewards or ["exact_answer"])), encoding="utf-8")
+    meta = task["metadata"]
+    config = {k: v for k, v in task.items() if k != "process_results"}
+    if meta["kind"] == "answer":
+        config["metric_list"] = [
+            {"metric": f"__FUNCTION__task_metrics.{m}", "aggregation": "mean", "higher_is_better": True} for m in meta["metrics"]
+        ]
+    elif meta["kind"] == "reward":
+        config["process_results"] = "__FUNCTION__task_metrics.process_results"
+    text = yaml.safe_dump(config, sort_keys=False)
+    text = text.replace("'__FUNCTION__", "!function ").replace("__FUNCTION__", "!function ")
+    text = "\n".join(line[:-1] if line.startswith(("  metric: !function", "process_results: !function", "- metric: !function")) and line.endswith("'") else line for line in text.splitlines())
+    (folder / f"{TASK_BENCHMARK}.yaml").write_text(text + "\n", encoding="utf-8")
+    names = [TASK_BENCHMARK]
+    for name in plan.general_benchmarks:
+        general = general_benchmark(name)
+        if general.get("registry"):
+            names.append(general["task"])
+            continue
+        (folder / f"{general['task']}.yaml").write_text(yaml.safe_dump(general, sort_keys=False), encoding="utf-8")
+        names.append(general["task"])
+    return names

@@ -1,0 +1,160 @@
+"""The job report: one self-contained HTML page with charts, plus a PNG of each chart.
+
+Charts: the loss curves, and each benchmark's score for the baseline, the candidate and (when there
+is one) the champion, with 95% confidence intervals. Below them: the decision with every reason,
+the forgetting deltas with their intervals and tests, the dataset, the hyperparameters and the
+training estimate. Everything needed to review a job sits in one page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from math import sqrt
+from pathlib import Path
+from typing import Any
+
+from evaluation.gate import Decision
+
+Z95 = 1.96
+
+
+def wilson_interval(score: float, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a proportion (points).
+
+    >>> tuple(round(x, 1) for x in wilson_interval(0.5, 100))
+    (40.4, 59.6)
+    """
+    if n <= 0:
+        return 100 * score, 100 * score
+    denominator = 1 + Z95**2 / n
+    centre = (score + Z95**2 / (2 * n)) / denominator
+    half = Z95 * sqrt(score * (1 - score) / n + Z95**2 / (4 * n * n)) / denominator
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def _loss_chart(path: Path, train: list[tuple[int, float]], val: list[tuple[int, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#3b6ea8")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", color="#d9822b")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Loss curves")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _scores_chart(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in ("baseline", "candidate", "champion") if any(m in r for r in rows)]
+    colours = {"baseline": "#9aa5b1", "candidate": "#3b6ea8", "champion": "#2e8b57"}
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 3.8), dpi=110)
+    for i, model in enumerate(models):
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(rows))]
+        values = [r.get(model, {}).get("score", 0.0) for r in rows]
+        lows = [v - r.get(model, {}).get("ci", (v, v))[0] for v, r in zip(values, rows)]
+        highs = [r.get(model, {}).get("ci", (v, v))[1] - v for v, r in zip(values, rows)]
+        ax.bar(xs, values, width, yerr=[lows, highs], capsize=3, label=model, color=colours[model])
+    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=15)
+    ax.set_ylabel("score (points)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    ax.set_title("Baseline vs candidate per benchmark (95% CI)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _score_rows(baseline: dict, candidate: dict, champion: dict | None, counts: dict[str, int], task_metric: str) -> list[dict[str, Any]]:
+    rows = []
+    names = [("task", task_metric)] + [("general", b) for b in sorted(baseline["general"])]
+    for kind, name in names:
+        n = counts.get("task" if kind == "task" else name, 0)
+        row: dict[str, Any] = {"name": f"task: {name}" if kind == "task" else name}
+        for model, scores in (("baseline", baseline), ("candidate", candidate), ("champion", champion)):
+            if scores and name in scores.get(kind, {}):
+                value = scores[kind][name]
+                row[model] = {"score": 100 * value, "ci": wilson_interval(value, n)}
+        rows.append(row)
+    return rows
+
+
+def write_report(
+    out_dir: Path,
+    *,
+    title: str,
+    summary: dict[str, Any],
+    baseline: dict[str, Any],
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    counts: dict[str, int],
+    task_metric: str,
+    decision: Decision,
+    train_loss: list[tuple[int, float]],
+    val_loss: list[tuple[int, float]],
+) -> dict[str, Path]:
+    """Write ``report.html``, ``loss_curves.png`` and ``scores.png`` into ``out_dir``.
+
+    Args:
+        out_dir: destination folder.
+        title: the page title (job id and output model).
+        summary: facts shown as a table (dataset, method, hyperparameters, estimate, stop reason ...).
+        baseline, candidate, champion: ``{"task": {...}, "general": {...}}`` score dicts in [0, 1].
+        counts: items scored per benchmark (``task`` for the task benchmark), for the intervals.
+        task_metric: the metric the gate used.
+        decision: the gate's decision (reasons and deltas).
+        train_loss, val_loss: the curves as ``(step, value)``.
+
+    Returns:
+        The written files by name.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"loss_curves": out_dir / "loss_curves.png", "scores": out_dir / "scores.png"}
+    _loss_chart(files["loss_curves"], train_loss, val_loss)
+    _scores_chart(files["scores"], _score_rows(baseline, candidate, champion, counts, task_metric))
+
+    def image(path: Path) -> str:
+        return f'<img alt="{path.stem}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+    esc = html.escape
+    facts = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(v if isinstance(v, str) else json.dumps(v))}</td></tr>" for k, v in summary.items())
+    reasons = "".join(f"<li>{esc(r)}</li>" for r in decision.reasons)
+    deltas = "".join(
+        f"<tr><td>{esc(d.benchmark)}</td><td>{d.baseline:.1f}</td><td>{d.candidate:.1f}</td><td>{d.delta:+.1f}</td>"
+        f"<td>{'' if d.ci_low is None else f'[{d.ci_low:+.1f}, {d.ci_high:+.1f}]'}</td>"
+        f"<td>{'' if d.p_value is None else f'{d.p_value:.3f}'}</td>"
+        f"<td>{'' if d.items_lost is None else f'{d.items_lost} / {d.items_gained}'}</td></tr>"
+        for d in decision.deltas
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}
+.decision{{font-size:1.3em;font-weight:600}} .promote{{color:#2e8b57}} .hold{{color:#d9822b}} .reject{{color:#b03a2e}}</style></head>
+<body><h1>{esc(title)}</h1>
+<p class="decision {decision.action}">Decision: {decision.action.upper()}</p><ul>{reasons}</ul>
+<h2>Scores</h2>{image(files["scores"])}
+<h2>Forgetting (general benchmarks, candidate minus baseline, points)</h2>
+<table><tr><th>benchmark</th><th>baseline</th><th>candidate</th><th>delta</th><th>95% CI</th><th>sign test p</th><th>items lost / gained</th></tr>{deltas}</table>
+<h2>Training</h2>{image(files["loss_curves"])}
+<h2>Job</h2><table>{facts}</table>
+</body></html>"""
+    files["html"] = out_dir / "report.html"
+    files["html"].write_text(page, encoding="utf-8")
+    return files
