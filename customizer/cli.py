@@ -5,6 +5,10 @@
     customizer check SPEC.yaml      validate a spec, its config and its dataset without training
     customizer configs              list the config catalog
     customizer prepare-model [URN]  convert/cache a config's base model ahead of time
+    customizer approve JOB_ID --reviewer NAME [--reject] [--comment TEXT]
+                                    answer a job that waits for a reviewer
+    customizer generate MODEL PROMPT [--version V]
+                                    load a registered version from MLflow and generate
 """
 
 from __future__ import annotations
@@ -121,6 +125,47 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    """Answer the approval a paused customize job waits for (the Prefect UI's form, from a shell)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    from customizer.ids import uuid_from_id
+
+    try:
+        flow_run_id = uuid_from_id(args.job_id)
+    except ValueError as exc:
+        raise UsageError(f"job id: {exc}") from exc
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except ObjectNotFound as exc:
+        raise UsageError(f"job {args.job_id}: no such job") from exc
+    if state is None or not state.is_paused():
+        raise UsageError(f"job {args.job_id} is not waiting for an approval (state: {state.name if state else 'none'})")
+    resume_flow_run(flow_run_id, run_input={"approved": not args.reject, "reviewer": args.reviewer, "comment": args.comment})
+    print(f"job {args.job_id}: {'rejected' if args.reject else 'approved'} by {args.reviewer}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    """Generate with a registered version, loaded back from MLflow (adapter applied to its base)."""
+    from deploy.registry import VersionNotFound, load_version
+
+    try:
+        model, tokenizer, version = load_version(settings, args.model, args.version)
+    except VersionNotFound as exc:
+        raise UsageError(str(exc)) from exc
+    messages = [{"role": "user", "content": args.prompt}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if tokenizer.chat_template else args.prompt
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    print(f"# {args.model} version {version.version} ({', '.join(version.aliases) or 'no alias'})", file=sys.stderr)
+    print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return 0
+
+
 def quiet_libraries() -> None:
     """Keep the console to customizer's own progress: libraries' deprecation notes and chatter off."""
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -144,6 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("configs", help="list the config catalog")
     prep = sub.add_parser("prepare-model", help="convert and cache a config's base model")
     prep.add_argument("config", nargs="?", default=DEMO_CONFIG)
+    approve = sub.add_parser("approve", help="approve (or reject) a job that waits for a reviewer")
+    approve.add_argument("job_id", help="the job id, cust-...")
+    approve.add_argument("--reviewer", required=True, help="who decides (not the job's submitter)")
+    approve.add_argument("--reject", action="store_true", help="reject instead of approving")
+    approve.add_argument("--comment", default="", help="why")
+    generate = sub.add_parser("generate", help="generate with a registered model version")
+    generate.add_argument("model", help="output model name, namespace/name")
+    generate.add_argument("prompt")
+    generate.add_argument("--version", default="champion", help="version number or alias (default champion)")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -154,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_configs(args, settings)
         if args.command == "prepare-model":
             return cmd_prepare_model(args, settings)
+        if args.command == "approve":
+            return cmd_approve(args, settings)
+        if args.command == "generate":
+            return cmd_generate(args, settings)
         raw = demo_spec(args) if args.command == "demo" else _load_spec_file(args.spec)
         spec = check_spec(raw, settings)
         if args.command == "check":

@@ -23,3 +23,21 @@ def prefixed_id(prefix: str, value: uuid.UUID | str | None = None) -> str:
     """
     number = uuid.UUID(str(value)).int if value is not None else uuid.uuid4().int
     return f"{prefix}-{base58(number)}"
+
+
+def uuid_from_id(value: str) -> uuid.UUID:
+    """The UUID behind a prefixed id (the inverse of ``prefixed_id``).
+
+    >>> str(uuid_from_id("cust-21"))
+    '00000000-0000-0000-0000-00000000003a'
+
+    Raises:
+        ValueError: not a ``prefix-base58`` id.
+    """
+    _, dash, encoded = value.rpartition("-")
+    if not dash or not encoded or any(ch not in _ALPHABET for ch in encoded):
+        raise ValueError(f"{value!r} is not an id of the form prefix-<base58>")
+    number = 0
+    for ch in encoded:
+        number = number * 58 + _ALPHABET.index(ch)
+    return uuid.UUID(int=number)

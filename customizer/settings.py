@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         default=True, description="Never contact a model hub. Set false to allow Hugging Face downloads."
     )
     torch_threads: int | None = Field(default=None, description="CPU threads for torch; default: all cores.")
+    policy_dir: Path | None = Field(
+        default=None, description="Folder of per-namespace promotion policies (<namespace>.yaml); default <data>/policies."
+    )
+    approval_poll_seconds: int = Field(
+        default=10, ge=1, description="How often a job waiting for an approval checks for the answer."
+    )
 
     @property
     def root(self) -> Path:
@@ -56,6 +62,10 @@ class Settings(BaseSettings):
     @property
     def prefect_home(self) -> Path:
         return self.root / "prefect"
+
+    @property
+    def policies_dir(self) -> Path:
+        return (self.policy_dir or self.root / "policies").expanduser()
 
     @property
     def tracking_uri(self) -> str:

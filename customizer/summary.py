@@ -25,24 +25,38 @@ def render_summary(result: CustomizationResult, elapsed: float, forgetting_limit
             f"training     {result.train_loss[-1][0]} steps; train_loss {result.train_loss[0][1]:.3f} -> "
             f"{result.train_loss[-1][1]:.3f}; val_loss {val}"
         )
-    lines.append(f"stopped      {result.stop_reason}")
+    if result.stop_reason:
+        lines.append(f"stopped      {result.stop_reason}")
     lines += [f"warning      {w}" for w in result.warnings]
     lines += ["", f"{'score (points, 0-100)':34} {'baseline':>9} {'candidate':>10} {'delta':>8}"]
-    for name in c.task:
+    for name in b.task:
         mark = "  <- gate metric" if name == task_metric else ""
-        lines.append(f"{'task ' + name:34} {_points(b.task[name]):>9} {_points(c.task[name]):>10} {100 * (c.task[name] - b.task[name]):+8.1f}{mark}")
-    for name in c.general:
+        if c is None:
+            lines.append(f"{'task ' + name:34} {_points(b.task[name]):>9}{mark}")
+        else:
+            lines.append(f"{'task ' + name:34} {_points(b.task[name]):>9} {_points(c.task[name]):>10} {100 * (c.task[name] - b.task[name]):+8.1f}{mark}")
+    for name, value in b.few_shot.items():
+        lines.append(f"{'task ' + name + ' (few-shot prompt)':34} {_points(value):>9}")
+    for name in b.general:
+        if c is None:
+            lines.append(f"{'general ' + name:34} {_points(b.general[name]):>9}")
+            continue
         delta = 100 * (c.general[name] - b.general[name])
         lines.append(f"{'general ' + name + ' (forgetting)':34} {_points(b.general[name]):>9} {_points(c.general[name]):>10} {delta:+8.1f}  (limit -{forgetting_limit:.1f})")
-    lines += ["", f"decision     {result.decision.action.upper()}"]
-    lines += [f"  - {reason}" for reason in result.decision.reasons]
-    reg = result.registered
-    lines += [
-        "",
-        f"mlflow       registered model {reg.registered_model!r} version {reg.version}, aliases: {', '.join(reg.aliases) or 'none'}",
-        f"             run {result.mlflow_run_id}; browse with: mlflow ui --backend-store-uri {result.tracking_uri}",
-        f"published    {result.published_uri}  ({', '.join(result.published_files)})",
-        f"elapsed      {_duration(elapsed)}",
-        "=" * 78,
-    ]
+    if result.outcome == "prompt_sufficient":
+        lines += ["", "decision     NO FINE-TUNING NEEDED", f"  - {result.prompt_baseline}"]
+    else:
+        lines += ["", f"decision     {result.decision.action.upper()}"]
+        lines += [f"  - {reason}" for reason in result.decision.reasons]
+    if result.registered:
+        reg = result.registered
+        lines += [
+            "",
+            f"mlflow       registered model {reg.registered_model!r} version {reg.version}, aliases: {', '.join(reg.aliases) or 'none'}",
+            f"             run {result.mlflow_run_id}; browse with: mlflow ui --backend-store-uri {result.tracking_uri}",
+            f"published    {result.published_uri}  ({', '.join(result.published_files)})",
+        ]
+    if result.report:
+        lines.append(f"report       {result.report}")
+    lines += [f"elapsed      {_duration(elapsed)}", "=" * 78]
     return "\n".join(lines)

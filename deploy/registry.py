@@ -82,3 +82,49 @@ def describe(settings: Settings, output_model: str, version: str) -> RegisteredV
     # search/get do not fill aliases reliably; the registered model's alias map does.
     aliases = sorted(a for a, v in mlflow_client.get_registered_model(name).aliases.items() if str(v) == str(version))
     return RegisteredVersion(registered_model=name, version=str(model.version), source=model.source, aliases=aliases)
+
+
+class VersionNotFound(LookupError):
+    """The registered model, version or alias does not exist."""
+
+
+def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, dest=None):
+    """Load a registered version back from MLflow, ready to generate: ``(model, tokenizer, version)``.
+
+    ``ref`` is a version number or an alias (``champion``, ``candidate``). The version's artifacts
+    (a LoRA adapter or full weights) are downloaded from the tracking store; an adapter is applied to
+    the base model its ``customizer.config`` tag names, resolved through the config catalog.
+
+    Raises:
+        VersionNotFound: no such registered model, version or alias.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    mlflow_client = client(settings)
+    name = registered_name(output_model)
+    try:
+        version = (mlflow_client.get_model_version(name, ref) if ref.isdigit()
+                   else mlflow_client.get_model_version_by_alias(name, ref))
+    except MlflowException as exc:
+        raise VersionNotFound(f"{output_model}: no version or alias {ref!r} in the registry") from exc
+    folder = Path(dest or tempfile.mkdtemp(prefix="customizer-model-"))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(folder),
+                                                      tracking_uri=settings.tracking_uri))
+    if version.tags.get("customizer.artifact") == "adapter" or (local / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        from training.base_model import resolve_base_model
+        from training.catalog import get_config
+
+        base = resolve_base_model(get_config(version.tags["customizer.config"], settings).target, settings)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), local)
+        tokenizer_dir = local if (local / "tokenizer_config.json").exists() else base.path
+    else:
+        model, tokenizer_dir = AutoModelForCausalLM.from_pretrained(local), local
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(tokenizer_dir), describe(settings, output_model, str(version.version))

@@ -53,6 +53,31 @@ class Decision(BaseModel):
     deltas: list[Delta] = []
 
 
+class ApprovalRecord(BaseModel):
+    """A reviewer's decision (or its absence) at a stage of a job."""
+
+    stage: Literal["training", "promotion"]
+    approved: bool
+    reviewer: str | None
+    comment: str
+    decided_at: str
+
+
+def settle_hold(decision: Decision, approval: ApprovalRecord) -> Decision:
+    """A held decision after its reviewer answered: promote when approved, reject otherwise.
+
+    >>> held = Decision(action="hold", reasons=["review: dpo/lora needs a reviewer's approval before promotion"])
+    >>> settle_hold(held, ApprovalRecord(stage="promotion", approved=True, reviewer="ana", comment="ok", decided_at="t")).action
+    'promote'
+    """
+    if decision.action != "hold":
+        return decision
+    who = approval.reviewer or "nobody"
+    verdict = "approved" if approval.approved else "rejected"
+    reason = f"approval: {verdict} by {who}" + (f" ({approval.comment})" if approval.comment else "")
+    return Decision(action="promote" if approval.approved else "reject", reasons=[*decision.reasons, reason], deltas=decision.deltas)
+
+
 def _points(value: float) -> float:
     return 100.0 * value
 
@@ -231,3 +256,21 @@ def decide(
 
     action: Action = "reject" if not passed else "hold" if hold else "promote"
     return Decision(action=action, reasons=reasons, deltas=deltas)
+
+
+def prompting_suffices(task: dict[str, float], few_shot: dict[str, float], task_metric: str, target: float | None) -> str | None:
+    """Why no fine-tuning is needed (the base model, prompted, already reaches the target), or None.
+
+    >>> prompting_suffices({"em": 0.5}, {"em": 0.92}, "em", 90.0)
+    'few-shot prompting reaches em 92.0 >= target 90.0'
+    >>> prompting_suffices({"em": 0.5}, {}, "em", 90.0) is None
+    True
+    """
+    if target is None:
+        return None
+    zero, few = _points(task[task_metric]), _points(few_shot[task_metric]) if task_metric in few_shot else None
+    if zero >= target:
+        return f"zero-shot prompting reaches {task_metric} {zero:.1f} >= target {target:.1f}"
+    if few is not None and few >= target:
+        return f"few-shot prompting reaches {task_metric} {few:.1f} >= target {target:.1f}"
+    return None

@@ -27,7 +27,7 @@ from evaluation.metrics import TASK_METRICS, register_with_lm_eval
 from training.catalog import CustomizationConfig
 from training.data import IngestedDataset, read_examples
 from training.preference import preference_row, render_with_answer, reward_row
-from training.prompts import render, stop_sequences
+from training.prompts import conversation, render, stop_sequences
 from training.rewards import resolve_reward, reward_name
 from training.specs import EvaluationPlan
 
@@ -48,6 +48,7 @@ class StageScores(BaseModel):
 
     task: dict[str, float]  # task metric name -> score in [0, 1]
     task_metric: str  # the one the gate reads
+    few_shot: dict[str, float] = {}  # the task benchmark with examples in the prompt (baseline only)
     general: dict[str, float]  # general benchmark name -> accuracy in [0, 1]
     versions: dict[str, str]  # benchmark name -> version
     counts: dict[str, int]  # benchmark name -> items scored
@@ -219,6 +220,53 @@ def task_benchmark(
     return benchmark
 
 
+FEW_SHOT_BENCHMARK = "task_few_shot"
+
+
+def few_shot_benchmark(
+    dataset: IngestedDataset, config: CustomizationConfig, tokenizer: Any, plan: EvaluationPlan, task: dict[str, Any], out_dir: Path
+) -> dict[str, Any] | None:
+    """The prompt baseline with examples: each task item preceded by ``plan.few_shot`` training
+    examples (the first ones, so the prompt is the same every run). Completion/chat data only.
+
+    Returns:
+        The few-shot benchmark config (its first prompt is kept in ``metadata.example_prompt``), or
+        None when few-shot does not apply.
+    """
+    if plan.few_shot == 0 or task["metadata"]["kind"] != "answer":
+        return None
+    shots = []
+    for example in read_examples(dataset.files["training"]):
+        if len(shots) == plan.few_shot:
+            break
+        shots.append(example.record)
+    if not shots:
+        return None
+    rows = []
+    for example in read_examples(dataset.files["testing"]):
+        if config.prompt_format == "template" and "prompt" in example.record:
+            prefix = "".join(config.prompt_template.format(prompt=s["prompt"], completion=s["completion"]) + "\n\n" for s in shots if "prompt" in s)
+            sample = render(example.record, config, tokenizer)
+            rows.append({"loc": example.loc, "prompt": prefix + sample.prompt, "answer": sample.target})
+            continue
+        turns = [m for s in shots for m in conversation(s) if m["role"] != "system"]
+        own = conversation(example.record)
+        system = [m for m in own if m["role"] == "system"][:1]
+        record = {"messages": system + turns + [m for m in own if m["role"] != "system"]}
+        sample = render(record, config, tokenizer)
+        rows.append({"loc": example.loc, "prompt": sample.prompt, "answer": sample.target})
+    data_file = out_dir / "task_few_shot.jsonl"
+    data_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    benchmark = {k: v for k, v in task.items() if k not in ("task", "dataset_kwargs", "metadata")}
+    benchmark |= {
+        "task": FEW_SHOT_BENCHMARK,
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "metadata": task["metadata"] | {"few_shot": len(shots), "example_prompt": rows[0]["prompt"] if rows else ""},
+    }
+    (out_dir / "task_few_shot.yaml").write_text(yaml.safe_dump(benchmark, sort_keys=False), encoding="utf-8")
+    return benchmark
+
+
 def _score(results: dict[str, Any], benchmark: str, metric: str) -> float:
     for key, value in results.get(benchmark, {}).items():
         if key.split(",")[0] == metric and isinstance(value, (int, float)):
@@ -247,6 +295,7 @@ def evaluate_model(
     plan: EvaluationPlan,
     out_dir: Path,
     settings: Settings,
+    few_shot: dict[str, Any] | None = None,
 ) -> StageScores:
     """Score one model on the task benchmark and the plan's general benchmarks, in one model load.
 
@@ -254,6 +303,7 @@ def evaluate_model(
         base_model_dir: local model folder.
         adapter_dir: LoRA adapter folder applied on top, or None for the base model alone.
         task: the task benchmark config from ``task_benchmark``.
+        few_shot: the few-shot variant of it (``few_shot_benchmark``), scored in the same load.
         plan: general benchmarks, limit, batch size.
         out_dir: where per-sample outputs (``samples/<benchmark>.jsonl``) and ``scores.json`` go.
         settings: runtime settings.
@@ -279,7 +329,7 @@ def evaluate_model(
     log.info("Scoring %s on %d benchmarks", "candidate" if adapter_dir else "base model", 1 + len(general))
     output = lm_eval.simple_evaluate(
         model=model,
-        tasks=[task, *(c["task"] if c.get("registry") else c for c in configs)],
+        tasks=[task, *([few_shot] if few_shot else []), *(c["task"] if c.get("registry") else c for c in configs)],
         # Indexing lm-eval's 14k built-in task files takes ~12 s: only when a registry task is asked for.
         task_manager=TaskManager(include_defaults=registry),
         limit=plan.limit,
@@ -306,6 +356,7 @@ def evaluate_model(
     scores = StageScores(
         task={name: _score(results, TASK_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]},
         task_metric=meta["task_metric"],
+        few_shot={name: _score(results, FEW_SHOT_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]} if few_shot else {},
         general={name: _score(results, name, "acc") for name in general},
         versions={TASK_BENCHMARK: TASK_BENCHMARK_VERSION}
         | {name: str(output.get("versions", {}).get(name) or cfg.get("metadata", {}).get("version", "")) for name, cfg in general.items()},

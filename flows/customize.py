@@ -1,13 +1,15 @@
-"""The ``customize`` flow: ingest -> baseline eval -> train -> candidate eval -> gate -> register
--> publish -> promote. Every stage is a task; they pass references, never models."""
+"""The ``customize`` flow: ingest -> baseline (zero- and few-shot) -> [approval] -> train ->
+candidate eval -> gate -> [approval] -> register -> publish -> promote -> report. Every stage is
+a task; they pass references, never models."""
 
 from __future__ import annotations
 
 from prefect import flow
 
+from tasks.approval import approve_promotion, approve_training
 from tasks.data import ingest
 from tasks.deploy import promote, publish_adapter, register
-from tasks.evaluation import build_task_benchmark, champion_scores, evaluate, gate
+from tasks.evaluation import build_task_benchmark, champion_scores, check_prompt_baseline, evaluate, gate, report
 from tasks.job import CustomizationResult, base_model, finish_job, mark_failed, open_job
 from tasks.training import plan_training, train
 from training.specs import CustomizationSpec
@@ -17,23 +19,31 @@ from training.specs import CustomizationSpec
 def customize(spec: CustomizationSpec) -> CustomizationResult:
     """Fine-tune a base model (SFT, DPO or GRPO) and promote the result only if it beats the base
     model on the task without forgetting general skills."""
-    job = open_job(spec)  # config allows the method; MLflow run opened
+    job = open_job(spec)  # config allows the method; policy resolved; MLflow run opened
     data = ingest(job)  # every line validated before any training
     base = base_model(job)
 
-    # The baseline: the base model with the very prompt the training will use.
-    benchmark = build_task_benchmark(job, base, data)
-    baseline = evaluate(job, base, benchmark, trained=None, stage="baseline")
+    # The baseline: the base model with the very prompt the training will use (and with examples).
+    benchmarks = build_task_benchmark(job, base, data)
+    baseline = evaluate(job, base, benchmarks, trained=None, stage="baseline")
+    if enough := check_prompt_baseline(job, baseline):
+        return finish_job(job, data, baseline, prompt_baseline=enough)
 
     plan = plan_training(job, base, data)  # warnings, cost estimate; refuses a job over its budget
+    approved_training = approve_training(job)  # reviewed methods wait for a person first
     trained = train(job, base, data)
-    candidate = evaluate(job, base, benchmark, trained=trained, stage="candidate")
+    candidate = evaluate(job, base, benchmarks, trained=trained, stage="candidate")
 
     champion = champion_scores(job, data)
-    decision = gate(job, baseline, candidate, champion, trained)
+    decision, approved_promotion = approve_promotion(job, gate(job, baseline, candidate, champion, trained))
 
     # Register and publish every candidate; only a promoted one, fully published, becomes champion.
-    version = register(job, base, data, trained, baseline, candidate, decision)
+    approvals = [approved_training, approved_promotion]
+    version = register(job, base, data, trained, baseline, candidate, decision, approvals)
     published = publish_adapter(job, base, data, trained, version)
     version = promote(job, version, published, decision)
-    return finish_job(job, data, trained, baseline, candidate, decision, version, published, [w.message for w in plan.warnings])
+    page = report(job, data, baseline, candidate, champion, decision, trained, plan.estimate.describe())
+    return finish_job(
+        job, data, baseline, trained, candidate, decision, version, published,
+        [w.message for w in plan.warnings], approvals, report=page,
+    )

@@ -13,8 +13,9 @@ from customizer.settings import get_settings
 from deploy import registry, tracking
 from deploy.registry import RegisteredVersion
 from deploy.store import Published, publish
-from evaluation.gate import Decision
+from evaluation.gate import ApprovalRecord, Decision
 from evaluation.runner import StageScores
+from tasks.approval import approval_tags
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.data import IngestedDataset
@@ -46,8 +47,9 @@ def register(
     baseline: StageScores,
     candidate: StageScores,
     decision: Decision,
+    approvals: list[ApprovalRecord | None] | None = None,
 ) -> RegisteredVersion:
-    """Log the adapter to the run and register it as a model version with lineage tags (alias candidate)."""
+    """Log the output to the run and register it as a model version with lineage tags (alias candidate)."""
     settings = get_settings()
     source = tracking.log_artifacts(settings, job.run_id, trained.output_dir, trained.artifact)
     tags = {
@@ -68,6 +70,9 @@ def register(
         "customizer.decision": decision.action,
         "customizer.decision.reasons": json.dumps(decision.reasons),
         "customizer.code_version": __version__,
+        "customizer.benchmark_versions": json.dumps(candidate.versions),
+        "customizer.policy": job.policy_source,
+        **approval_tags(approvals or []),
     }
     version = registry.register_version(
         settings, job.spec.output_model, source, job.run_id, tags, description=f"customize job {job.job_id}"

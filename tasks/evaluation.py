@@ -1,17 +1,20 @@
-"""Evaluation and the gate as tasks."""
+"""Evaluation, the prompt baseline, the gate and the job report as tasks."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
 from customizer.settings import get_settings
 from deploy import registry, tracking
-from evaluation.gate import Decision, decide
-from evaluation.runner import StageScores, evaluate_model, task_benchmark
+from evaluation.gate import Decision, decide, prompting_suffices
+from evaluation.report import write_report
+from evaluation.runner import StageScores, cache_key, evaluate_model, few_shot_benchmark, task_benchmark
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.common import TrainResult
@@ -20,28 +23,67 @@ from training.data import IngestedDataset
 
 @task(name="build-task-benchmark")
 def build_task_benchmark(job: Job, base: ResolvedModel, data: IngestedDataset) -> dict[str, Any]:
-    """Render the testing split with the training prompt into an lm-eval benchmark."""
+    """Render the testing split with the training prompt into lm-eval benchmarks (zero- and few-shot)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    return task_benchmark(
-        data, job.config, tokenizer, job.spec.evaluation, Path(job.work_dir) / "benchmarks", job.spec.hyperparameters.grpo.rewards
-    )
+    folder = Path(job.work_dir) / "benchmarks"
+    plan = job.spec.evaluation
+    task_config = task_benchmark(data, job.config, tokenizer, plan, folder, job.spec.hyperparameters.grpo.rewards)
+    return {"task": task_config, "few_shot": few_shot_benchmark(data, job.config, tokenizer, plan, task_config, folder)}
+
+
+def _log_scores(job: Job, stage: str, scores: StageScores, folder: Path) -> None:
+    settings = get_settings()
+    values = {f"{stage}.task.{k}": v for k, v in scores.task.items()} | {f"{stage}.general.{k}": v for k, v in scores.general.items()}
+    values |= {f"{stage}.few_shot.{k}": v for k, v in scores.few_shot.items()}
+    tracking.log_metrics(settings, job.run_id, values)
+    tracking.log_artifacts(settings, job.run_id, folder, f"eval/{stage}")
 
 
 @task(name="evaluate", task_run_name="evaluate-{stage}")
-def evaluate(job: Job, base: ResolvedModel, benchmark: dict[str, Any], trained: TrainResult | None, stage: str) -> StageScores:
-    """Score the base model (baseline) or the trained model (candidate) on the task and general benchmarks."""
+def evaluate(job: Job, base: ResolvedModel, benchmarks: dict[str, Any], trained: TrainResult | None, stage: str) -> StageScores:
+    """Score the base model (baseline, with the few-shot prompt baseline) or the trained model
+    (candidate) on the task and general benchmarks. Baselines are cached by model digest,
+    benchmark contents and settings, so an unchanged base is not scored twice."""
     settings = get_settings()
-    model_dir, adapter_dir = base.path, None
-    if trained is not None:
+    logger = get_run_logger()
+    folder = Path(job.work_dir) / "eval" / stage
+    plan = job.spec.evaluation
+    if trained is None:
+        key = cache_key(base.digest, None, benchmarks["task"], plan) + ("-fs" if benchmarks["few_shot"] else "")
+        cached = settings.root / "cache" / "eval" / key
+        if (cached / "scores.json").exists():
+            shutil.copytree(cached, folder, dirs_exist_ok=True)
+            scores = StageScores.model_validate_json((folder / "scores.json").read_text())
+            logger.info("baseline scores from the cache (same base model, benchmarks and settings): task %s", scores.task)
+            _log_scores(job, stage, scores, folder)
+            return scores
+        scores = evaluate_model(base.path, None, benchmarks["task"], plan, folder, settings, few_shot=benchmarks["few_shot"])
+        shutil.copytree(folder, cached, dirs_exist_ok=True)
+    else:
         model_dir, adapter_dir = (base.path, trained.output_dir) if trained.artifact == "adapter" else (trained.output_dir, None)
-    scores = evaluate_model(model_dir, adapter_dir, benchmark, job.spec.evaluation, Path(job.work_dir) / "eval" / stage, settings)
-    values = {f"{stage}.task.{k}": v for k, v in scores.task.items()} | {f"{stage}.general.{k}": v for k, v in scores.general.items()}
-    tracking.log_metrics(settings, job.run_id, values)
-    tracking.log_artifacts(settings, job.run_id, Path(job.work_dir) / "eval" / stage, f"eval/{stage}")
-    get_run_logger().info("%s scores: task %s, general %s (%.0f s)", stage, scores.task, scores.general, scores.seconds)
+        scores = evaluate_model(model_dir, adapter_dir, benchmarks["task"], plan, folder, settings)
+    _log_scores(job, stage, scores, folder)
+    logger.info("%s scores: task %s%s, general %s (%.0f s)", stage, scores.task,
+                f", few-shot {scores.few_shot}" if scores.few_shot else "", scores.general, scores.seconds)
     return scores
+
+
+@task(name="prompt-baseline")
+def check_prompt_baseline(job: Job, baseline: StageScores) -> str | None:
+    """Whether prompting alone already reaches the job's target (then no fine-tuning is needed)."""
+    plan = job.spec.evaluation
+    enough = prompting_suffices(baseline.task, baseline.few_shot, baseline.task_metric, plan.target_score)
+    if enough is None:
+        return None
+    logger = get_run_logger()
+    if plan.force_training:
+        logger.info("%s, but the job forces training", enough)
+        return None
+    logger.info("No fine-tuning needed: %s", enough)
+    tracking.client(get_settings()).set_tag(job.run_id, "customizer.decision", "no fine-tuning needed")
+    return enough
 
 
 @task(name="champion-scores")
@@ -68,7 +110,7 @@ def gate(
         baseline.model_dump(include={"task", "general", "per_sample"}),
         candidate.model_dump(include={"task", "general", "per_sample"}),
         champion,
-        job.spec.policy,
+        job.policy,
         candidate.task_metric,
         curves={"train_loss": trained.train_loss, "val_loss": trained.val_loss},
         method=(hp.training_type, hp.finetuning_type),
@@ -81,3 +123,43 @@ def gate(
     for reason in decision.reasons:
         logger.info("  %s", reason)
     return decision
+
+
+@task(name="report")
+def report(
+    job: Job,
+    data: IngestedDataset,
+    baseline: StageScores,
+    candidate: StageScores,
+    champion: dict[str, dict[str, float]] | None,
+    decision: Decision,
+    trained: TrainResult,
+    estimate: str,
+) -> str:
+    """Write the job's HTML report with its charts, log it to MLflow and link it from the Prefect run."""
+    settings = get_settings()
+    hp = job.spec.hyperparameters
+    folder = Path(job.work_dir) / "report"
+    files = write_report(
+        folder,
+        title=f"{job.job_id}: {job.spec.output_model}",
+        summary={
+            "config": job.spec.config, "dataset": data.source, "dataset sha256": data.sha256, "examples": data.counts,
+            "method": f"{hp.training_type}/{hp.finetuning_type}", "hyperparameters": hp.model_dump(),
+            "stopped": trained.stop_reason, "estimate": estimate, "policy": job.policy_source,
+        },
+        baseline=baseline.model_dump(), candidate=candidate.model_dump(), champion=champion,
+        counts=candidate.counts, task_metric=candidate.task_metric, decision=decision,
+        train_loss=trained.train_loss, val_loss=trained.val_loss,
+    )
+    uri = tracking.log_artifacts(settings, job.run_id, folder, "report")
+    create_markdown_artifact(
+        key=f"report-{job.job_id.lower().replace('_', '-')}"[:64],
+        markdown=(
+            f"## {job.job_id}: {decision.action.upper()}\n\n"
+            + "\n".join(f"- {r}" for r in decision.reasons)
+            + f"\n\nReport (HTML with charts): `{uri}/report.html` (MLflow run `{job.run_id}`), also at `{files['html']}`"
+        ),
+        description=f"customize report for {job.spec.output_model}",
+    )
+    return f"{uri}/report.html"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from prefect import get_run_logger, runtime, task
 from pydantic import BaseModel
@@ -13,13 +14,14 @@ from customizer.settings import get_settings
 from deploy import tracking
 from deploy.registry import RegisteredVersion
 from deploy.store import Published
-from evaluation.gate import Decision
+from evaluation.gate import ApprovalRecord, Decision
+from evaluation.policy import effective_policy
 from evaluation.runner import StageScores
 from training.base_model import ResolvedModel, resolve_base_model
 from training.catalog import CustomizationConfig, get_config
 from training.data import IngestedDataset
-from training.specs import CustomizationSpec
 from training.common import TrainResult
+from training.specs import CustomizationSpec, PromotionPolicy
 
 
 class Job(BaseModel):
@@ -30,25 +32,32 @@ class Job(BaseModel):
     run_id: str
     spec: CustomizationSpec
     config: CustomizationConfig
+    policy: PromotionPolicy
+    policy_source: str
 
 
 class CustomizationResult(BaseModel):
-    """What a finished customize flow reports."""
+    """What a finished customize flow reports. A job that prompting already satisfies has no
+    candidate, version or publication; ``outcome`` says which kind of ending it was."""
 
     job_id: str
     output_model: str
+    outcome: Literal["trained", "prompt_sufficient"]
     dataset_sha256: str
-    baseline: StageScores
-    candidate: StageScores
-    decision: Decision
-    registered: RegisteredVersion
-    published_uri: str
-    published_files: list[str]
     task_metric: str
-    stop_reason: str
-    warnings: list[str]
-    train_loss: list[tuple[int, float]]
-    val_loss: list[tuple[int, float]]
+    baseline: StageScores
+    prompt_baseline: str | None = None
+    candidate: StageScores | None = None
+    decision: Decision | None = None
+    approvals: list[ApprovalRecord] = []
+    registered: RegisteredVersion | None = None
+    published_uri: str | None = None
+    published_files: list[str] = []
+    stop_reason: str | None = None
+    warnings: list[str] = []
+    train_loss: list[tuple[int, float]] = []
+    val_loss: list[tuple[int, float]] = []
+    report: str | None = None
     mlflow_run_id: str
     tracking_uri: str
 
@@ -68,6 +77,7 @@ def open_job(spec: CustomizationSpec) -> Job:
     settings = get_settings()
     config = get_config(spec.config, settings)
     config.option_for(spec.hyperparameters.training_type, spec.hyperparameters.finetuning_type)
+    policy, policy_source = effective_policy(spec, settings)
     flow_run_id = runtime.flow_run.id
     job_id = prefixed_id("cust", flow_run_id) if flow_run_id else prefixed_id("cust")
     work_dir = settings.jobs_dir / job_id
@@ -84,8 +94,9 @@ def open_job(spec: CustomizationSpec) -> Job:
         },
         params=_flatten("", spec.hyperparameters.model_dump()) | {"config": spec.config, "dataset": spec.dataset},
     )
-    get_run_logger().info("Job %s: work folder %s, MLflow run %s", job_id, work_dir, run_id)
-    return Job(job_id=job_id, work_dir=str(work_dir), run_id=run_id, spec=spec, config=config)
+    tracking.client(settings).set_tag(run_id, "customizer.policy", json.dumps({"source": policy_source, **policy.model_dump()}))
+    get_run_logger().info("Job %s: work folder %s, MLflow run %s, policy from %s", job_id, work_dir, run_id, policy_source)
+    return Job(job_id=job_id, work_dir=str(work_dir), run_id=run_id, spec=spec, config=config, policy=policy, policy_source=policy_source)
 
 
 @task(name="resolve-base-model")
@@ -103,31 +114,38 @@ def base_model(job: Job) -> ResolvedModel:
 def finish_job(
     job: Job,
     data: IngestedDataset,
-    trained: TrainResult,
     baseline: StageScores,
-    candidate: StageScores,
-    decision: Decision,
-    registered: RegisteredVersion,
-    published: Published,
-    warnings: list[str],
+    trained: TrainResult | None = None,
+    candidate: StageScores | None = None,
+    decision: Decision | None = None,
+    registered: RegisteredVersion | None = None,
+    published: Published | None = None,
+    warnings: list[str] | None = None,
+    approvals: list[ApprovalRecord | None] | None = None,
+    prompt_baseline: str | None = None,
+    report: str | None = None,
 ) -> CustomizationResult:
     """Close the MLflow run and assemble the job's result."""
     settings = get_settings()
     result = CustomizationResult(
         job_id=job.job_id,
         output_model=job.spec.output_model,
+        outcome="prompt_sufficient" if trained is None else "trained",
         dataset_sha256=data.sha256,
+        task_metric=baseline.task_metric,
         baseline=baseline,
+        prompt_baseline=prompt_baseline,
         candidate=candidate,
         decision=decision,
+        approvals=[a for a in approvals or [] if a is not None],
         registered=registered,
-        published_uri=published.uri,
-        published_files=sorted([*published.manifest.files, "manifest.json"]),
-        task_metric=candidate.task_metric,
-        stop_reason=trained.stop_reason,
-        warnings=warnings,
-        train_loss=trained.train_loss,
-        val_loss=trained.val_loss,
+        published_uri=published.uri if published else None,
+        published_files=sorted([*published.manifest.files, "manifest.json"]) if published else [],
+        stop_reason=trained.stop_reason if trained else None,
+        warnings=warnings or [],
+        train_loss=trained.train_loss if trained else [],
+        val_loss=trained.val_loss if trained else [],
+        report=report,
         mlflow_run_id=job.run_id,
         tracking_uri=settings.tracking_uri,
     )

@@ -21,7 +21,7 @@ class Rendered:
     end_text: str  # what follows the target in a training sequence (e.g. "<|im_end|>")
 
 
-def _conversation(record: Record) -> list[dict[str, Any]]:
+def conversation(record: Record) -> list[dict[str, Any]]:
     if "messages" in record:
         return record["messages"]
     return [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}]
@@ -37,7 +37,7 @@ def render(record: Record, config: CustomizationConfig, tokenizer: Any) -> Rende
     if config.prompt_format == "template" and "prompt" in record:
         head, _, _ = config.prompt_template.partition("{completion}")
         return Rendered(prompt=head.format(prompt=record["prompt"]), target=record["completion"], end_text=tokenizer.eos_token or "")
-    messages = _conversation(record)
+    messages = conversation(record)
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     answer = messages[-1]["content"]

@@ -154,6 +154,15 @@ class EvaluationPlan(BaseModel):
     limit: int | None = Field(default=None, ge=1, description="Score at most this many items per benchmark.")
     batch_size: int = Field(default=16, ge=1, le=512, description="Evaluation batch size.")
     max_new_tokens: int = Field(default=48, ge=1, le=4096, description="Generation budget per task item.")
+    few_shot: int = Field(
+        default=3, ge=0, le=32,
+        description="Training examples shown before each task item in the few-shot prompt baseline (0: zero-shot only).",
+    )
+    target_score: float | None = Field(
+        default=None, ge=0.0, le=100.0,
+        description="Task score (points) that is good enough: if prompting the base model reaches it, no fine-tuning is done.",
+    )
+    force_training: bool = Field(default=False, description="Train even when prompting already reaches target_score.")
 
 
 class PromotionPolicy(BaseModel):
@@ -222,6 +231,9 @@ class CustomizationSpec(BaseModel):
     evaluation: EvaluationPlan = Field(default_factory=EvaluationPlan)
     policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
     budget: Budget = Field(default_factory=Budget)
+    submitted_by: str | None = Field(
+        default=None, description="Who submitted the job; a reviewer of its approvals must be someone else."
+    )
 
     @field_validator("config")
     @classmethod

@@ -1,6 +1,7 @@
 """Training methods through the customize flow: full weights, budget refusal, cancellation."""
 
 import json
+import os
 import threading
 import time
 
@@ -15,7 +16,8 @@ from tests.flows.test_customize import OUTPUT, spec_for
 def test_full_weight_sft_registers_and_publishes_the_model(services, ok_dataset):
     from flows.customize import customize
 
-    result = customize(spec_for(ok_dataset, {"finetuning_type": "all_weights", "learning_rate": 1e-3, "epochs": 2}))
+    spec = spec_for(ok_dataset, {"finetuning_type": "all_weights", "learning_rate": 1e-3, "epochs": 2}, review_methods=[])
+    result = customize(spec)
     tags = tracking.client(get_settings()).get_model_version(registered_name(OUTPUT), result.registered.version).tags
     assert tags["customizer.artifact"] == "model" and tags["customizer.finetuning_type"] == "all_weights"
     objects = services.objects(f"{OUTPUT}/{result.registered.version}/")
@@ -72,3 +74,41 @@ def test_cancelling_the_flow_run_stops_training_and_publishes_nothing(services, 
     assert "result" not in outcome and "cancelled" in str(outcome["error"]).lower()
     assert final.type.value == "CANCELLED" and "nothing was saved" in final.message
     assert services.objects() == {}
+
+
+def test_no_fine_tuning_when_prompting_already_meets_the_target(services, ok_dataset, tmp_path, tiny_model_dir, monkeypatch):
+    from flows.customize import customize
+    from tests.conftest import TINY_CONFIG_URN
+    from training.catalog import get_config
+    from training.data import ingest_dataset
+    from training.sft import train_sft
+    from training.specs import Hyperparameters
+
+    # A base model that already does the task: the tiny model fully trained to answer "ok".
+    settings = get_settings()
+    data = ingest_dataset(str(ok_dataset), tmp_path / "data-for-base", seed=0)
+    capable = train_sft(str(tiny_model_dir), data, get_config(TINY_CONFIG_URN, settings),
+                        Hyperparameters(finetuning_type="all_weights", epochs=3, batch_size=4, learning_rate=2e-3), tmp_path / "base-job", settings)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "capable.yaml").write_text(
+        f"namespace: test\nname: capable@v1\ntarget: {{name: test/capable, model_uri: {capable.output_dir}}}\n"
+        "max_seq_length: 128\nlora_target_modules: [q_proj, v_proj]\n"
+        "training_options: [{training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4}]\n"
+    )
+    monkeypatch.setenv("CUSTOMIZER_CONFIG_DIRS", json.dumps([*json.loads(os.environ["CUSTOMIZER_CONFIG_DIRS"]), str(configs)]))
+
+    spec = spec_for(ok_dataset).model_copy(update={"config": "test/capable@v1"})
+    spec.evaluation.target_score = 90.0
+    result = customize(spec)
+    assert result.outcome == "prompt_sufficient" and result.registered is None and result.candidate is None
+    assert result.prompt_baseline.startswith("zero-shot prompting reaches exact_match 100.0 >= target 90.0")
+    assert not any(get_settings().jobs_dir.glob("*/checkpoints")) and services.objects() == {}
+    run = tracking.client(get_settings()).get_run(result.mlflow_run_id)
+    assert run.data.tags["customizer.decision"] == "no fine-tuning needed" and run.info.status == "FINISHED"
+    few_shot = result.baseline.few_shot["exact_match"]  # the few-shot prompt was scored and logged too
+    assert 0.0 <= few_shot <= 1.0 and run.data.metrics["baseline.few_shot.exact_match"] == few_shot
+
+    spec.evaluation.force_training = True
+    forced = customize(spec)
+    assert forced.outcome == "trained" and forced.registered is not None
