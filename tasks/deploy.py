@@ -11,14 +11,15 @@ from prefect import get_run_logger, task
 from customizer import __version__
 from customizer.settings import get_settings
 from deploy import registry, tracking
+from deploy.compat import CompatError, check_serving
 from deploy.registry import RegisteredVersion
-from deploy.store import Published, publish
+from deploy.store import Published, publish, publishable_files
 from evaluation.gate import Decision
 from evaluation.runner import StageScores
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.data import IngestedDataset
-from training.sft import ADAPTER_FILES, TrainResult
+from training.sft import TrainResult
 
 TRANSIENT = ("ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "Throttling", "SlowDown")
 
@@ -76,8 +77,15 @@ def register(
 
 @task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
 def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, trained: TrainResult, version: RegisteredVersion) -> Published:
-    """Publish the adapter and its manifest to the artifact store; record the URI on the version."""
+    """Check a serving engine would load the adapter, publish it with its manifest, record the URI."""
     settings = get_settings()
+    folder, base_dir = Path(trained.adapter_dir), Path(base.path)
+    try:
+        check = check_serving(folder, base_dir, job.config.target.name, settings.serving_allow_embedding_targets)
+    except CompatError as exc:  # nothing is published; the version says why
+        registry.set_version_tags(settings, job.spec.output_model, version.version, {"customizer.serving_check": f"failed: {exc}"[:5000]})
+        raise
+    get_run_logger().info("Serving check %s", check.summary())
     lineage = {
         "job_id": job.job_id,
         "config": job.spec.config,
@@ -87,10 +95,13 @@ def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, traine
         "mlflow": {"registered_model": version.registered_model, "version": version.version, "run_id": job.run_id},
     }
     published = publish(
-        Path(trained.adapter_dir), list(ADAPTER_FILES), job.spec.output_model, version.version,
+        folder, publishable_files(folder, base_dir), job.spec.output_model, version.version,
         job.config.target.name, lineage, settings,
     )
-    registry.set_version_tags(settings, job.spec.output_model, version.version, {"customizer.published_uri": published.uri})
+    registry.set_version_tags(
+        settings, job.spec.output_model, version.version,
+        {"customizer.published_uri": published.uri, "customizer.serving_check": check.summary()},
+    )
     tracking.client(settings).set_tag(job.run_id, "customizer.published_uri", published.uri)
     return published
 
