@@ -5,6 +5,8 @@
     customizer check SPEC.yaml      validate a spec, its config and its dataset without training
     customizer configs              list the config catalog
     customizer prepare-model [URN]  convert/cache a config's base model ahead of time
+    customizer serve-models         serve the base model and published adapters (OpenAI-compatible API)
+    customizer serving vllm-args NS vLLM launch arguments for a namespace's champion adapters
 """
 
 from __future__ import annotations
@@ -121,6 +123,39 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.serving import run_server
+    from training.base_model import BaseModelError, resolve_base_model
+    from training.catalog import CatalogError, get_config
+
+    try:
+        config = get_config(args.config or settings.serve_config, settings)
+        resolved = resolve_base_model(config.target, settings)
+    except (CatalogError, BaseModelError) as exc:
+        raise UsageError(str(exc)) from exc
+    run_server(
+        settings, resolved.path, config.target.name, (config.urn,), args.host or settings.serve_host,
+        settings.serve_port if args.port is None else args.port, args.max_adapters, args.preload,
+    )
+    return 0
+
+
+def cmd_vllm_args(args: argparse.Namespace, settings: Settings) -> int:
+    import shlex
+
+    from deploy.handoff import HandOffError, vllm_args
+    from deploy.store import StoreError
+
+    try:
+        arguments = vllm_args(args.namespace, settings)
+    except (HandOffError, StoreError) as exc:
+        raise UsageError(str(exc)) from exc
+    if not settings.serving_lora_root:
+        print("# adapter paths are store URIs; set CUSTOMIZER_SERVING_LORA_ROOT to where vLLM sees the store", file=sys.stderr)
+    print(" ".join(shlex.quote(a) for a in arguments))
+    return 0
+
+
 def quiet_libraries() -> None:
     """Keep the console to customizer's own progress: libraries' deprecation notes and chatter off."""
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -144,6 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("configs", help="list the config catalog")
     prep = sub.add_parser("prepare-model", help="convert and cache a config's base model")
     prep.add_argument("config", nargs="?", default=DEMO_CONFIG)
+    serve = sub.add_parser("serve-models", help="serve the base model and published adapters over an OpenAI-compatible API")
+    serve.add_argument("--config", help="config URN whose base model is served (default: the serve_config setting)")
+    serve.add_argument("--host", help="address to listen on (default: the serve_host setting)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: the serve_port setting)")
+    serve.add_argument("--max-adapters", type=int, help="adapters held in memory (default: the serve_max_adapters setting)")
+    serve.add_argument("--preload", action="append", default=[], metavar="NAME", help="adapter to load at start (namespace/name[@version]); repeatable")
+    serving = sub.add_parser("serving", help="hand-off to a production serving engine")
+    serving_sub = serving.add_subparsers(dest="serving_command", required=True)
+    vllm = serving_sub.add_parser("vllm-args", help="print vLLM launch arguments for a namespace's champion adapters")
+    vllm.add_argument("namespace")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -154,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_configs(args, settings)
         if args.command == "prepare-model":
             return cmd_prepare_model(args, settings)
+        if args.command == "serve-models":
+            return cmd_serve_models(args, settings)
+        if args.command == "serving":
+            return cmd_vllm_args(args, settings)
         raw = demo_spec(args) if args.command == "demo" else _load_spec_file(args.spec)
         spec = check_spec(raw, settings)
         if args.command == "check":

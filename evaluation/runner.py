@@ -81,7 +81,10 @@ def task_benchmark(
     rows, stops = [], set()
     for example in examples:
         sample = render(example.record, config, tokenizer)
-        rows.append({"loc": example.loc, "prompt": sample.prompt, "answer": sample.target})
+        # The conversation the prompt was rendered from (as JSON text, so rows keep one schema), for
+        # endpoints that render chat templates themselves.
+        messages = example.record["messages"][:-1] if "messages" in example.record else [{"role": "user", "content": example.record["prompt"]}]
+        rows.append({"loc": example.loc, "prompt": sample.prompt, "answer": sample.target, "messages": json.dumps(messages)})
         stops.update(stop_sequences(tokenizer, sample))
     out_dir.mkdir(parents=True, exist_ok=True)
     data_file = out_dir / "task.jsonl"
@@ -99,7 +102,7 @@ def task_benchmark(
         "metric_list": [
             {"metric": f"task_{name}", "aggregation": "mean", "higher_is_better": True} for name in TASK_METRICS
         ],
-        "metadata": {"version": TASK_BENCHMARK_VERSION, "dataset_sha256": dataset.sha256},
+        "metadata": {"version": TASK_BENCHMARK_VERSION, "dataset_sha256": dataset.sha256, "prompt_format": config.prompt_format},
     }
     (out_dir / "task.yaml").write_text(yaml.safe_dump(benchmark, sort_keys=False), encoding="utf-8")
     return benchmark
@@ -173,6 +176,11 @@ def evaluate_model(
         torch_random_seed=0,
         fewshot_random_seed=0,
     )
+    return stage_scores(output, general, out_dir, started)
+
+
+def stage_scores(output: dict[str, Any], general: dict[str, dict[str, Any]], out_dir: Path, started: float) -> StageScores:
+    """Turn lm-eval's output into the stage's scores; per-sample outputs and ``scores.json`` go to ``out_dir``."""
     results = output["results"]
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,12 @@
 """The ``customize`` flow: ingest -> baseline eval -> train -> candidate eval -> gate -> register
--> publish -> promote. Every stage is a task; they pass references, never models."""
+-> publish -> promote -> go live. Every stage is a task; they pass references, never models."""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from tasks.data import ingest
-from tasks.deploy import promote, publish_adapter, register
+from tasks.deploy import go_live, promote, publish_adapter, register
 from tasks.evaluation import build_task_benchmark, champion_scores, evaluate, gate
 from tasks.job import CustomizationResult, base_model, finish_job, mark_failed, open_job
 from tasks.training import train
@@ -35,4 +35,5 @@ def customize(spec: CustomizationSpec) -> CustomizationResult:
     version = register(job, base, data, trained, baseline, candidate, decision)
     published = publish_adapter(job, base, data, trained, version)
     version = promote(job, version, published, decision)
+    go_live(job, version, published)  # a promoted adapter is live on the serving endpoint, if one is set
     return finish_job(job, data, trained, baseline, candidate, decision, version, published)

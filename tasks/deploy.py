@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 
 from customizer import __version__
 from customizer.settings import get_settings
-from deploy import registry, tracking
+from deploy import handoff, registry, tracking
 from deploy.compat import CompatError, check_serving
 from deploy.registry import RegisteredVersion
 from deploy.store import Published, publish, publishable_files
@@ -116,3 +116,31 @@ def promote(job: Job, version: RegisteredVersion, published: Published, decision
     promoted = registry.promote(settings, job.spec.output_model, version.version)
     get_run_logger().info("%s version %s is now the champion", promoted.registered_model, promoted.version)
     return promoted
+
+
+@task(name="go-live")
+def go_live(job: Job, version: RegisteredVersion, published: Published) -> handoff.HandOff | None:
+    """Load a promoted, published version into the configured serving endpoint (vLLM, NIM, serve-models).
+
+    A failure does not fail the job (the adapter is published and promoted); it is recorded as a
+    warning on the run and the version.
+    """
+    settings = get_settings()
+    logger = get_run_logger()
+    if not settings.serving_endpoint:
+        return None
+    if registry.CHAMPION not in version.aliases:
+        logger.info("Version %s was not promoted: not loaded into %s", version.version, settings.serving_endpoint)
+        return None
+    result = handoff.go_live(job.spec.output_model, version.version, published.uri, settings)
+    tags = {"customizer.serving.endpoint": result.endpoint, "customizer.serving.live_as": ", ".join(result.loaded)}
+    if result.warning:
+        tags["customizer.serving.warning"] = result.warning[:5000]
+        logger.warning(result.warning)
+    else:
+        logger.info("Live on %s as %s", result.endpoint, ", ".join(result.loaded))
+    registry.set_version_tags(settings, job.spec.output_model, version.version, tags)
+    client = tracking.client(settings)
+    for key, value in tags.items():
+        client.set_tag(job.run_id, key, value)
+    return result
