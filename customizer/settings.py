@@ -42,12 +42,14 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, description="CPU threads for torch; default: all cores.")
     # Publication to the store.
     s3_multipart_threshold: int = Field(
-        default=64 << 20, ge=1, description="Files of at least this many bytes go to S3 in parts (multipart upload)."
+        default=8 << 20, ge=1, description="Files of at least this many bytes go to S3 in parts (multipart upload)."
     )
     s3_multipart_chunksize: int = Field(
-        default=64 << 20, ge=5 << 20, description="Part size in bytes for multipart uploads (S3's minimum is 5 MiB)."
+        default=8 << 20,
+        ge=5 << 20,
+        description="Part size in bytes for multipart uploads (S3's minimum is 5 MiB; raised as needed to stay within 10,000 parts).",
     )
-    s3_max_concurrency: int = Field(default=8, ge=1, description="Parallel part uploads/downloads per file.")
+    s3_max_concurrency: int = Field(default=10, ge=1, description="Parallel part uploads/downloads per file.")
     s3_max_attempts: int = Field(
         default=5, ge=1, description="Attempts per S3 request; only throttling, 5xx and connection errors are retried."
     )

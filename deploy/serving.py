@@ -20,9 +20,10 @@ A request's ``model`` names what answers it:
 At most ``serve_max_adapters`` adapters are held in memory; using another evicts the least recently
 used one, which comes back from its verified local copy when asked for again.
 
-One lock guards the model: a request activates its adapter (or disables adapters for the base),
-generates and releases, so requests for different adapters never see each other's weights.
-Downloads happen outside the lock. Errors are OpenAI-style JSON (``{"error": {...}}``) with a 4xx
+One lock guards the model: a request merges its adapter into the weights (the base weights are
+restored from a kept copy before another one goes in, so they stay bit-exact), generates and
+releases, so requests for different adapters never see each other's weights and each runs at the
+base model's speed. Downloads happen outside the lock. Errors are OpenAI-style JSON (``{"error": {...}}``) with a 4xx
 status that names the problem; nothing answers with a stack trace.
 """
 
@@ -203,6 +204,9 @@ class ModelServer:
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.max_adapters = max_adapters or settings.serve_max_adapters
         self.peft: Any = None  # the PeftModel, once the first adapter is loaded
+        self.merged: str | None = None  # the PEFT adapter whose weights are in the base weights now
+        self._pristine: dict[str, Any] = {}  # module name -> its base weight before any merge
+        self._merged_layers: list[str] = []
         self.adapters: dict[str, Adapter] = {}
         self.resident: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
         self.lock = threading.RLock()
@@ -313,6 +317,8 @@ class ModelServer:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ServingError(400, f"{adapter.name}: adapter_config.json is not valid JSON: {exc}", param="lora_path") from exc
+        if config.get("use_dora") or config.get("peft_type", "LORA") != "LORA":
+            raise ServingError(400, f"{adapter.name}: only plain LoRA adapters are served (no DoRA)", param="lora_path")
         named = str(config.get("base_model_name_or_path") or "")
         if named and named.lower() not in {n.lower() for n in self.base_names} | {str(self.base_dir).lower()}:
             raise ServingError(400, f"{adapter.name} was trained on {named}, this server serves {self.base_name}", param="lora_path")
@@ -326,6 +332,7 @@ class ModelServer:
         if adapter.peft_name is not None:
             self.resident.move_to_end(adapter.name)
             return
+        self._restore()  # PEFT changes layers below: the base weights must be the base's first
         while len(self.resident) >= self.max_adapters:
             _, evicted = self.resident.popitem(last=False)
             self.peft.delete_adapter(evicted.peft_name)
@@ -343,6 +350,8 @@ class ModelServer:
                 self.peft.load_adapter(str(adapter.local_dir), adapter_name=peft_name)
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             raise ServingError(400, f"{adapter.name} does not load on {self.base_name}: {str(exc).splitlines()[0]}", param="model") from exc
+        # The LoRA branches stay off: an adapter runs merged into the weights (see _merge).
+        self.peft.base_model.disable_adapter_layers()
         adapter.peft_name = peft_name
         self.resident[adapter.name] = adapter
         self.adapters.setdefault(adapter.name, adapter)
@@ -357,25 +366,56 @@ class ModelServer:
 
     @contextmanager
     def active(self, adapter: Adapter | None) -> Iterator[Any]:
-        """Hold the model with ``adapter`` active (or adapters off, for the base); yields the tokenizer."""
+        """Hold the model with ``adapter`` in effect (or the base alone); yields the tokenizer to use."""
         with self.lock:
             if adapter is None:
-                if self.peft is None:
-                    yield self.tokenizer
-                    return
-                lora = self.peft.base_model
-                lora.disable_adapter_layers()
-                try:
-                    yield self.tokenizer
-                finally:
-                    lora.enable_adapter_layers()
+                self._restore()
+                yield self.tokenizer
                 return
             registered = self.adapters.get(adapter.name)
             if registered is not None and registered is not adapter:
                 adapter = registered  # another request registered it meanwhile
             self._make_resident(adapter)
-            self.peft.base_model.set_adapter(adapter.peft_name)
+            self._merge(adapter.peft_name)
             yield adapter.tokenizer or self.tokenizer
+
+    def _lora_layers(self) -> list[tuple[str, Any]]:
+        from peft.tuners.lora import LoraLayer
+
+        return [(name, module) for name, module in self.model.named_modules() if isinstance(module, LoraLayer)]
+
+    def _merge(self, peft_name: str) -> None:
+        """Put one adapter's weights into the base weights: W = W_base + B A * scale.
+
+        A request then runs at the base model's speed (no LoRA branch per layer and token); a swap
+        costs one small matrix product per adapted layer. The base weights are restored from a
+        kept copy, never by subtraction, so they stay bit-exact however many swaps happen, and the
+        merged weights are the very ones the job's candidate evaluation scored (PEFT's merge).
+        """
+        import torch
+
+        if self.merged == peft_name:
+            return
+        self._restore()
+        with torch.no_grad():
+            for name, layer in self._lora_layers():
+                if peft_name not in layer.lora_A:
+                    continue
+                weight = layer.get_base_layer().weight
+                if name not in self._pristine:
+                    self._pristine[name] = weight.detach().clone()
+                weight.data += layer.get_delta_weight(peft_name).to(weight.dtype)
+                self._merged_layers.append(name)
+        self.merged = peft_name
+
+    def _restore(self) -> None:
+        """Give every merged layer its base weights back."""
+        if self.merged is None:
+            return
+        modules = dict(self.model.named_modules())
+        for name in self._merged_layers:
+            modules[name].get_base_layer().weight.data.copy_(self._pristine[name])
+        self._merged_layers, self.merged = [], None
 
     def load(self, name: str, path: str, replace: bool = False) -> Adapter:
         """``/v1/load_lora_adapter``: fetch and load ``path`` under ``name`` (loading the same again is a no-op)."""
@@ -399,6 +439,7 @@ class ModelServer:
 
     def _drop(self, adapter: Adapter) -> None:
         if adapter.peft_name is not None:
+            self._restore()
             self.peft.delete_adapter(adapter.peft_name)
             self.resident.pop(adapter.name, None)
             adapter.peft_name = None
@@ -452,7 +493,7 @@ class ModelServer:
                     f"and max_tokens asks for {max_tokens} more",
                     param="max_tokens",
                 )
-            model = self.peft.base_model.model if self.peft is not None else self.model
+            model = self.model  # PEFT wraps layers in place: this is the model with the active adapter merged
             output: list[int] = []
             finish = "length"
             if max_tokens > 0:

@@ -40,7 +40,8 @@ def running_server(settings: Settings, base_dir: Path, max_adapters: int = 8) ->
 
 
 def reference_chat(base_dir: Path, adapter_dir: Path | None, content: str, max_tokens: int) -> str:
-    """What greedy decoding gives for one user turn, with transformers + PEFT directly (one adapter)."""
+    """What greedy decoding gives for one user turn, with transformers + PEFT directly (the adapter
+    merged, as the job's candidate evaluation runs it)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -48,7 +49,7 @@ def reference_chat(base_dir: Path, adapter_dir: Path | None, content: str, max_t
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     model.eval()
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")

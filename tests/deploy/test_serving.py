@@ -227,3 +227,19 @@ def test_the_serve_models_command_serves_published_adapters(published, expected,
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+
+
+def test_base_weights_stay_bit_exact_however_many_swaps(served, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    server, client, _ = served
+    for model in ["team/alpha@1", "team/beta@1", "team/gamma@1", "team/alpha@1"] * 3:
+        assert chat(client, model).status_code == 200
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    with server.active(None):
+        served_weights = {
+            name.replace(".base_layer", ""): value for name, value in server.model.state_dict().items() if "lora_" not in name
+        }
+    assert served_weights.keys() == fresh.keys()
+    assert all(torch.equal(served_weights[name], fresh[name]) for name in fresh)
