@@ -471,6 +471,7 @@ class ModelServer:
         logprobs: int | None = None,
         echo: bool = False,
         add_special_tokens: bool = True,
+        streamer: Any = None,
     ) -> Generated:
         """Generate from one prompt with ``adapter`` active (None: the base).
 
@@ -497,7 +498,7 @@ class ModelServer:
             output: list[int] = []
             finish = "length"
             if max_tokens > 0:
-                output, finish = self._decode(model, tokenizer, ids, max_tokens, temperature, top_p, stop, seed, ignore_eos, min_tokens)
+                output, finish = self._decode(model, tokenizer, ids, max_tokens, temperature, top_p, stop, seed, ignore_eos, min_tokens, streamer)
             text = tokenizer.decode(output, skip_special_tokens=True)
             cut = _first_stop(text, stop)
             if cut is not None:
@@ -508,7 +509,7 @@ class ModelServer:
                     scored = self._logprobs(model, tokenizer, ids if echo else [], ids + output, logprobs, len(ids))
         return Generated(prompt_ids=ids, output_ids=output, text=text, finish_reason=finish, logprobs=scored)
 
-    def _decode(self, model, tokenizer, ids, max_tokens, temperature, top_p, stop, seed, ignore_eos, min_tokens) -> tuple[list[int], str]:
+    def _decode(self, model, tokenizer, ids, max_tokens, temperature, top_p, stop, seed, ignore_eos, min_tokens, streamer) -> tuple[list[int], str]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -538,6 +539,8 @@ class ModelServer:
             options |= {"temperature": None, "top_p": None, "top_k": None}
         if stop:
             options["stopping_criteria"] = StoppingCriteriaList([StopOnText()])
+        if streamer is not None:
+            options["streamer"] = streamer
         input_ids = torch.tensor([ids], device=self.device)
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
@@ -756,61 +759,65 @@ def create_app(server: ModelServer) -> Any:
 
 def _stream(server: ModelServer, adapter: Adapter | None, prompt: str | list[int], options: dict[str, Any], model: str,
             request_id: str, created: int, chat: bool, echo: bool, add_special_tokens: bool) -> Iterator[str]:
-    """Server-sent events: the generation runs in a thread; text is sent as it is decoded.
+    """Server-sent events, sent as the model generates (it runs in a thread, holding the model lock).
 
-    Text that could be the start of a stop sequence is held back until it is known not to be one.
+    Text that could be the start of a stop sequence is held back until it is known not to be one;
+    the final event carries the finish reason.
     """
     import queue
 
-    pieces: queue.Queue = queue.Queue()
-    done = object()
-    failure: list[BaseException] = []
+    from transformers import TextIteratorStreamer
+
+    tokenizer = (adapter.tokenizer if adapter is not None else None) or server.tokenizer
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    outcome: queue.Queue = queue.Queue()
 
     def run() -> None:
         try:
-            result = server.generate(adapter, prompt, add_special_tokens=add_special_tokens, **options)
-            pieces.put(result)
+            outcome.put(server.generate(adapter, prompt, add_special_tokens=add_special_tokens, streamer=streamer, **options))
         except Exception as exc:  # noqa: BLE001 - handed to the client as an error event below
-            failure.append(exc)
-        finally:
-            pieces.put(done)
+            outcome.put(exc)
+            streamer.end()  # release the reader below
 
-    # Generation is short on this server's models; the full text arrives at once and is sent in
-    # token-sized pieces, so clients that read SSE work unchanged.
     threading.Thread(target=run, daemon=True).start()
     kind = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+    def event(text: str | None, finish: str | None = None, role: bool = False) -> str:
         if chat:
             delta = ({"role": "assistant"} if role else {}) | ({"content": text} if text is not None else {})
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return {"id": request_id, "object": kind, "created": created, "model": model, "choices": [choice]}
+        return _sse({"id": request_id, "object": kind, "created": created, "model": model, "choices": [choice]})
 
     if chat:
-        yield _sse(chunk(None, None, role=True))
-    item = pieces.get()
-    if failure:
-        exc = failure[0]
-        error = exc if isinstance(exc, ServingError) else ServingError(500, f"internal error ({type(exc).__name__})", "server_error")
+        yield event(None, role=True)
+    elif echo:
+        yield event(prompt if isinstance(prompt, str) else tokenizer.decode(prompt))
+    stops, text, sent = options["stop"], "", 0
+    for piece in streamer:
+        text += piece
+        cut = _first_stop(text, stops)
+        safe = cut if cut is not None else len(text) - _held_back(text, stops)
+        if safe > sent:
+            yield event(text[sent:safe])
+            sent = safe
+    result = outcome.get()
+    if isinstance(result, Exception):
+        error = result if isinstance(result, ServingError) else ServingError(500, f"internal error ({type(result).__name__})", "server_error")
+        if error.status >= 500:
+            log.error("Streaming %s failed", model, exc_info=result)
         yield _sse({"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.status}})
-        yield "data: [DONE]\n\n"
-        return
-    result: Generated = item
-    tokenizer = (adapter.tokenizer if adapter is not None else None) or server.tokenizer
-    if echo and not chat:
-        yield _sse(chunk(prompt if isinstance(prompt, str) else tokenizer.decode(prompt), None))
-    sent = ""
-    for end in range(1, len(result.output_ids) + 1):
-        text = tokenizer.decode(result.output_ids[:end], skip_special_tokens=True)[: len(result.text)]
-        if len(text) > len(sent) and not text.endswith("\ufffd"):  # wait for whole characters
-            yield _sse(chunk(text[len(sent):], None))
-            sent = text
-    if len(result.text) > len(sent):
-        yield _sse(chunk(result.text[len(sent):], None))
-    yield _sse(chunk("" if not chat else None, result.finish_reason))
+    else:
+        if len(result.text) > sent:
+            yield event(result.text[sent:])
+        yield event("" if not chat else None, result.finish_reason)
     yield "data: [DONE]\n\n"
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of ``text`` could begin a stop sequence."""
+    return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
 
 
 # --- running it -------------------------------------------------------------------------------------

@@ -243,3 +243,23 @@ def test_base_weights_stay_bit_exact_however_many_swaps(served, tiny_model_dir):
         }
     assert served_weights.keys() == fresh.keys()
     assert all(torch.equal(served_weights[name], fresh[name]) for name in fresh)
+
+
+def test_streamed_completions_hold_back_stop_sequences_and_report_errors(served):
+    _, client, _ = served
+
+    def stream(**body) -> list[str]:
+        with client.stream("POST", "/v1/completions", json={"model": "team/alpha@1", "temperature": 0, "stream": True} | body) as response:
+            return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+
+    whole = client.post("/v1/completions", json={"model": "team/alpha@1", "prompt": "the", "max_tokens": 12, "temperature": 0}).json()
+    text = whole["choices"][0]["text"]
+    stop = text[3:6]  # a stop sequence that appears in the middle of the answer
+    expected = text[: text.find(stop)]
+    events = stream(prompt="the", max_tokens=12, stop=[stop])
+    pieces = [json.loads(e)["choices"][0]["text"] for e in events[:-1]]
+    assert "".join(pieces) == expected and stop not in "".join(pieces)
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop" and events[-1] == "[DONE]"
+
+    failed = stream(prompt="the", max_tokens=100_000)
+    assert json.loads(failed[0])["error"]["code"] == 400 and failed[-1] == "[DONE]"
