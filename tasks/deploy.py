@@ -1,5 +1,5 @@
-"""Registration, publication and promotion as tasks. Only store and registry I/O is retried, and
-only for transient errors."""
+"""Registration, publication (after the serving check), promotion and the hand-off to serving as
+tasks. Only store and registry I/O is retried, and only for transient errors."""
 
 from __future__ import annotations
 
