@@ -128,6 +128,8 @@ def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
     from training.base_model import BaseModelError, resolve_base_model
     from training.catalog import CatalogError, get_config
 
+    if args.max_adapters is not None and args.max_adapters < 1:
+        raise UsageError(f"--max-adapters must be at least 1, got {args.max_adapters}")
     try:
         config = get_config(args.config or settings.serve_config, settings)
         resolved = resolve_base_model(config.target, settings)
