@@ -1,8 +1,11 @@
 """Publication to the file store and to S3 over HTTP (moto's server), with manifests that verify."""
 
 import hashlib
+import http.server
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -10,7 +13,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from customizer.settings import Settings
-from deploy.store import StoreError, fetch, publish
+from deploy.store import StoreError, fetch, list_published, parse_published_uri, publish, publishable_files, read_published_file
+from tests.s3server import counting_s3_server
 
 
 @pytest.fixture
@@ -83,13 +87,6 @@ def test_unreachable_or_misnamed_stores_fail_clearly(tmp_path, adapter):
 
 
 # --- publication rules, multipart, content addressing, errors --------------------------------------
-
-import http.server  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-from deploy.store import list_published, parse_published_uri, publishable_files, read_published_file  # noqa: E402
-from tests.s3server import counting_s3_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
