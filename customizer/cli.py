@@ -9,6 +9,8 @@
                                     answer a job that waits for a reviewer
     customizer generate MODEL PROMPT [--version V]
                                     load a registered version from MLflow and generate
+    customizer serve-models         serve the base model and published adapters (OpenAI-compatible API)
+    customizer serving vllm-args NS vLLM launch arguments for a namespace's champion adapters
 """
 
 from __future__ import annotations
@@ -163,6 +165,38 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     print(f"# {args.model} version {version.version} ({', '.join(version.aliases) or 'no alias'})", file=sys.stderr)
     print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
+    from deploy.serving import run_server
+    from training.base_model import BaseModelError, resolve_base_model
+    from training.catalog import CatalogError, get_config
+
+    if args.max_adapters is not None and args.max_adapters < 1:
+        raise UsageError(f"--max-adapters must be at least 1, got {args.max_adapters}")
+    try:
+        config = get_config(args.config or settings.serve_config, settings)
+        resolved = resolve_base_model(config.target, settings)
+    except (CatalogError, BaseModelError) as exc:
+        raise UsageError(str(exc)) from exc
+    run_server(
+        settings, resolved.path, config.target.name, (config.urn,), args.host or settings.serve_host,
+        settings.serve_port if args.port is None else args.port, args.max_adapters, args.preload,
+    )
+    return 0
+
+
+def cmd_vllm_args(args: argparse.Namespace, settings: Settings) -> int:
+    import shlex
+
+    from deploy.handoff import HandOffError, vllm_args
+    from deploy.store import StoreError
+
+    try:
+        arguments = vllm_args(args.namespace, settings)
+    except (HandOffError, StoreError) as exc:
+        raise UsageError(str(exc)) from exc
+    if not settings.serving_lora_root:
+        print("# adapter paths are store URIs; set CUSTOMIZER_SERVING_LORA_ROOT to where vLLM sees the store", file=sys.stderr)
+    print(" ".join(shlex.quote(a) for a in arguments))
     return 0
 
 
@@ -199,6 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("prompt")
     generate.add_argument("--version", default="champion", help="version number or alias (default champion)")
     generate.add_argument("--max-new-tokens", type=int, default=64)
+    serve = sub.add_parser("serve-models", help="serve the base model and published adapters over an OpenAI-compatible API")
+    serve.add_argument("--config", help="config URN whose base model is served (default: the serve_config setting)")
+    serve.add_argument("--host", help="address to listen on (default: the serve_host setting)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: the serve_port setting)")
+    serve.add_argument("--max-adapters", type=int, help="adapters held in memory (default: the serve_max_adapters setting)")
+    serve.add_argument("--preload", action="append", default=[], metavar="NAME", help="adapter to load at start (namespace/name[@version]); repeatable")
+    serving = sub.add_parser("serving", help="hand-off to a production serving engine")
+    serving_sub = serving.add_subparsers(dest="serving_command", required=True)
+    vllm = serving_sub.add_parser("vllm-args", help="print vLLM launch arguments for a namespace's champion adapters")
+    vllm.add_argument("namespace")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -213,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_approve(args, settings)
         if args.command == "generate":
             return cmd_generate(args, settings)
+        if args.command == "serve-models":
+            return cmd_serve_models(args, settings)
+        if args.command == "serving":
+            return cmd_vllm_args(args, settings)
         raw = demo_spec(args) if args.command == "demo" else _load_spec_file(args.spec)
         spec = check_spec(raw, settings)
         if args.command == "check":

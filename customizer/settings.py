@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,46 @@ class Settings(BaseSettings):
     approval_poll_seconds: int = Field(
         default=10, ge=1, description="How often a job waiting for an approval checks for the answer."
     )
+    # Publication to the store.
+    s3_multipart_threshold: int = Field(
+        default=8 << 20, ge=1, description="Files of at least this many bytes go to S3 in parts (multipart upload)."
+    )
+    s3_multipart_chunksize: int = Field(
+        default=8 << 20,
+        ge=5 << 20,
+        description="Part size in bytes for multipart uploads (S3's minimum is 5 MiB; raised as needed to stay within 10,000 parts).",
+    )
+    s3_max_concurrency: int = Field(default=10, ge=1, description="Parallel part uploads/downloads per file.")
+    s3_max_attempts: int = Field(
+        default=5, ge=1, description="Attempts per S3 request; only throttling, 5xx and connection errors are retried."
+    )
+    # Serving: the embedded server (`customizer serve-models`) and the hand-off to vLLM / NIM.
+    serve_config: str = Field(
+        default="huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu",
+        description="Config URN whose base model `customizer serve-models` loads.",
+    )
+    serve_host: str = Field(default="127.0.0.1", description="Address `customizer serve-models` listens on.")
+    serve_port: int = Field(default=8000, ge=0, le=65535, description="Port `customizer serve-models` listens on.")
+    serve_max_adapters: int = Field(
+        default=8, ge=1, description="Adapters `customizer serve-models` keeps in memory; the least recently used is evicted."
+    )
+    serving_endpoint: str | None = Field(
+        default=None,
+        description="OpenAI-compatible server (vLLM, NIM, or customizer serve-models) to load promoted adapters into "
+        "through its /v1/load_lora_adapter route, e.g. http://vllm:8000.",
+    )
+    serving_api_key: SecretStr | None = Field(default=None, description="Bearer token for serving_endpoint.")
+    serving_lora_root: str | None = Field(
+        default=None,
+        description="Where the serving engine sees the store (e.g. a mounted bucket, /mnt/adapters); adapters are "
+        "then named to it as <root>/<namespace>/<name>/<version>. Default: the published store URI.",
+    )
+    serving_timeout_s: float = Field(default=120.0, gt=0, description="Timeout for one call to serving_endpoint.")
+    serving_allow_embedding_targets: bool = Field(
+        default=False,
+        description="Let the serving check pass adapters that target embeddings or the LM head "
+        "(only for engines that support them).",
+    )
 
     @property
     def root(self) -> Path:
@@ -74,6 +114,10 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifact_root(self) -> Path:
         return self.root / "mlflow" / "artifacts"
+
+    @property
+    def serving_cache_dir(self) -> Path:
+        return self.root / "serving"
 
     @property
     def publish_uri(self) -> str:

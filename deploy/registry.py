@@ -128,3 +128,27 @@ def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, des
         model, tokenizer_dir = AutoModelForCausalLM.from_pretrained(local), local
     model.eval()
     return model, AutoTokenizer.from_pretrained(tokenizer_dir), describe(settings, output_model, str(version.version))
+def champion_version(settings: Settings, output_model: str) -> str | None:
+    """The version the ``champion`` alias points at, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(settings).get_model_version_by_alias(registered_name(output_model), CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def namespace_champions(settings: Settings, namespace: str) -> list[tuple[str, str, dict[str, str]]]:
+    """``(output_model, version, tags)`` of every model in ``namespace`` that has a champion, by name."""
+    mlflow_client = client(settings)
+    found = []
+    for model in mlflow_client.search_registered_models(filter_string=f"name LIKE '{namespace}.%'"):
+        if not model.name.startswith(f"{namespace}."):  # LIKE reads '_' in a namespace as a wildcard
+            continue
+        # search results do not fill aliases reliably; the registered model's alias map does.
+        version = mlflow_client.get_registered_model(model.name).aliases.get(CHAMPION)
+        if version is None:
+            continue
+        output_model = model.tags.get("customizer.output_model") or model.name.replace(".", "/", 1)
+        found.append((output_model, str(version), dict(mlflow_client.get_model_version(model.name, str(version)).tags)))
+    return sorted(found)

@@ -2,8 +2,16 @@
 
 Layout: ``<store>/<namespace>/<name>/<version>/`` holding the files and ``manifest.json`` (sha256
 and size per file, base model, lineage, MLflow version). Files go first and the manifest last, so
-a manifest only exists for a complete upload; a file whose stored sha256 already matches is not
-uploaded again. S3 goes through boto3 (any S3-compatible endpoint; credentials from the AWS chain).
+a manifest only exists for a complete upload. Publication is content-addressed: a file whose stored
+sha256 and size already match is not uploaded again, so re-publishing identical content sends no
+bytes. Downloads verify every file against the manifest.
+
+S3 goes through boto3 (any S3-compatible endpoint; credentials from the AWS chain). Large files go
+up in parts (``s3_multipart_threshold``); botocore's "standard" mode retries connection errors,
+throttling and 5xx answers only, so a missing bucket or a refused credential fails at once with a
+``StoreError`` that says which.
+
+Which files of a trained folder are published is decided by one rule (``publishable_files``).
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -24,6 +34,20 @@ from customizer.settings import Settings
 
 log = logging.getLogger("customizer.store")
 MANIFEST = "manifest.json"
+
+# What a serving engine needs from a trained folder: weights, their configs, and a tokenizer only
+# where it differs from the base model's. Checkpoints, optimizer state and READMEs stay behind.
+MODEL_CONFIG_FILES = ("adapter_config.json", "config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
+)
+# Keys transformers writes about where a tokenizer was loaded from, not what it is.
+_VOLATILE_TOKENIZER_KEYS = {"is_local", "local_files_only", "name_or_path", "_commit_hash", "cache_dir", "revision"}
+# S3 error codes that no retry can fix.
+_MISSING_BUCKET = {"NoSuchBucket"}
+_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken", "ExpiredToken"}
 
 
 class StoreError(RuntimeError):
@@ -49,6 +73,7 @@ class Published(BaseModel):
     manifest: Manifest
     uploaded: list[str]
     unchanged: list[str]
+    bytes_uploaded: int = 0  # request bodies sent to the store (0 when nothing changed)
 
 
 def sha256_file(path: Path) -> str:
@@ -59,18 +84,74 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _tokenizer_content(path: Path) -> Any:
+    if path.suffix != ".json":
+        return path.read_bytes()
+    value = json.loads(path.read_text(encoding="utf-8"))
+    return {k: v for k, v in value.items() if k not in _VOLATILE_TOKENIZER_KEYS} if isinstance(value, dict) else value
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    return name in TOKENIZER_FILES or name.endswith(".jinja")
+
+
+def tokenizer_differs(folder: Path, base_model_dir: Path) -> bool:
+    """Whether ``folder``'s tokenizer files differ from the base model's (by content, ignoring load paths)."""
+    ours = {p.name for p in folder.iterdir() if p.is_file() and _is_tokenizer_file(p.name)}
+    theirs = {p.name for p in base_model_dir.iterdir() if p.is_file() and _is_tokenizer_file(p.name)}
+    if ours != theirs:
+        return True
+    return any(_tokenizer_content(folder / name) != _tokenizer_content(base_model_dir / name) for name in sorted(ours))
+
+
+def publishable_files(folder: Path, base_model_dir: Path | None = None) -> list[str]:
+    """The files of a trained folder that are published, by one rule.
+
+    Published: every top-level ``*.safetensors`` file (an adapter, or all shards of a full model),
+    ``*.safetensors.index.json``, ``adapter_config.json`` / ``config.json`` / ``generation_config.json``,
+    and the tokenizer files (``tokenizer*.json``, ``*.jinja`` chat templates, vocabularies) only when
+    they differ from ``base_model_dir``'s (always, when no base is given). Left out: checkpoints,
+    optimizer and trainer state, ``*.bin``, READMEs, anything in subfolders.
+
+    Raises:
+        StoreError: the folder does not exist or holds no ``*.safetensors`` weights.
+    """
+    if not folder.is_dir():
+        raise StoreError(f"cannot publish {folder}: no such folder")
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    weights = [n for n in names if n.endswith((".safetensors", ".safetensors.index.json")) or n in MODEL_CONFIG_FILES]
+    if not any(n.endswith(".safetensors") for n in weights):
+        raise StoreError(f"cannot publish {folder}: it holds no *.safetensors weights (files: {', '.join(names) or 'none'})")
+    tokenizer = [n for n in names if _is_tokenizer_file(n)]
+    if tokenizer and base_model_dir is not None and not tokenizer_differs(folder, base_model_dir):
+        tokenizer = []
+    return weights + tokenizer
+
+
+def _check_name(name: str) -> str:
+    """A stored file name must stay inside its version folder."""
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or name.startswith("."):
+        raise StoreError(f"file name {name!r} is not allowed in a published version")
+    return name
+
+
 class FileStore:
     """A folder with the same layout as the S3 store."""
 
     def __init__(self, root: Path):
         self.root = root
+        self.bytes_sent = 0
 
     def uri(self, key: str) -> str:
         return (self.root / key).as_uri()
 
-    def stored_sha256(self, key: str) -> str | None:
+    def check(self) -> None:
+        """Nothing to check: the folder is created on the first write."""
+
+    def stored(self, key: str) -> FileEntry | None:
         path = self.root / key
-        return sha256_file(path) if path.is_file() else None
+        return FileEntry(sha256=sha256_file(path), size=path.stat().st_size) if path.is_file() else None
 
     def put_file(self, source: Path, key: str, sha256: str) -> None:
         target = self.root / key
@@ -78,6 +159,7 @@ class FileStore:
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.copyfile(source, tmp)
         tmp.replace(target)
+        self.bytes_sent += target.stat().st_size
 
     def put_bytes(self, data: bytes, key: str) -> None:
         target = self.root / key
@@ -85,22 +167,57 @@ class FileStore:
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         tmp.write_bytes(data)
         tmp.replace(target)
+        self.bytes_sent += len(data)
 
     def get_bytes(self, key: str) -> bytes | None:
         path = self.root / key
         return path.read_bytes() if path.is_file() else None
 
+    def get_file(self, key: str, dest: Path) -> bool:
+        path = self.root / key
+        if not path.is_file():
+            return False
+        shutil.copyfile(path, dest)
+        return True
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+
 
 class S3Store:
     """A bucket and prefix on any S3-compatible endpoint."""
 
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None):
+    def __init__(self, bucket: str, prefix: str, settings: Settings):
         import boto3
+        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        # "standard" retries only throttling and transient errors, with backoff.
-        self.s3 = boto3.client("s3", endpoint_url=endpoint_url, config=Config(retries={"mode": "standard", "max_attempts": 5}))
+        self.endpoint = settings.s3_endpoint_url or "AWS S3"
+        # "standard" retries only throttling, 5xx and connection errors, with backoff.
+        self.max_attempts = settings.s3_max_attempts
+        self.s3 = boto3.client(
+            "s3", endpoint_url=settings.s3_endpoint_url,
+            config=Config(retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts}),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=settings.s3_multipart_threshold,
+            multipart_chunksize=settings.s3_multipart_chunksize,
+            max_concurrency=settings.s3_max_concurrency,
+        )
+        self.bytes_sent = 0
+        self._count_lock = threading.Lock()
+        self.s3.meta.events.register("before-send.s3", self._count_body)
+
+    def _count_body(self, request: Any, **_: Any) -> None:
+        """Count request bodies as they go on the wire (retries included)."""
+        if request.method in ("PUT", "POST"):
+            size = int(request.headers.get("Content-Length") or 0)
+            with self._count_lock:
+                self.bytes_sent += size
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -108,24 +225,25 @@ class S3Store:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
-    def stored_sha256(self, key: str) -> str | None:
+    def check(self) -> None:
+        """Fail fast, and clearly, when the bucket is missing or the credentials are refused."""
+        self.s3.head_bucket(Bucket=self.bucket)
+
+    def stored(self, key: str) -> FileEntry | None:
         from botocore.exceptions import ClientError
 
         try:
             head = self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
-        return head.get("Metadata", {}).get("sha256")
+        sha256 = head.get("Metadata", {}).get("sha256")
+        return FileEntry(sha256=sha256, size=head["ContentLength"]) if sha256 else None
 
     def put_file(self, source: Path, key: str, sha256: str) -> None:
-        from boto3.s3.transfer import TransferConfig
-
         self.s3.upload_file(
-            str(source), self.bucket, self._key(key),
-            Config=TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20),
-            ExtraArgs={"Metadata": {"sha256": sha256}},
+            str(source), self.bucket, self._key(key), Config=self.transfer, ExtraArgs={"Metadata": {"sha256": sha256}}
         )
 
     def put_bytes(self, data: bytes, key: str) -> None:
@@ -133,10 +251,78 @@ class S3Store:
         self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": digest})
 
     def get_bytes(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self.s3.exceptions.NoSuchKey:
-            return None
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def get_file(self, key: str, dest: Path) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.download_file(self.bucket, self._key(key), str(dest), Config=self.transfer)
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys = []
+        start = self._key(prefix)
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+            keys += [obj["Key"] for obj in page.get("Contents", [])]
+        strip = f"{self.prefix}/" if self.prefix else ""
+        return sorted(k.removeprefix(strip) for k in keys)
+
+
+def _error_code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _explain(exc: BaseException, store: FileStore | S3Store, doing: str) -> StoreError:
+    """Turn a boto3 failure into a StoreError that says whether retrying could help."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    chain, seen = [], exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    client_error = next((e for e in chain if isinstance(e, ClientError)), None)
+    endpoint = getattr(store, "endpoint", "")
+    bucket = getattr(store, "bucket", "")
+    if any(isinstance(e, NoCredentialsError) for e in chain):
+        return StoreError(f"{doing} failed: no AWS credentials found (environment, ~/.aws or an instance role)")
+    if client_error is not None:
+        code = _error_code(client_error)
+        # HEAD answers carry no error code, only the status.
+        if code in _MISSING_BUCKET or (code in ("404", "NotFound") and client_error.operation_name == "HeadBucket"):
+            return StoreError(f"{doing} failed: S3 bucket {bucket!r} does not exist at {endpoint} (NoSuchBucket)")
+        if code in _DENIED:
+            return StoreError(
+                f"{doing} failed: access to s3://{bucket} was denied at {endpoint} ({code}); "
+                "check the credentials (AWS chain) and the bucket policy"
+            )
+        status = client_error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if status >= 500 or code in _TRANSIENT:
+            attempts = getattr(store, "max_attempts", 1)
+            return StoreError(f"{doing} failed: S3 at {endpoint} kept answering {code} (transient; tried {attempts} times)")
+        return StoreError(f"{doing} failed: S3 answered {code}: {client_error}")
+    if any(isinstance(e, EndpointConnectionError) for e in chain):
+        attempts = getattr(store, "max_attempts", 1)
+        return StoreError(f"{doing} failed: cannot reach the S3 endpoint {endpoint} (tried {attempts} times): {exc}")
+    return StoreError(f"{doing} failed: {exc}")
+
+
+def _store_failures() -> tuple[type[BaseException], ...]:
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, Boto3Error)
 
 
 def open_store(uri: str, settings: Settings) -> FileStore | S3Store:
@@ -151,8 +337,41 @@ def open_store(uri: str, settings: Settings) -> FileStore | S3Store:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StoreError(f"store URI {uri!r} names no bucket: use s3://bucket/prefix")
-        return S3Store(parsed.netloc, parsed.path, settings.s3_endpoint_url)
+        return S3Store(parsed.netloc, parsed.path, settings)
     raise StoreError(f"store URI {uri!r}: unsupported scheme {parsed.scheme!r}; use file:// or s3://")
+
+
+def parse_published_uri(uri: str) -> tuple[str, str, str]:
+    """Split a published version's URI into ``(store URI, "namespace/name", version)``.
+
+    >>> parse_published_uri("s3://models/adapters/team/bot/3/")
+    ('s3://models/adapters', 'team/bot', '3')
+
+    Raises:
+        StoreError: the URI is not ``file://`` or ``s3://`` or has fewer than three path parts.
+    """
+    parsed = urlparse(uri)
+    parts = [p for p in parsed.path.split("/") if p]
+    if parsed.scheme not in ("file", "s3") or len(parts) < 3:
+        raise StoreError(f"{uri!r} is not a published version's URI (<store>/<namespace>/<name>/<version>/)")
+    store_path = "/".join(parts[:-3])
+    root = f"{parsed.scheme}://{parsed.netloc}" + (f"/{store_path}" if store_path else ("/" if parsed.scheme == "file" else ""))
+    return root, f"{parts[-3]}/{parts[-2]}", parts[-1]
+
+
+def _hash_all(folder: Path, files: list[str], output_model: str, version: str) -> dict[str, FileEntry]:
+    for name in files:
+        _check_name(name)
+        if not (folder / name).is_file():
+            raise StoreError(f"cannot publish {output_model} v{version}: {folder / name} is missing")
+
+    def entry(name: str) -> FileEntry:
+        path = folder / name
+        return FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
+
+    # hashlib releases the GIL on large buffers: shards hash in parallel.
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(files)))) as pool:
+        return dict(zip(files, pool.map(entry, files)))
 
 
 def publish(
@@ -167,26 +386,22 @@ def publish(
     """Publish ``files`` from ``folder`` as ``output_model`` version ``version``.
 
     Returns:
-        Where it was published, its manifest, and which files were uploaded or already there.
+        Where it was published, its manifest, which files were uploaded or already there, and how
+        many bytes went to the store.
 
     Raises:
-        StoreError: a listed file is missing, or the store rejects the upload.
+        StoreError: a listed file is missing, or the store rejects the upload (the message says
+            whether the bucket is missing, access was denied, or the endpoint was unreachable).
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
     store = open_store(settings.publish_uri, settings)
     prefix = f"{output_model}/{version}"
-    entries: dict[str, FileEntry] = {}
-    for name in files:
-        path = folder / name
-        if not path.is_file():
-            raise StoreError(f"cannot publish {output_model} v{version}: {path} is missing")
-        entries[name] = FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
+    entries = _hash_all(folder, files, output_model, version)
     uploaded, unchanged = [], []
     try:
+        store.check()
         for name, entry in entries.items():
             key = f"{prefix}/{name}"
-            if store.stored_sha256(key) == entry.sha256:
+            if store.stored(key) == entry:
                 unchanged.append(name)
                 continue
             store.put_file(folder / name, key, entry.sha256)
@@ -196,14 +411,19 @@ def publish(
             files=entries, lineage=lineage, created_at=time.time(),
         )
         previous = _stored_manifest(store, f"{prefix}/{MANIFEST}")
-        if previous is not None and previous.files == manifest.files:
+        if previous is not None and previous.files == manifest.files and previous.base_model == base_model:
             manifest = previous  # identical content: the manifest stays as it was
         else:
             store.put_bytes(manifest.model_dump_json(indent=2).encode(), f"{prefix}/{MANIFEST}")
-    except (BotoCoreError, ClientError) as exc:
-        raise StoreError(f"publishing {output_model} v{version} to {settings.publish_uri} failed: {exc}") from exc
-    log.info("Published %s v%s to %s (%d uploaded, %d unchanged)", output_model, version, store.uri(prefix), len(uploaded), len(unchanged))
-    return Published(uri=store.uri(prefix) + "/", manifest=manifest, uploaded=uploaded, unchanged=unchanged)
+    except _store_failures() as exc:
+        raise _explain(exc, store, f"publishing {output_model} v{version} to {settings.publish_uri}") from exc
+    log.info(
+        "Published %s v%s to %s (%d uploaded, %d unchanged, %d bytes sent)",
+        output_model, version, store.uri(prefix), len(uploaded), len(unchanged), store.bytes_sent,
+    )
+    return Published(
+        uri=store.uri(prefix) + "/", manifest=manifest, uploaded=uploaded, unchanged=unchanged, bytes_uploaded=store.bytes_sent
+    )
 
 
 def _stored_manifest(store: FileStore | S3Store, key: str) -> Manifest | None:
@@ -212,25 +432,83 @@ def _stored_manifest(store: FileStore | S3Store, key: str) -> Manifest | None:
     data = store.get_bytes(key)
     try:
         return Manifest.model_validate_json(data) if data is not None else None
-    except ValidationError:  # unreadable: publishing rewrites it
+    except ValidationError:  # unreadable: publishing rewrites it, fetching refuses it
         return None
 
 
-def fetch(output_model: str, version: str, dest: Path, settings: Settings) -> Manifest:
+def fetch(output_model: str, version: str, dest: Path, settings: Settings, store_uri: str | None = None) -> Manifest:
     """Download a published version into ``dest``, verifying every file against the manifest.
 
+    Files already in ``dest`` with the manifest's sha256 are not downloaded again. Each file lands
+    under a temporary name and is renamed only once its hash matched; ``manifest.json`` is written
+    last, so a folder with a manifest is complete and verified.
+
+    Args:
+        store_uri: the store to read; default the ``store_uri`` setting.
+
     Raises:
-        StoreError: no manifest, or a file whose sha256 or size does not match.
+        StoreError: no manifest, a missing file, or a file whose sha256 or size does not match.
     """
-    store = open_store(settings.publish_uri, settings)
+    store_uri = store_uri or settings.publish_uri
+    store = open_store(store_uri, settings)
     prefix = f"{output_model}/{version}"
-    manifest = _stored_manifest(store, f"{prefix}/{MANIFEST}")
-    if manifest is None:
-        raise StoreError(f"{output_model} v{version} has no readable manifest in {settings.publish_uri}")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, entry in manifest.files.items():
-        data = store.get_bytes(f"{prefix}/{name}")
-        if data is None or len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise StoreError(f"{store.uri(prefix)}/{name} does not match its manifest (sha256 or size differs)")
-        (dest / name).write_bytes(data)
+    try:
+        manifest = _stored_manifest(store, f"{prefix}/{MANIFEST}")
+        if manifest is None:
+            raise StoreError(f"{output_model} v{version} is not published in {store_uri} (no readable manifest)")
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, entry in manifest.files.items():
+            target = dest / _check_name(name)
+            if target.is_file() and target.stat().st_size == entry.size and sha256_file(target) == entry.sha256:
+                continue
+            partial = dest / f".{name}.partial"
+            if not store.get_file(f"{prefix}/{name}", partial):
+                raise StoreError(f"{store.uri(prefix)}/{name} is listed in the manifest but missing from the store")
+            if partial.stat().st_size != entry.size or sha256_file(partial) != entry.sha256:
+                partial.unlink()
+                raise StoreError(f"{store.uri(prefix)}/{name} does not match its manifest (sha256 or size differs)")
+            partial.replace(target)
+    except _store_failures() as exc:
+        raise _explain(exc, store, f"fetching {output_model} v{version} from {store_uri}") from exc
+    (dest / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     return manifest
+
+
+def read_published_file(output_model: str, version: str, name: str, settings: Settings, store_uri: str | None = None) -> bytes:
+    """One file of a published version, verified against the manifest.
+
+    Raises:
+        StoreError: the version is not published, the file is not in it, or it does not match.
+    """
+    store_uri = store_uri or settings.publish_uri
+    store = open_store(store_uri, settings)
+    prefix = f"{output_model}/{version}"
+    try:
+        manifest = _stored_manifest(store, f"{prefix}/{MANIFEST}")
+        if manifest is None:
+            raise StoreError(f"{output_model} v{version} is not published in {store_uri} (no readable manifest)")
+        entry = manifest.files.get(name)
+        data = store.get_bytes(f"{prefix}/{_check_name(name)}") if entry else None
+    except _store_failures() as exc:
+        raise _explain(exc, store, f"reading {output_model} v{version} from {store_uri}") from exc
+    if entry is None or data is None:
+        raise StoreError(f"{output_model} v{version} in {store_uri} has no {name}")
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise StoreError(f"{store.uri(prefix)}/{name} does not match its manifest (sha256 or size differs)")
+    return data
+
+
+def list_published(settings: Settings, store_uri: str | None = None) -> list[str]:
+    """Every published version in the store, as ``namespace/name@version``."""
+    store_uri = store_uri or settings.publish_uri
+    store = open_store(store_uri, settings)
+    try:
+        keys = store.list_keys("")
+    except _store_failures() as exc:
+        raise _explain(exc, store, f"listing {store_uri}") from exc
+    names = []
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) == 4 and parts[3] == MANIFEST:
+            names.append(f"{parts[0]}/{parts[1]}@{parts[2]}")
+    return sorted(names)

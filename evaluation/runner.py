@@ -168,6 +168,9 @@ def task_benchmark(
             sample = render(record, config, tokenizer)
             rows.append({"loc": example.loc, "prompt": sample.prompt, "answer": sample.target})
             stops.update(stop_sequences(tokenizer, sample))
+        # The conversation the prompt was rendered from (as JSON text, so rows keep one schema), for
+        # endpoints that render chat templates themselves.
+        rows[-1]["messages"] = json.dumps(_prompt_messages(record))
     out_dir.mkdir(parents=True, exist_ok=True)
     data_file = out_dir / "task.jsonl"
     data_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -182,6 +185,7 @@ def task_benchmark(
             "dataset_sha256": dataset.sha256,
             "kind": kind,
             "task_metric": plan.task_metric or default_task_metric(kind, rewards),
+            "prompt_format": config.prompt_format,
         },
     }
     if kind == "preference":
@@ -218,6 +222,14 @@ def task_benchmark(
         benchmark["process_results"] = _reward_results(rewards)
     (out_dir / "task.yaml").write_text(yaml.safe_dump(record_of_benchmark, sort_keys=False), encoding="utf-8")
     return benchmark
+
+
+def _prompt_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation up to the answer a model is asked for."""
+    if "messages" in record:
+        return record["messages"][:-1]
+    prompt = record["prompt"]
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
 
 
 FEW_SHOT_BENCHMARK = "task_few_shot"
@@ -340,6 +352,11 @@ def evaluate_model(
         torch_random_seed=0,
         fewshot_random_seed=0,
     )
+    return stage_scores(output, general, out_dir, started)
+
+
+def stage_scores(output: dict[str, Any], general: dict[str, dict[str, Any]], out_dir: Path, started: float) -> StageScores:
+    """Turn lm-eval's output into the stage's scores; per-sample outputs and ``scores.json`` go to ``out_dir``."""
     results = output["results"]
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The ``customize`` flow: ingest -> baseline (zero- and few-shot) -> [approval] -> train ->
-candidate eval -> gate -> [approval] -> register -> publish -> promote -> report. Every stage is
-a task; they pass references, never models."""
+candidate eval -> gate -> [approval] -> register -> publish -> promote -> go live -> report. Every
+stage is a task; they pass references, never models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prefect import flow
 
 from tasks.approval import approve_promotion, approve_training
 from tasks.data import ingest
-from tasks.deploy import promote, publish_adapter, register
+from tasks.deploy import go_live, promote, publish_adapter, register
 from tasks.evaluation import build_task_benchmark, champion_scores, check_prompt_baseline, evaluate, gate, report
 from tasks.job import CustomizationResult, base_model, finish_job, mark_failed, open_job
 from tasks.training import plan_training, train
@@ -42,6 +42,7 @@ def customize(spec: CustomizationSpec) -> CustomizationResult:
     version = register(job, base, data, trained, baseline, candidate, decision, approvals)
     published = publish_adapter(job, base, data, trained, version)
     version = promote(job, version, published, decision)
+    go_live(job, version, published, trained.artifact)  # a promoted adapter is live on the serving endpoint, if one is set
     page = report(job, data, baseline, candidate, champion, decision, trained, plan.estimate.describe())
     return finish_job(
         job, data, baseline, trained, candidate, decision, version, published,

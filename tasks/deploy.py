@@ -1,5 +1,5 @@
-"""Registration, publication and promotion as tasks. Only store and registry I/O is retried, and
-only for transient errors."""
+"""Registration, publication (after the serving check), promotion and the hand-off to serving as
+tasks. Only store and registry I/O is retried, and only for transient errors."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from prefect import get_run_logger, task
 
 from customizer import __version__
 from customizer.settings import get_settings
-from deploy import registry, tracking
+from deploy import handoff, registry, tracking
+from deploy.compat import CompatError, check_serving
 from deploy.registry import RegisteredVersion
-from deploy.store import Published, publish
+from deploy.store import Published, publish, publishable_files
 from evaluation.gate import ApprovalRecord, Decision
 from evaluation.runner import StageScores
 from tasks.approval import approval_tags
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.data import IngestedDataset
-from training.common import ADAPTER_FILES, TrainResult
+from training.common import TrainResult
 
 TRANSIENT = ("ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "Throttling", "SlowDown")
 
@@ -83,8 +84,15 @@ def register(
 
 @task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
 def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, trained: TrainResult, version: RegisteredVersion) -> Published:
-    """Publish the adapter and its manifest to the artifact store; record the URI on the version."""
+    """Check a serving engine would load the adapter, publish it with its manifest, record the URI."""
     settings = get_settings()
+    folder, base_dir = Path(trained.output_dir), Path(base.path)
+    try:
+        check = check_serving(folder, base_dir, job.config.target.name, settings.serving_allow_embedding_targets)
+    except CompatError as exc:  # nothing is published; the version says why
+        registry.set_version_tags(settings, job.spec.output_model, version.version, {"customizer.serving_check": f"failed: {exc}"[:5000]})
+        raise
+    get_run_logger().info("Serving check %s", check.summary())
     lineage = {
         "job_id": job.job_id,
         "config": job.spec.config,
@@ -93,12 +101,15 @@ def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, traine
         "base_model_digest": base.digest,
         "mlflow": {"registered_model": version.registered_model, "version": version.version, "run_id": job.run_id},
     }
-    folder = Path(trained.output_dir)
-    files = list(ADAPTER_FILES) if trained.artifact == "adapter" else sorted(
-        p.name for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json", ".jinja", ".txt", ".model")
+    # Full weights carry their tokenizer (engines load the folder alone); an adapter only a changed one.
+    published = publish(
+        folder, publishable_files(folder, base_dir if trained.artifact == "adapter" else None), job.spec.output_model,
+        version.version, job.config.target.name, lineage, settings,
     )
-    published = publish(folder, files, job.spec.output_model, version.version, job.config.target.name, lineage, settings)
-    registry.set_version_tags(settings, job.spec.output_model, version.version, {"customizer.published_uri": published.uri})
+    registry.set_version_tags(
+        settings, job.spec.output_model, version.version,
+        {"customizer.published_uri": published.uri, "customizer.serving_check": check.summary()},
+    )
     tracking.client(settings).set_tag(job.run_id, "customizer.published_uri", published.uri)
     return published
 
@@ -113,3 +124,34 @@ def promote(job: Job, version: RegisteredVersion, published: Published, decision
     promoted = registry.promote(settings, job.spec.output_model, version.version)
     get_run_logger().info("%s version %s is now the champion", promoted.registered_model, promoted.version)
     return promoted
+
+
+@task(name="go-live")
+def go_live(job: Job, version: RegisteredVersion, published: Published, artifact: str = "adapter") -> handoff.HandOff | None:
+    """Load a promoted, published version into the configured serving endpoint (vLLM, NIM, serve-models).
+
+    A failure does not fail the job (the adapter is published and promoted); it is recorded as a
+    warning on the run and the version.
+    """
+    settings = get_settings()
+    logger = get_run_logger()
+    if not settings.serving_endpoint:
+        return None
+    if artifact != "adapter":  # full weights are a new model to deploy, not an adapter to hot-load
+        logger.info("Version %s holds full weights: deploy %s as its own model; nothing is hot-loaded", version.version, published.uri)
+        return None
+    if registry.CHAMPION not in version.aliases:
+        logger.info("Version %s was not promoted: not loaded into %s", version.version, settings.serving_endpoint)
+        return None
+    result = handoff.go_live(job.spec.output_model, version.version, published.uri, settings)
+    tags = {"customizer.serving.endpoint": result.endpoint, "customizer.serving.live_as": ", ".join(result.loaded)}
+    if result.warning:
+        tags["customizer.serving.warning"] = result.warning[:5000]
+        logger.warning(result.warning)
+    else:
+        logger.info("Live on %s as %s", result.endpoint, ", ".join(result.loaded))
+    registry.set_version_tags(settings, job.spec.output_model, version.version, tags)
+    client = tracking.client(settings)
+    for key, value in tags.items():
+        client.set_tag(job.run_id, key, value)
+    return result

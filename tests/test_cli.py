@@ -44,3 +44,11 @@ def test_unreadable_spec_files_are_reported(tmp_path, capsys):
     broken.write_text("{nope")
     assert main(["run", str(broken)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_serving_commands_report_bad_arguments_clearly(capsys, tiny_config_dir):
+    assert main(["serve-models", "--max-adapters", "0"]) == 2
+    assert "--max-adapters must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["serve-models", "--config", "test/tiny-llama"]) == 2
+    err = capsys.readouterr().err
+    assert "is missing its version" in err and "Traceback" not in err
