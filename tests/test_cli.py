@@ -34,7 +34,7 @@ def test_check_reports_bad_dataset_lines(tmp_path, capsys, tiny_config_dir):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"config": TINY_CONFIG_URN, "dataset": str(root), "output_model": "team/m"}))
     assert main(["check", str(spec)]) == 2
-    assert "training/t.jsonl:4: `prompt` must be a string, got int" in capsys.readouterr().err
+    assert "training/t.jsonl:4: `prompt` must be a string, got number" in capsys.readouterr().err
 
 
 def test_unreadable_spec_files_are_reported(tmp_path, capsys):

@@ -1,8 +1,10 @@
 """Supervised fine-tuning (SFT) with LoRA, on TRL's SFTTrainer and PEFT.
 
 Reads the canonical splits written by ingest, renders each example with the same prompt the
-evaluation uses (``training.prompts.render``), trains with the loss on the answer tokens only,
-checkpoints every epoch (a re-run resumes from the last checkpoint), and saves the adapter.
+evaluation uses (``training.prompts.render``) and tokenizes it with the function ingest measured it
+with (``training.prompts.tokenize``), so an example ingest accepted, dropped or truncated is exactly
+what training uses. Trains with the loss on the answer tokens only, checkpoints every epoch (a
+re-run resumes from the last checkpoint), and saves the adapter.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from customizer.settings import Settings
 from training.callbacks import MetricsCallback, MetricSink
 from training.catalog import CustomizationConfig
 from training.data import Example, IngestedDataset, read_examples
-from training.prompts import render
+from training.prompts import render, tokenize
 from training.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
@@ -88,6 +90,8 @@ def sft_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Pat
         data_seed=hp.seed,
         max_length=config.max_seq_length,
         packing=False,
+        # The rows come tokenized with a completion mask (see `_token_rows`): the loss is on the answer.
+        completion_only_loss=True,
         # Recomputing activations saves memory we do not need at this size and costs ~2x per step.
         gradient_checkpointing=False,
         use_cpu=not use_cuda,
@@ -98,21 +102,33 @@ def sft_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Pat
     )
 
 
-def _rendered_rows(examples: list[Example], config: CustomizationConfig, tokenizer: Any, split: str) -> list[dict[str, str]]:
-    """Render examples into TRL prompt/completion rows, refusing any longer than max_seq_length."""
+def _token_rows(examples: list[Example], config: CustomizationConfig, tokenizer: Any, split: str) -> list[dict[str, list[int]]]:
+    """Tokenize examples into TRL rows (``input_ids`` + ``completion_mask``).
+
+    Ingest decided what happens to examples longer than max_seq_length: dropped ones are not in the
+    split, truncated ones are marked and cut here to their first max_seq_length tokens. An example
+    still too long was not measured at ingest (ingested without the model's tokenizer, or under
+    another config): it is refused, never cut silently.
+
+    Raises:
+        TrainingError: naming the examples that are too long or would keep no answer token.
+    """
+    limit = config.max_seq_length
     rows, too_long = [], []
     for example in examples:
-        sample = render(example.record, config, tokenizer)
-        row = {"prompt": sample.prompt, "completion": sample.target + sample.end_text}
-        length = len(tokenizer(row["prompt"] + row["completion"], add_special_tokens=False)["input_ids"])
-        if length > config.max_seq_length:
-            too_long.append(f"{example.loc} ({length} tokens)")
-        rows.append(row)
+        tokens = tokenize(render(example.record, config, tokenizer), tokenizer)
+        ids, start = tokens.input_ids, tokens.prompt_length
+        if len(ids) > limit:
+            if not example.truncated or start >= limit:
+                too_long.append(f"{example.loc} ({len(ids)} tokens)")
+                continue
+            ids = ids[:limit]
+        rows.append({"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)})
     if too_long:
         shown = ", ".join(too_long[:10]) + (f" and {len(too_long) - 10} more" if len(too_long) > 10 else "")
         raise TrainingError(
-            f"{len(too_long)} {split} example(s) are longer than the config's max_seq_length "
-            f"{config.max_seq_length} and would be truncated: {shown}"
+            f"{len(too_long)} {split} example(s) are longer than the config's max_seq_length {limit} and ingest did not accept them: {shown}; "
+            "ingest the dataset with the job's config and data.long_examples set to drop or truncate"
         )
     return rows
 
@@ -177,8 +193,8 @@ def train_sft(
         torch.set_num_threads(settings.torch_threads)
     use_cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    train_rows = _rendered_rows(read_examples(dataset.files["training"]), config, tokenizer, "training")
-    val_rows = _rendered_rows(read_examples(dataset.files["validation"]), config, tokenizer, "validation")
+    train_rows = _token_rows(read_examples(dataset.files["training"]), config, tokenizer, "training")
+    val_rows = _token_rows(read_examples(dataset.files["validation"]), config, tokenizer, "validation")
 
     checkpoints = work_dir / "checkpoints"
     args = sft_config(hp, config, checkpoints, use_cuda)
