@@ -183,7 +183,7 @@ _EXACT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_
 def _parse_exactly(raw: bytes) -> Any:
     """Parse with the standard decoder: integers of any size stay exact, and its messages name the column."""
     if b"\x00" in raw:
-        raise _BadLine("binary data (NUL bytes), not JSON Lines text; is it compressed, or UTF-16?", binary=True)
+        raise _BadLine("binary data (NUL bytes), not JSON text", binary=True)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -456,9 +456,10 @@ class _Pass:
             try:
                 record, exact = _parse(raw)
             except _BadLine as exc:
-                problem(display, number, str(exc))
-                if exc.binary:
+                if exc.binary and number == 1:  # a binary file: one error, not one per "line" of it
+                    problem(display, number, f"{exc}: the file is not JSON Lines text (compressed? UTF-16?); the rest of it was not read")
                     break
+                problem(display, number, str(exc))
                 continue
             fmt, reason = check_record(record, file_format)
             if not reason and not exact and not _strings_only(record, fmt) and _has_float(record):
@@ -602,14 +603,14 @@ def ingest_dataset(
 def _check_splits(state: _Pass, files: dict[Split, list], holdout: _Holdout | None, method: str | None) -> None:
     """Problems of whole splits: none left, too few to hold out, formats the method does not read."""
     problems = state.problems
-    if "training" in files and "validation" not in files and holdout is None and not problems.total:
-        problems.add("training", 0, "need at least 2 records to hold out a validation split")
-    for split in files:
-        if state.examples[split] or any(e.file.startswith(f"{split}/") for e in problems.listed):
-            continue
+    for split, found in files.items():
+        if not found or state.examples[split] or any(e.file.startswith(f"{split}/") for e in problems.listed):
+            continue  # a folder without files, or whose files have errors, is reported already
         dropped = state.lengths.dropped[split] if state.lengths else 0
         reason = f"every example was dropped ({dropped} longer than max_seq_length)" if dropped else "no records"
         problems.add(f"{split}/", 0, reason)
+    if "training" in files and "validation" not in files and holdout is None and not problems.total:
+        problems.add("training", 0, "need at least 2 records to hold out a validation split")
     if holdout and not state.examples["validation"] and not problems.total:
         problems.add("validation", 0, "every held-out example was dropped as too long: add a validation/ folder")
     if method in METHOD_FORMATS:
