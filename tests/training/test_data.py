@@ -172,7 +172,7 @@ def test_sha256_is_the_canonical_content_of_every_file(tmp_path: Path):
     write_jsonl(root / "training" / "a.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows])
     write_jsonl(root / "validation" / "v.jsonl", [json.dumps(rows[1])])
     expected = hashlib.sha256()
-    for name, records in (("training/a.jsonl", rows), ("validation/v.jsonl", rows[1:])):
+    for name, records in (("training/a.jsonl", rows), ("validation/v.jsonl", rows[1:2])):
         expected.update(f"{name}\n".encode())
         for record in records:
             expected.update(json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
