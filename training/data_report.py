@@ -76,7 +76,7 @@ def render_text(report: DataReport) -> str:
         for name, count in duplicates.leaked.items():
             lines.append(f"leakage: {_plural(count, 'example')} of {name} also in training")
         for leak in duplicates.leaks[:5]:
-            lines.append(f"  {leak.kind}: {', '.join(leak.locs)} = {', '.join(leak.training)}")
+            lines.append(f"  {leak.kind}: {leak.split} {', '.join(leak.locs)} is in training at {', '.join(leak.training)}")
         if not (duplicates.exact_copies or duplicates.near_copies or duplicates.leaked):
             lines.append("duplicates: none; leakage: none")
     for warning in report.warnings:
