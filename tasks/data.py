@@ -11,17 +11,16 @@ from customizer.settings import get_settings
 from deploy import tracking
 from tasks.job import Job
 from training.base_model import ResolvedModel, resolve_base_model
-from training.catalog import get_config
+from training.catalog import CustomizationConfig, get_config
 from training.data import DatasetError, IngestedDataset, ingest_dataset
 from training.data_report import DataReport
 from training.lengths import LengthCheck
 from training.specs import DataOptions
 
 
-def _length_check(config_urn: str, model_dir: str, options: DataOptions) -> LengthCheck:
+def _length_check(config: CustomizationConfig, model_dir: str, options: DataOptions) -> LengthCheck:
     from transformers import AutoTokenizer
 
-    config = get_config(config_urn, get_settings())
     return LengthCheck(config, AutoTokenizer.from_pretrained(model_dir), options.long_examples)
 
 
@@ -36,7 +35,7 @@ def ingest(job: Job, base: ResolvedModel) -> IngestedDataset:
     try:
         data = ingest_dataset(
             job.spec.dataset, out_dir, seed=job.spec.hyperparameters.seed, settings=settings,
-            lengths=_length_check(job.spec.config, base.path, job.spec.data),
+            lengths=_length_check(job.config, base.path, job.spec.data),
             method=job.spec.hyperparameters.training_type,
         )
     except DatasetError:
@@ -75,7 +74,7 @@ def check_dataset(dataset: str, config_urn: str | None, base: ResolvedModel | No
     settings = get_settings()
     run_id = runtime.flow_run.id
     out_dir = settings.root / "ingest" / (prefixed_id("ingest", run_id) if run_id else prefixed_id("ingest"))
-    lengths = _length_check(config_urn, base.path, options) if config_urn and base else None
+    lengths = _length_check(get_config(config_urn, settings), base.path, options) if config_urn and base else None
     logger = get_run_logger()
     try:
         data = ingest_dataset(dataset, out_dir, seed=seed, lengths=lengths, settings=settings)

@@ -265,8 +265,8 @@ def _lines(fh: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[int, bytes
 
 def _holdout_lines(path: Path) -> int:
     """Lines of a file that can hold a record (neither empty nor a lone ``\\r``): the holdout needs
-    the count before it picks. Counted in C, a chunk at a time; the ingest pass calls the holdout
-    for exactly these lines."""
+    the count before it picks, the duplicate index sizes itself by it. Counted in C, a chunk at a
+    time; the ingest pass calls the holdout for exactly these lines."""
     count, tail = 0, b""
     try:
         with open(path, "rb") as fh:
@@ -532,6 +532,8 @@ def ingest_dataset(
     Raises:
         DatasetError: with every problem found, each as ``file:line: reason``, and the report.
     """
+    for stale in ("report.json", "report.html"):  # a re-run must not leave the last run's report behind
+        (out_dir / stale).unlink(missing_ok=True)
     try:
         root = resolve_dataset(source, out_dir / "source", settings)
     except SourceError as exc:
@@ -541,13 +543,12 @@ def ingest_dataset(
     partial.mkdir(parents=True)
     problems, warnings = _Problems(), []
     files = _layout(root, problems, warnings)
+    lines = {split: sum(_holdout_lines(path) for path, _ in found) for split, found in files.items()}
     holdout = None
-    if "training" in files and "validation" not in files:
-        count = sum(_holdout_lines(path) for path, _ in files["training"])
-        if count >= 2:
-            holdout = _Holdout(count, max(1, round(count * HOLDOUT_FRACTION)), random.Random(seed))
-    size = sum(path.stat().st_size for found in files.values() for path, _ in found)
-    state = _Pass(partial, holdout, lengths, DuplicateIndex(partial / "duplicates", expected_bytes=size), problems, warnings)
+    if "training" in files and "validation" not in files and lines["training"] >= 2:
+        holdout = _Holdout(lines["training"], max(1, round(lines["training"] * HOLDOUT_FRACTION)), random.Random(seed))
+    index = DuplicateIndex(partial / "duplicates", expected=sum(lines.values()))
+    state = _Pass(partial, holdout, lengths, index, problems, warnings)
     state.open_writers(["training", "validation", *(["testing"] if "testing" in files else [])])
     try:
         for split in SPLITS:

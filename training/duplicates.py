@@ -6,9 +6,9 @@ example, see ``formats.CONTENT_FIELDS``), a hash of that content *normalized* (A
 lowercased, whitespace and ASCII punctuation removed), and where it is (split, file, line). They
 collect in a fixed-size buffer; a full buffer is spilled to files on disk, partitioned by the
 normalized hash, so copies of an example always meet in the same partition. The number of
-partitions is chosen at the first spill from the expected number of examples (the dataset's size
-in bytes over the bytes per example so far) so that each holds about one buffer's worth. At the
-end each partition is sorted on its own (numpy) and runs of equal hashes are the duplicate groups.
+partitions is chosen from the number of lines of the dataset so that each holds about one
+buffer's worth. At the end each partition is sorted on its own (numpy) and runs of equal hashes
+are the duplicate groups.
 
 Trade-offs, chosen so the check costs about a microsecond per example and bounded memory:
 
@@ -40,12 +40,11 @@ MAX_PARTITIONS = 256
 MAX_LISTED = 20
 LOCS_PER_GROUP = 5
 ENTRY = np.dtype([("near", "<u8"), ("exact", "<u8"), ("where", "<u8")])
-MASK64 = (1 << 64) - 1
 # Deleted before the near hash: ASCII whitespace and punctuation (JSON's own syntax included, so
 # `"a, b"` and `"a b"` normalize alike). Non-ASCII text is kept as it is.
 NOISE = bytes(range(0, 0x30)) + bytes(range(0x3A, 0x41)) + bytes(range(0x5B, 0x61)) + bytes(range(0x7B, 0x80))
 LINE_BITS = 40
-FILE_BITS = 22
+FILE_BITS = 21  # with 40 line bits and 2 split bits, a location fits a signed 64-bit integer
 
 
 class DuplicateGroup(BaseModel):
@@ -93,13 +92,11 @@ class DuplicateIndex:
     """Collects ``(near, exact, where)`` per example; ``report()`` groups them."""
 
     spill_dir: Path
-    expected_bytes: int = 0  # the dataset's size: sizes the partitions
+    expected: int = 0  # examples the dataset may hold: sizes the partitions
     files: list[str] = field(default_factory=list)  # file index -> display name
-    buffer: array = field(default_factory=lambda: array("Q"))
+    buffer: array = field(default_factory=lambda: array("q"))  # hash() is signed; numpy reads it unsigned
     partition_bits: int = 0  # 0 until the first spill
     spill_files: dict[int, BinaryIO] = field(default_factory=dict)
-    added: int = 0
-    added_bytes: int = 0
 
     def file_index(self, display: str) -> int:
         self.files.append(display)
@@ -112,17 +109,15 @@ class DuplicateIndex:
     def add(self, where: int, content: bytes) -> None:
         """Record one example's content at ``where`` (from ``where()`` plus its line number)."""
         buffer = self.buffer
-        buffer.extend((hash(near_key(content)) & MASK64, hash(content) & MASK64, where))
-        self.added_bytes += len(content)
+        buffer.extend((hash(near_key(content)), hash(content), where))
         if len(buffer) >= 3 * BUFFER_EXAMPLES:
             self._spill()
 
     def _spill(self) -> None:
         entries = np.frombuffer(self.buffer, dtype=ENTRY)
-        self.added += len(entries)
         if not self.partition_bits:
-            expected = self.expected_bytes * self.added / max(1, self.added_bytes)
-            self.partition_bits = min(MAX_PARTITIONS.bit_length() - 1, max(1, math.ceil(math.log2(max(2.0, expected / BUFFER_EXAMPLES)))))
+            wanted = max(2.0, self.expected / BUFFER_EXAMPLES)
+            self.partition_bits = min(MAX_PARTITIONS.bit_length() - 1, math.ceil(math.log2(wanted)))
             self.spill_dir.mkdir(parents=True, exist_ok=True)
         part = (entries["near"] >> np.uint64(64 - self.partition_bits)).astype(np.intp)
         order = np.argsort(part, kind="stable")
@@ -132,7 +127,7 @@ class DuplicateIndex:
             if p not in self.spill_files:
                 self.spill_files[p] = open(self.spill_dir / f"{p:03x}.bin", "wb")
             self.spill_files[p].write(entries[bounds[p] : bounds[p + 1]].tobytes())
-        self.buffer = array("Q")
+        self.buffer = array("q")
 
     def _partitions(self):
         if not self.partition_bits:

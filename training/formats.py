@@ -286,35 +286,34 @@ def check_messages(messages: Any, field: str, last: Literal["assistant", "user"]
         return f"`{field}` must be a non-empty list of messages, got {json_type(messages) if not isinstance(messages, list) else 'an empty one'}"
     previous: str | None = None
     called = False  # whether the previous assistant turn called tools
-    for i, message in enumerate(messages):
-        where = f"{field}[{i}]"
-        if not isinstance(message, dict):
-            return f"`{where}` must be an object, got {json_type(message)}"
+    for i, message in enumerate(messages):  # runs for every message of the dataset: no work until a problem
+        if type(message) is not dict:
+            return f"`{field}[{i}]` must be an object, got {json_type(message)}"
         role = message.get("role")
         if type(role) is not str or role not in _ROLE_SET:
             if "role" not in message:
-                return f"missing field `{where}.role`"
-            return f"`{where}.role` is {role!r}; expected one of {', '.join(ROLES)}"
+                return f"missing field `{field}[{i}].role`"
+            return f"`{field}[{i}].role` is {role!r}; expected one of {', '.join(ROLES)}"
         allowed = _AFTER_TOOL_CALL if called else _NEXT_ROLES[previous]
         if role not in allowed:
             after = f"after {previous!r}" if previous else "as the first message"
-            return f"`{where}.role` is {role!r} {after}; expected {' or '.join(allowed)}"
+            return f"`{field}[{i}].role` is {role!r} {after}; expected {' or '.join(allowed)}"
         calls = message.get("tool_calls")
         if calls is not None:
             if role != "assistant":
-                return f"`{where}.tool_calls` is only allowed on assistant messages"
-            reason = _check_tool_calls(calls, where, tool_names)
+                return f"`{field}[{i}].tool_calls` is only allowed on assistant messages"
+            reason = _check_tool_calls(calls, f"{field}[{i}]", tool_names)
             if reason:
                 return reason
         called = bool(calls)
         content = message.get("content")
         if type(content) is str:
             if not called and role != "tool" and (not content or content.isspace()):
-                return f"`{where}.content` is empty"
+                return f"`{field}[{i}].content` is empty"
         elif "content" not in message and not called:
-            return f"missing field `{where}.content`"
+            return f"missing field `{field}[{i}].content`"
         elif not (content is None and called):  # an assistant turn that only calls tools may have no text
-            return f"`{where}.content` must be a string, got {json_type(content)}"
+            return f"`{field}[{i}].content` must be a string, got {json_type(content)}"
         previous = role
     if previous != last:
         if last == "assistant":
