@@ -46,8 +46,6 @@ HOLDOUT_FRACTION = 0.1
 MAX_LINE_BYTES = 16 << 20  # longer lines are reported, never held in memory whole
 BOM = b"\xef\xbb\xbf"
 
-__all__ = ["DatasetError", "Example", "IngestedDataset", "LineError", "Record", "ingest_dataset", "read_examples"]
-
 
 @dataclass(frozen=True)
 class Example:
@@ -219,7 +217,7 @@ _ROLE_CONTENT = frozenset(("role", "content"))
 
 
 def _strings_only(record: Record, fmt: Format) -> bool:
-    """Whether a valid record can hold no number other than integers, judged from its shape: a
+    """Whether a valid record cannot hold a float, judged from its shape alone: a
     completion record with no other fields, a chat record whose messages hold only role and text.
     Cheaper than walking it; anything else is walked (``_has_float``)."""
     if not _CONTENT_SETS[fmt].issuperset(record):
