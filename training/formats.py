@@ -19,6 +19,7 @@ that names the field, e.g. ``"`messages[2].role` is 'robot'; expected one of ...
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Literal
 
 Format = Literal["completion", "chat", "preference", "reward"]
@@ -161,9 +162,47 @@ def check_chat(record: Record) -> str | None:
     for field in ("prompt", "completion"):
         if field in record:
             return f"a record has `messages` or `{field}`, not both"
+    if "tools" not in record and plain_conversation(record["messages"]):
+        return None
     tools = record.get("tools")
     reason, names = _check_tools(tools) if "tools" in record else (None, None)
     return reason or check_messages(record["messages"], "messages", last="assistant", tool_names=names)
+
+
+_ROLE_CONTENT = frozenset(("role", "content"))
+_get_roles = operator.itemgetter("role")
+_get_contents = operator.itemgetter("content")
+_valid_role_orders: set[tuple[str, ...]] = set()  # role sequences check_messages accepted, for plain_conversation
+MAX_REMEMBERED_ORDERS = 4096
+
+
+def plain_conversation(messages: Any) -> bool:
+    """Whether ``messages`` is a valid conversation of role and text only, checked with a few calls
+    into C (most datasets' conversations): a role order already accepted, every message holding
+    exactly ``role`` and ``content``, every content non-blank text. False means only "not proven
+    here": ``check_messages`` then gives the verdict and the reason.
+
+    >>> plain_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    True
+    >>> plain_conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}])
+    False
+    """
+    if type(messages) is not list or not messages:
+        return False
+    try:
+        if not all(map(_ROLE_CONTENT.issuperset, messages)):
+            return False
+        roles = tuple(map(_get_roles, messages))
+        contents = list(map(_get_contents, messages))
+    except (KeyError, TypeError):  # a message without role or content, or not an object
+        return False
+    if set(map(type, contents)) != {str} or set(map(type, roles)) != {str} or not all(map(str.strip, contents)):
+        return False
+    if roles not in _valid_role_orders:
+        if len(_valid_role_orders) >= MAX_REMEMBERED_ORDERS or check_messages([{"role": r, "content": "x"} for r in roles], "messages", "assistant", None):
+            return False
+        _valid_role_orders.add(roles)
+    return True
 
 
 def check_preference(record: Record) -> str | None:

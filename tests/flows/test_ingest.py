@@ -1,6 +1,5 @@
 """The ingest flow under Prefect (test harness server): a dataset's checks on their own."""
 
-
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 

@@ -57,6 +57,10 @@ CASES: dict[str, tuple[dict[str, bytes], list[str]]] = {
         {"training/t.jsonl": jsonl({"messages": [{"role": "robot", "content": "beep"}, ANSWER]})},
         ["training/t.jsonl:1: `messages[0].role` is 'robot'; expected one of system, user, assistant, tool"],
     ),
+    "role-not-text": (
+        {"training/t.jsonl": jsonl({"messages": [{"role": ["user"], "content": "hi"}, ANSWER]})},
+        ["training/t.jsonl:1: `messages[0].role` is ['user']; expected one of system, user, assistant, tool"],
+    ),
     "missing-role": (
         {"training/t.jsonl": jsonl({"messages": [{"content": "hi"}, ANSWER]})},
         ["training/t.jsonl:1: missing field `messages[0].role`"],
