@@ -11,10 +11,10 @@ each in a fresh interpreter so peaks do not mix:
   duplicates and leakage, canonical split files, report), without a tokenizer.
 
 It reports lines/s (the best of ``--repeat`` runs, interleaved, so a busy machine slows both
-alike), the ratio, the peak resident memory of each process (``ru_maxrss``: interpreter and
-imports included) and the peak Python heap during the work itself (``tracemalloc``, a separate
-run). Ingest's memory should not depend on the file's size; its throughput should stay within 2x
-of the plain loop.
+alike), the ratio of wall-clock times and of CPU times (steadier on a shared machine), the peak
+resident memory of each process (``ru_maxrss``: interpreter and imports included) and the peak
+Python heap during the work itself (``tracemalloc``, a separate run). Ingest's memory should not
+depend on the file's size; its throughput should stay within 2x of the plain loop.
 """
 
 from __future__ import annotations
@@ -78,10 +78,12 @@ def child(kind: str, dataset: Path, out: Path, trace: bool) -> dict:
         import tracemalloc
 
         tracemalloc.start()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     lines = work()
     seconds = time.perf_counter() - started
-    result = {"lines": lines, "seconds": seconds}
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result = {"lines": lines, "seconds": seconds, "cpu": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime}
     if trace:
         result["heap_peak"] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
@@ -112,7 +114,7 @@ def main() -> None:
         print(json.dumps(child(kind, Path(dataset), Path(out), args.trace)))
         return
 
-    rows = []
+    rows, timed_runs = [], {}
     with tempfile.TemporaryDirectory(prefix="customizer-bench-") as scratch:
         for size in args.sizes:
             dataset = Path(scratch) / f"ds-{size}"
@@ -126,15 +128,17 @@ def main() -> None:
             traced = {kind: measure(kind, dataset, Path(scratch) / "out", trace=True) for kind in timed}
             assert best["ingest"]["lines"] == best["plain"]["lines"] == size, (best, size)
             rows.append((size, megabytes, best, traced))
+            timed_runs[size] = timed
 
     print(f"{args.format} records; best of {args.repeat} runs; memory: peak RSS of the process / peak Python heap of the work")
-    print(f"{'lines':>9} {'MiB':>6} | {'plain lines/s':>13} {'ingest lines/s':>14} {'ratio':>6} | "
+    print(f"{'lines':>9} {'MiB':>6} | {'plain lines/s':>13} {'ingest lines/s':>14} {'ratio':>6} {'cpu ratio':>9} | "
           f"{'plain RSS':>9} {'ingest RSS':>10} | {'plain heap':>10} {'ingest heap':>11}")
     for size, megabytes, best, traced in rows:
         plain, ingest = best["plain"], best["ingest"]
+        cpu = min(r["cpu"] for r in timed_runs[size]["ingest"]) / min(r["cpu"] for r in timed_runs[size]["plain"])
         print(
             f"{size:>9,} {megabytes:>6.0f} | {size / plain['seconds']:>13,.0f} {size / ingest['seconds']:>14,.0f} "
-            f"{ingest['seconds'] / plain['seconds']:>5.2f}x | {mib(plain['rss_peak'])}M {mib(ingest['rss_peak'])}M  | "
+            f"{ingest['seconds'] / plain['seconds']:>5.2f}x {cpu:>8.2f}x | {mib(plain['rss_peak'])}M {mib(ingest['rss_peak'])}M  | "
             f"{mib(traced['plain']['heap_peak'])}M  {mib(traced['ingest']['heap_peak'])}M"
         )
     if len(rows) > 1:

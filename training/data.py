@@ -1,4 +1,4 @@
-"""Dataset ingest: read a dataset folder line by line, validate every line, split, hash, report, and
+"""Dataset ingest: read a dataset folder as a stream, validate every line, split, hash, report, and
 write canonical splits.
 
 A dataset is a folder (or ``file://``, ``s3://``, see ``training.data_sources``) with
@@ -8,9 +8,11 @@ line is one record in one of the formats of ``training.formats``, one format per
 line is reported as ``file:line: reason`` (all of them counted, the first ones listed); nothing is
 dropped silently. The dataset's identity is a sha256 over the canonical content of every record.
 
-Ingest streams: it holds one line at a time, writes the canonical splits as it goes, picks the
-holdout with selection sampling (exact count, no index in memory) and finds duplicates through
-fixed-size hashes (``training.duplicates``), so memory does not grow with the dataset. With a
+Ingest streams: it holds one chunk of lines (a megabyte) at a time, writes the canonical splits as
+it goes, draws the holdout a block of lines at a time (exact count, no index in memory) and finds
+duplicates through fixed-size hashes (``training.duplicates``), so memory does not grow with the
+dataset. A chunk of plain records is checked and encoded with a few batched calls; any other chunk,
+line by line, with the same result. With a
 tokenizer (``training.lengths``) it also measures every example as training will see it and applies
 the job's long-example policy. Each ingest writes ``report.json`` and ``report.html``.
 """
@@ -20,15 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import compress, repeat
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Literal
 
+import numpy as np
 import orjson
 from pydantic import BaseModel
 
@@ -36,7 +40,7 @@ from customizer.settings import Settings
 from training.data_report import DataReport, SplitReport, render_html
 from training.data_sources import SPLIT_FOLDERS, SourceError, resolve_dataset
 from training.duplicates import DuplicateIndex
-from training.formats import CONTENT_FIELDS, METHOD_FORMATS, Format, Record, check_record
+from training.formats import CONTENT_FIELDS, METHOD_FORMATS, Format, Record, check_record, detect_format, plain_records
 from training.lengths import LengthCheck
 
 Split = Literal["training", "validation", "testing"]
@@ -235,30 +239,36 @@ def _strings_only(record: Record, fmt: Format) -> bool:
 # --- files -----------------------------------------------------------------------------------
 
 
-def _lines(fh: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[int, bytes | None]]:
-    """``(line number, bytes without the newline)`` for each line; ``None`` for a line over
-    MAX_LINE_BYTES, which is skipped without being held whole.
+def _line_chunks(fh: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[int, list[bytes | None]]]:
+    """The lines of a file a chunk at a time: ``(number of the first line, [line bytes without the
+    newline, ...])``; ``None`` stands for a line over MAX_LINE_BYTES, skipped without being held whole.
 
     Reads in chunks and splits them in C: about twice as fast as ``readline`` per line.
     """
     number, tail, overlong = 0, b"", False
     while chunk := fh.read(chunk_size):
-        parts = chunk.split(b"\n")
+        parts: list[bytes | None] = chunk.split(b"\n")
         last = parts.pop()
         if parts:  # the line carried over from the previous chunk ends here
-            number += 1
             first = tail + parts[0]
-            yield number, None if overlong or len(first) > MAX_LINE_BYTES else first
+            parts[0] = None if overlong or len(first) > MAX_LINE_BYTES else first
+            if len(chunk) > MAX_LINE_BYTES:
+                parts[1:] = [raw if len(raw) <= MAX_LINE_BYTES else None for raw in parts[1:]]
             tail, overlong = b"", False
-            for raw in parts[1:]:
-                number += 1
-                yield number, raw if len(raw) <= MAX_LINE_BYTES else None
+            yield number + 1, parts
+            number += len(parts)
         if not overlong:
             tail += last
             if len(tail) > MAX_LINE_BYTES:
                 tail, overlong = b"", True
     if overlong or tail:
-        yield number + 1, None if overlong else tail
+        yield number + 1, [None if overlong else tail]
+
+
+def _lines(fh: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, bytes)`` for each line of ``_line_chunks``."""
+    for first, parts in _line_chunks(fh, chunk_size):
+        yield from enumerate(parts, start=first)
 
 
 def _holdout_lines(path: Path) -> int:
@@ -366,28 +376,67 @@ def _layout(root: Path, problems: _Problems, warnings: list[str]) -> dict[Split,
 # --- the pass --------------------------------------------------------------------------------
 
 
+HOLDOUT_BLOCK = 4096
+
+
 @dataclass
 class _Holdout:
-    """Selection sampling (Knuth's algorithm S): exactly ``wanted`` of ``remaining`` lines, in one
-    pass, each subset equally likely; deterministic for a seed."""
+    """Picks exactly ``wanted`` of ``remaining`` lines, each subset equally likely, deterministic for
+    a seed, with memory for one block of lines: how many of a block's lines are picked is drawn from
+    the hypergeometric distribution (as a uniform pick of the whole would place them), then which
+    ones, uniformly."""
 
     remaining: int
     wanted: int
-    rng: random.Random
+    rng: np.random.Generator
+    block: list[bool] = field(default_factory=list)
+    position: int = 0
 
-    def take(self) -> bool:
-        picked = self.rng.random() * self.remaining < self.wanted
-        self.remaining -= 1
+    def _next_block(self) -> None:
+        size = min(HOLDOUT_BLOCK, self.remaining)
+        picked = int(self.rng.hypergeometric(self.wanted, self.remaining - self.wanted, size)) if size else 0
+        flags = np.zeros(size, dtype=bool)
+        flags[self.rng.choice(size, picked, replace=False)] = True
+        self.block, self.position = flags.tolist(), 0
+        self.remaining -= size
         self.wanted -= picked
-        return picked
+
+    def flags(self, count: int) -> list[bool]:
+        """Whether each of the next ``count`` lines is held out."""
+        out: list[bool] = []
+        while count > 0:
+            if self.position >= len(self.block):
+                if not self.remaining:
+                    return out + [False] * count
+                self._next_block()
+            step = min(count, len(self.block) - self.position)
+            out += self.block[self.position : self.position + step]
+            self.position += step
+            count -= step
+        return out
 
 
-def _content(record: Record, fmt: Format, canonical: bytes, exact: bool) -> bytes:
-    """The bytes duplicate checks compare: the example's own fields, without ids and metadata."""
-    fields = CONTENT_FIELDS[fmt]
-    if _CONTENT_SETS[fmt].issuperset(record):
-        return canonical
-    return canonical_bytes({key: record[key] for key in fields if key in record}, exact)
+def _content(record: Record, fmt: Format, exact: bool) -> bytes:
+    """The bytes duplicate checks compare for a record with more than its example's own fields
+    (an id, metadata): those fields alone. (A record of only those is its canonical line.)"""
+    return canonical_bytes({key: record[key] for key in CONTENT_FIELDS[fmt] if key in record}, exact)
+
+
+_SORTED_DUMPS = partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)
+_SPLIT_LINE = b'%s%d","record":%s}\n'  # a canonical split line, given its loc prefix, line and record
+
+
+@dataclass
+class _File:
+    """One file being read: where its examples go and what it held so far."""
+
+    display: str
+    split: Split
+    loc_prefix: bytes
+    where: dict[str, int]  # target split -> location code of the file's line 0 (duplicate index)
+    format: Format | None = None
+    first_line: int = 0
+    records: int = 0
 
 
 @dataclass
@@ -413,90 +462,142 @@ class _Pass:
     def read_file(self, path: Path, display: str, split: Split) -> None:
         """Validate one file line by line and send each example to its split."""
         self.digest.update(f"{display}\n".encode())
+        index = self.index.file_index(display)
+        file = _File(
+            display, split, loc_prefix=b'{"loc":' + orjson.dumps(f"{display}:")[:-1],  # the JSON string, still open
+            where={target: self.index.where(SPLITS.index(target), index) for target in self.writers},
+        )
         try:
             with open(path, "rb") as fh:
-                records, file_format = self._read_lines(fh, display, split)
+                self._read_chunks(file, fh)
         except OSError as exc:
             self.problems.add(display, 0, f"cannot be read: {exc.strerror}")
             return
-        if file_format and self.formats.setdefault(split, file_format) != file_format:
-            self.problems.add(display, 0, f"{file_format} records, but {split}/ already holds {self.formats[split]} records")
-        if not records and not any(e.file == display for e in self.problems.listed):
+        if file.format and self.formats.setdefault(split, file.format) != file.format:
+            self.problems.add(display, 0, f"{file.format} records, but {split}/ already holds {self.formats[split]} records")
+        if not file.records and not any(e.file == display for e in self.problems.listed):
             self.warnings.append(f"{display}: no records (empty file)")
 
-    def _read_lines(self, fh: BinaryIO, display: str, split: Split) -> tuple[int, Format | None]:
-        """The loop of ``read_file``; returns how many valid records the file holds and its format.
+    def _read_chunks(self, file: _File, fh: BinaryIO) -> None:
+        for first, chunk in _line_chunks(fh):
+            if self.lengths is None and self._read_plain_chunk(file, first, chunk):
+                continue
+            for number, raw in enumerate(chunk, start=first):
+                if not self._read_line(file, number, raw):
+                    return  # a binary file: the rest is not worth reading
 
-        It runs once per line of the dataset, so what it calls is bound to locals up front.
-        """
-        file_format: Format | None = None
-        first_line = records = 0
-        file_index = self.index.file_index(display)
-        where = {target: self.index.where(SPLITS.index(target), file_index) for target in self.writers}
-        loc_prefix = b'{"loc":' + orjson.dumps(f"{display}:")[:-1]  # the JSON string, still open
-        problem, update, add = self.problems.add, self.digest.update, self.index.add
-        lengths, examples, writers = self.lengths, self.examples, self.writers
-        take = self.holdout.take if split == "training" and self.holdout else None
-        for number, raw in _lines(fh):
-            if raw is None:
-                problem(display, number, f"line is longer than {MAX_LINE_BYTES:,} bytes; no example is that long")
-                continue
-            if not raw or raw == b"\r":
-                self.blank_lines += 1
-                continue
-            target = "validation" if take and take() else split  # for every line _holdout_lines counts
-            if raw.isspace():
-                self.blank_lines += 1
-                continue
-            if number == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
-                self.warnings.append(f"{display}: starts with a UTF-8 byte-order mark (ignored)")
-            try:
-                record, exact = _parse(raw)
-            except _BadLine as exc:
-                if exc.binary and number == 1:  # a binary file: one error, not one per "line" of it
-                    problem(display, number, f"{exc}: the file is not JSON Lines text (compressed? UTF-16?); the rest of it was not read")
-                    break
-                problem(display, number, str(exc))
-                continue
-            fmt, reason = check_record(record, file_format)
-            if not reason and not exact and not _strings_only(record, fmt) and _has_float(record):
-                # orjson reads an integer beyond 64 bits as a float, and writes floats unlike the
-                # standard encoder: a record with floats is parsed and encoded exactly.
-                record, exact = _parse_exactly(raw), True
-                fmt, reason = check_record(record, file_format)
-            if reason:
-                problem(display, number, reason)
-                continue
-            if file_format is None:
-                file_format, first_line = fmt, number
-            elif fmt != file_format:
-                problem(display, number, f"record is {fmt} but the file started as {file_format} (line {first_line}); one format per file")
-                continue
-            try:
-                canonical = canonical_bytes(record, exact)
-            except UnicodeEncodeError:
-                problem(display, number, "holds an unpaired surrogate escape (such as \\ud800): not valid Unicode text")
-                continue
-            except RecursionError:
-                problem(display, number, "not valid JSON: nested too deeply")
-                continue
-            records += 1
-            update(canonical + b"\n")
-            ending = b"}\n"
-            if lengths is not None:
-                decision = lengths.check(record, fmt, target, f"{display}:{number}")
-                if decision == "drop":
-                    continue
-                if decision not in ("keep", "truncate"):
-                    problem(display, number, decision)
-                    continue
-                if decision == "truncate":
-                    ending = b',"truncated":true}\n'
-            writers[target].write(loc_prefix + str(number).encode() + b'","record":' + canonical + ending)
-            examples[target] += 1
-            add(where[target] + number, _content(record, fmt, canonical, exact))
-        return records, file_format
+    def _read_plain_chunk(self, file: _File, first: int, chunk: list[bytes | None]) -> bool:
+        """The fast path: a chunk whose every line is a valid record of the file's format, holding
+        no float, read with a few calls into C per chunk instead of several per line. Returns False,
+        having changed nothing, when any line needs ``_read_line``'s closer look."""
+        try:
+            records = list(map(orjson.loads, chunk))  # a blank or overlong line raises too
+        except (orjson.JSONDecodeError, TypeError):
+            return False
+        fmt = file.format or (detect_format(records[0]) if type(records[0]) is dict else None)
+        if fmt is None or (first == 1 and chunk[0].startswith(BOM)):
+            return False
+        fields, plain = _CONTENT_SETS[fmt], plain_records(records, fmt)
+        if not plain:
+            plain = True
+            for record in records:
+                found, reason = check_record(record, fmt)
+                if reason or found != fmt or (not _strings_only(record, fmt) and _has_float(record)):
+                    return False
+                plain = plain and fields.issuperset(record)
+        try:
+            canonical = list(map(_SORTED_DUMPS, records))
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes
+            return False
+
+        count = len(records)
+        if file.format is None:
+            file.format, file.first_line = fmt, first
+        file.records += count
+        self.digest.update(b"\n".join(canonical) + b"\n")
+        lines = list(map(_SPLIT_LINE.__mod__, zip(repeat(file.loc_prefix), range(first, first + count), canonical)))
+        contents = canonical if plain else [c if fields.issuperset(r) else _content(r, fmt, False) for r, c in zip(records, canonical)]
+        numbers = np.arange(first, first + count, dtype=np.int64)
+        if file.split == "training" and self.holdout:
+            held = self.holdout.flags(count)
+            kept = [not h for h in held]
+            self.writers["validation"].write(b"".join(compress(lines, held)))
+            self.writers["training"].write(b"".join(compress(lines, kept)))
+            self.examples["validation"] += sum(held)
+            self.examples["training"] += count - sum(held)
+            wheres = np.where(held, file.where["validation"], file.where["training"]) + numbers
+        else:
+            self.writers[file.split].write(b"".join(lines))
+            self.examples[file.split] += count
+            wheres = numbers + file.where[file.split]
+        self.index.add_batch(wheres, contents)
+        return True
+
+    def _read_line(self, file: _File, number: int, raw: bytes | None) -> bool:
+        """Validate one line and send it to its split; every problem is reported at its line.
+        Returns False when the rest of the file is not worth reading."""
+        display, problem = file.display, self.problems.add
+        if raw is None:
+            problem(display, number, f"line is longer than {MAX_LINE_BYTES:,} bytes; no example is that long")
+            return True
+        if not raw or raw == b"\r":
+            self.blank_lines += 1
+            return True
+        held = file.split == "training" and self.holdout and self.holdout.flags(1)[0]  # for each line _holdout_lines counts
+        target = "validation" if held else file.split
+        if raw.isspace():
+            self.blank_lines += 1
+            return True
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+            self.warnings.append(f"{display}: starts with a UTF-8 byte-order mark (ignored)")
+        try:
+            record, exact = _parse(raw)
+        except _BadLine as exc:
+            if exc.binary and number == 1:  # a binary file: one error, not one per "line" of it
+                problem(display, number, f"{exc}: the file is not JSON Lines text (compressed? UTF-16?); the rest of it was not read")
+                return False
+            problem(display, number, str(exc))
+            return True
+        fmt, reason = check_record(record, file.format)
+        if not reason and not exact and not _strings_only(record, fmt) and _has_float(record):
+            # orjson reads an integer beyond 64 bits as a float, and writes floats unlike the
+            # standard encoder: a record with floats is parsed and encoded exactly.
+            record, exact = _parse_exactly(raw), True
+            fmt, reason = check_record(record, file.format)
+        if reason:
+            problem(display, number, reason)
+            return True
+        if file.format is None:
+            file.format, file.first_line = fmt, number
+        elif fmt != file.format:
+            problem(display, number, f"record is {fmt} but the file started as {file.format} (line {file.first_line}); one format per file")
+            return True
+        try:
+            canonical = canonical_bytes(record, exact)
+        except UnicodeEncodeError:
+            problem(display, number, "holds an unpaired surrogate escape (such as \\ud800): not valid Unicode text")
+            return True
+        except RecursionError:
+            problem(display, number, "not valid JSON: nested too deeply")
+            return True
+        file.records += 1
+        self.digest.update(canonical + b"\n")
+        ending = b"}\n"
+        if self.lengths is not None:
+            decision = self.lengths.check(record, fmt, target, f"{display}:{number}")
+            if decision == "drop":
+                return True
+            if decision not in ("keep", "truncate"):
+                problem(display, number, decision)
+                return True
+            if decision == "truncate":
+                ending = b',"truncated":true}\n'
+        self.writers[target].write(b'%s%d","record":%s%s' % (file.loc_prefix, number, canonical, ending))
+        self.examples[target] += 1
+        content = canonical if _CONTENT_SETS[fmt].issuperset(record) else _content(record, fmt, exact)
+        self.index.add(file.where[target] + number, content)
+        return True
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -544,7 +645,7 @@ def ingest_dataset(
     lines = {split: sum(_holdout_lines(path) for path, _ in found) for split, found in files.items()}
     holdout = None
     if "training" in files and "validation" not in files and lines["training"] >= 2:
-        holdout = _Holdout(lines["training"], max(1, round(lines["training"] * HOLDOUT_FRACTION)), random.Random(seed))
+        holdout = _Holdout(lines["training"], max(1, round(lines["training"] * HOLDOUT_FRACTION)), np.random.default_rng(seed))
     index = DuplicateIndex(partial / "duplicates", expected=sum(lines.values()))
     state = _Pass(partial, holdout, lengths, index, problems, warnings)
     state.open_writers(["training", "validation", *(["testing"] if "testing" in files else [])])

@@ -20,6 +20,7 @@ that names the field, e.g. ``"`messages[2].role` is 'robot'; expected one of ...
 from __future__ import annotations
 
 import operator
+from itertools import chain, repeat
 from typing import Any, Literal
 
 Format = Literal["completion", "chat", "preference", "reward"]
@@ -172,6 +173,8 @@ def check_chat(record: Record) -> str | None:
 _ROLE_CONTENT = frozenset(("role", "content"))
 _get_roles = operator.itemgetter("role")
 _get_contents = operator.itemgetter("content")
+_get_prompt = operator.itemgetter("prompt")
+_get_completion = operator.itemgetter("completion")
 _valid_role_orders: set[tuple[str, ...]] = set()  # role sequences check_messages accepted, for plain_conversation
 MAX_REMEMBERED_ORDERS = 4096
 
@@ -198,11 +201,57 @@ def plain_conversation(messages: Any) -> bool:
         return False
     if set(map(type, contents)) != {str} or set(map(type, roles)) != {str} or not all(map(str.strip, contents)):
         return False
+    return _valid_order(roles)
+
+
+def _valid_order(roles: tuple[str, ...]) -> bool:
+    """Whether ``check_messages`` accepts this order of roles (remembered once accepted)."""
     if roles not in _valid_role_orders:
         if len(_valid_role_orders) >= MAX_REMEMBERED_ORDERS or check_messages([{"role": r, "content": "x"} for r in roles], "messages", "assistant", None):
             return False
         _valid_role_orders.add(roles)
     return True
+
+
+_COMPLETION_ONLY = frozenset(("prompt", "completion"))
+_MESSAGES_ONLY = frozenset(("messages",))
+_get_messages = operator.itemgetter("messages")
+
+
+def plain_records(records: list[Any], fmt: Format) -> bool:
+    """Whether every record is a valid ``fmt`` record holding only its own fields, all text:
+    completion records of two non-blank strings, or chat records of ``messages`` alone whose
+    messages are ``role`` and non-blank ``content`` in an accepted order. Checked with a few calls
+    into C for the whole list rather than several per record, for a file's common case. False
+    means only "not proven here": ``check_record`` then judges each record.
+
+    >>> plain_records([{"prompt": "2+2?", "completion": "4"}, {"prompt": "3+3?", "completion": "6"}], "completion")
+    True
+    >>> plain_records([{"prompt": "2+2?", "completion": " "}], "completion")
+    False
+    >>> plain_records([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}], "chat")
+    True
+    """
+    if fmt not in ("completion", "chat") or not records or set(map(type, records)) != {dict}:
+        return False
+    if fmt == "completion":
+        if not all(map(operator.eq, map(dict.keys, records), repeat(_COMPLETION_ONLY))):
+            return False
+        texts = list(map(_get_prompt, records)) + list(map(_get_completion, records))
+        return set(map(type, texts)) == {str} and all(map(str.strip, texts))
+    if not all(map(operator.eq, map(dict.keys, records), repeat(_MESSAGES_ONLY))):
+        return False
+    conversations = list(map(_get_messages, records))
+    if set(map(type, conversations)) != {list}:
+        return False
+    messages = list(chain.from_iterable(conversations))
+    if set(map(type, messages)) != {dict} or not all(map(operator.eq, map(dict.keys, messages), repeat(_ROLE_CONTENT))):
+        return False
+    contents = list(map(_get_contents, messages))
+    if set(map(type, contents)) != {str} or set(map(type, map(_get_roles, messages))) != {str} or not all(map(str.strip, contents)):
+        return False
+    orders = set(map(tuple, map(map, repeat(_get_roles), conversations)))
+    return all(map(_valid_order, orders))  # an empty conversation's order, (), is not valid
 
 
 def check_preference(record: Record) -> str | None:

@@ -200,3 +200,27 @@ def test_the_fast_canonical_encoding_is_the_standard_one():
     for _ in range(3000):
         record = {"prompt": value(1), "completion": value(1), "x": value(1)}
         assert canonical_bytes(record) == canonical_line(record).encode(), record
+
+
+def test_the_batched_path_and_the_line_by_line_path_agree(tmp_path: Path, monkeypatch):
+    """Plain chunks are read in batches; any chunk with something to look at closely, line by
+    line. Both must write the same splits, identity and report."""
+    from training.data import _Pass
+
+    root = tmp_path / "ds"
+    write_jsonl(root / "training" / "a.jsonl", ok_rows(3000) + ok_rows(20))  # with duplicates, and a holdout
+    write_jsonl(root / "training" / "b.jsonl", [r | {"id": i} for i, r in enumerate(ok_rows(40))] + ["", {"prompt": "p", "completion": "c", "score": 1e-05}])
+    write_jsonl(root / "testing" / "t.jsonl", [chat(f"Reply with the word ok. Item {i}", "ok") for i in range(2990, 3020)])
+    def outputs(out: Path):
+        data = ingest_dataset(str(root), out, seed=5)
+        files = {split: Path(path).read_bytes() for split, path in data.files.items()}
+        return data.sha256, files, json.loads(Path(data.report_files["json"]).read_text())
+
+    batched = outputs(tmp_path / "batched")
+    monkeypatch.setattr(_Pass, "_read_plain_chunk", lambda *args: False)
+    line_by_line = outputs(tmp_path / "lines")
+    assert batched == line_by_line
+    report = batched[2]
+    assert report["splits"]["validation"]["examples"] == 306 and report["blank_lines"] == 1
+    copies = sum(report["duplicates"]["exact_copies"].values()) + report["duplicates"]["leaked"].get("validation", 0)
+    assert copies >= 60  # items 0-19 three times, 20-39 twice (an id does not make a copy different)

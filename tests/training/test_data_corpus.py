@@ -307,3 +307,46 @@ def test_no_input_crashes_the_validator(tmp_path: Path):
     examples = report.splits["training"].examples + report.splits["validation"].examples
     assert info.value.total > 50 and examples > 50
     assert examples + info.value.total + report.blank_lines == 600
+
+
+def test_the_batch_check_never_accepts_a_record_the_full_check_refuses():
+    """``plain_records`` proves a whole chunk valid at once; whatever it accepts, record by record
+    ``check_record`` must accept too, holding only the format's own fields."""
+    from training.formats import CONTENT_FIELDS, check_record, plain_records
+
+    rng = random.Random(3)
+    accepted = 0
+    for _ in range(3000):
+        base, fmt = (OK, "completion") if rng.random() < 0.5 else (line({"messages": [USER, ANSWER]}), "chat")
+        mutated = rng.choice(MUTATIONS)(base, rng)
+        try:
+            record = json.loads(mutated)
+        except (ValueError, RecursionError):
+            continue
+        if plain_records([json.loads(OK) if fmt == "completion" else {"messages": [USER, ANSWER]}, record], fmt):
+            accepted += 1
+            assert check_record(record, fmt) == (fmt, None), mutated
+            assert set(record) <= set(CONTENT_FIELDS[fmt]), mutated
+    assert accepted > 100
+
+
+@pytest.mark.parametrize("record", [
+    {"messages": []},
+    {"messages": [USER]},
+    {"messages": [ANSWER, USER]},
+    {"messages": [{"role": "robot", "content": "hi"}, ANSWER]},
+    {"messages": [USER, {"role": "assistant", "content": " \n"}]},
+    {"messages": [USER, {"role": "assistant", "content": ["Sunny."]}]},
+    {"messages": [USER, {"role": ["assistant"], "content": "Sunny."}]},
+    {"messages": [USER, ANSWER], "prompt": "p"},
+    {"messages": {"role": "user"}},
+    {"prompt": "p", "completion": ""},
+    {"prompt": "p", "completion": 1},
+    {"prompt": "p", "completion": "c", "messages": [USER, ANSWER]},
+])
+def test_the_batch_check_leaves_each_defect_to_the_full_check(record):
+    from training.formats import check_record, plain_records
+
+    fmt = "chat" if "messages" in record and "completion" not in record else "completion"
+    assert not plain_records([record], fmt)
+    assert check_record(record, fmt)[1]

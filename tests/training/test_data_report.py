@@ -133,6 +133,7 @@ def test_duplicates_spilled_to_disk_are_the_same_as_in_memory(tmp_path: Path, mo
     write_jsonl(root / "validation" / "v.jsonl", ok_rows(5, start=2000))
     write_jsonl(root / "testing" / "t.jsonl", ok_rows(5, start=295) + ok_rows(5, start=1000))
     in_memory = ingest_dataset(str(root), tmp_path / "a", seed=0)
+    monkeypatch.setattr(duplicates_module, "HASH_BATCH", 8)
     monkeypatch.setattr(duplicates_module, "BUFFER_EXAMPLES", 16)  # spill every 16 examples, to many partitions
     spilled = ingest_dataset(str(root), tmp_path / "b", seed=0)
 

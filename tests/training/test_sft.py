@@ -55,3 +55,22 @@ def test_batch_size_must_fit_the_micro_batch(tmp_path: Path, settings, ok_datase
     data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
     with pytest.raises(TrainingError, match="`batch_size` 6 is not a multiple"):
         train_sft(str(tiny_model_dir), data, get_config(TINY_CONFIG_URN, settings), Hyperparameters(batch_size=6), tmp_path / "job", settings)
+
+
+def test_a_chat_dataset_ingests_and_trains(tmp_path: Path, settings, tiny_model_dir):
+    config = get_config(TINY_CONFIG_URN, settings)
+    root = tmp_path / "ds"
+    conversations = [
+        {"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"Reply with the word ok. Item {i}"},
+            {"role": "assistant", "content": "ok"},
+        ]}
+        for i in range(10)
+    ]
+    write_jsonl(root / "training" / "chat.jsonl", conversations)
+    data = ingest_dataset(str(root), tmp_path / "data", seed=0)
+    assert data.formats["training"] == "chat" and data.counts == {"training": 9, "validation": 1, "testing": 1}
+    hp = Hyperparameters(epochs=1, batch_size=3, learning_rate=5e-3, log_every_n_steps=1, lora={"adapter_dim": 4, "alpha": 8})
+    result = train_sft(str(tiny_model_dir), data, config, hp, tmp_path / "job", settings)
+    assert result.steps == 3 and len(result.val_loss) == 1
