@@ -11,6 +11,7 @@
                                     load a registered version from MLflow and generate
     customizer serve-models         serve the base model and published adapters (OpenAI-compatible API)
     customizer serving vllm-args NS vLLM launch arguments for a namespace's champion adapters
+    customizer data validate PATH   check a dataset alone (exit status 2 when it has errors)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -88,7 +90,10 @@ def check_spec(raw: dict, settings: Settings):
         config = get_config(spec.config, settings)
         config.option_for(spec.hyperparameters.training_type, spec.hyperparameters.finetuning_type)
         with tempfile.TemporaryDirectory() as scratch:
-            ingest_dataset(spec.dataset, Path(scratch), seed=spec.hyperparameters.seed)
+            ingest_dataset(
+                spec.dataset, Path(scratch), seed=spec.hyperparameters.seed, settings=settings,
+                method=spec.hyperparameters.training_type,
+            )
     except (CatalogError, DatasetError) as exc:
         raise UsageError(str(exc)) from exc
     return spec
@@ -165,6 +170,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     print(f"# {args.model} version {version.version} ({', '.join(version.aliases) or 'no alias'})", file=sys.stderr)
     print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return 0
+
+
 def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
     from deploy.serving import run_server
     from training.base_model import BaseModelError, resolve_base_model
@@ -197,6 +205,46 @@ def cmd_vllm_args(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.serving_lora_root:
         print("# adapter paths are store URIs; set CUSTOMIZER_SERVING_LORA_ROOT to where vLLM sees the store", file=sys.stderr)
     print(" ".join(shlex.quote(a) for a in arguments))
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate a dataset alone: print the report's summary, and the errors on stderr (exit 2)."""
+    from training.base_model import BaseModelError, resolve_base_model
+    from training.catalog import CatalogError, get_config
+    from training.data import DatasetError, ingest_dataset
+    from training.data_report import DataReport, render_text
+    from training.lengths import LengthCheck
+
+    lengths = None
+    if args.config:
+        from transformers import AutoTokenizer
+
+        try:
+            config = get_config(args.config, settings)
+            base = resolve_base_model(config.target, settings)
+        except (CatalogError, BaseModelError) as exc:
+            raise UsageError(str(exc)) from exc
+        lengths = LengthCheck(config, AutoTokenizer.from_pretrained(base.path), args.long_examples)
+    with tempfile.TemporaryDirectory() as scratch:
+        out_dir = Path(scratch)
+        try:
+            data = ingest_dataset(args.path, out_dir, seed=args.seed, lengths=lengths, settings=settings)
+            report, failure = data.report_files["json"], None
+        except DatasetError as exc:
+            report, failure = str(out_dir / "report.json"), exc
+        if failure is not None and failure.report is None:  # not even a folder to read
+            raise UsageError(str(failure))
+        summary = DataReport.model_validate_json(Path(report).read_text(encoding="utf-8"))
+        print(render_text(summary))
+        if args.report:
+            args.report.mkdir(parents=True, exist_ok=True)
+            for name in ("report.json", "report.html"):
+                shutil.copyfile(out_dir / name, args.report / name)
+            print(f"report: {args.report / 'report.html'}")
+    if failure is not None:
+        raise UsageError(str(failure))
+    print(f"dataset OK: {args.path}")
     return 0
 
 
@@ -243,6 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     serving_sub = serving.add_subparsers(dest="serving_command", required=True)
     vllm = serving_sub.add_parser("vllm-args", help="print vLLM launch arguments for a namespace's champion adapters")
     vllm.add_argument("namespace")
+    data = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
+    validate = data.add_parser("validate", help="validate a dataset alone, as a job would ingest it")
+    validate.add_argument("path", help="dataset folder, file:// or s3://bucket/prefix")
+    validate.add_argument("--config", help="config URN: measure examples with its tokenizer and max_seq_length")
+    validate.add_argument(
+        "--long-examples", choices=["error", "drop", "truncate"], default="error",
+        help="examples longer than max_seq_length (with --config): error (default), drop or truncate",
+    )
+    validate.add_argument("--seed", type=int, default=42, help="seed of the validation holdout (default 42)")
+    validate.add_argument("--report", type=Path, help="folder to write report.json and report.html to")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -261,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve_models(args, settings)
         if args.command == "serving":
             return cmd_vllm_args(args, settings)
+        if args.command == "data":
+            return cmd_data_validate(args, settings)
         raw = demo_spec(args) if args.command == "demo" else _load_spec_file(args.spec)
         spec = check_spec(raw, settings)
         if args.command == "check":

@@ -131,4 +131,4 @@ def evaluate_endpoint(
         torch_random_seed=0,
         fewshot_random_seed=0,
     )
-    return stage_scores(output, general, out_dir, started)
+    return stage_scores(output, task, general, out_dir, started)

@@ -352,10 +352,13 @@ def evaluate_model(
         torch_random_seed=0,
         fewshot_random_seed=0,
     )
-    return stage_scores(output, general, out_dir, started)
+    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot is not None)
 
 
-def stage_scores(output: dict[str, Any], general: dict[str, dict[str, Any]], out_dir: Path, started: float) -> StageScores:
+def stage_scores(
+    output: dict[str, Any], task: dict[str, Any], general: dict[str, dict[str, Any]], out_dir: Path, started: float,
+    few_shot: bool = False,
+) -> StageScores:
     """Turn lm-eval's output into the stage's scores; per-sample outputs and ``scores.json`` go to ``out_dir``."""
     results = output["results"]
     samples_dir = out_dir / "samples"

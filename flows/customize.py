@@ -20,8 +20,8 @@ def customize(spec: CustomizationSpec) -> CustomizationResult:
     """Fine-tune a base model (SFT, DPO or GRPO) and promote the result only if it beats the base
     model on the task without forgetting general skills."""
     job = open_job(spec)  # config allows the method; policy resolved; MLflow run opened
-    data = ingest(job)  # every line validated before any training
-    base = base_model(job)
+    base = base_model(job)  # its tokenizer measures the examples
+    data = ingest(job, base)  # every line validated before any training
 
     # The baseline: the base model with the very prompt the training will use (and with examples).
     benchmarks = build_task_benchmark(job, base, data)

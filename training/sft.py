@@ -1,9 +1,11 @@
 """Supervised fine-tuning (SFT) on TRL's SFTTrainer: LoRA, LoRA merged into the weights, or all weights.
 
 Reads the canonical splits written by ingest, renders each example with the prompt the evaluation
-uses (``training.prompts.render``), and trains with the loss on the answer tokens only. Validation
-and checkpoints follow ``val_check_interval``; a re-run resumes from the last checkpoint; early
-stopping keeps the best checkpoint.
+uses (``training.prompts.render``) and tokenizes it with the function ingest measured it with
+(``training.prompts.tokenize``), so an example ingest accepted, dropped or truncated is exactly what
+training uses. The loss is on the answer tokens only. Validation and checkpoints follow
+``val_check_interval``; a re-run resumes from the last checkpoint; early stopping keeps the best
+checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from training.common import (
     save_output,
 )
 from training.data import Example, IngestedDataset, read_examples
-from training.prompts import render
+from training.prompts import render, tokenize
 from training.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
@@ -44,32 +46,40 @@ def sft_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Pat
         # attention mask is block-diagonal, so examples never attend to each other.
         packing=hp.sequence_packing_enabled,
         padding_free=hp.sequence_packing_enabled,
+        # The rows come tokenized with a completion mask (see `_token_rows`): the loss is on the answer.
         completion_only_loss=True,
     )
 
 
-def rendered_rows(examples: list[Example], config: CustomizationConfig, tokenizer: Any, split: str) -> tuple[list[dict[str, str]], float]:
-    """Render examples into TRL prompt/completion rows; refuse any longer than max_seq_length.
+def _token_rows(examples: list[Example], config: CustomizationConfig, tokenizer: Any, split: str) -> list[dict[str, list[int]]]:
+    """Tokenize examples into TRL rows (``input_ids`` + ``completion_mask``).
 
-    Returns:
-        The rows and their mean length in tokens.
+    Ingest decided what happens to examples longer than max_seq_length: dropped ones are not in the
+    split, truncated ones are marked and cut here to their first max_seq_length tokens. An example
+    still too long was not measured at ingest (ingested without the model's tokenizer, or under
+    another config): it is refused, never cut silently.
+
+    Raises:
+        TrainingError: naming the examples that are too long or would keep no answer token.
     """
-    rows, too_long, total = [], [], 0
+    limit = config.max_seq_length
+    rows, too_long = [], []
     for example in examples:
-        sample = render(example.record, config, tokenizer)
-        row = {"prompt": sample.prompt, "completion": sample.target + sample.end_text}
-        length = len(tokenizer(row["prompt"] + row["completion"], add_special_tokens=False)["input_ids"])
-        total += length
-        if length > config.max_seq_length:
-            too_long.append(f"{example.loc} ({length} tokens)")
-        rows.append(row)
+        tokens = tokenize(render(example.record, config, tokenizer), tokenizer)
+        ids, start = tokens.input_ids, tokens.prompt_length
+        if len(ids) > limit:
+            if not example.truncated or start >= limit:
+                too_long.append(f"{example.loc} ({len(ids)} tokens)")
+                continue
+            ids = ids[:limit]
+        rows.append({"input_ids": ids, "completion_mask": [0] * start + [1] * (len(ids) - start)})
     if too_long:
         shown = ", ".join(too_long[:10]) + (f" and {len(too_long) - 10} more" if len(too_long) > 10 else "")
         raise TrainingError(
-            f"{len(too_long)} {split} example(s) are longer than the config's max_seq_length "
-            f"{config.max_seq_length} and would be truncated: {shown}"
+            f"{len(too_long)} {split} example(s) are longer than the config's max_seq_length {limit} and ingest did not accept them: {shown}; "
+            "ingest the dataset with the job's config and data.long_examples set to drop or truncate"
         )
-    return rows, total / max(len(rows), 1)
+    return rows
 
 
 def train_sft(
@@ -107,8 +117,9 @@ def train_sft(
     prepare_process(settings, hp)
     hooks = hooks or Hooks()
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    train_rows, mean_tokens = rendered_rows(read_examples(dataset.files["training"]), config, tokenizer, "training")
-    val_rows, _ = rendered_rows(read_examples(dataset.files["validation"]), config, tokenizer, "validation")
+    train_rows = _token_rows(read_examples(dataset.files["training"]), config, tokenizer, "training")
+    val_rows = _token_rows(read_examples(dataset.files["validation"]), config, tokenizer, "validation")
+    mean_tokens = sum(len(r["input_ids"]) for r in train_rows) / max(len(train_rows), 1)
 
     checkpoints = work_dir / "checkpoints"
     trainer = SFTTrainer(

@@ -217,6 +217,20 @@ class Budget(BaseModel):
     utilisation: float = Field(default=0.4, gt=0, le=1, description="Share of the device's peak assumed by the estimate.")
 
 
+class DataOptions(BaseModel):
+    """How ingest treats examples that do not fit the config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    long_examples: Literal["error", "drop", "truncate"] = Field(
+        default="error",
+        description="Examples longer than the config's max_seq_length (in the target model's tokens, as "
+        "training renders them): error refuses the dataset naming each one; drop leaves them out; "
+        "truncate keeps their first max_seq_length tokens. Dropped and truncated examples are counted "
+        "and listed in the dataset report.",
+    )
+
+
 class CustomizationSpec(BaseModel):
     """One customization job: which base, which data, how to train, how to judge."""
 
@@ -225,9 +239,12 @@ class CustomizationSpec(BaseModel):
     config: str = Field(
         description="Config URN namespace/name@version, e.g. huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu."
     )
-    dataset: str = Field(description="Dataset folder (path or file:// URI) with training/, validation/, testing/.")
+    dataset: str = Field(
+        description="Dataset with training/ (and optional validation/, testing/): a folder, file:// or s3://bucket/prefix."
+    )
     output_model: str = Field(description="Output model name, namespace/name.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    data: DataOptions = Field(default_factory=DataOptions)
     evaluation: EvaluationPlan = Field(default_factory=EvaluationPlan)
     policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
     budget: Budget = Field(default_factory=Budget)

@@ -32,7 +32,7 @@ def spec_for(dataset: Path, hyperparameters: dict | None = None, **policy) -> Cu
     )
 
 
-def test_customize_registers_publishes_and_promotes(services, ok_dataset):
+def test_customize_registers_publishes_and_promotes(services, ok_dataset, tmp_path):
     from flows.customize import customize
 
     store = services
@@ -63,6 +63,12 @@ def test_customize_registers_publishes_and_promotes(services, ok_dataset):
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == result.train_loss[-1][0]
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 4
     assert run.data.metrics["candidate.task.exact_match"] == result.candidate.task["exact_match"]
+
+    # The dataset report, measured with the base model's tokenizer, is on the run as JSON and HTML.
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "ingest")} == {"ingest/report.json", "ingest/report.html"}
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "ingest/report.json", str(tmp_path))).read_text())
+    assert report["sha256"] == result.dataset_sha256 and report["lengths"]["max_seq_length"] == 128
+    assert report["lengths"]["splits"]["training"]["examples"] == 18 and report["lengths"]["preview"]
 
     # Every object in the bucket matches the manifest.
     objects = store.objects(f"{OUTPUT}/1/")
@@ -96,4 +102,5 @@ def test_a_bad_dataset_fails_the_flow_and_closes_its_run(services, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "not valid JSON" in runs[0].data.tags["customizer.failure"]
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "ingest")} == {"ingest/report.json", "ingest/report.html"}
     assert services.objects() == published_before == {}  # nothing was published

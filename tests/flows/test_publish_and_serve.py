@@ -135,7 +135,8 @@ def test_a_hand_off_that_fails_leaves_a_warning_on_the_run_and_version(services,
     run_id = tracking.start_run(settings, "cust-handoff", tags={}, params={})
     version = registry.promote(settings, OUTPUT, registry.register_version(settings, OUTPUT, "s3://x", run_id, {}).version)
     spec = CustomizationSpec(config=TINY_CONFIG_URN, dataset="/data", output_model=OUTPUT)
-    job = Job(job_id="cust-handoff", work_dir="/tmp", run_id=run_id, spec=spec, config=get_config(TINY_CONFIG_URN, settings))
+    job = Job(job_id="cust-handoff", work_dir="/tmp", run_id=run_id, spec=spec, config=get_config(TINY_CONFIG_URN, settings),
+              policy=spec.policy, policy_source="job")
     manifest = Manifest(output_model=OUTPUT, version="1", base_model=TINY_BASE_NAME, files={}, lineage={}, created_at=0)
     published = Published(uri=f"s3://{services}/adapters/{OUTPUT}/1/", manifest=manifest, uploaded=[], unchanged=[])
 

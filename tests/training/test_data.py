@@ -1,10 +1,12 @@
+import hashlib
 import json
+import random
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ok_rows, write_jsonl
-from training.data import MAX_LISTED_ERRORS, DatasetError, ingest_dataset, read_examples
+from training.data import MAX_LISTED_ERRORS, DatasetError, canonical_bytes, canonical_line, ingest_dataset, read_examples
 
 
 def chat(user: str, answer: str) -> dict:
@@ -112,3 +114,113 @@ def test_sha256_follows_content_not_formatting(tmp_path: Path):
     changed = sha("changed", [json.dumps(r) for r in rows[:-1]] + [json.dumps(rows[-1] | {"completion": "no"})])
     assert compact == reordered
     assert compact != changed
+
+
+def test_valid_datasets_in_all_four_formats_ingest(tmp_path: Path):
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}]
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": {"id": "42"}}}]}
+    formats = {
+        "completion": ok_rows(6),
+        "chat": [chat(f"q{i}", f"a{i}") for i in range(3)]
+        + [{"tools": tools, "messages": [{"role": "user", "content": "order 42?"}, call, {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'}, {"role": "assistant", "content": "It shipped."}]}],
+        "preference": [
+            {"prompt": "Say hi", "chosen_response": "Hi!", "rejected_response": "No."},
+            {"prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Say hi"}], "chosen_response": "Hello!", "rejected_response": "Go away."},
+            {"prompt": "Say bye", "chosen_response": "Bye!", "rejected_response": "...", "margin": 0.5},
+        ],
+        "reward": [
+            {"prompt": "2+2?", "answer": "4"},
+            {"prompt": "3*3?", "answer": 9},
+            {"prompt": [{"role": "user", "content": "Solve x+1=2"}], "solution": "x = 1"},
+            {"prompt": "Capital of France?", "choices": ["Paris", "Rome"], "label": 0},
+            {"prompt": "Capital of Italy?", "choices": ["Paris", "Rome"], "label": "Rome", "ground_truth": "Rome", "difficulty": 1e-5},
+        ],
+    }
+    for fmt, rows in formats.items():
+        root = tmp_path / fmt
+        write_jsonl(root / "training" / "train.jsonl", rows)
+        write_jsonl(root / "validation" / "val.jsonl", rows[:1])
+        data = ingest_dataset(str(root), tmp_path / f"{fmt}-out", seed=0)
+        assert data.formats == {"training": fmt, "validation": fmt, "testing": fmt}, fmt
+        assert data.counts == {"training": len(rows), "validation": 1, "testing": 1}
+        assert [e.record for e in read_examples(data.files["training"])] == rows  # content kept as given, floats included
+        assert json.loads(Path(data.report_files["json"]).read_text())["splits"]["training"]["format"] == fmt
+
+
+def test_holdout_picks_exactly_ten_percent_whatever_the_blank_lines(tmp_path: Path):
+    root = tmp_path / "ds"
+    lines = [json.dumps(r) for r in ok_rows(200)]
+    write_jsonl(root / "training" / "a.jsonl", lines[:100] + ["", "", "\r"])
+    write_jsonl(root / "training" / "b.jsonl", lines[100:])
+    data = ingest_dataset(str(root), tmp_path / "out", seed=3)
+    assert data.counts["validation"] == 20 and data.counts["training"] == 180
+    held = {e.loc for e in read_examples(data.files["validation"])}
+    kept = {e.loc for e in read_examples(data.files["training"])}
+    assert not held & kept and len(held | kept) == 200
+    assert {e.loc for e in read_examples(ingest_dataset(str(root), tmp_path / "again", seed=3).files["validation"])} == held
+
+
+def test_sha256_is_the_canonical_content_of_every_file(tmp_path: Path):
+    """The identity is sha256 over each file's path and its records' canonical JSON (sorted keys,
+    no spaces, UTF-8), computed here independently of ingest."""
+    rows = [
+        {"prompt": "caf\u00e9 \U0001f600 \"q\" \\ \t", "completion": "a", "meta": {"b": [1, 2.5, 1e-05, 1.5e-07, -0.0, 1e16, True, None], "a": 12345678901234567890123}},
+        {"completion": "b", "prompt": "x\u2028y\u0085z"},
+        {"prompt": "p", "completion": "c", "n": 123456789012345678901234567890},  # beyond 64 bits, no float
+    ]
+    root = tmp_path / "ds"
+    write_jsonl(root / "training" / "a.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows])
+    write_jsonl(root / "validation" / "v.jsonl", [json.dumps(rows[1])])
+    expected = hashlib.sha256()
+    for name, records in (("training/a.jsonl", rows), ("validation/v.jsonl", rows[1:2])):
+        expected.update(f"{name}\n".encode())
+        for record in records:
+            expected.update(json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+    assert ingest_dataset(str(root), tmp_path / "out", seed=0).sha256 == expected.hexdigest()
+
+
+def test_the_fast_canonical_encoding_is_the_standard_one():
+    rng = random.Random(11)
+    alphabet = [chr(c) for c in [*range(0, 0x80), 0xA0, 0xE9, 0x2028, 0x2029, 0xFEFF, 0x1F600, 0x4E2D]]
+
+    def value(depth: int):
+        kind = rng.randrange(7 if depth < 4 else 4)
+        if kind == 0:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(8)))
+        if kind == 1:
+            return rng.choice([0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**70, rng.randrange(-10**6, 10**6)])
+        if kind == 2:
+            return rng.choice([True, False, None])
+        if kind == 3:
+            return rng.choice([0.1, 1e-05, 2.5e-07, 1e16, 1e22, -0.0, 123.456, rng.random() * 10 ** rng.randrange(-12, 20)])
+        if kind in (4, 5):
+            return {"".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 5))): value(depth + 1) for _ in range(rng.randrange(4))}
+        return [value(depth + 1) for _ in range(rng.randrange(4))]
+
+    for _ in range(3000):
+        record = {"prompt": value(1), "completion": value(1), "x": value(1)}
+        assert canonical_bytes(record) == canonical_line(record).encode(), record
+
+
+def test_the_batched_path_and_the_line_by_line_path_agree(tmp_path: Path, monkeypatch):
+    """Plain chunks are read in batches; any chunk with something to look at closely, line by
+    line. Both must write the same splits, identity and report."""
+    from training.data import _Pass
+
+    root = tmp_path / "ds"
+    write_jsonl(root / "training" / "a.jsonl", ok_rows(3000) + ok_rows(20))  # with duplicates, and a holdout
+    write_jsonl(root / "training" / "b.jsonl", [r | {"id": i} for i, r in enumerate(ok_rows(40))] + ["", {"prompt": "p", "completion": "c", "score": 1e-05}])
+    write_jsonl(root / "testing" / "t.jsonl", [chat(f"Reply with the word ok. Item {i}", "ok") for i in range(2990, 3020)])
+    def outputs(out: Path):
+        data = ingest_dataset(str(root), out, seed=5)
+        files = {split: Path(path).read_bytes() for split, path in data.files.items()}
+        return data.sha256, files, json.loads(Path(data.report_files["json"]).read_text())
+
+    batched = outputs(tmp_path / "batched")
+    monkeypatch.setattr(_Pass, "_read_plain_chunk", lambda *args: False)
+    line_by_line = outputs(tmp_path / "lines")
+    assert batched == line_by_line
+    report = batched[2]
+    assert report["splits"]["validation"]["examples"] == 306 and report["blank_lines"] == 1
+    copies = sum(report["duplicates"]["exact_copies"].values()) + report["duplicates"]["leaked"].get("validation", 0)
+    assert copies >= 60  # items 0-19 three times, 20-39 twice (an id does not make a copy different)

@@ -90,12 +90,12 @@ def test_packing_puts_several_examples_in_a_row_without_cross_attention(tmp_path
     from trl import SFTTrainer
 
     from training.data import read_examples
-    from training.sft import rendered_rows, sft_config
+    from training.sft import _token_rows, sft_config
 
     config = get_config(TINY_CONFIG_URN, settings)
     data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    rows, _ = rendered_rows(read_examples(data.files["training"]), config, tokenizer, "training")
+    rows = _token_rows(read_examples(data.files["training"]), config, tokenizer, "training")
     hp = hyperparameters(sequence_packing_enabled=True, batch_size=4)
     trainer = SFTTrainer(model=str(tiny_model_dir), args=sft_config(hp, config, tmp_path / "ckpt", len(rows)),
                          train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows[:2]), processing_class=tokenizer)
@@ -117,3 +117,22 @@ def test_packing_puts_several_examples_in_a_row_without_cross_attention(tmp_path
     result = train_sft(str(tiny_model_dir), data, config, hyperparameters(epochs=1, sequence_packing_enabled=True), tmp_path / "job", settings)
     unpacked = train_sft(str(tiny_model_dir), data, config, hyperparameters(epochs=1), tmp_path / "job2", settings)
     assert result.steps < unpacked.steps  # fewer, fuller rows
+
+
+def test_a_chat_dataset_ingests_and_trains(tmp_path: Path, settings, tiny_model_dir):
+    config = get_config(TINY_CONFIG_URN, settings)
+    root = tmp_path / "ds"
+    conversations = [
+        {"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"Reply with the word ok. Item {i}"},
+            {"role": "assistant", "content": "ok"},
+        ]}
+        for i in range(10)
+    ]
+    write_jsonl(root / "training" / "chat.jsonl", conversations)
+    data = ingest_dataset(str(root), tmp_path / "data", seed=0)
+    assert data.formats["training"] == "chat" and data.counts == {"training": 9, "validation": 1, "testing": 1}
+    hp = Hyperparameters(epochs=1, batch_size=3, learning_rate=5e-3, log_every_n_steps=1, lora={"adapter_dim": 4, "alpha": 8})
+    result = train_sft(str(tiny_model_dir), data, config, hp, tmp_path / "job", settings)
+    assert result.steps == 3 and len(result.val_loss) == 1

@@ -42,3 +42,11 @@ def test_output_model_must_be_namespace_slash_name(name):
 def test_spec_round_trips_through_json():
     spec = CustomizationSpec.model_validate(BASE | {"hyperparameters": {"epochs": 3, "lora": {"adapter_dim": 16}}})
     assert CustomizationSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_the_long_example_policy_defaults_to_error_and_takes_three_values():
+    assert CustomizationSpec.model_validate(BASE).data.long_examples == "error"
+    assert CustomizationSpec.model_validate(BASE | {"data": {"long_examples": "truncate"}}).data.long_examples == "truncate"
+    message = _error(BASE | {"data": {"long_examples": "cut"}})
+    assert "data.long_examples" in message and "'error', 'drop' or 'truncate'" in message
+    assert "max_length" in _error(BASE | {"data": {"max_length": 10}})

@@ -1,0 +1,50 @@
+"""The ingest flow under Prefect (test harness server): a dataset's checks on their own."""
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from tests.conftest import TINY_CONFIG_URN, ok_rows, write_jsonl
+from training.data import ingest_dataset
+from training.specs import DataOptions
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def test_the_ingest_flow_reports_a_valid_dataset(prefect_server, ok_dataset, tmp_path, monkeypatch):
+    from flows.ingest import ingest
+
+    monkeypatch.setenv("CUSTOMIZER_DATA_DIR", str(tmp_path / "data"))
+    report = ingest(str(ok_dataset))
+    assert report.ok and report.sha256 == ingest_dataset(str(ok_dataset), tmp_path / "direct", seed=42).sha256
+    assert {name: split.examples for name, split in report.splits.items()} == {"training": 18, "validation": 2, "testing": 8}
+    assert report.lengths is None and report.lengths_skipped
+    written = list((tmp_path / "data" / "ingest").glob("ingest-*/report.html"))
+    assert len(written) == 1
+
+
+def test_the_ingest_flow_measures_tokens_with_a_config(prefect_server, tiny_config_dir, tmp_path, monkeypatch):
+    from flows.ingest import ingest
+
+    monkeypatch.setenv("CUSTOMIZER_DATA_DIR", str(tmp_path / "data"))
+    root = tmp_path / "ds"
+    write_jsonl(root / "training" / "t.jsonl", ok_rows(9) + [{"prompt": "word " * 300, "completion": "ok"}])
+    write_jsonl(root / "validation" / "v.jsonl", ok_rows(2, start=50))
+    report = ingest(str(root), config=TINY_CONFIG_URN, data=DataOptions(long_examples="drop"))
+    assert report.splits["training"].examples == 9 and report.splits["training"].dropped == 1
+    assert [x.loc for x in report.lengths.long_examples] == ["training/t.jsonl:10"]
+
+
+def test_the_ingest_flow_fails_naming_each_bad_line(prefect_server, tmp_path, monkeypatch):
+    from flows.ingest import ingest
+
+    monkeypatch.setenv("CUSTOMIZER_DATA_DIR", str(tmp_path / "data"))
+    root = tmp_path / "bad"
+    write_jsonl(root / "training" / "t.jsonl", ok_rows(3) + ['{"prompt": "q", "completion": 7}'])
+    with pytest.raises(Exception, match=r"training/t.jsonl:4: `completion` must be a string, got number"):
+        ingest(str(root))
+    report = next((tmp_path / "data" / "ingest").glob("ingest-*/report.json"))
+    assert '"ok": false' in report.read_text()
