@@ -5,6 +5,9 @@
     customizer check SPEC.yaml      validate a spec, its config and its dataset without training
     customizer configs              list the config catalog
     customizer prepare-model [URN]  convert/cache a config's base model ahead of time
+    customizer up                   the whole platform: REST API, Prefect server + UI, worker, MLflow UI
+    customizer api                  the REST API alone (needs PREFECT_API_URL)
+    customizer worker               serve the customize and evaluate deployments (needs PREFECT_API_URL)
 """
 
 from __future__ import annotations
@@ -121,6 +124,41 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the ``customize`` and ``evaluate`` flows as deployments; each run is a subprocess."""
+    from prefect import serve
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.customize import customize
+    from flows.evaluate import evaluate
+
+    deployments = []
+    for flow, name in ((customize, settings.customize_deployment), (evaluate, settings.evaluate_deployment)):
+        flow_name, _, deployment = name.partition("/")
+        if flow_name != flow.name or not deployment:
+            raise UsageError(f"deployment {name!r} must be {flow.name}/<deployment name>")
+        deployments.append(flow.to_deployment(name=deployment, entrypoint_type=EntrypointType.MODULE_PATH))
+    # Runs created while the worker is down stay scheduled and start when it is back.
+    serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from customizer.up import up
+
+    return up(settings, args.host, args.port, args.prefect_port, args.mlflow_port, not args.no_mlflow_ui, args.poll_seconds,
+              args.limit, args.ready_file)
+
+
 def quiet_libraries() -> None:
     """Keep the console to customizer's own progress: libraries' deprecation notes and chatter off."""
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -144,6 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("configs", help="list the config catalog")
     prep = sub.add_parser("prepare-model", help="convert and cache a config's base model")
     prep.add_argument("config", nargs="?", default=DEMO_CONFIG)
+    up = sub.add_parser("up", help="start the REST API, a Prefect server and UI, the worker and the MLflow UI")
+    up.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="REST API port (default 8000)")
+    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect API/UI port (default 4200; 0: any free port)")
+    up.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000; 0: any free port)")
+    up.add_argument("--no-mlflow-ui", action="store_true", help="do not start the MLflow UI (print the command instead)")
+    up.add_argument("--poll-seconds", type=float, default=2.0, help="how often the worker looks for new runs (default 2)")
+    up.add_argument("--limit", type=int, default=2, help="flow runs the worker runs at once (default 2)")
+    up.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
+    api = sub.add_parser("api", help="run the REST API alone")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    worker = sub.add_parser("worker", help="serve the customize and evaluate deployments")
+    worker.add_argument("--limit", type=int, default=2, help="flow runs at once (default 2)")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -154,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_configs(args, settings)
         if args.command == "prepare-model":
             return cmd_prepare_model(args, settings)
+        if args.command in ("up", "api", "worker"):
+            return {"up": cmd_up, "api": cmd_api, "worker": cmd_worker}[args.command](args, settings)
         raw = demo_spec(args) if args.command == "demo" else _load_spec_file(args.spec)
         spec = check_spec(raw, settings)
         if args.command == "check":
