@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.db import Store, open_database
-from api.errors import ApiError, Conflict
+from api.errors import ApiError
 from api.orchestrator import OrchestratorUnavailable
 from customizer import __version__
 from customizer.settings import Settings, get_settings
@@ -108,4 +108,5 @@ def app_from_environment() -> FastAPI:
 
     settings = get_settings()
     apply_environment(settings)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the API log
     return create_app(settings)

@@ -387,7 +387,8 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
     job_id = prefixed_id("cust", flow_run_id)
     output_model = f"{spec.output_model}{suffix or '@' + job_id}"
     dataset_urn = f"{dataset['namespace']}/{dataset['name']}"
-    created = iso(now())
+    stamp = now()
+    created = iso(stamp)
     data = public(body.model_dump(mode="json", exclude_none=True, exclude={"ignored_hyperparameters"})) | {
         "config": body.config,
         "dataset": dataset_urn,
@@ -408,7 +409,7 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         "_secrets": {name: seal(settings, value) for name, value in secrets.items()},
     }
     try:
-        stored = store.add(JOB, job_id, body.namespace, body.name or job_id, data)
+        stored = store.add(JOB, job_id, body.namespace, body.name or job_id, data, stamp)
     except Duplicate as exc:
         orchestrator.cancel(flow_run_id)
         raise Conflict(f"a customization job named {body.name!r} already exists in namespace {body.namespace}") from exc

@@ -64,13 +64,13 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def add(self, kind: str, id: str, namespace: str, name: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Insert an entity; ``created_at``/``updated_at`` are set here and returned in the data.
+    def add(self, kind: str, id: str, namespace: str, name: str, data: dict[str, Any], stamp: dt.datetime | None = None) -> dict[str, Any]:
+        """Insert an entity; ``created_at``/``updated_at`` are set here (to ``stamp``, default now) and returned in the data.
 
         Raises:
             Duplicate: same kind, namespace and name, or the same id.
         """
-        stamp = now()
+        stamp = stamp or now()
         data = {**data, "id": id, "created_at": iso(stamp), "updated_at": iso(stamp)}
         try:
             with self.engine.begin() as conn:

@@ -146,9 +146,14 @@ def logs(flow_run_id: str, limit: int = 2000) -> list[dict[str, Any]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    lines: list[Any] = []
     try:
         with get_client(sync_client=True) as client:
-            lines = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])), limit=limit)
+            while len(lines) < limit:  # the server returns at most 200 lines a request
+                page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])), limit=200, offset=len(lines))
+                lines += page
+                if len(page) < 200:
+                    break
     except Exception as exc:  # noqa: BLE001
         raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
     return [

@@ -96,7 +96,7 @@ def delete_namespace(namespace: str, store: StoreDep, caller: CallerDep) -> dict
     found = store.find(NAMESPACE, "", namespace)
     if found is None:
         raise NotFound(f"namespace {namespace} does not exist")
-    repos = [r["name"] for r in store.all(REPO) if r["namespace"] == namespace]
+    repos = [r["repo_id"] for r in store.all(REPO) if r["repo_id"].split("/")[0] == namespace]
     if repos:
         raise Conflict(f"namespace {namespace} still holds repositories: {', '.join(sorted(repos))}")
     store.remove(NAMESPACE, found["id"])

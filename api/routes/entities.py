@@ -163,6 +163,14 @@ def _fresh_models(store, settings, models: list[dict[str, Any]]) -> list[dict[st
     return [store.get(MODEL, m["id"]) or m for m in models]
 
 
+def _peft(model: dict[str, Any]) -> Any:
+    """``filter[peft][lora]=true`` means a LoRA model, whether ``peft`` says so by type or by a ``lora`` block."""
+    peft = model.get("peft")
+    if not isinstance(peft, dict):
+        return None
+    return peft | {"lora": bool(peft.get("lora")) or str(peft.get("finetuning_type", "")).startswith("lora")}
+
+
 def _base_model_name(model: dict[str, Any]) -> Any:
     base = model.get("base_model")
     return base.get("name") if isinstance(base, dict) else base
@@ -177,7 +185,7 @@ def create_model(body: ModelCreate, store: StoreDep, caller: CallerDep) -> dict[
 @router.get("/models", summary="List models", response_model=Page)
 def list_models(store: StoreDep, settings: SettingsDep, caller: CallerDep, params: ListDep) -> dict[str, Any]:
     models = _fresh_models(store, settings, store.all(MODEL))
-    getters = {"base_model": _base_model_name, "prompt": lambda m: bool(m.get("prompt"))}
+    getters = {"base_model": _base_model_name, "prompt": lambda m: bool(m.get("prompt")), "peft": _peft}
     return paginate([public(m) for m in models], params, caller, {"name", "namespace", "project", "base_model", "peft", "prompt", "created_at"}, _SORT, getters)
 
 
