@@ -67,10 +67,14 @@ def check_config(config: dict[str, Any]) -> None:
     if config.get("type") != "custom":
         return
     tasks = config.get("tasks") or {}
-    if not tasks:
+    if not tasks or not isinstance(tasks, dict):
         raise ConfigProblem("`tasks`: a custom evaluation needs at least one task")
+    if not isinstance(config.get("params") or {}, dict):
+        raise ConfigProblem("`params` must be an object")
     for name, task in tasks.items():
         where = f"tasks.{name}"
+        if not isinstance(task, dict) or not isinstance(task.get("params") or {}, dict) or not isinstance(task.get("metrics") or {}, dict):
+            raise ConfigProblem(f"`{where}` must be an object with `type`, `dataset`, `params` and `metrics` objects")
         if task.get("type") not in TASK_TYPES:
             raise ConfigProblem(f"`{where}.type` is {task.get('type')!r}; use one of {', '.join(TASK_TYPES)}")
         if not task.get("dataset"):
@@ -83,10 +87,12 @@ def check_config(config: dict[str, Any]) -> None:
         if not task.get("metrics"):
             raise ConfigProblem(f"`{where}.metrics`: give at least one of {', '.join(METRIC_TYPES)}")
         for metric_name, metric in task["metrics"].items():
-            kind = (metric or {}).get("type")
+            if not isinstance(metric, dict) or not isinstance(metric.get("params") or {}, dict):
+                raise ConfigProblem(f"`{where}.metrics.{metric_name}` must be an object with `type` (and `params`)")
+            kind = metric.get("type")
             if kind not in METRIC_TYPES:
                 raise ConfigProblem(f"`{where}.metrics.{metric_name}.type` is {kind!r}; supported: {', '.join(METRIC_TYPES)}")
-            check = ((metric or {}).get("params") or {}).get("check")
+            check = (metric.get("params") or {}).get("check")
             if kind == "string-check" and not (isinstance(check, list) and len(check) == 3 and check[1] in m.STRING_CHECKS):
                 raise ConfigProblem(
                     f"`{where}.metrics.{metric_name}.params.check` must be [left, operation, right] with an operation in "
@@ -164,7 +170,10 @@ def score_metric(metric: dict[str, Any], rows: list[dict[str, Any]], outputs: li
         values = m.string_check([str(render(left, r, s)) for r, s in zip(rows, samples)], operation,
                                 [str(render(right, r, s)) for r, s in zip(rows, samples)])
         return {"scores": _scores("string-check", values)}
-    reference = params.get("ground_truth") or (params.get("references") or [DEFAULT_REFERENCE])[0]
+    references_param = params.get("references")
+    if isinstance(references_param, str):
+        references_param = [references_param]
+    reference = params.get("ground_truth") or (references_param or [DEFAULT_REFERENCE])[0]
     references = [str(render(reference, r, s)) for r, s in zip(rows, samples)]
     if kind == "rouge":
         return {"scores": {name: _scores(name, values)[name] for name, values in m.rouge(outputs, answer=references).items()}}

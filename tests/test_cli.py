@@ -44,3 +44,9 @@ def test_unreadable_spec_files_are_reported(tmp_path, capsys):
     broken.write_text("{nope")
     assert main(["run", str(broken)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_worker_refuses_a_deployment_of_another_flow(capsys, monkeypatch):
+    monkeypatch.setenv("CUSTOMIZER_CUSTOMIZE_DEPLOYMENT", "evaluate/x")
+    assert main(["worker"]) == 2
+    assert "deployment 'evaluate/x' must be customize/<deployment name>" in capsys.readouterr().err
