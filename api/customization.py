@@ -342,6 +342,37 @@ def _snapshot(config: CustomizationConfig, hp: Any) -> dict[str, Any]:
     }
 
 
+def _discard_snapshot(settings: Settings, folder: Path) -> None:
+    import shutil
+
+    snapshots = settings.root / "api" / "dataset-snapshots"
+    if snapshots in folder.parents:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _validate_and_start(settings: Settings, body: JobCreate, config: CustomizationConfig, dataset: dict[str, Any], folder: Path):
+    """Validate the dataset copy and the spec, then start the flow run; returns what the job record needs."""
+    hp = body.hyperparameters
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            ingested = ingest_dataset(str(folder), Path(scratch), seed=hp.seed)
+        except DatasetError as exc:
+            raise BadRequest(f"`dataset` {dataset['namespace']}/{dataset['name']} ({dataset['files_url']}) is not valid: {exc}") from exc
+    spec_model, suffix = _output_model(body, config)
+    spec = to_spec(body, str(folder), spec_model)
+    warnings = [w.model_dump() for w in guidance(hp, config, ingested.counts["training"])]
+    warnings += [
+        {"message": f"`hyperparameters.{name}` is ignored", "explanation": _ignored_reason(name)} for name in body.ignored_hyperparameters
+    ]
+    if body.integrations:
+        warnings.append({"message": "`integrations` are recorded but not used", "explanation": "customizer tracks every job in MLflow; W&B reporting is not wired into training"})
+
+    flow_run_id = orchestrator.start(
+        settings.customize_deployment, {"spec": spec.model_dump(mode="json")}, tags=["customizer-api", f"namespace:{body.namespace}"]
+    )
+    return spec, warnings, ingested, suffix, flow_run_id
+
+
 def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[str, str]) -> dict[str, Any]:
     """Validate a job, start its flow run and record it.
 
@@ -367,23 +398,11 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         raise BadRequest(str(exc)) from exc
     dataset = dataset_of(store, body.dataset, body.namespace)
     folder = snapshot_dataset(dataset["files_url"], settings)
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            ingested = ingest_dataset(str(folder), Path(scratch), seed=hp.seed)
-        except DatasetError as exc:
-            raise BadRequest(f"`dataset` {dataset['namespace']}/{dataset['name']} ({dataset['files_url']}) is not valid: {exc}") from exc
-    spec_model, suffix = _output_model(body, config)
-    spec = to_spec(body, str(folder), spec_model)
-    warnings = [w.model_dump() for w in guidance(hp, config, ingested.counts["training"])]
-    warnings += [
-        {"message": f"`hyperparameters.{name}` is ignored", "explanation": _ignored_reason(name)} for name in body.ignored_hyperparameters
-    ]
-    if body.integrations:
-        warnings.append({"message": "`integrations` are recorded but not used", "explanation": "customizer tracks every job in MLflow; W&B reporting is not wired into training"})
-
-    flow_run_id = orchestrator.start(
-        settings.customize_deployment, {"spec": spec.model_dump(mode="json")}, tags=["customizer-api", f"namespace:{body.namespace}"]
-    )
+    try:
+        spec, warnings, ingested, suffix, flow_run_id = _validate_and_start(settings, body, config, dataset, folder)
+    except BaseException:
+        _discard_snapshot(settings, folder)  # a refused job leaves no copy behind
+        raise
     job_id = prefixed_id("cust", flow_run_id)
     output_model = f"{spec.output_model}{suffix or '@' + job_id}"
     dataset_urn = f"{dataset['namespace']}/{dataset['name']}"
