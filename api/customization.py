@@ -546,6 +546,8 @@ def _apply_state(store: Store, settings: Settings, job: dict[str, Any], state: o
     if not state.history:
         logs.append({"updated_at": iso(state.timestamp or now()), "message": state.state_name}
                     | ({"detail": _detail(state.message)} if state.status == "failed" else {}))
+    if logs[-1]["message"] == "Late":  # Prefect marks a run no worker picked up in time
+        logs[-1]["detail"] = "no worker has started this job yet: is `customizer worker` (or `customizer up`) running?"
     details["status_logs"] = logs
     details["status"] = state.status
     details["updated_at"] = iso(state.timestamp or now())

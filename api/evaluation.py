@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from api import orchestrator
-from api.customization import DATASET, MODEL, dataset_of, public, snapshot_dataset
-from api.db import Duplicate, Store, iso, now
+from api.customization import MODEL, dataset_of, public, snapshot_dataset
+from api.db import Duplicate, Store
 from api.errors import BadRequest, Conflict, NotFound
 from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
 from customizer.ids import prefixed_id
@@ -132,11 +132,10 @@ def create_job(store: Store, settings: Settings, body: EvaluationJobCreate) -> d
     flow_run_id = orchestrator.start(settings.evaluate_deployment, {"request": request.model_dump(mode="json")},
                                      tags=["customizer-api", f"namespace:{body.namespace}"])
     job_id = prefixed_id("eval", flow_run_id)
-    created = iso(now())
     data = body.model_dump(mode="json", exclude_none=True) | {
         "config": config, "target": target, "status": "created",
         "status_details": {"message": "created", "progress": 0.0, "task_status": {}},
-        "_flow_run_id": flow_run_id, "_created": created,
+        "_flow_run_id": flow_run_id,
     }
     stored = store.add(JOB, job_id, body.namespace, job_id, data)
     log.info("Evaluation %s: config type %s, flow run %s", job_id, config.get("type"), flow_run_id)
@@ -224,4 +223,3 @@ def result_of(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
             "updated_at": job["updated_at"], "tasks": results.get("tasks", {}), "groups": results.get("groups", {})}
 
 
-__all__ = ["create_config", "create_target", "create_job", "refresh_jobs", "result_of", "DATASET"]

@@ -126,18 +126,20 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the ``customize`` and ``evaluate`` flows as deployments; each run is a subprocess."""
+    names = {}
+    for flow_name, name in (("customize", settings.customize_deployment), ("evaluate", settings.evaluate_deployment)):
+        prefix, _, deployment = name.partition("/")
+        if prefix != flow_name or not deployment:
+            raise UsageError(f"deployment {name!r} must be {flow_name}/<deployment name>")
+        names[flow_name] = deployment
+    # Checked before Prefect is imported: a misconfigured worker fails at once.
     from prefect import serve
     from prefect.deployments.runner import EntrypointType
 
     from flows.customize import customize
     from flows.evaluate import evaluate
 
-    deployments = []
-    for flow, name in ((customize, settings.customize_deployment), (evaluate, settings.evaluate_deployment)):
-        flow_name, _, deployment = name.partition("/")
-        if flow_name != flow.name or not deployment:
-            raise UsageError(f"deployment {name!r} must be {flow.name}/<deployment name>")
-        deployments.append(flow.to_deployment(name=deployment, entrypoint_type=EntrypointType.MODULE_PATH))
+    deployments = [flow.to_deployment(name=names[flow.name], entrypoint_type=EntrypointType.MODULE_PATH) for flow in (customize, evaluate)]
     # Runs created while the worker is down stay scheduled and start when it is back.
     serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
     return 0

@@ -3,17 +3,17 @@ unescaped (``meta/llama-3.2-1b-instruct@v1.0.0+A100``); ``+`` is never read as a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 
 from api import customization as logic
 from api import orchestrator
-from api.db import Duplicate
+from api.db import iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import BadRequest, Conflict, NotFound
-from api.schemas import ConfigCreate, ConfigUpdate, DeleteResponse, JobCreate, JobLogs, JobPublic, JobStatusPublic, Page, TargetCreate, TargetUpdate
-from api.db import iso, now
+from api.schemas import ConfigCreate, ConfigUpdate, JobCreate, JobLogs, JobPublic, JobStatusPublic, Page, TargetCreate, TargetUpdate
 
 router = APIRouter(prefix="/v1/customization", tags=["customizer"])
 _JOB_FILTERS = {"status", "namespace", "project", "config", "dataset", "output_model", "training_type", "finetuning_type", "name", "created_at"}
@@ -116,8 +116,6 @@ def create_config(body: ConfigCreate, store: StoreDep, settings: SettingsDep, ca
 def list_configs(store: StoreDep, settings: SettingsDep, caller: CallerDep, params: ListDep) -> dict[str, Any]:
     configs = _option_filter(params.filters, logic.list_configs(store, settings))
     other = {k: v for k, v in params.filters.items() if k not in ("finetuning_type", "training_type")}
-    from dataclasses import replace
-
     page = paginate(configs, replace(params, filters=other), caller, _CONFIG_FILTERS, {"created_at", "updated_at", "name", "namespace"}, _CONFIG_GETTERS)
     page["filter"] = params.filters or None
     return page

@@ -13,13 +13,14 @@ from fastapi.responses import Response
 from api import evaluation as logic
 from api import orchestrator
 from api.customization import public
-from api.db import iso, now
+from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
-from api.errors import Conflict, NotFound
+from api.errors import BadRequest, Conflict, NotFound
 from api.schemas import (
     DeleteResponse, EvaluationConfigCreate, EvaluationConfigUpdate, EvaluationJobCreate, EvaluationTargetCreate,
     EvaluationTargetUpdate, Page,
 )
+from evaluation.custom import ConfigProblem, check_config
 
 router = APIRouter(prefix="/v1/evaluation", tags=["evaluator"])
 _SORT = {"created_at", "updated_at", "name", "namespace"}
@@ -63,15 +64,10 @@ def update_config(namespace: str, config_name: str, body: EvaluationConfigUpdate
     if "namespace" in changes:
         caller.check(changes["namespace"])
     data = found | changes
-    from api.errors import BadRequest
-    from evaluation.custom import ConfigProblem, check_config
-
     try:
         check_config(data)
     except ConfigProblem as exc:
         raise BadRequest(str(exc)) from exc
-    from api.db import Duplicate
-
     try:
         return public(store.save(logic.CONFIG, data, namespace=data["namespace"], name=data["name"]))
     except Duplicate as exc:

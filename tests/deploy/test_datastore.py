@@ -50,3 +50,27 @@ def test_download_dataset_by_url(tmp_path):
         download_dataset("hf://datasets/ns/missing", tmp_path / "none", settings)
     with pytest.raises(DatastoreError, match="not a Data Store URL"):
         parse_hf_url("s3://bucket/x")
+
+
+def test_the_data_store_on_s3(tmp_path, monkeypatch):
+    """The same files API on an S3 endpoint served over HTTP (moto's server)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="data")
+        settings = Settings(data_dir=tmp_path / "data", datastore_uri="s3://data/store", s3_endpoint_url=endpoint)
+        files = open_files(settings)
+        files.put("datasets/ns/ds/training/a.jsonl", b'{"prompt": "p", "completion": "c"}\n')
+        files.put("datasets/ns/ds/validation/b.jsonl", b'{"prompt": "q", "completion": "d"}\n')
+        assert files.list("datasets/ns/ds") == {"training/a.jsonl": 35, "validation/b.jsonl": 35}
+        copied = download_dataset("hf://datasets/ns/ds", tmp_path / "copy", settings)
+        assert (copied / "validation" / "b.jsonl").read_bytes() == b'{"prompt": "q", "completion": "d"}\n'
+        files.delete_prefix("datasets/ns/ds")
+        assert files.list("datasets/ns/ds") == {} and files.get("datasets/ns/ds/training/a.jsonl") is None
+    finally:
+        server.stop()
