@@ -134,7 +134,8 @@ class S3Files:
             self.delete(f"{prefix}/{key}")
 
     def list(self, prefix: str) -> dict[str, int]:
-        full = self._key(prefix).rstrip("/") + "/"
+        full = self._key(prefix).strip("/")
+        full = f"{full}/" if full else ""  # a bucket's root: every key
         out = {}
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             for item in page.get("Contents", []):
