@@ -13,7 +13,7 @@ from tests.api.conftest import LLAMA_CONFIG, NEMO_EXAMPLE, TINY_CONFIG, wait_for
 from tests.conftest import ok_rows
 
 
-def test_nemo_example_is_accepted_as_it_stands(example_jobs):
+def test_nemo_example_is_accepted_as_it_stands(nemo, example_jobs):
     response, _ = example_jobs
     assert response.status_code == 200, response.text
     job = response.json()
@@ -31,6 +31,9 @@ def test_nemo_example_is_accepted_as_it_stands(example_jobs):
     assert isinstance(job["warnings"], list)
     assert "T" in job["created_at"] and "+" not in job["created_at"] and not job["created_at"].endswith("Z")
     assert not any(key.startswith("_") for key in job)
+    # The output model's Entity Store entry exists from creation, before anything is published.
+    model = nemo.models.retrieve(f"llama-3.2-1b-instruct@{job['id']}", namespace="default")
+    assert model.base_model == "meta/llama-3.2-1b-instruct" and model.artifact.status in ("created", "upload_failed")
 
 
 def test_llama_job_fails_saying_the_base_model_cannot_be_fetched(nemo, example_jobs):
