@@ -79,3 +79,23 @@ def test_bracket_filters_parse_nested_keys_booleans_and_lists():
     assert filtered(items, parsed, {"peft", "created_at", "status"}) == [items[0]]
     with pytest.raises(ListError):
         bracket_params({"filter[]": "x"}, "filter")
+
+
+def test_a_job_no_worker_picks_up_says_so(tmp_path, monkeypatch):
+    from api import orchestrator
+
+    monkeypatch.setattr(orchestrator, "start", lambda *args, **kwargs: "0b9c6a2e-0000-4000-8000-000000000001")
+    settings = Settings(data_dir=tmp_path)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        root = tmp_path / "ds"
+        (root / "training").mkdir(parents=True)
+        (root / "training" / "t.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n')
+        assert client.post("/v1/datasets", json={"name": "d", "files_url": root.as_uri()}).status_code == 200
+        job = client.post("/v1/customization/jobs", json={"config": "customizer/tiny-llama@v1.0.0+cpu", "dataset": "d",
+                                                          "hyperparameters": {"finetuning_type": "lora"}}).json()
+        late = orchestrator.RunState(flow_run_id="0b9c6a2e-0000-4000-8000-000000000001", status="pending", state_name="Late",
+                                     message=None, timestamp=None, started=None, history=[("pending", "Late", None, None)])
+        monkeypatch.setattr(orchestrator, "states", lambda ids, history=False: {late.flow_run_id: late})
+        status = client.get(f"/v1/customization/jobs/{job['id']}/status").json()
+    assert status["status"] == "pending"
+    assert "no worker has started this job yet" in status["status_logs"][-1]["detail"]
