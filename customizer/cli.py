@@ -12,6 +12,9 @@
     customizer serve-models         serve the base model and published adapters (OpenAI-compatible API)
     customizer serving vllm-args NS vLLM launch arguments for a namespace's champion adapters
     customizer data validate PATH   check a dataset alone (exit status 2 when it has errors)
+    customizer up                   the whole platform: REST API, Prefect server + UI, worker, MLflow UI
+    customizer api                  the REST API alone (needs PREFECT_API_URL)
+    customizer worker               serve the customize and evaluate deployments (needs PREFECT_API_URL)
 """
 
 from __future__ import annotations
@@ -248,6 +251,43 @@ def cmd_data_validate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the ``customize`` and ``evaluate`` flows as deployments; each run is a subprocess."""
+    names = {}
+    for flow_name, name in (("customize", settings.customize_deployment), ("evaluate", settings.evaluate_deployment)):
+        prefix, _, deployment = name.partition("/")
+        if prefix != flow_name or not deployment:
+            raise UsageError(f"deployment {name!r} must be {flow_name}/<deployment name>")
+        names[flow_name] = deployment
+    # Checked before Prefect is imported: a misconfigured worker fails at once.
+    from prefect import serve
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.customize import customize
+    from flows.evaluate import evaluate
+
+    deployments = [flow.to_deployment(name=names[flow.name], entrypoint_type=EntrypointType.MODULE_PATH) for flow in (customize, evaluate)]
+    # Runs created while the worker is down stay scheduled and start when it is back.
+    serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from customizer.up import up
+
+    return up(settings, args.host, args.port, args.prefect_port, args.mlflow_port, not args.no_mlflow_ui, args.poll_seconds,
+              args.limit, args.ready_file)
+
+
 def quiet_libraries() -> None:
     """Keep the console to customizer's own progress: libraries' deprecation notes and chatter off."""
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -301,6 +341,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     validate.add_argument("--seed", type=int, default=42, help="seed of the validation holdout (default 42)")
     validate.add_argument("--report", type=Path, help="folder to write report.json and report.html to")
+    up = sub.add_parser("up", help="start the REST API, a Prefect server and UI, the worker and the MLflow UI")
+    up.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="REST API port (default 8000)")
+    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect API/UI port (default 4200; 0: any free port)")
+    up.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000; 0: any free port)")
+    up.add_argument("--no-mlflow-ui", action="store_true", help="do not start the MLflow UI (print the command instead)")
+    up.add_argument("--poll-seconds", type=float, default=2.0, help="how often the worker looks for new runs (default 2)")
+    up.add_argument("--limit", type=int, default=2, help="flow runs the worker runs at once (default 2)")
+    up.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
+    api = sub.add_parser("api", help="run the REST API alone")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    worker = sub.add_parser("worker", help="serve the customize and evaluate deployments")
+    worker.add_argument("--limit", type=int, default=2, help="flow runs at once (default 2)")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -321,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_vllm_args(args, settings)
         if args.command == "data":
             return cmd_data_validate(args, settings)
+        if args.command in ("up", "api", "worker"):
+            return {"up": cmd_up, "api": cmd_api, "worker": cmd_worker}[args.command](args, settings)
         raw = demo_spec(args) if args.command == "demo" else _load_spec_file(args.spec)
         spec = check_spec(raw, settings)
         if args.command == "check":

@@ -86,6 +86,27 @@ class Settings(BaseSettings):
         description="Let the serving check pass adapters that target embeddings or the LM head "
         "(only for engines that support them).",
     )
+    api_database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the API's state (jobs, entities, configs), e.g. postgresql+psycopg://... "
+        "Default: SQLite under the data folder.",
+    )
+    api_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='API keys accepted as bearer tokens, each with the namespaces it may use ("*": all), as JSON, '
+        'e.g. {"k1": ["*"], "k2": ["team-a"]}. Empty: no authentication (the embedded default; the API warns at start).',
+    )
+    datastore_uri: str | None = Field(
+        default=None,
+        description="Where the Data Store keeps dataset and model repo files: file:///path or s3://bucket/prefix. "
+        "Default: a folder under the data folder.",
+    )
+    customize_deployment: str = Field(
+        default="customize/customizer", description="Prefect deployment (flow/deployment) that runs customization jobs."
+    )
+    evaluate_deployment: str = Field(
+        default="evaluate/customizer", description="Prefect deployment (flow/deployment) that runs evaluation jobs."
+    )
 
     @property
     def root(self) -> Path:
@@ -122,6 +143,19 @@ class Settings(BaseSettings):
     @property
     def publish_uri(self) -> str:
         return self.store_uri or (self.root / "store").as_uri()
+
+    @property
+    def api_db_url(self) -> str:
+        return self.api_database_url or f"sqlite:///{self.root / 'api' / 'api.db'}"
+
+    @property
+    def api_configs_dir(self) -> Path:
+        """Configs created through the API, as YAML files the catalog reads like any other config folder."""
+        return self.root / "api" / "configs"
+
+    @property
+    def datastore_root_uri(self) -> str:
+        return self.datastore_uri or (self.root / "datastore").as_uri()
 
 
 def get_settings() -> Settings:

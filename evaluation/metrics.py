@@ -73,3 +73,99 @@ def register_with_lm_eval() -> None:
             return _fn(predictions, answer=references)[0]
 
         register_metric(metric=registered, higher_is_better=True, aggregation="mean")(one_item)
+
+
+# Similarity metrics for custom evaluations (NeMo Evaluator's em, f1, bleu, rouge, string-check).
+# Pure, like the task metrics; kept out of TASK_METRICS so the customize flow's task benchmark is unchanged.
+
+
+def _words(text: str) -> list[str]:
+    """SQuAD normalisation: lower case, no punctuation or articles, single spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def em(completions: list[str], answer: list[str], **_: object) -> list[float]:
+    """Exact match after SQuAD normalisation (case, punctuation and articles ignored).
+
+    >>> em(["The Paris.", "Lyon"], answer=["paris", "Paris"])
+    [1.0, 0.0]
+    """
+    return [1.0 if _words(c) == _words(a) else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
+def f1(completions: list[str], answer: list[str], **_: object) -> list[float]:
+    """Token-overlap F1 after SQuAD normalisation.
+
+    >>> f1(["the cat sat", "dog"], answer=["a cat sat down", "cat"])
+    [0.8, 0.0]
+    """
+    from collections import Counter
+
+    scores = []
+    for completion, reference in zip(completions, answer, strict=True):
+        got, want = _words(completion), _words(reference)
+        if not got or not want:
+            scores.append(1.0 if got == want else 0.0)
+            continue
+        common = sum((Counter(got) & Counter(want)).values())
+        if common == 0:
+            scores.append(0.0)
+            continue
+        precision, recall = common / len(got), common / len(want)
+        scores.append(round(2 * precision * recall / (precision + recall), 6))
+    return scores
+
+
+def bleu(completions: list[str], answer: list[str], **_: object) -> list[float]:
+    """Sentence BLEU (sacrebleu, 0-100) of each completion against its reference.
+
+    >>> bleu(["the cat sat on the mat"], answer=["the cat sat on the mat"])
+    [100.0]
+    """
+    import sacrebleu
+
+    return [round(float(sacrebleu.sentence_bleu(c, [a]).score), 6) for c, a in zip(completions, answer, strict=True)]
+
+
+ROUGE_TYPES = {"rouge_1_score": "rouge1", "rouge_2_score": "rouge2", "rouge_3_score": "rouge3", "rouge_L_score": "rougeL"}
+
+
+def rouge(completions: list[str], answer: list[str], **_: object) -> dict[str, list[float]]:
+    """ROUGE-1/2/3/L F-measures (0-1) per completion, keyed by NeMo's score names.
+
+    >>> rouge(["the cat sat"], answer=["the cat sat"])["rouge_L_score"]
+    [1.0]
+    """
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES.values()), use_stemmer=False)
+    results = [scorer.score(a, c) for c, a in zip(completions, answer, strict=True)]
+    return {name: [float(r[kind].fmeasure) for r in results] for name, kind in ROUGE_TYPES.items()}
+
+
+STRING_CHECKS = {
+    "equals": lambda left, right: left == right,
+    "not equals": lambda left, right: left != right,
+    "!=": lambda left, right: left != right,
+    "==": lambda left, right: left == right,
+    "contains": lambda left, right: right in left,
+    "not contains": lambda left, right: right not in left,
+    "startswith": lambda left, right: left.startswith(right),
+    "endswith": lambda left, right: left.endswith(right),
+}
+
+
+def string_check(left: list[str], operation: str, right: list[str]) -> list[float]:
+    """NeMo's string-check: ``left <operation> right`` per item, after trimming both sides.
+
+    >>> string_check(["The answer is 4", "5"], "contains", ["4", "4"])
+    [1.0, 0.0]
+    """
+    if operation not in STRING_CHECKS:
+        raise ValueError(f"string-check operation {operation!r} is not one of {', '.join(STRING_CHECKS)}")
+    check = STRING_CHECKS[operation]
+    return [1.0 if check(l.strip(), r.strip()) else 0.0 for l, r in zip(left, right, strict=True)]

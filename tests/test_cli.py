@@ -52,6 +52,8 @@ def test_serving_commands_report_bad_arguments_clearly(capsys, tiny_config_dir):
     assert main(["serve-models", "--config", "test/tiny-llama"]) == 2
     err = capsys.readouterr().err
     assert "is missing its version" in err and "Traceback" not in err
+
+
 def test_data_validate_prints_the_report_and_exits_0(tmp_path, capsys, ok_dataset):
     assert main(["data", "validate", str(ok_dataset), "--report", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
@@ -89,3 +91,9 @@ def test_data_validate_with_a_config_measures_tokens_under_the_policy(tmp_path, 
     assert "training/t.jsonl:10: " in out and "dropped (data.long_examples: drop)" in out
     assert main(["data", "validate", str(root), "--config", "nope/none@v1"]) == 2
     assert "nope/none@v1" in capsys.readouterr().err
+
+
+def test_worker_refuses_a_deployment_of_another_flow(capsys, monkeypatch):
+    monkeypatch.setenv("CUSTOMIZER_CUSTOMIZE_DEPLOYMENT", "evaluate/x")
+    assert main(["worker"]) == 2
+    assert "deployment 'evaluate/x' must be customize/<deployment name>" in capsys.readouterr().err

@@ -147,9 +147,10 @@ def _read_config_file(path: Path) -> list[CustomizationConfig]:
 
 
 def load_catalog(settings: Settings) -> dict[str, CustomizationConfig]:
-    """All configs by URN: the built-in ones, then those in ``settings.config_dirs`` (which may override)."""
+    """All configs by URN: the built-in ones, then those in ``settings.config_dirs`` (which may override),
+    then those created through the API (``settings.api_configs_dir``)."""
     catalog: dict[str, CustomizationConfig] = {}
-    for folder in [BUILTIN_DIR, *settings.config_dirs]:
+    for folder in [BUILTIN_DIR, *settings.config_dirs, settings.api_configs_dir]:
         for path in sorted(Path(folder).glob("*.yaml")):
             for config in _read_config_file(path):
                 parse_config_urn(config.urn)  # every config must carry a version too

@@ -1,0 +1,112 @@
+"""The FastAPI application: NeMo Customizer's wire format over customizer.
+
+``create_app(settings)`` wires the routes, the database and the error handlers. Every error is JSON
+``{"detail": ...}``: the logic's errors map to their status codes, schema errors are 422 (FastAPI's
+list of ``{loc, msg, type}``), duplicates are 409 with ``x-should-retry: false``, and anything
+unexpected is logged with its traceback and answered with a short 500 message, never the trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.db import Store, open_database
+from api.errors import ApiError
+from api.orchestrator import OrchestratorUnavailable
+from customizer import __version__
+from customizer.settings import Settings, get_settings
+
+log = logging.getLogger("customizer.api")
+
+
+def _no_retry(status: int) -> dict[str, str]:
+    # NeMo's SDK retries 408/409/429/5xx unless told not to; a duplicate or a bad request never heals.
+    return {"x-should-retry": "false"} if status in (409, 400, 404, 422) else {}
+
+
+def _json_safe(errors: list) -> list:
+    """Validation errors with their ``ctx``/``input`` made JSON-safe (they may hold exceptions or bytes)."""
+    safe = []
+    for error in errors:
+        entry = {k: error[k] for k in ("loc", "msg", "type") if k in error}
+        if "input" in error and isinstance(error["input"], (str, int, float, bool, type(None))):
+            entry["input"] = error["input"]
+        safe.append(entry)
+    return safe
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API app for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="customizer",
+        version=__version__,
+        description="Self-hosted LLM customization with NeMo Customizer's wire format: Customizer, Entity Store, "
+        "Data Store (Hugging Face Hub API) and Evaluator.",
+    )
+    app.state.settings = settings
+    app.state.store = Store(open_database(settings.api_db_url))
+    if not settings.api_keys:
+        log.warning(
+            "API AUTHENTICATION IS OFF: anyone who can reach this port can create jobs and read data. "
+            "Set CUSTOMIZER_API_KEYS (e.g. '{\"<key>\": [\"*\"]}') before exposing the API."
+        )
+    if not os.environ.get("PREFECT_API_URL"):
+        log.warning("PREFECT_API_URL is not set: jobs cannot start (run `customizer up`, or point it at a Prefect server)")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=_no_retry(exc.status_code))
+
+    @app.exception_handler(OrchestratorUnavailable)
+    async def _orchestrator(request: Request, exc: OrchestratorUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _json_safe(exc.errors())}, status_code=422, headers=_no_retry(422))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else f"no such endpoint: {request.method} {request.url.path}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=(exc.headers or {}) | _no_retry(exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        reference = uuid.uuid4().hex[:12]
+        log.exception("Unexpected error %s on %s %s", reference, request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); the server log has the details under reference {reference}"},
+            status_code=500,
+        )
+
+    from api.routes import customization, datastore, entities, evaluation
+
+    app.include_router(customization.router)
+    app.include_router(entities.router)
+    app.include_router(datastore.router)
+    app.include_router(evaluation.router)
+
+    @app.get("/v1/health", tags=["ops"], summary="Liveness")
+    @app.get("/health", tags=["ops"], include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "healthy"}
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Uvicorn factory (``uvicorn --factory api.app:app_from_environment``)."""
+    from customizer.settings import apply_environment
+
+    settings = get_settings()
+    apply_environment(settings)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the API log
+    return create_app(settings)

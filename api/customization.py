@@ -1,0 +1,611 @@
+"""Customizer logic behind the routes: configs and targets (built-in YAML plus API-created ones),
+job creation (validate everything up front, translate to a ``CustomizationSpec``, start the flow
+run) and job status (from the Prefect flow run and the job's MLflow run).
+
+Errors are raised as ``ApiError`` subclasses; the app turns them into HTTP answers at the edge.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from api import orchestrator
+from api.db import Duplicate, Store, iso, now
+from api.errors import BadRequest, Conflict, NotFound
+from api.schemas import ConfigCreate, DatasetRef, JobCreate, TargetCreate
+from customizer.ids import prefixed_id
+from customizer.settings import Settings
+from deploy import datastore, tracking
+from training.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
+from training.data import DatasetError, ingest_dataset
+from training.guidance import guidance
+from training.specs import CustomizationSpec
+
+log = logging.getLogger("customizer.api")
+
+JOB, CONFIG, TARGET, DATASET, MODEL = "customization_job", "customization_config", "customization_target", "dataset", "model"
+_PRECISION = {"fp32": "fp32", "bf16": "bf16", "bf16-mixed": "bf16", "fp16": "fp16"}
+_TRAINING_PRECISION = {"fp32": "fp32", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed"}
+
+
+def public(data: dict[str, Any]) -> dict[str, Any]:
+    """The wire view of a stored entity: internal bookkeeping (keys starting with ``_``) left out."""
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def stable_id(prefix: str, key: str) -> str:
+    """A prefixed id for a built-in entity that stays the same across restarts."""
+    return prefixed_id(prefix, uuid.uuid5(uuid.NAMESPACE_URL, f"customizer:{prefix}:{key}"))
+
+
+# ---------------------------------------------------------------- targets
+
+
+def _split(urn: str) -> tuple[str, str]:
+    namespace, _, name = urn.strip().rpartition("/")
+    return namespace or "default", name
+
+
+def builtin_target(target: Target) -> dict[str, Any]:
+    namespace, name = _split(target.name)
+    return {
+        "id": stable_id("customization_target", target.name), "namespace": namespace, "name": name,
+        "base_model": target.name, "model_uri": target.model_uri, "model_path": target.model_uri,
+        "num_parameters": target.num_parameters, "precision": target.precision, "enabled": True, "status": "ready",
+        "description": "built in (read-only)", "custom_fields": {"builtin": True},
+        "created_at": "1970-01-01T00:00:00", "updated_at": "1970-01-01T00:00:00",
+    }
+
+
+def list_targets(store: Store, settings: Settings) -> list[dict[str, Any]]:
+    targets = {(t["namespace"], t["name"]): t for t in store.all(TARGET)}
+    for config in load_catalog(settings).values():
+        entry = builtin_target(config.target)
+        targets.setdefault((entry["namespace"], entry["name"]), entry)
+    return list(targets.values())
+
+
+def find_target(store: Store, settings: Settings, namespace: str, name: str) -> dict[str, Any]:
+    stored = store.find(TARGET, namespace, name)
+    if stored is not None:
+        return stored
+    for entry in list_targets(store, settings):
+        if (entry["namespace"], entry["name"]) == (namespace, name):
+            return entry
+    raise NotFound(f"customization target {namespace}/{name} does not exist")
+
+
+def _as_target(entry: dict[str, Any]) -> Target:
+    precision = _PRECISION.get(entry.get("precision") or "fp32")
+    if precision is None:
+        raise BadRequest(f"target precision {entry.get('precision')!r} is not supported; use fp32, bf16 or fp16")
+    uri = entry.get("model_uri") or entry.get("model_path")
+    if uri and uri.startswith("hf://") and not uri.startswith("hf://datasets/"):
+        uri = uri.removeprefix("hf://").split("@")[0]  # a Hugging Face repo id
+    return Target(
+        name=entry.get("base_model") or f"{entry['namespace']}/{entry['name'].split('@')[0]}",
+        model_uri=uri, num_parameters=entry.get("num_parameters"), precision=precision,
+    )
+
+
+def create_target(store: Store, settings: Settings, body: TargetCreate) -> dict[str, Any]:
+    data = body.model_dump(mode="json", exclude_none=True) | {"status": "ready"}
+    if any((t["namespace"], t["name"]) == (body.namespace, body.name) for t in list_targets(store, settings)):
+        raise Conflict(f"customization target {body.namespace}/{body.name} already exists")
+    try:
+        return store.add(TARGET, prefixed_id("customization_target"), body.namespace, body.name, data)
+    except Duplicate as exc:
+        raise Conflict(f"customization target {body.namespace}/{body.name} already exists") from exc
+
+
+# ---------------------------------------------------------------- configs
+
+
+def config_to_wire(config: CustomizationConfig, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A catalog config in NeMo's ``CustomizationConfig`` shape (an API-created one: as it was stored)."""
+    if stored is not None:
+        return public(stored)
+    namespace, name = _split(config.target.name)
+    return {
+        "id": stable_id("customization_config", config.urn),
+        "namespace": config.namespace, "name": config.name, "description": config.description,
+        "target": builtin_target(config.target) | {"namespace": namespace, "name": name},
+        "max_seq_length": config.max_seq_length,
+        "prompt_template": config.prompt_template if config.prompt_format == "template" else None,
+        "training_precision": config.training_precision,
+        "training_options": [o.model_dump() for o in config.training_options],
+        "custom_fields": {"builtin": True, "prompt_format": config.prompt_format, "gpu": config.gpu},
+        "created_at": "1970-01-01T00:00:00", "updated_at": "1970-01-01T00:00:00",
+    }
+
+
+def list_configs(store: Store, settings: Settings) -> list[dict[str, Any]]:
+    stored = {f"{c['namespace']}/{c['name']}": c for c in store.all(CONFIG)}
+    return [config_to_wire(config, stored.get(urn)) for urn, config in load_catalog(settings).items()]
+
+
+def find_config(store: Store, settings: Settings, namespace: str, name: str) -> tuple[CustomizationConfig, dict[str, Any] | None]:
+    try:
+        config = get_config(f"{namespace}/{name}", settings)
+    except CatalogError as exc:
+        raise NotFound(str(exc)) from exc
+    return config, store.find(CONFIG, namespace, name)
+
+
+def _config_from_wire(data: dict[str, Any], target: Target) -> CustomizationConfig:
+    precision = data.get("training_precision") or "fp32"
+    if precision not in _TRAINING_PRECISION:
+        raise BadRequest(f"`training_precision` {precision!r} is not supported; use fp32, bf16 or bf16-mixed")
+    options = [
+        TrainingOption(**{k: o[k] for k in ("training_type", "finetuning_type", "num_gpus", "num_nodes", "micro_batch_size", "tensor_parallel_size") if o.get(k) is not None})
+        for o in data["training_options"]
+    ]
+    template = data.get("prompt_template")
+    try:
+        return CustomizationConfig(
+            namespace=data["namespace"], name=data["name"], description=data.get("description") or "", target=target,
+            max_seq_length=data["max_seq_length"], prompt_format="template" if template else "chat",
+            prompt_template=template or "{prompt} {completion}", training_precision=_TRAINING_PRECISION[precision],
+            training_options=options,
+        )
+    except ValidationError as exc:
+        raise BadRequest("; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())) from exc
+
+
+def _config_file(settings: Settings, config_id: str) -> Path:
+    return settings.api_configs_dir / f"{config_id}.yaml"
+
+
+def _write_config(settings: Settings, config_id: str, config: CustomizationConfig) -> None:
+    """Write an API-created config where the catalog reads it, so jobs find it by URN like any other."""
+    settings.api_configs_dir.mkdir(parents=True, exist_ok=True)
+    path = _config_file(settings, config_id)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _resolve_target(store: Store, settings: Settings, target: str | TargetCreate, namespace: str) -> tuple[Any, Target]:
+    if isinstance(target, str):
+        t_namespace, t_name = _split(target) if "/" in target else (namespace, target)
+        entry = find_target(store, settings, t_namespace, t_name)
+        if entry.get("enabled") is False:
+            raise BadRequest(f"customization target {t_namespace}/{t_name} is disabled")
+        return target, _as_target(entry)
+    entry = target.model_dump(mode="json", exclude_none=True)
+    return entry, _as_target(entry)
+
+
+def create_config(store: Store, settings: Settings, body: ConfigCreate) -> dict[str, Any]:
+    try:
+        parse_config_urn(f"{body.namespace}/{body.name}")
+    except CatalogError as exc:
+        raise BadRequest(str(exc).replace("`config`", "`name`")) from exc
+    if f"{body.namespace}/{body.name}" in load_catalog(settings):
+        raise Conflict(f"customization config {body.namespace}/{body.name} already exists")
+    target_wire, target = _resolve_target(store, settings, body.target, body.namespace)
+    data = body.model_dump(mode="json", exclude_none=True) | {"target": target_wire}
+    config = _config_from_wire(data, target)
+    config_id = prefixed_id("customization_config")
+    try:
+        stored = store.add(CONFIG, config_id, body.namespace, body.name, data)
+    except Duplicate as exc:
+        raise Conflict(f"customization config {body.namespace}/{body.name} already exists") from exc
+    _write_config(settings, config_id, config)
+    return stored
+
+
+def update_config(store: Store, settings: Settings, stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """PATCH semantics: fields replaced; training options keyed by (training_type, finetuning_type)."""
+    data = dict(stored)
+    key = lambda o: (o["training_type"], o["finetuning_type"])  # noqa: E731
+    options = {key(o): o for o in data["training_options"]}
+    for option in changes.pop("training_options", None) or []:
+        options[key(option)] = option
+    for option in changes.pop("add_training_options", None) or []:
+        options.setdefault(key(option), option)
+    for option in changes.pop("remove_training_options", None) or []:
+        options.pop(key(option), None)
+    if not options:
+        raise BadRequest("`training_options`: a config needs at least one training option")
+    data["training_options"] = list(options.values())
+    pod_spec = changes.pop("pod_spec", None)
+    if pod_spec:
+        data["pod_spec"] = (data.get("pod_spec") or {}) | pod_spec
+    data |= changes
+    try:
+        parse_config_urn(f"{data['namespace']}/{data['name']}")
+    except CatalogError as exc:
+        raise BadRequest(str(exc).replace("`config`", "`name`")) from exc
+    _, target = _resolve_target(store, settings, data["target"] if isinstance(data["target"], str) else TargetCreate(**data["target"]), data["namespace"])
+    config = _config_from_wire(data, target)
+    try:
+        saved = store.save(CONFIG, data, namespace=data["namespace"], name=data["name"])
+    except Duplicate as exc:
+        raise Conflict(f"customization config {data['namespace']}/{data['name']} already exists") from exc
+    _write_config(settings, data["id"], config)
+    return saved
+
+
+def delete_config(store: Store, settings: Settings, stored: dict[str, Any]) -> None:
+    _config_file(settings, stored["id"]).unlink(missing_ok=True)
+    store.remove(CONFIG, stored["id"])
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def dataset_of(store: Store, ref: str | DatasetRef, namespace: str) -> dict[str, Any]:
+    """The Entity Store dataset a job names (``"ns/name"``, a bare name, or ``{name, namespace}``).
+
+    Raises:
+        NotFound: no such dataset.
+    """
+    if isinstance(ref, DatasetRef):
+        d_namespace, d_name = ref.namespace or namespace, ref.name
+    else:
+        d_namespace, d_name = _split(ref) if "/" in ref else (namespace, ref)
+    found = store.find(DATASET, d_namespace, d_name)
+    if found is None and not isinstance(ref, DatasetRef) and "/" not in ref and namespace != "default":
+        found = store.find(DATASET, "default", d_name)
+    if found is None:
+        raise NotFound(
+            f"`dataset` {d_namespace}/{d_name} does not exist in the Entity Store: upload its files to the Data Store "
+            f"and register it with POST /v1/datasets (files_url hf://datasets/{d_namespace}/{d_name})"
+        )
+    return found
+
+
+def snapshot_dataset(files_url: str, settings: Settings) -> Path:
+    """Copy a dataset's files into a new local folder under the data folder (what the job trains on).
+
+    Raises:
+        BadRequest: the URL cannot be read.
+    """
+    dest = settings.root / "api" / "dataset-snapshots" / uuid.uuid4().hex
+    scheme = files_url.split("://", 1)[0] if "://" in files_url else ""
+    try:
+        if scheme == "hf":
+            return datastore.download_dataset(files_url, dest, settings)
+        if scheme == "s3":
+            from urllib.parse import urlparse
+
+            parsed = urlparse(files_url)
+            files = datastore.S3Files(parsed.netloc, parsed.path, settings.s3_endpoint_url)
+            listed = files.list("")
+            if not listed:
+                raise BadRequest(f"dataset files_url {files_url}: no objects under that prefix")
+            for key in listed:
+                target = dest / datastore.safe_path(key)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(files.get(key) or b"")
+            return dest
+    except datastore.DatastoreError as exc:
+        raise BadRequest(f"dataset: {exc}") from exc
+    except BadRequest:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a store error of any kind is the dataset's URL not being readable
+        raise BadRequest(f"dataset files_url {files_url} cannot be read: {type(exc).__name__}: {exc}") from exc
+    path = Path(files_url.removeprefix("file://")) if scheme in ("file", "") else None
+    if path is None:
+        raise BadRequest(f"dataset files_url {files_url!r}: unsupported scheme {scheme!r}; use hf://datasets/..., s3:// or file://")
+    if not path.is_dir():
+        raise BadRequest(f"dataset files_url {files_url}: no such folder on the server")
+    return path
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def to_spec(body: JobCreate, dataset_dir: str, output_model: str) -> CustomizationSpec:
+    """Translate a wire job request into the ``customize`` flow's one parameter (names already match).
+
+    Raises:
+        BadRequest: naming the field that does not fit the spec.
+    """
+    try:
+        return CustomizationSpec(
+            config=body.config, dataset=dataset_dir, output_model=output_model, hyperparameters=body.hyperparameters,
+            # Who submitted the job may not also approve it (ownership.created_by, NeMo's field for it).
+            submitted_by=body.ownership.created_by if body.ownership else None,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise BadRequest(problems) from exc
+
+
+def _output_model(body: JobCreate, config: CustomizationConfig) -> tuple[str, str]:
+    """(the spec's ``namespace/name``, the wire's name suffix): NeMo appends ``@<job id>`` unless a version is given."""
+    if body.output_model:
+        base, at, version = body.output_model.strip().partition("@")
+        namespace, _, name = base.rpartition("/")
+        return f"{namespace or body.namespace}/{name}", (f"@{version}" if at else "")
+    return f"{body.namespace}/{config.name.split('@')[0].lower()}", ""
+
+
+def _snapshot(config: CustomizationConfig, hp: Any) -> dict[str, Any]:
+    option = config.option_for(hp.training_type, hp.finetuning_type)
+    return {
+        "base_model": config.target.name,
+        "max_seq_length": config.max_seq_length,
+        "precision": config.training_precision,
+        "training_option": option.model_dump() | {"pipeline_parallel_size": 1, "data_parallel_size": option.num_gpus * option.num_nodes or 1,
+                                                  "use_sequence_parallel": False},
+        "prompt_template": config.prompt_template,
+    }
+
+
+def _discard_snapshot(settings: Settings, folder: Path) -> None:
+    import shutil
+
+    snapshots = settings.root / "api" / "dataset-snapshots"
+    if snapshots in folder.parents:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _validate_and_start(settings: Settings, body: JobCreate, config: CustomizationConfig, dataset: dict[str, Any], folder: Path):
+    """Validate the dataset copy and the spec, then start the flow run; returns what the job record needs."""
+    hp = body.hyperparameters
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            ingested = ingest_dataset(str(folder), Path(scratch), seed=hp.seed)
+        except DatasetError as exc:
+            raise BadRequest(f"`dataset` {dataset['namespace']}/{dataset['name']} ({dataset['files_url']}) is not valid: {exc}") from exc
+    spec_model, suffix = _output_model(body, config)
+    spec = to_spec(body, str(folder), spec_model)
+    warnings = [w.model_dump() for w in guidance(hp, config, ingested.counts["training"])]
+    warnings += [
+        {"message": f"`hyperparameters.{name}` is ignored", "explanation": _ignored_reason(name)} for name in body.ignored_hyperparameters
+    ]
+    if body.integrations:
+        warnings.append({"message": "`integrations` are recorded but not used", "explanation": "customizer tracks every job in MLflow; W&B reporting is not wired into training"})
+
+    flow_run_id = orchestrator.start(
+        settings.customize_deployment, {"spec": spec.model_dump(mode="json")}, tags=["customizer-api", f"namespace:{body.namespace}"]
+    )
+    return spec, warnings, ingested, suffix, flow_run_id
+
+
+def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[str, str]) -> dict[str, Any]:
+    """Validate a job, start its flow run and record it.
+
+    Raises:
+        BadRequest: config without a version, method not allowed, dataset invalid, hyperparameters out of range.
+        NotFound: config or dataset does not exist.
+        OrchestratorUnavailable: Prefect is not reachable (nothing is recorded then).
+    """
+    from api.secrets import seal
+
+    try:
+        parse_config_urn(body.config)
+    except CatalogError as exc:
+        raise BadRequest(str(exc)) from exc
+    try:
+        config = get_config(body.config, settings)
+    except CatalogError as exc:
+        raise NotFound(str(exc)) from exc
+    hp = body.hyperparameters
+    try:
+        config.option_for(hp.training_type, hp.finetuning_type)
+    except CatalogError as exc:
+        raise BadRequest(str(exc)) from exc
+    dataset = dataset_of(store, body.dataset, body.namespace)
+    folder = snapshot_dataset(dataset["files_url"], settings)
+    try:
+        spec, warnings, ingested, suffix, flow_run_id = _validate_and_start(settings, body, config, dataset, folder)
+    except BaseException:
+        _discard_snapshot(settings, folder)  # a refused job leaves no copy behind
+        raise
+    job_id = prefixed_id("cust", flow_run_id)
+    output_model = f"{spec.output_model}{suffix or '@' + job_id}"
+    dataset_urn = f"{dataset['namespace']}/{dataset['name']}"
+    stamp = now()
+    created = iso(stamp)
+    data = public(body.model_dump(mode="json", exclude_none=True, exclude={"ignored_hyperparameters"})) | {
+        "config": body.config,
+        "dataset": dataset_urn,
+        "hyperparameters": hp.model_dump(mode="json"),
+        "output_model": output_model,
+        "status": "created",
+        "status_details": {
+            "created_at": created, "updated_at": created, "status": "created", "elapsed_time": 0.0, "steps_completed": 0,
+            "epochs_completed": 0, "percentage_done": 0.0, "status_logs": [{"updated_at": created, "message": "created"}],
+        },
+        "config_snapshot": _snapshot(config, hp),
+        "warnings": warnings,
+        "_flow_run_id": flow_run_id,
+        "_dataset_dir": str(folder),
+        "_dataset_files_url": dataset["files_url"],
+        "_dataset_sha256": ingested.sha256,
+        "_spec_output_model": spec.output_model,
+        "_secrets": {name: seal(settings, value) for name, value in secrets.items()},
+    }
+    try:
+        stored = store.add(JOB, job_id, body.namespace, body.name or job_id, data, stamp)
+    except Duplicate as exc:
+        orchestrator.cancel(flow_run_id)
+        raise Conflict(f"a customization job named {body.name!r} already exists in namespace {body.namespace}") from exc
+    _create_output_model(store, stored, config)
+    log.info("Job %s: config %s, dataset %s, flow run %s", job_id, body.config, dataset_urn, flow_run_id)
+    return stored
+
+
+def _ignored_reason(name: str) -> str:
+    from api.schemas import IGNORED_HYPERPARAMETERS
+
+    return IGNORED_HYPERPARAMETERS.get(name, "not used by customizer's DPO")
+
+
+def _create_output_model(store: Store, job: dict[str, Any], config: CustomizationConfig) -> None:
+    """The output model's Entity Store entry exists from job creation; its artifact completes with the job."""
+    namespace, _, name = job["output_model"].partition("/")
+    entry = {
+        "name": name, "namespace": namespace, "base_model": config.target.name,
+        "peft": {"finetuning_type": job["hyperparameters"]["finetuning_type"]} if job["hyperparameters"]["finetuning_type"] != "all_weights" else None,
+        "artifact": {"files_url": "", "status": "created", "backend_engine": "hugging_face", "precision": config.target.precision},
+        "custom_fields": {"customization_job": job["id"], "config": job["config"]},
+        "description": f"output of customization job {job['id']}",
+    }
+    try:
+        store.add(MODEL, prefixed_id("model"), namespace, name, {k: v for k, v in entry.items() if v is not None})
+    except Duplicate:
+        log.warning("Model %s already exists; job %s will update it", job["output_model"], job["id"])
+
+
+def _run_of(settings: Settings, job_id: str):
+    mlflow = tracking.client(settings)
+    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return mlflow, None
+    runs = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'", max_results=1)
+    return mlflow, (runs[0] if runs else None)
+
+
+def _ts(millis: int) -> str:
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC).replace(tzinfo=None).isoformat()
+
+
+def training_metrics(settings: Settings, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(progress fields, MLflow tags) of a job from its MLflow run; empty before the run exists."""
+    mlflow, run = _run_of(settings, job_id)
+    if run is None:
+        return {}, {}
+    out: dict[str, Any] = {}
+    series: dict[str, list[dict[str, Any]]] = {}
+    for key in ("train_loss", "val_loss"):
+        points = sorted(mlflow.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        if points:
+            series[key] = [{"step": m.step, "value": m.value, "timestamp": _ts(m.timestamp)} for m in points]
+    out["metrics"] = {"keys": list(series), "metrics": series}
+    progress = json.loads(run.data.tags.get("customizer.progress", "{}") or "{}")
+    for field in ("steps_completed", "epochs_completed", "steps_per_epoch", "percentage_done", "elapsed_time"):
+        if progress.get(field) is not None:
+            out[field] = progress[field]
+    if series.get("val_loss"):
+        best = min(series["val_loss"], key=lambda p: p["value"])
+        out["val_loss"] = best["value"]
+        if progress.get("steps_per_epoch"):
+            out["best_epoch"] = max(0, round(best["step"] / progress["steps_per_epoch"]) - 1)
+        before = [p for p in series.get("train_loss", []) if p["step"] <= best["step"]]
+        if before:
+            out["train_loss"] = before[-1]["value"]
+    elif series.get("train_loss"):
+        out["train_loss"] = series["train_loss"][-1]["value"]
+    return out, dict(run.data.tags)
+
+
+def _detail(message: str | None) -> str | None:
+    if not message:
+        return None
+    return message.removeprefix("Flow run encountered an exception: ").strip()
+
+
+def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]], detailed: bool = False) -> list[dict[str, Any]]:
+    """Bring unfinished jobs up to date from their flow runs (and, when ``detailed``, MLflow).
+
+    A job that reached a final state is saved with its final details and not asked about again.
+    When Prefect is unreachable the last known state is returned.
+    """
+    open_jobs = [j for j in jobs if j["status"] not in orchestrator.FINAL]
+    if not open_jobs:
+        return jobs
+    try:
+        found = orchestrator.states([j["_flow_run_id"] for j in open_jobs], history=detailed)
+    except orchestrator.OrchestratorUnavailable as exc:
+        log.warning("Job status not refreshed: %s", exc)
+        return jobs
+    refreshed = {}
+    for job in open_jobs:
+        state = found.get(job["_flow_run_id"])
+        if state is None:
+            continue
+        final = state.status in orchestrator.FINAL
+        if state.status == job["status"] and not detailed and not final:
+            continue
+        if final and not state.history:
+            state = orchestrator.states([job["_flow_run_id"]], history=True).get(job["_flow_run_id"], state)
+        refreshed[job["id"]] = _apply_state(store, settings, job, state, with_metrics=detailed or final)
+    return [refreshed.get(j["id"], j) for j in jobs]
+
+
+def _apply_state(store: Store, settings: Settings, job: dict[str, Any], state: orchestrator.RunState, with_metrics: bool) -> dict[str, Any]:
+    details = dict(job["status_details"])
+    logs = [details["status_logs"][0]]
+    for status, name, at, message in state.history:
+        entry = {"updated_at": iso(at) if at else iso(now()), "message": name}
+        if status in ("failed", "cancelled") and message:
+            entry["detail"] = _detail(message)
+        logs.append(entry)
+    if not state.history:
+        logs.append({"updated_at": iso(state.timestamp or now()), "message": state.state_name}
+                    | ({"detail": _detail(state.message)} if state.status == "failed" else {}))
+    if logs[-1]["message"] == "Late":  # Prefect marks a run no worker picked up in time
+        logs[-1]["detail"] = "no worker has started this job yet: is `customizer worker` (or `customizer up`) running?"
+    if logs[-1]["message"] == "Paused":  # an approval gate: the job waits for a reviewer
+        logs[-1]["detail"] = (f"waiting for a reviewer: POST /v1/customization/jobs/{job['id']}/approval "
+                              '{"approved": true|false, "reviewer": "...", "comment": "..."} (or the form on the run in the Prefect UI)')
+    details["status_logs"] = logs
+    details["status"] = state.status
+    details["updated_at"] = iso(state.timestamp or now())
+    if state.started:
+        end = state.timestamp if state.status in orchestrator.FINAL and state.timestamp else now()
+        details["elapsed_time"] = max(0.0, (end - state.started).total_seconds())
+    tags: dict[str, Any] = {}
+    if with_metrics:
+        try:
+            progress, tags = training_metrics(settings, job["id"])
+            details |= {k: v for k, v in progress.items() if k != "elapsed_time"}
+        except Exception as exc:  # noqa: BLE001 - metrics are an addition; the status stands without them
+            log.warning("Metrics of %s not read from MLflow: %s", job["id"], exc)
+    updated = {**job, "status": state.status, "status_details": details}
+    saved = store.save(JOB, updated)
+    if state.status in orchestrator.FINAL:
+        _finish_model(store, saved, tags)
+    return saved
+
+
+def _finish_model(store: Store, job: dict[str, Any], tags: dict[str, Any]) -> None:
+    namespace, _, name = job["output_model"].partition("/")
+    model = store.find(MODEL, namespace, name)
+    if model is None:
+        return
+    artifact = dict(model.get("artifact") or {})
+    if job["status"] == "completed" and tags.get("customizer.published_uri"):
+        artifact |= {"files_url": tags["customizer.published_uri"], "status": "upload_completed"}
+    elif job["status"] != "completed":
+        artifact |= {"status": "upload_failed"}
+    custom = dict(model.get("custom_fields") or {})
+    if tags.get("customizer.decision"):
+        custom["decision"] = tags["customizer.decision"]
+    store.save(MODEL, {**model, "artifact": artifact, "custom_fields": custom})
+
+
+def job_logs(job: dict[str, Any]) -> dict[str, Any]:
+    """The flow run's log in NeMo's ``JobLogs`` shape: one entry for the job's run."""
+    lines = orchestrator.logs(job["_flow_run_id"])
+    failed = job["status"] == "failed"
+    last = job["status_details"]["status_logs"][-1]
+    entry = {
+        "object": f"flow-run/{job['_flow_run_id']}",
+        "status": {"phase": job["status"]},
+        "events": [
+            {"count": 1, "first_seen": log["updated_at"], "last_seen": log["updated_at"], "message": log.get("detail") or log["message"],
+             "reason": log["message"], "type": "Warning" if log.get("detail") else "Normal"}
+            for log in job["status_details"]["status_logs"]
+        ],
+        "logs": {"customize": [f"{line['timestamp']} {line['logger']}: {line['message']}" for line in lines]},
+    }
+    error = None
+    if failed:
+        error = {"message": last.get("detail") or "the job failed", "timestamp": last["updated_at"],
+                 "exception_type": (last.get("detail") or "").split(":", 1)[0] or None}
+    return {"entries": {job["id"]: entry}, "error": error}

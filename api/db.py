@@ -1,0 +1,127 @@
+"""The API's state in one SQL table through SQLAlchemy: SQLite by default, Postgres in production.
+
+Every resource (namespace, project, dataset, model, customization job/config/target, evaluation
+job/config/target, Data Store repo) is one row: its kind, id, namespace and name as columns (for
+uniqueness and lookups) and the wire object as JSON. The number of entities a self-hosted platform
+holds is small, so filtering and sorting happen in Python over one kind's rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, UniqueConstraint, create_engine, delete, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+metadata = MetaData()
+
+entities = Table(
+    "entities",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("kind", String(64), nullable=False, index=True),
+    Column("namespace", String(256), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("data", JSON, nullable=False),
+    UniqueConstraint("kind", "namespace", "name", name="uq_kind_namespace_name"),
+)
+
+
+class Duplicate(Exception):
+    """An entity of that kind, namespace and name (or id) already exists."""
+
+
+def now() -> dt.datetime:
+    """UTC now without a timezone: NeMo's wire timestamps carry none."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def iso(value: dt.datetime) -> str:
+    return value.isoformat()
+
+
+def open_database(url: str) -> Engine:
+    """Create the engine (and the SQLite folder and schema when missing)."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # The API answers from a thread pool; SQLite serialises writers, so wait instead of failing.
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, **kwargs)
+    metadata.create_all(engine)
+    return engine
+
+
+class Store:
+    """Typed access to the entity table; every method is one short transaction."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def add(self, kind: str, id: str, namespace: str, name: str, data: dict[str, Any], stamp: dt.datetime | None = None) -> dict[str, Any]:
+        """Insert an entity; ``created_at``/``updated_at`` are set here (to ``stamp``, default now) and returned in the data.
+
+        Raises:
+            Duplicate: same kind, namespace and name, or the same id.
+        """
+        stamp = stamp or now()
+        data = {**data, "id": id, "created_at": iso(stamp), "updated_at": iso(stamp)}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(entities).values(
+                    id=id, kind=kind, namespace=namespace, name=name, created_at=stamp, updated_at=stamp, data=data
+                ))
+        except IntegrityError as exc:
+            raise Duplicate(f"{kind} {namespace}/{name}") from exc
+        return data
+
+    def get(self, kind: str, id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(entities.c.data).where(entities.c.kind == kind, entities.c.id == id)).first()
+        return row[0] if row else None
+
+    def find(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(entities.c.data).where(entities.c.kind == kind, entities.c.namespace == namespace, entities.c.name == name)
+            ).first()
+        return row[0] if row else None
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(entities.c.data).where(entities.c.kind == kind).order_by(entities.c.created_at)).all()
+        return [row[0] for row in rows]
+
+    def iter_ids(self, kind: str) -> Iterator[str]:
+        with self.engine.connect() as conn:
+            yield from (row[0] for row in conn.execute(select(entities.c.id).where(entities.c.kind == kind)).all())
+
+    def save(self, kind: str, data: dict[str, Any], *, namespace: str | None = None, name: str | None = None) -> dict[str, Any]:
+        """Replace an entity's data (it keeps its id); ``updated_at`` is set here.
+
+        Raises:
+            Duplicate: a rename onto an existing namespace/name.
+        """
+        stamp = now()
+        data = {**data, "updated_at": iso(stamp)}
+        values: dict[str, Any] = {"data": data, "updated_at": stamp}
+        if namespace is not None:
+            values["namespace"] = namespace
+        if name is not None:
+            values["name"] = name
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(entities).where(entities.c.kind == kind, entities.c.id == data["id"]).values(**values))
+        except IntegrityError as exc:
+            raise Duplicate(f"{kind} {namespace}/{name}") from exc
+        return data
+
+    def remove(self, kind: str, id: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(delete(entities).where(entities.c.kind == kind, entities.c.id == id)).rowcount > 0

@@ -1,0 +1,225 @@
+"""Evaluator logic behind the routes: configs and targets as entities, evaluation jobs as flow runs
+of the ``evaluate`` deployment, results read back from the job's MLflow run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from api import orchestrator
+from api.customization import MODEL, dataset_of, public, snapshot_dataset
+from api.db import Duplicate, Store
+from api.errors import BadRequest, Conflict, NotFound
+from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
+from customizer.ids import prefixed_id
+from customizer.settings import Settings
+from deploy import tracking
+from evaluation.custom import ConfigProblem, EvaluationRequest, ModelSpec, check_config
+
+log = logging.getLogger("customizer.api")
+JOB, CONFIG, TARGET = "evaluation_job", "evaluation_config", "evaluation_target"
+DATA_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def _named(namespace: str, name: str | None, prefix: str) -> tuple[str, str]:
+    entity_id = prefixed_id(prefix)
+    return entity_id, name or entity_id
+
+
+def create_config(store: Store, body: EvaluationConfigCreate) -> dict[str, Any]:
+    data = body.model_dump(mode="json", exclude_none=True)
+    try:
+        check_config(data)
+    except ConfigProblem as exc:
+        raise BadRequest(str(exc)) from exc
+    entity_id, name = _named(body.namespace, body.name, "eval-config")
+    try:
+        return store.add(CONFIG, entity_id, body.namespace, name, data | {"name": name})
+    except Duplicate as exc:
+        raise Conflict(f"evaluation config {body.namespace}/{name} already exists") from exc
+
+
+def create_target(store: Store, body: EvaluationTargetCreate) -> dict[str, Any]:
+    data = body.model_dump(mode="json", exclude_none=True)
+    if body.type == "model" and not body.model:
+        raise BadRequest("`model` is required for a target of type model: \"namespace/name\" or {\"api_endpoint\": {...}}")
+    entity_id, name = _named(body.namespace, body.name, "eval-target")
+    try:
+        return store.add(TARGET, entity_id, body.namespace, name, data | {"name": name})
+    except Duplicate as exc:
+        raise Conflict(f"evaluation target {body.namespace}/{name} already exists") from exc
+
+
+def _by_urn(store: Store, kind: str, urn: str, namespace: str) -> dict[str, Any]:
+    ns, _, name = urn.rpartition("/")
+    found = store.find(kind, ns or namespace, name) or store.get(kind, urn)
+    if found is None:
+        raise NotFound(f"{kind.replace('_', ' ')} {urn} does not exist")
+    return found
+
+
+def _model_spec(store: Store, target: dict[str, Any], namespace: str) -> ModelSpec:
+    """What the target names, as the flow needs it.
+
+    Raises:
+        BadRequest: a target type or model that cannot be scored.
+    """
+    if target.get("type") != "model":
+        raise BadRequest(f"evaluation target type {target.get('type')!r} is not supported; use type model")
+    model = target.get("model")
+    if isinstance(model, dict) and isinstance(model.get("api_endpoint"), dict):
+        endpoint = model["api_endpoint"]
+        if not endpoint.get("url") or not endpoint.get("model_id"):
+            raise BadRequest("`target.model.api_endpoint` needs `url` and `model_id`")
+        return ModelSpec(api_url=endpoint["url"], model_id=endpoint["model_id"])
+    urn = model if isinstance(model, str) else (model or {}).get("name") if isinstance(model, dict) else None
+    if not urn:
+        raise BadRequest("`target.model` must be an Entity Store model \"namespace/name\" or {\"api_endpoint\": {url, model_id}}")
+    if isinstance(model, dict) and model.get("namespace") and "/" not in urn:
+        urn = f"{model['namespace']}/{urn}"
+    entry = _by_urn(store, MODEL, urn, namespace)
+    custom = entry.get("custom_fields") or {}
+    artifact = entry.get("artifact") or {}
+    if isinstance(entry.get("api_endpoint"), dict) and entry["api_endpoint"].get("url"):
+        return ModelSpec(api_url=entry["api_endpoint"]["url"], model_id=entry["api_endpoint"].get("model_id") or urn)
+    files_url = artifact.get("files_url") or None
+    if custom.get("customization_job") and artifact.get("status") != "upload_completed":
+        raise BadRequest(f"model {urn} is the output of customization job {custom['customization_job']}, which has not published it yet")
+    if not files_url and not custom.get("config"):
+        raise BadRequest(f"model {urn} has neither artifact.files_url nor custom_fields.config (a config URN naming its base model)")
+    return ModelSpec(config=custom.get("config"), model_uri=files_url)
+
+
+def _task_file(store: Store, settings: Settings, task_name: str, dataset: Any, namespace: str) -> str:
+    """A local copy of a task's data file."""
+    if isinstance(dataset, dict) and dataset.get("files_url"):
+        files_url = dataset["files_url"]
+    elif isinstance(dataset, (str, dict)):
+        files_url = dataset_of(store, dataset if isinstance(dataset, str) else f"{dataset.get('namespace') or namespace}/{dataset.get('name')}", namespace)["files_url"]
+    else:
+        raise BadRequest(f"`tasks.{task_name}.dataset` must be {{\"files_url\": ...}} or \"namespace/name\"")
+    folder = snapshot_dataset(files_url, settings)
+    if folder.is_file():
+        return str(folder)
+    candidates = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+    if not candidates:
+        raise BadRequest(f"`tasks.{task_name}.dataset` {files_url}: no .jsonl, .json or .csv file there")
+    return str(candidates[0])
+
+
+def create_job(store: Store, settings: Settings, body: EvaluationJobCreate) -> dict[str, Any]:
+    """Resolve config and target, copy the task data, start the ``evaluate`` flow run, record the job."""
+    if isinstance(body.config, str):
+        config = public(_by_urn(store, CONFIG, body.config, body.namespace))
+    else:
+        config = body.config.model_dump(mode="json", exclude_none=True)
+        try:
+            check_config(config)
+        except ConfigProblem as exc:
+            raise BadRequest(f"config: {exc}") from exc
+    target = public(_by_urn(store, TARGET, body.target, body.namespace)) if isinstance(body.target, str) else body.target.model_dump(mode="json", exclude_none=True)
+    spec = _model_spec(store, target, body.namespace)
+    if config.get("type") != "custom" and spec.api_url:
+        raise BadRequest(f"benchmark {config.get('type')!r} runs through lm-eval on a model customizer loads; an api_endpoint target cannot be scored this way")
+    data_files = {
+        name: _task_file(store, settings, name, task.get("dataset"), body.namespace) for name, task in (config.get("tasks") or {}).items()
+    } if config.get("type") == "custom" else {}
+    request = EvaluationRequest(config={k: config[k] for k in ("type", "tasks", "groups", "params") if k in config}, model=spec, data_files=data_files)
+    flow_run_id = orchestrator.start(settings.evaluate_deployment, {"request": request.model_dump(mode="json")},
+                                     tags=["customizer-api", f"namespace:{body.namespace}"])
+    job_id = prefixed_id("eval", flow_run_id)
+    data = body.model_dump(mode="json", exclude_none=True) | {
+        "config": config, "target": target, "status": "created",
+        "status_details": {"message": "created", "progress": 0.0, "task_status": {}},
+        "_flow_run_id": flow_run_id,
+    }
+    stored = store.add(JOB, job_id, body.namespace, job_id, data)
+    log.info("Evaluation %s: config type %s, flow run %s", job_id, config.get("type"), flow_run_id)
+    return stored
+
+
+def _evaluation_run(settings: Settings, job_id: str):
+    eval_settings = settings.model_copy(update={"mlflow_experiment": f"{settings.mlflow_experiment}-evaluations"})
+    client = tracking.client(eval_settings)
+    experiment = client.get_experiment_by_name(eval_settings.mlflow_experiment)
+    if experiment is None:
+        return client, None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'", max_results=1)
+    return client, (runs[0] if runs else None)
+
+
+def read_results(settings: Settings, job_id: str) -> dict[str, Any] | None:
+    """A finished evaluation's results from its MLflow run (None when there are none)."""
+    from mlflow.exceptions import MlflowException
+
+    client, run = _evaluation_run(settings, job_id)
+    if run is None:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = client.download_artifacts(run.info.run_id, "results.json", scratch)
+        except (MlflowException, OSError):  # no results recorded (the job did not finish)
+            return None
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bring unfinished evaluation jobs up to date from their flow runs and MLflow progress."""
+    open_jobs = [j for j in jobs if j["status"] not in orchestrator.FINAL]
+    if not open_jobs:
+        return jobs
+    try:
+        found = orchestrator.states([j["_flow_run_id"] for j in open_jobs])
+    except orchestrator.OrchestratorUnavailable as exc:
+        log.warning("Evaluation status not refreshed: %s", exc)
+        return jobs
+    updated = {}
+    for job in open_jobs:
+        state = found.get(job["_flow_run_id"])
+        if state is None:
+            continue
+        details = dict(job["status_details"])
+        if state.status == "failed":
+            details["message"] = (state.message or "failed").removeprefix("Flow run encountered an exception: ")
+        elif state.status == "completed":
+            details["message"] = "Job completed successfully"
+        else:
+            details["message"] = state.state_name
+        try:
+            _, run = _evaluation_run(settings, job["id"])
+            if run is not None and run.data.tags.get("customizer.progress"):
+                details |= json.loads(run.data.tags["customizer.progress"])
+        except Exception as exc:  # noqa: BLE001 - progress is an addition; the status stands without it
+            log.warning("Progress of %s not read: %s", job["id"], exc)
+        if state.status == "completed":
+            details["progress"] = 100.0
+            results = read_results(settings, job["id"])
+            if results is not None:
+                job = {**job, "result": stable_result_id(job["id"])}
+        updated[job["id"]] = store.save(JOB, {**job, "status": state.status, "status_details": details})
+    return [updated.get(j["id"], j) for j in jobs]
+
+
+def stable_result_id(job_id: str) -> str:
+    return prefixed_id("evaluation_result", uuid.uuid5(uuid.NAMESPACE_URL, f"customizer:evaluation_result:{job_id}"))
+
+
+def result_of(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
+    """NeMo's ``EvaluationResult`` for a completed job.
+
+    Raises:
+        Conflict: the job has not completed.
+    """
+    if job["status"] != "completed":
+        raise Conflict(f"evaluation job {job['id']} is {job['status']}; results exist once it is completed")
+    results = read_results(settings, job["id"])
+    if results is None:
+        raise NotFound(f"evaluation job {job['id']} recorded no results")
+    return {"id": stable_result_id(job["id"]), "job": job["id"], "namespace": job.get("namespace"), "created_at": job["updated_at"],
+            "updated_at": job["updated_at"], "tasks": results.get("tasks", {}), "groups": results.get("groups", {})}
+
+

@@ -1,0 +1,189 @@
+"""The API's only contact with Prefect: start a deployment's flow run, read run states and logs,
+cancel a run. Jobs are flow runs; their ids derive from the flow run ids.
+
+The Prefect API is the one in ``PREFECT_API_URL`` (``customizer up`` sets it). Prefect errors are
+turned into ``OrchestratorUnavailable`` so the API can answer 503 with a message, not a trace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+
+log = logging.getLogger("customizer.api")
+
+# Prefect state type -> NeMo job status
+STATUS = {
+    "SCHEDULED": "pending",
+    "PENDING": "pending",
+    "RUNNING": "running",
+    "PAUSED": "running",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "CRASHED": "failed",
+    "CANCELLING": "cancelling",
+    "CANCELLED": "cancelled",
+}
+FINAL = {"completed", "failed", "cancelled"}
+
+
+class OrchestratorUnavailable(RuntimeError):
+    """Prefect's API did not answer, or has no such deployment."""
+
+
+class RunState(BaseModel):
+    """A flow run's state, as much as the API needs."""
+
+    flow_run_id: str
+    status: str  # NeMo's job status
+    state_name: str
+    message: str | None
+    timestamp: dt.datetime | None
+    started: dt.datetime | None
+    history: list[tuple[str, str, dt.datetime | None, str | None]] = []  # (status, state name, time, message)
+
+
+def _naive(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _state(run: Any) -> RunState:
+    state = run.state
+    kind = state.type.value if state is not None else "SCHEDULED"
+    return RunState(
+        flow_run_id=str(run.id),
+        status=STATUS.get(kind, "unknown"),
+        state_name=state.name if state is not None else "Scheduled",
+        message=state.message if state is not None else None,
+        timestamp=_naive(state.timestamp) if state is not None else None,
+        started=_naive(run.start_time),
+    )
+
+
+def start(deployment: str, parameters: dict[str, Any], name: str | None = None, tags: list[str] | None = None) -> str:
+    """Create a flow run of ``deployment`` (``flow/deployment``) and return its id at once.
+
+    Raises:
+        OrchestratorUnavailable: Prefect cannot be reached or the deployment does not exist.
+    """
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run = run_deployment(deployment, parameters=parameters, timeout=0, flow_run_name=name, tags=tags, as_subflow=False)
+    except ObjectNotFound as exc:
+        raise OrchestratorUnavailable(
+            f"the Prefect deployment {deployment!r} does not exist: start the worker (`customizer worker` or `customizer up`)"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any transport or API error means the same to the client
+        log.warning("Prefect did not accept a flow run of %s: %s", deployment, exc)
+        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
+    return str(run.id)
+
+
+def states(flow_run_ids: list[str], history: bool = False) -> dict[str, RunState]:
+    """The current state of each flow run (unknown ids are left out).
+
+    Raises:
+        OrchestratorUnavailable: Prefect cannot be reached.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    if not flow_run_ids:
+        return {}
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in flow_run_ids])), limit=len(flow_run_ids)
+            )
+            found = {str(run.id): _state(run) for run in runs}
+            if history:
+                for run_id, state in found.items():
+                    state.history = [
+                        (STATUS.get(s.type.value, "unknown"), s.name, _naive(s.timestamp), s.message)
+                        for s in sorted(client.read_flow_run_states(UUID(run_id)), key=lambda s: s.timestamp)
+                    ]
+    except Exception as exc:  # noqa: BLE001
+        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
+    return found
+
+
+def cancel(flow_run_id: str) -> None:
+    """Ask a flow run to stop: a run not started yet is cancelled at once, a running one is set
+    Cancelling (the worker stops it; training checks for it between steps).
+
+    Raises:
+        OrchestratorUnavailable: Prefect cannot be reached.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Cancelling
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(flow_run_id))
+            kind = run.state.type.value if run.state else "SCHEDULED"
+            if kind in ("SCHEDULED", "PENDING"):
+                client.set_flow_run_state(UUID(flow_run_id), Cancelled(message="Cancelled through the API before it started"), force=True)
+            elif kind in ("RUNNING", "PAUSED"):
+                client.set_flow_run_state(UUID(flow_run_id), Cancelling(message="Cancellation requested through the API"), force=True)
+    except Exception as exc:  # noqa: BLE001
+        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
+
+
+class NotWaiting(RuntimeError):
+    """The flow run is not paused for an answer."""
+
+
+def answer(flow_run_id: str, run_input: dict[str, Any]) -> None:
+    """Resume a flow run paused for an approval with the reviewer's answer (the form's fields).
+
+    Raises:
+        NotWaiting: the run is not paused.
+        OrchestratorUnavailable: Prefect cannot be reached.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+        if state is None or not state.is_paused():
+            raise NotWaiting(state.name if state is not None else "Scheduled")
+        resume_flow_run(UUID(flow_run_id), run_input=run_input)
+    except NotWaiting:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
+
+
+def logs(flow_run_id: str, limit: int = 2000) -> list[dict[str, Any]]:
+    """The flow run's log lines (flow and task runs), oldest first.
+
+    Raises:
+        OrchestratorUnavailable: Prefect cannot be reached.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    lines: list[Any] = []
+    try:
+        with get_client(sync_client=True) as client:
+            while len(lines) < limit:  # the server returns at most 200 lines a request
+                page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])), limit=200, offset=len(lines))
+                lines += page
+                if len(page) < 200:
+                    break
+    except Exception as exc:  # noqa: BLE001
+        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
+    return [
+        {"timestamp": _naive(line.timestamp).isoformat() if line.timestamp else None, "level": line.level,
+         "logger": line.name, "message": line.message}
+        for line in lines
+    ]

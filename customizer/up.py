@@ -1,0 +1,180 @@
+"""``customizer up``: a whole local platform from one command.
+
+Starts, each in its own process group so it can be stopped with everything it spawned:
+1. the Prefect API and UI (``prefect server start``, SQLite under the data folder);
+2. the worker that runs the ``customize`` and ``evaluate`` deployments (``customizer worker``);
+3. the MLflow UI (``mlflow server`` on the same SQLite store, job execution off), unless disabled;
+4. the REST API (uvicorn).
+
+It prints their URLs, waits, and on Ctrl-C or SIGTERM stops them all (TERM, then KILL after a
+grace period). Everything lives in the data folder, so a restart finds the jobs it had.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from customizer.settings import Settings
+
+
+class StartError(RuntimeError):
+    """A component did not come up; the message says which and where its log is."""
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+@dataclass
+class Platform:
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, command: list[str], env: dict[str, str], logs: Path) -> Child:
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{name}.log"
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def stop(self, grace: float = 15.0) -> None:
+        """TERM every child's process group (newest first), then KILL what is left after ``grace`` seconds."""
+        for child in reversed(self.children):
+            _signal_group(child.process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in reversed(self.children):
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(child.process, signal.SIGKILL)  # leftovers in the group (flow-run subprocesses)
+            try:
+                child.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                print(f"customizer: {child.name} (pid {child.process.pid}) did not stop", file=sys.stderr)
+
+    def dead(self) -> Child | None:
+        return next((c for c in self.children if c.process.poll() is not None), None)
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, child: Child, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; fail early if the child exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise StartError(f"{child.name} exited with status {child.process.returncode}; see {child.log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.5)
+    raise StartError(f"{child.name} did not answer {url} within {timeout:.0f} s; see {child.log_path}")
+
+
+def _wait_for_deployments(prefect_api: str, names: list[str], child: Child, timeout: float) -> None:
+    for name in names:
+        wait_healthy(f"{prefect_api}/deployments/name/{name}", child, timeout)
+
+
+def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, mlflow_port: int | None, mlflow_ui: bool,
+       poll_seconds: float, worker_limit: int, ready_file: Path | None = None) -> int:
+    """Start the platform and block until interrupted (or a component dies). Returns the exit status."""
+    root = settings.root
+    logs = root / "logs"
+    prefect_port = prefect_port or free_port(host)
+    api_port = api_port or free_port(host)
+    prefect_api = f"http://{host}:{prefect_port}/api"
+    env = dict(os.environ) | {
+        "CUSTOMIZER_DATA_DIR": str(root),
+        "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(settings.prefect_home)),
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": str(poll_seconds),
+        "PREFECT_UI_API_URL": prefect_api,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else mlflow starts ~10 worker processes
+    }
+    python = sys.executable
+    platform = Platform()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, interrupted)
+    try:
+        prefect = platform.start("prefect", [python, "-m", "prefect", "server", "start", "--host", host, "--port", str(prefect_port),
+                                             "--analytics-off"], env, logs)
+        wait_healthy(f"{prefect_api}/health", prefect, timeout=180)
+        worker = platform.start("worker", [python, "-m", "customizer.cli", "worker", "--limit", str(worker_limit)], env, logs)
+        _wait_for_deployments(prefect_api, [settings.customize_deployment, settings.evaluate_deployment], worker, timeout=180)
+        mlflow_url = None
+        if mlflow_ui:
+            mlflow_port = mlflow_port or free_port(host)
+            artifacts = ["--default-artifact-root", settings.mlflow_artifact_root.as_uri()] if settings.mlflow_tracking_uri is None else []
+            mlflow = platform.start("mlflow", [python, "-m", "mlflow", "server", "--backend-store-uri", settings.tracking_uri, *artifacts,
+                                               "--host", host, "--port", str(mlflow_port), "--workers", "1"], env, logs)
+            wait_healthy(f"http://{host}:{mlflow_port}/health", mlflow, timeout=180)
+            mlflow_url = f"http://{host}:{mlflow_port}"
+        api = platform.start("api", [python, "-m", "uvicorn", "--factory", "api.app:app_from_environment", "--host", host,
+                                     "--port", str(api_port), "--log-level", "warning"], env, logs)
+        wait_healthy(f"http://{host}:{api_port}/v1/health", api, timeout=120)
+        urls = {
+            "API": f"http://{host}:{api_port}  (docs: http://{host}:{api_port}/docs)",
+            "Prefect UI": f"http://{host}:{prefect_port}",
+            "MLflow UI": mlflow_url or f"run: mlflow ui --backend-store-uri {settings.tracking_uri}",
+        }
+        print("customizer is up:", flush=True)
+        for name, url in urls.items():
+            print(f"  {name:11} {url}", flush=True)
+        print(f"  data       {root}  (logs in {logs})", flush=True)
+        if not settings.api_keys:
+            print("  WARNING    API authentication is off: anyone who can reach the API can use it "
+                  "(set CUSTOMIZER_API_KEYS to require keys)", flush=True)
+        if ready_file is not None:
+            ready_file.write_text(f"http://{host}:{api_port}\n{prefect_api}\n{mlflow_url or ''}\n")
+        while (dead := platform.dead()) is None:
+            time.sleep(1)
+        print(f"customizer: {dead.name} exited with status {dead.process.returncode}; see {dead.log_path}", file=sys.stderr)
+        return 1
+    except StartError as exc:
+        print(f"customizer: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("customizer: stopping...", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_IGN)
+        platform.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
