@@ -1,9 +1,8 @@
-"""Where a dataset comes from: a local folder, ``file://``, or ``s3://bucket/prefix``.
+"""Where a dataset comes from: a local folder, ``file://``, ``s3://bucket/prefix``, or
+``hf://datasets/namespace/name`` (the Data Store, whose files HfApi uploads through the REST API).
 
-An S3 dataset is downloaded (file by file, streamed to disk) into a folder of the job, then read
-like a local one, so its identity (the sha256 over its content) is the same wherever it is stored.
-``hf://datasets/namespace/name`` names a dataset in the Data Store, which has no API to serve it
-yet: it is refused with a message saying so.
+A remote dataset is downloaded into a folder of the job, then read like a local one, so its identity
+(the sha256 over its content) is the same wherever it is stored.
 """
 
 from __future__ import annotations
@@ -39,10 +38,7 @@ def resolve_dataset(source: str, download_dir: Path, settings: Settings | None =
     if parsed.scheme == "s3":
         return download_s3(source, download_dir, settings)
     if parsed.scheme == "hf":
-        raise SourceError(
-            "hf:// datasets live in the Data Store, which is not available yet; "
-            "download the dataset and give its folder, a file:// URI or an s3:// prefix"
-        )
+        return download_datastore(source, download_dir, settings)
     if parsed.scheme == "file":
         path = Path(parsed.path)
     elif parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
@@ -55,6 +51,25 @@ def resolve_dataset(source: str, download_dir: Path, settings: Settings | None =
     if not path.is_dir():
         raise SourceError("dataset folder does not exist")
     return path
+
+
+def download_datastore(source: str, download_dir: Path, settings: Settings | None = None) -> Path:
+    """Copy ``hf://datasets/namespace/name`` from the Data Store into ``download_dir``.
+
+    Raises:
+        SourceError: not a dataset URL, or the Data Store holds no files for it.
+    """
+    from customizer.settings import get_settings
+    from deploy.datastore import DatastoreError, download_dataset
+
+    if not source.startswith("hf://datasets/"):
+        raise SourceError("an hf:// dataset is named hf://datasets/<namespace>/<name>")
+    if download_dir.exists():
+        shutil.rmtree(download_dir)
+    try:
+        return download_dataset(source, download_dir, settings or get_settings())
+    except DatastoreError as exc:
+        raise SourceError(str(exc).removeprefix(f"{source}: ")) from exc
 
 
 def _relative_key(key: str, prefix: str) -> PurePosixPath | None:

@@ -246,11 +246,26 @@ def test_references_that_are_not_dataset_folders(tmp_path: Path):
         (str(tmp_path / "file.jsonl"), "is a file: a dataset is a folder with training/ (and optional validation/, testing/)"),
         (str(tmp_path / "nowhere"), "dataset folder does not exist"),
         ("ftp://host/ds", "unsupported dataset scheme 'ftp'; use a folder, file://, or s3://"),
-        ("hf://datasets/team/tickets", "hf:// datasets live in the Data Store, which is not available yet; download the dataset and give its folder, a file:// URI or an s3:// prefix"),
+        ("hf://datasets/team/tickets", "the Data Store has no files there (upload them with HfApi first)"),
+        ("hf://models/team/tickets", "an hf:// dataset is named hf://datasets/<namespace>/<name>"),
     ]:
         with pytest.raises(DatasetError) as info:
             ingest_dataset(source, tmp_path / "out", seed=0)
         assert [str(e) for e in info.value.errors] == [f"{source}: {reason}"]
+
+
+def test_a_data_store_dataset_ingests_like_its_folder(tmp_path: Path, monkeypatch):
+    from customizer.settings import get_settings
+    from deploy.datastore import open_files
+
+    monkeypatch.setenv("CUSTOMIZER_DATA_DIR", str(tmp_path / "data"))
+    root = build(tmp_path / "ds", {"training/t.jsonl": jsonl(*[OK] * 5), "validation/v.jsonl": jsonl(OK)})
+    files = open_files(get_settings())
+    for path in ("training/t.jsonl", "validation/v.jsonl"):
+        files.put(f"datasets/team/tickets/{path}", (root / path).read_bytes())
+    local = ingest_dataset(str(root), tmp_path / "out-local", seed=0)
+    stored = ingest_dataset("hf://datasets/team/tickets", tmp_path / "out-hf", seed=0, settings=get_settings())
+    assert stored.sha256 == local.sha256 and stored.counts == local.counts and stored.source == "hf://datasets/team/tickets"
 
 
 def test_the_training_method_must_read_the_dataset_format(tmp_path: Path):
