@@ -8,6 +8,7 @@ Errors are raised as ``ApiError`` subclasses; the app turns them into HTTP answe
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import logging
 import tempfile
@@ -352,7 +353,9 @@ def _discard_snapshot(settings: Settings, folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _validate_and_start(settings: Settings, body: JobCreate, config: CustomizationConfig, dataset: dict[str, Any], folder: Path):
+def _validate_and_start(
+    settings: Settings, body: JobCreate, config: CustomizationConfig, dataset: dict[str, Any], folder: Path, sealed: dict[str, str]
+):
     """Validate the dataset copy and the spec, then start the flow run; returns what the job record needs."""
     hp = body.hyperparameters
     with tempfile.TemporaryDirectory() as scratch:
@@ -361,13 +364,15 @@ def _validate_and_start(settings: Settings, body: JobCreate, config: Customizati
         except DatasetError as exc:
             raise BadRequest(f"`dataset` {dataset['namespace']}/{dataset['name']} ({dataset['files_url']}) is not valid: {exc}") from exc
     spec_model, suffix = _output_model(body, config)
-    spec = to_spec(body, str(folder), spec_model)
+    spec = to_spec(body, str(folder), spec_model).model_copy(update={"secrets": sealed})  # only sealed ones reach Prefect
     warnings = [w.model_dump() for w in guidance(hp, config, ingested.counts["training"])]
     warnings += [
         {"message": f"`hyperparameters.{name}` is ignored", "explanation": _ignored_reason(name)} for name in body.ignored_hyperparameters
     ]
-    if body.integrations:
-        warnings.append({"message": "`integrations` are recorded but not used", "explanation": "customizer tracks every job in MLflow; W&B reporting is not wired into training"})
+    if body.integrations and importlib.util.find_spec("wandb") is None:
+        warnings.append({"message": "`integrations` are recorded but W&B is not installed on this server",
+                         "explanation": "customizer tracks every job in MLflow; install wandb where jobs run to also report to W&B "
+                                        "(the wandb-api-key header is passed to the run)"})
 
     flow_run_id = orchestrator.start(
         settings.customize_deployment, {"spec": spec.model_dump(mode="json")}, tags=["customizer-api", f"namespace:{body.namespace}"]
@@ -383,7 +388,7 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         NotFound: config or dataset does not exist.
         OrchestratorUnavailable: Prefect is not reachable (nothing is recorded then).
     """
-    from api.secrets import seal
+    from customizer.secrets import seal
 
     try:
         parse_config_urn(body.config)
@@ -401,7 +406,8 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
     dataset = dataset_of(store, body.dataset, body.namespace)
     folder = snapshot_dataset(dataset["files_url"], settings)
     try:
-        spec, warnings, ingested, suffix, flow_run_id = _validate_and_start(settings, body, config, dataset, folder)
+        sealed = {name: seal(settings, value) for name, value in secrets.items()}
+        spec, warnings, ingested, suffix, flow_run_id = _validate_and_start(settings, body, config, dataset, folder, sealed)
     except BaseException:
         _discard_snapshot(settings, folder)  # a refused job leaves no copy behind
         raise
@@ -427,7 +433,7 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         "_dataset_files_url": dataset["files_url"],
         "_dataset_sha256": ingested.sha256,
         "_spec_output_model": spec.output_model,
-        "_secrets": {name: seal(settings, value) for name, value in secrets.items()},
+        "_secrets": sealed,
     }
     try:
         stored = store.add(JOB, job_id, body.namespace, body.name or job_id, data, stamp)

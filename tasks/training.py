@@ -12,6 +12,7 @@ from prefect import get_run_logger, runtime, task
 from prefect.exceptions import Abort
 from pydantic import BaseModel
 
+from customizer.secrets import unsealed_environment
 from customizer.settings import get_settings
 from deploy import tracking
 from tasks.job import Job
@@ -121,7 +122,10 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
         work_dir=job.work_dir, mlflow_run_id=job.run_id,
     )
     try:
-        result = launch(request, settings, hooks, should_stop=_cancel_requested)
+        with unsealed_environment(settings, job.spec.secrets) as variables:
+            if variables:
+                get_run_logger().info("Secrets in the training environment: %s", ", ".join(variables))
+            result = launch(request, settings, hooks, should_stop=_cancel_requested)
     except TrainingCancelled as exc:
         _mark_cancelled(job, str(exc))
         # Abort ends the run where it stands (Cancelled) instead of proposing Failed over it.

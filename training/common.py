@@ -146,7 +146,8 @@ def common_args(
         gradient_checkpointing=False,
         use_cpu=not use_cuda,
         bf16=use_bf16(config),
-        report_to="none",
+        # W&B as well as MLflow when the run was given a key (the API's wandb-api-key) and wandb is installed.
+        report_to=["wandb"] if os.environ.get("WANDB_API_KEY") and importlib.util.find_spec("wandb") else "none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         save_only_model=False,  # optimizer, scheduler and RNG state too: a resume continues exactly

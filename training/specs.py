@@ -251,6 +251,11 @@ class CustomizationSpec(BaseModel):
     submitted_by: str | None = Field(
         default=None, description="Who submitted the job; a reviewer of its approvals must be someone else."
     )
+    secrets: dict[Literal["wandb-api-key"], str] = Field(
+        default_factory=dict,
+        description="Secrets for the run, sealed with the platform's key (the API seals what clients send); "
+        "the training task unseals them into its environment, e.g. wandb-api-key as WANDB_API_KEY.",
+    )
 
     @field_validator("config")
     @classmethod

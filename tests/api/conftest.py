@@ -67,6 +67,7 @@ def start_platform(data_dir: Path, mlflow_ui: bool = True) -> Platform:
         "CUSTOMIZER_DATA_DIR": str(data_dir),
         "PREFECT_HOME": str(data_dir / "prefect"),
         "PYTHONPATH": str(ROOT),
+        "CUSTOMIZER_APPROVAL_POLL_SECONDS": "1",
     }
     for leaked in ("PREFECT_API_URL", "CUSTOMIZER_STORE_URI", "CUSTOMIZER_S3_ENDPOINT_URL", "CUSTOMIZER_MLFLOW_TRACKING_URI"):
         env.pop(leaked, None)

@@ -5,8 +5,9 @@ cancel, logs, and secrets that are never echoed."""
 from __future__ import annotations
 
 import copy
-import time
+import json
 import sqlite3
+import time
 
 import pytest
 
@@ -155,6 +156,16 @@ def test_cancel_and_secrets_never_echoed(nemo, email_dataset, platform):
         rows = conn.execute("select data from entities where id = ?", (job.id,)).fetchall()
     assert rows and secret not in rows[0][0] and "wandb-api-key" in rows[0][0]
     assert all(secret not in p.read_text(errors="replace") for p in (platform.data_dir / "logs").glob("*.log"))
+    # Passed to the run sealed: the flow run's parameters hold a token that unseals to the key.
+    import httpx
+
+    from customizer.ids import uuid_from_id
+    from customizer.secrets import unseal
+    from customizer.settings import Settings
+
+    parameters = httpx.get(f"{platform.prefect_api}/flow_runs/{uuid_from_id(job.id)}", timeout=30).json()["parameters"]
+    sealed = parameters["spec"]["secrets"]["wandb-api-key"]
+    assert secret not in json.dumps(parameters) and unseal(Settings(data_dir=platform.data_dir), sealed) == secret
 
 
 def test_a_reviewed_job_waits_for_an_approval_given_through_the_api(nemo, http, email_dataset):
