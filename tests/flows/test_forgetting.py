@@ -35,7 +35,7 @@ def knowledgeable_base(tiny_model_dir: Path, folder: Path) -> Path:
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(80):
+    for _ in range(200):
         loss = model(**batch, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -83,7 +83,7 @@ def test_over_trained_full_sft_is_rejected_for_forgetting_while_lora_is_promoted
     from training.catalog import get_config
     from training.prompts import render
 
-    lora = customize(knowing_spec(ok_dataset, knowledge, {"epochs": 6}))
+    lora = customize(knowing_spec(ok_dataset, knowledge, {"epochs": 6, "lora": {"adapter_dim": 8, "alpha": 8}}))
     assert lora.baseline.general["colors"] >= 0.9, "the base model knows its facts"
     assert lora.decision.action == "promote", lora.decision.reasons
     assert lora.candidate.task["exact_match"] > lora.baseline.task["exact_match"]
