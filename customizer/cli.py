@@ -361,22 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     apply_environment(settings)  # before Prefect, transformers or MLflow are imported
     quiet_libraries()
     try:
-        if args.command == "configs":
-            return cmd_configs(args, settings)
-        if args.command == "prepare-model":
-            return cmd_prepare_model(args, settings)
-        if args.command == "approve":
-            return cmd_approve(args, settings)
-        if args.command == "generate":
-            return cmd_generate(args, settings)
-        if args.command == "serve-models":
-            return cmd_serve_models(args, settings)
-        if args.command == "serving":
-            return cmd_vllm_args(args, settings)
-        if args.command == "data":
-            return cmd_data_validate(args, settings)
-        if args.command in ("up", "api", "worker"):
-            return {"up": cmd_up, "api": cmd_api, "worker": cmd_worker}[args.command](args, settings)
+        commands = {
+            "configs": cmd_configs, "prepare-model": cmd_prepare_model, "approve": cmd_approve, "generate": cmd_generate,
+            "serve-models": cmd_serve_models, "serving": cmd_vllm_args, "data": cmd_data_validate,
+            "up": cmd_up, "api": cmd_api, "worker": cmd_worker,
+        }
+        if args.command in commands:
+            return commands[args.command](args, settings)
         raw = demo_spec(args) if args.command == "demo" else _load_spec_file(args.spec)
         spec = check_spec(raw, settings)
         if args.command == "check":

@@ -123,7 +123,7 @@ def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, des
 
         base = resolve_base_model(get_config(version.tags["customizer.config"], settings).target, settings)
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), local)
-        tokenizer_dir = local if (local / "tokenizer_config.json").exists() else base.path
+        tokenizer_dir = base.path  # the prompt format evaluation scored it with (training never changes the vocabulary)
     else:
         model, tokenizer_dir = AutoModelForCausalLM.from_pretrained(local), local
     model.eval()

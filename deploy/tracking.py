@@ -70,6 +70,18 @@ def log_artifacts(settings: Settings, run_id: str, folder: str | Path, artifact_
     return f"{mlflow_client.get_run(run_id).info.artifact_uri}/{artifact_path}"
 
 
+def fail_job_runs(settings: Settings, job_id: str, message: str) -> None:
+    """Close every MLflow run of a job as FAILED with the reason (a flow's failure hook), so no run
+    is left dangling RUNNING."""
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return
+    for run in mlflow_client.search_runs([experiment.experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'"):
+        mlflow_client.set_tag(run.info.run_id, "customizer.failure", message[:4000])
+        mlflow_client.set_terminated(run.info.run_id, status="FAILED")
+
+
 def end_run(settings: Settings, run_id: str, status: str) -> None:
     client(settings).set_terminated(run_id, status=status)
 

@@ -54,13 +54,8 @@ def json_field_match(completions: list[str], answer: list[str], **_: object) -> 
     return scores
 
 
-TASK_METRICS: dict[str, Callable[..., list[float]]] = {
-    "exact_match": exact_match,
-    "json_field_match": json_field_match,
-}
-
-
 def register_with_lm_eval() -> None:
+    # (TASK_METRICS is defined at the end of the module, once every metric it names exists.)
     """Make every task metric available to lm-eval YAML as ``task_<name>`` (idempotent)."""
     from lm_eval.api.registry import metric_registry, register_metric
 
@@ -75,8 +70,7 @@ def register_with_lm_eval() -> None:
         register_metric(metric=registered, higher_is_better=True, aggregation="mean")(one_item)
 
 
-# Similarity metrics for custom evaluations (NeMo Evaluator's em, f1, bleu, rouge, string-check).
-# Pure, like the task metrics; kept out of TASK_METRICS so the customize flow's task benchmark is unchanged.
+# Similarity metrics (also NeMo Evaluator's em, f1, bleu, rouge, string-check for custom evaluations).
 
 
 def _words(text: str) -> list[str]:
@@ -169,3 +163,37 @@ def string_check(left: list[str], operation: str, right: list[str]) -> list[floa
         raise ValueError(f"string-check operation {operation!r} is not one of {', '.join(STRING_CHECKS)}")
     check = STRING_CHECKS[operation]
     return [1.0 if check(l.strip(), r.strip()) else 0.0 for l, r in zip(left, right, strict=True)]
+
+
+def contains(completions: list[str], answer: list[str], **_: object) -> list[float]:
+    """1.0 where the completion contains the answer (trimmed), e.g. an answer inside an explanation.
+
+    >>> contains(["The answer is 4.", "5"], answer=["4", "4"])
+    [1.0, 0.0]
+    """
+    return string_check(completions, "contains", answer)
+
+
+def bleu_unit(completions: list[str], answer: list[str], **_: object) -> list[float]:
+    """Sentence BLEU on the 0-1 scale of the other task metrics.
+
+    >>> bleu_unit(["the cat sat on the mat"], answer=["the cat sat on the mat"])
+    [1.0]
+    """
+    return [round(b / 100, 6) for b in bleu(completions, answer)]
+
+
+def rouge_l(completions: list[str], answer: list[str], **_: object) -> list[float]:
+    """ROUGE-L F-measure (0-1) per completion."""
+    return rouge(completions, answer)["rouge_L_score"]
+
+
+# Scored on every generative task benchmark; the gate uses the job's `evaluation.task_metric`.
+TASK_METRICS: dict[str, Callable[..., list[float]]] = {
+    "exact_match": exact_match,
+    "json_field_match": json_field_match,
+    "f1": f1,
+    "rouge_l": rouge_l,
+    "bleu": bleu_unit,
+    "contains": contains,
+}

@@ -31,7 +31,8 @@ def wilson_interval(score: float, n: int) -> tuple[float, float]:
     denominator = 1 + Z95**2 / n
     centre = (score + Z95**2 / (2 * n)) / denominator
     half = Z95 * sqrt(score * (1 - score) / n + Z95**2 / (4 * n * n)) / denominator
-    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+    # min/max with the score: at 0 and 1 the bounds meet it exactly (no rounding error past it).
+    return 100 * max(0.0, min(score, centre - half)), 100 * min(1.0, max(score, centre + half))
 
 
 def _loss_chart(path: Path, train: list[tuple[int, float]], val: list[tuple[int, float]]) -> None:
@@ -68,8 +69,9 @@ def _scores_chart(path: Path, rows: list[dict[str, Any]]) -> None:
     for i, model in enumerate(models):
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(rows))]
         values = [r.get(model, {}).get("score", 0.0) for r in rows]
-        lows = [v - r.get(model, {}).get("ci", (v, v))[0] for v, r in zip(values, rows)]
-        highs = [r.get(model, {}).get("ci", (v, v))[1] - v for v, r in zip(values, rows)]
+        # max(0, ...): a bound equal to the score can land a rounding error on the wrong side of it.
+        lows = [max(0.0, v - r.get(model, {}).get("ci", (v, v))[0]) for v, r in zip(values, rows)]
+        highs = [max(0.0, r.get(model, {}).get("ci", (v, v))[1] - v) for v, r in zip(values, rows)]
         ax.bar(xs, values, width, yerr=[lows, highs], capsize=3, label=model, color=colours[model])
     ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=15)
     ax.set_ylabel("score (points)")

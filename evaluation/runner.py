@@ -406,8 +406,8 @@ def _item(name):
     return metric
 
 
-exact_match = _item("exact_match")
-json_field_match = _item("json_field_match")
+for _name in TASK_METRICS:
+    globals()[_name] = _item(_name)
 
 
 def process_results(doc, results):

@@ -146,12 +146,4 @@ def finish_evaluation(job: EvaluationJob, results: dict[str, Any]) -> dict[str, 
 
 def mark_evaluation_failed(flow, flow_run, state) -> None:
     """Flow failure hook: close the evaluation's MLflow run as FAILED."""
-    settings = evaluation_settings()
-    job_id = prefixed_id("eval", flow_run.id)
-    client = tracking.client(settings)
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    if experiment is None:
-        return
-    for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'"):
-        client.set_tag(run.info.run_id, "customizer.failure", str(state.message)[:4000])
-        client.set_terminated(run.info.run_id, status="FAILED")
+    tracking.fail_job_runs(evaluation_settings(), prefixed_id("eval", flow_run.id), str(state.message))

@@ -145,7 +145,8 @@ class EvaluationPlan(BaseModel):
     task_metric: str | None = Field(
         default=None,
         description="Task metric the gate uses. Default by data: exact_match (completion/chat; also "
-        "json_field_match), preference_accuracy (preference pairs), the first GRPO reward (reward data).",
+        "json_field_match, f1, rouge_l, bleu, contains), preference_accuracy (preference pairs), the first "
+        "GRPO reward (reward data).",
     )
     general_benchmarks: list[str] = Field(
         default_factory=lambda: ["capitals", "everyday"],

@@ -20,3 +20,12 @@ def test_report_has_the_decision_charts_and_deltas(tmp_path):
     assert "forgetting capitals: 90.0 -&gt; 80.0" in page  # every reason, escaped
     assert "<td>capitals</td><td>90.0</td><td>80.0</td><td>-10.0</td>" in page
     assert "dataset sha256" in page and "{&quot;epochs&quot;: 2}" in page
+
+
+def test_confidence_bounds_always_contain_the_score():
+    from evaluation.report import wilson_interval
+
+    for n in range(1, 120):
+        for k in range(n + 1):
+            low, high = wilson_interval(k / n, n)
+            assert low <= 100 * k / n <= high, (k, n, low, high)

@@ -53,7 +53,7 @@ def test_base_and_adapter_are_scored_on_every_benchmark_in_one_call(tmp_path, se
     benchmark = task_benchmark(data, config, tokenizer, plan, tmp_path / "bench")
 
     base = evaluate_model(str(tiny_model_dir), None, benchmark, plan, tmp_path / "base", settings)
-    assert set(base.task) == {"exact_match", "json_field_match"} and set(base.general) == {"capitals", "everyday"}
+    assert set(base.task) == {"exact_match", "json_field_match", "f1", "rouge_l", "bleu", "contains"} and set(base.general) == {"capitals", "everyday"}
     assert all(0.0 <= v <= 1.0 for v in [*base.task.values(), *base.general.values()])
     assert base.counts == {"task": 8, "capitals": 12, "everyday": 12}
     assert len(base.per_sample["capitals"]) == 12 and base.general["capitals"] == pytest.approx(sum(base.per_sample["capitals"]) / 12)

@@ -10,22 +10,48 @@ from deploy import tracking
 from deploy.registry import registered_name
 from tests.conftest import write_jsonl
 from tests.flows.test_customize import OUTPUT, spec_for
-from tests.training.test_dpo_grpo import pairs, prompts
+from tests.training.test_dpo_grpo import prompts
 
 
 def version_tags(result) -> dict[str, str]:
     return tracking.client(get_settings()).get_model_version(registered_name(OUTPUT), result.registered.version).tags
 
 
-def test_dpo_through_the_flow_scores_preference_accuracy(services, tmp_path):
+def answer_the_base_prefers_less(tiny_model_dir, settings) -> tuple[str, str]:
+    """Of "yes" and "no", the answer the tiny base model finds less likely (so DPO has something to learn)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.conftest import TINY_CONFIG_URN
+    from training.catalog import get_config
+    from training.preference import preference_row
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    row = preference_row({"prompt": "Reply with the word ok. Item 100", "chosen_response": "yes", "rejected_response": "no"},
+                         get_config(TINY_CONFIG_URN, settings), tokenizer)
+
+    def loglik(answer: str) -> float:
+        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        full = tokenizer(row["prompt"] + answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = model(torch.tensor([full])).logits.log_softmax(-1)[0]
+        return sum(logprobs[i - 1, full[i]].item() for i in range(len(prompt), len(full)))
+
+    return ("yes", "no") if loglik(row["chosen"]) < loglik(row["rejected"]) else ("no", "yes")
+
+
+def test_dpo_through_the_flow_scores_preference_accuracy(services, tmp_path, tiny_model_dir, settings):
     from flows.customize import customize
 
+    chosen, rejected = answer_the_base_prefers_less(tiny_model_dir, settings)
+    rows = [{"prompt": f"Reply with the word ok. Item {i}", "chosen_response": chosen, "rejected_response": rejected} for i in range(128)]
     root = tmp_path / "pairs"
-    write_jsonl(root / "training" / "train.jsonl", pairs(20))
-    write_jsonl(root / "testing" / "test.jsonl", pairs(8, start=100))
+    write_jsonl(root / "training" / "train.jsonl", rows[:20])
+    write_jsonl(root / "testing" / "test.jsonl", rows[100:108])
     spec = spec_for(root, {"training_type": "dpo", "epochs": 2, "learning_rate": 5e-3}, review_methods=[])
     result = customize(spec)
-    assert result.baseline.task_metric == "preference_accuracy"
+    assert result.baseline.task_metric == "preference_accuracy" and result.baseline.task["preference_accuracy"] < 0.5
     assert result.candidate.task["preference_accuracy"] > result.baseline.task["preference_accuracy"]
     assert result.decision.action == "promote", result.decision.reasons
     tags = version_tags(result)

@@ -93,20 +93,20 @@ def test_over_trained_full_sft_is_rejected_for_forgetting_while_lora_is_promoted
     assert overtrained.candidate.task["exact_match"] > overtrained.baseline.task["exact_match"], "it did learn the task"
     assert overtrained.decision.action == "reject"
     reason = next(r for r in overtrained.decision.reasons if r.startswith("forgetting colors"))
-    assert reason.endswith("FAILED") and "95% CI" in reason and "limit -2.0" in reason, reason
+    assert ") FAILED (" in reason and "95% CI" in reason and "limit -2.0" in reason and "paired sign test" in reason, reason
     assert overtrained.registered.aliases == ["candidate"]  # the LoRA version stays champion
 
-    # The promoted version loads back from the registry and generates.
+    # The promoted version loads back from the registry and answers a test item as it did when scored.
     model, tokenizer, version = load_version(get_settings(), OUTPUT, "champion")
     assert version.version == lora.registered.version and "champion" in version.aliases
     config = get_config("test/knowing@v1", get_settings())
-    prompt = render({"prompt": "Reply with the word ok. Item 555", "completion": "ok"}, config, tokenizer).prompt
-    inputs = tokenizer(prompt, return_tensors="pt")
+    prompt = render({"prompt": "Reply with the word ok. Item 101", "completion": "ok"}, config, tokenizer).prompt
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip().startswith("ok")
     from customizer.cli import main
 
-    assert main(["generate", OUTPUT, "Reply with the word ok. Item 556", "--max-new-tokens", "3"]) == 0
+    assert main(["generate", OUTPUT, "Reply with the word ok. Item 102", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.strip().startswith("ok")
     assert main(["generate", OUTPUT, "hi", "--version", "7"]) == 2
     assert "no version or alias '7'" in capsys.readouterr().err
