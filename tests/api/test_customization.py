@@ -173,7 +173,7 @@ def test_a_reviewed_job_waits_for_an_approval_given_through_the_api(nemo, http, 
     the job waits, says how to answer, and goes on when the answer arrives through the API."""
     body = NEMO_EXAMPLE | {
         "config": TINY_CONFIG, "output_model": "default/reviewed-bot",
-        "hyperparameters": {"training_type": "sft", "finetuning_type": "all_weights", "epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+        "hyperparameters": {"training_type": "sft", "finetuning_type": "all_weights", "epochs": 3, "batch_size": 4, "learning_rate": 1e-3},
         "ownership": {"created_by": "alice"},
     }
     job_id = http.post("/v1/customization/jobs", json=body).json()["id"]
@@ -191,7 +191,9 @@ def test_a_reviewed_job_waits_for_an_approval_given_through_the_api(nemo, http, 
             seen.add(pause)
         time.sleep(1)
     assert status.status == "completed", status.status_logs
-    assert answered[:2] == ["alice", "bob"] and len(answered) == 3  # training (alice refused, then bob), promotion (bob)
+    lines = nemo.customization.jobs.container_logs(job_id).entries[job_id].logs["customize"]
+    assert any("alice submitted this job and cannot also approve it" in line for line in lines)
+    assert answered == ["alice", "bob", "bob"], lines  # training (alice refused, then bob), promotion (bob)
     refused = http.post(f"/v1/customization/jobs/{job_id}/approval", json={"approved": True, "reviewer": "bob"})
     assert refused.status_code == 409 and "not waiting for an approval" in refused.text
     bad = http.post(f"/v1/customization/jobs/{job_id}/approval", json={"approved": True})
