@@ -63,6 +63,8 @@ def register(
         "customizer.training_type": job.spec.hyperparameters.training_type,
         "customizer.finetuning_type": job.spec.hyperparameters.finetuning_type,
         "customizer.hyperparameters": job.spec.hyperparameters.model_dump_json(),
+        # The whole job, so a retrain can repeat it on new data (sealed secrets stay with the job).
+        "customizer.spec": job.spec.model_dump_json(exclude={"secrets"}),
         "customizer.scores.baseline": _scores_tag(baseline),
         "customizer.scores.candidate": _scores_tag(candidate),
         "customizer.task_metric": candidate.task_metric,
