@@ -117,6 +117,7 @@ def dataset_identity(champion: Champion) -> str:
         DatasetError: the dataset there no longer validates.
     """
     settings = get_settings()
+    settings.root.mkdir(parents=True, exist_ok=True)  # a fresh worker may not have its data folder yet
     with tempfile.TemporaryDirectory(prefix="retrain-", dir=settings.root) as folder:
         data = ingest_dataset(champion.dataset_uri, Path(folder), seed=champion.spec.hyperparameters.seed,
                               method=champion.spec.hyperparameters.training_type, settings=settings)
