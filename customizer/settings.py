@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         description="Where the Data Store keeps dataset and model repo files: file:///path or s3://bucket/prefix. "
         "Default: a folder under the data folder.",
     )
+    notify_webhook_url: str | None = Field(
+        default=None,
+        description="Webhook that receives job notifications (completed, failed, waiting for approval, promoted) "
+        'as Slack-compatible JSON {"text": ...}, e.g. a Slack incoming webhook. Default: none are sent.',
+    )
     customize_deployment: str = Field(
         default="customize/customizer", description="Prefect deployment (flow/deployment) that runs customization jobs."
     )

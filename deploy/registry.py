@@ -75,6 +75,39 @@ def champion_tags(settings: Settings, output_model: str) -> dict[str, str] | Non
     return dict(version.tags)
 
 
+def champions(settings: Settings, output_models: list[str] | None = None) -> list[tuple[str, str | None, dict[str, str]]]:
+    """``(output_model, champion version or None, its tags)`` for the given output models, or for
+    every registered one, by name. A model without a champion (or not registered) has version None."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(settings)
+    if output_models is None:
+        names, token = [], None
+        while True:  # results come in pages
+            page = mlflow_client.search_registered_models(page_token=token)
+            names += [m.tags.get("customizer.output_model") or m.name.replace(".", "/", 1) for m in page]
+            if not (token := page.token):
+                break
+        output_models = sorted(names)
+    found = []
+    for output_model in output_models:
+        try:
+            version = mlflow_client.get_model_version_by_alias(registered_name(output_model), CHAMPION)
+        except MlflowException:
+            found.append((output_model, None, {}))
+            continue
+        found.append((output_model, str(version.version), dict(version.tags)))
+    return found
+
+
+def download_version(settings: Settings, output_model: str, version: str, dest) -> str:
+    """Download a version's artifacts (an adapter or full weights) into ``dest``; returns the local folder."""
+    import mlflow.artifacts
+
+    source = client(settings).get_model_version(registered_name(output_model), version).source
+    return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=settings.tracking_uri)
+
+
 def describe(settings: Settings, output_model: str, version: str) -> RegisteredVersion:
     mlflow_client = client(settings)
     name = registered_name(output_model)

@@ -34,7 +34,7 @@ def customize(spec: CustomizationSpec) -> CustomizationResult:
     trained = train(job, base, data)
     candidate = evaluate(job, base, benchmarks, trained=trained, stage="candidate")
 
-    champion = champion_scores(job, data)
+    champion = champion_scores(job, base, benchmarks, data)  # scored on this data if it was not yet
     decision, approved_promotion = approve_promotion(job, gate(job, baseline, candidate, champion, trained))
 
     # Register and publish every candidate; only a promoted one, fully published, becomes champion.

@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from typing import Literal
 
-from prefect import get_run_logger
+from prefect import get_run_logger, runtime
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -24,6 +24,7 @@ from pydantic import Field
 
 from customizer.settings import get_settings
 from deploy import tracking
+from deploy.notify import notify
 from evaluation.gate import ApprovalRecord, Decision, settle_hold
 from tasks.job import Job
 
@@ -55,6 +56,8 @@ def wait_for_approval(job: Job, stage: Stage, question: str) -> ApprovalRecord:
             record = ApprovalRecord(stage=stage, approved=False, reviewer=None, comment="no approval within the timeout", decided_at=_now())
             break
         logger.warning("Waiting for a reviewer to approve %s: %s (Prefect UI: resume the paused run)", stage, question)
+        notify(settings, f"customize job {job.job_id} for {job.spec.output_model} is waiting for approval of {stage}: "
+                         f"{question} (answer on flow run {runtime.flow_run.id} in the Prefect UI, or `customizer approve {job.job_id} --reviewer NAME`)")
         try:
             answer = pause_flow_run(
                 wait_for_input=Approval.with_initial_data(description=f"{stage.capitalize()} of job {job.job_id}: {question}", approved=False, reviewer=""),

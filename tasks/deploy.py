@@ -12,6 +12,7 @@ from customizer import __version__
 from customizer.settings import get_settings
 from deploy import handoff, registry, tracking
 from deploy.compat import CompatError, check_serving
+from deploy.notify import notify
 from deploy.registry import RegisteredVersion
 from deploy.store import Published, publish, publishable_files
 from evaluation.gate import ApprovalRecord, Decision
@@ -63,6 +64,8 @@ def register(
         "customizer.training_type": job.spec.hyperparameters.training_type,
         "customizer.finetuning_type": job.spec.hyperparameters.finetuning_type,
         "customizer.hyperparameters": job.spec.hyperparameters.model_dump_json(),
+        # The whole job, so a retrain can repeat it on new data (sealed secrets stay with the job).
+        "customizer.spec": job.spec.model_dump_json(exclude={"secrets"}),
         "customizer.scores.baseline": _scores_tag(baseline),
         "customizer.scores.candidate": _scores_tag(candidate),
         "customizer.task_metric": candidate.task_metric,
@@ -123,6 +126,7 @@ def promote(job: Job, version: RegisteredVersion, published: Published, decision
         return registry.describe(settings, job.spec.output_model, version.version)
     promoted = registry.promote(settings, job.spec.output_model, version.version)
     get_run_logger().info("%s version %s is now the champion", promoted.registered_model, promoted.version)
+    notify(settings, f"{job.spec.output_model} version {promoted.version} is the champion (job {job.job_id}), published at {published.uri}")
     return promoted
 
 

@@ -16,7 +16,8 @@ from evaluation.gate import Decision, decide, prompting_suffices
 from evaluation.report import write_report
 from evaluation.runner import StageScores, cache_key, evaluate_model, few_shot_benchmark, task_benchmark
 from tasks.job import Job
-from training.base_model import ResolvedModel
+from training.base_model import ResolvedModel, resolve_base_model
+from training.catalog import get_config
 from training.common import TrainResult
 from training.data import IngestedDataset
 
@@ -87,16 +88,34 @@ def check_prompt_baseline(job: Job, baseline: StageScores) -> str | None:
 
 
 @task(name="champion-scores")
-def champion_scores(job: Job, data: IngestedDataset) -> dict[str, dict[str, float]] | None:
-    """The current champion's scores, when it was scored on the same testing data and benchmarks."""
-    tags = registry.champion_tags(get_settings(), job.spec.output_model)
-    if tags is None:
+def champion_scores(
+    job: Job, base: ResolvedModel, benchmarks: dict[str, Any], data: IngestedDataset
+) -> dict[str, dict[str, float]] | None:
+    """The current champion's scores on this job's testing data: from its tags when it was scored on
+    the same data, else scored again here on the job's benchmarks, so a candidate is never promoted
+    over a champion it did not beat on the same items."""
+    settings = get_settings()
+    ((_, version, tags),) = registry.champions(settings, [job.spec.output_model])
+    if version is None:
         return None
-    if tags.get("customizer.dataset.sha256") != data.sha256:
-        get_run_logger().info("The champion was scored on other data; it is not compared on scores")
-        return None
-    scores = json.loads(tags["customizer.scores.candidate"])
-    return {"task": scores["task"], "general": scores["general"]}
+    if tags.get("customizer.dataset.sha256") == data.sha256:
+        scores = json.loads(tags["customizer.scores.candidate"])
+        return {"task": scores["task"], "general": scores["general"]}
+    logger = get_run_logger()
+    logger.info("The champion (version %s) was scored on other data: scoring it on this job's benchmarks", version)
+    folder = Path(job.work_dir) / "eval" / "champion"
+    local = registry.download_version(settings, job.spec.output_model, version, Path(job.work_dir) / "champion")
+    if tags.get("customizer.artifact", "adapter") == "adapter":
+        # An adapter applies to the base of the config it was trained with.
+        champion_base = base.path if tags.get("customizer.config") == job.spec.config else resolve_base_model(
+            get_config(tags["customizer.config"], settings).target, settings).path
+        model_dir, adapter_dir = champion_base, local
+    else:
+        model_dir, adapter_dir = local, None
+    scores = evaluate_model(model_dir, adapter_dir, benchmarks["task"], job.spec.evaluation, folder, settings)
+    _log_scores(job, "champion", scores, folder)
+    logger.info("champion scores: task %s, general %s", scores.task, scores.general)
+    return {"task": scores.task, "general": scores.general}
 
 
 @task(name="gate")

@@ -12,7 +12,8 @@ from customizer import __version__
 from customizer.ids import prefixed_id
 from customizer.settings import get_settings
 from deploy import tracking
-from deploy.registry import RegisteredVersion
+from deploy.notify import notify
+from deploy.registry import CHAMPION, RegisteredVersion
 from deploy.store import Published
 from evaluation.gate import ApprovalRecord, Decision
 from evaluation.policy import effective_policy
@@ -151,9 +152,22 @@ def finish_job(
     )
     tracking.log_dict(settings, job.run_id, result.model_dump(), "result.json")
     tracking.end_run(settings, job.run_id, "FINISHED")
+    if prompt_baseline:
+        ending = f"no fine-tuning needed: {prompt_baseline}"
+    elif registered is not None:
+        role = "champion" if CHAMPION in registered.aliases else "candidate, not promoted"
+        ending = f"{decision.action if decision else 'trained'}; version {registered.version} is {role}"
+    else:
+        ending = decision.action if decision else "trained"
+    notify(settings, f"customize job {job.job_id} for {job.spec.output_model} completed: {ending}")
     return result
 
 
 def mark_failed(flow, flow_run, state) -> None:
-    """Flow failure hook: close the job's MLflow run as FAILED so no run is left dangling."""
-    tracking.fail_job_runs(get_settings(), prefixed_id("cust", flow_run.id), str(state.message))
+    """Flow failure hook: say so on the webhook, close the job's MLflow run as FAILED so no run is left dangling."""
+    settings = get_settings()
+    job_id = prefixed_id("cust", flow_run.id)
+    spec = flow_run.parameters.get("spec")
+    output_model = spec.get("output_model") if isinstance(spec, dict) else getattr(spec, "output_model", None)
+    notify(settings, f"customize job {job_id} for {output_model or 'an unknown model'} failed: {state.message}"[:3000])
+    tracking.fail_job_runs(settings, job_id, str(state.message))

@@ -9,6 +9,7 @@ import json
 import time
 
 from prefect import get_run_logger, runtime, task
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import Abort
 from pydantic import BaseModel
 
@@ -100,6 +101,18 @@ def _mark_cancelled(job: Job, message: str) -> None:
             prefect.set_flow_run_state(runtime.flow_run.id, Cancelled(message=message), force=True)
 
 
+TRAINING_LIMIT = "customizer-training"
+
+
+def training_limits(output_model: str) -> list[str]:
+    """The Prefect global concurrency limits a training run takes a slot of: all training, and its namespace's.
+
+    >>> training_limits("team-a/bot")
+    ['customizer-training', 'customizer-training-team-a']
+    """
+    return [TRAINING_LIMIT, f"{TRAINING_LIMIT}-{output_model.partition('/')[0]}"]
+
+
 @task(name="train")
 def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
     """Run the job's method (SFT, DPO or GRPO) in-process, or under torchrun for several devices;
@@ -121,8 +134,11 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
         base_model_dir=base.path, dataset=data, config=job.config, hyperparameters=job.spec.hyperparameters,
         work_dir=job.work_dir, mlflow_run_id=job.run_id,
     )
+    limits = training_limits(job.spec.output_model)
+    get_run_logger().info("Waiting for a training slot (concurrency limits %s, where they exist)", ", ".join(limits))
     try:
-        with unsealed_environment(settings, job.spec.secrets) as variables:
+        # A slot of the global and of the namespace's limit, taken together: a schedule cannot stack GPU jobs.
+        with concurrency(limits, occupy=1, strict=False), unsealed_environment(settings, job.spec.secrets) as variables:
             if variables:
                 get_run_logger().info("Secrets in the training environment: %s", ", ".join(variables))
             result = launch(request, settings, hooks, should_stop=_cancel_requested)

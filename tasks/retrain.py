@@ -1,0 +1,144 @@
+"""Retraining as tasks: find the champions, guard against overlapping retrains, and check whether a
+champion's dataset changed since it was trained."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from prefect import get_run_logger, runtime, task
+from pydantic import BaseModel
+
+from customizer.settings import get_settings
+from deploy import registry
+from tasks.deploy import transient_io_error
+from tasks.job import CustomizationResult
+from training.data import ingest_dataset
+from training.specs import CustomizationSpec
+
+RETRAIN_FLOW = "retrain"
+
+
+class Champion(BaseModel):
+    """A registered output model's champion and the job that produced it."""
+
+    output_model: str
+    version: str
+    dataset_uri: str
+    dataset_sha256: str
+    spec: CustomizationSpec
+
+
+class RetrainOutcome(BaseModel):
+    """What a retrain did for one output model, and why."""
+
+    output_model: str
+    action: Literal["unchanged", "retrained", "skipped"]
+    reason: str
+    champion_version: str | None = None
+    dataset_sha256: str | None = None
+    promoted: bool = False
+    result: CustomizationResult | None = None
+
+
+def champion_spec(output_model: str, tags: dict[str, str]) -> CustomizationSpec:
+    """The spec that produced a champion: its ``customizer.spec`` tag, else rebuilt from the config,
+    dataset and hyperparameter tags (evaluation plan and policy then take their defaults).
+
+    Raises:
+        ValueError: the version carries neither the spec nor the tags to rebuild it.
+    """
+    if "customizer.spec" in tags:
+        return CustomizationSpec.model_validate_json(tags["customizer.spec"])
+    missing = [k for k in ("customizer.config", "customizer.dataset.uri", "customizer.hyperparameters") if k not in tags]
+    if missing:
+        raise ValueError(f"{output_model}: the champion has no `customizer.spec` tag and lacks {', '.join(missing)} to rebuild it")
+    return CustomizationSpec(
+        config=tags["customizer.config"],
+        dataset=tags["customizer.dataset.uri"],
+        output_model=output_model,
+        hyperparameters=json.loads(tags["customizer.hyperparameters"]),
+    )
+
+
+@task(name="find-champions")
+def find_champions(output_models: list[str] | None) -> tuple[list[Champion], list[RetrainOutcome]]:
+    """The champions of the given output models (default: every registered one), and a skip for
+    each model that has no champion to retrain."""
+    champions, skipped = [], []
+    for output_model, version, tags in registry.champions(get_settings(), output_models):
+        if version is None:
+            skipped.append(RetrainOutcome(output_model=output_model, action="skipped", reason="no champion to retrain"))
+            continue
+        champions.append(Champion(
+            output_model=output_model, version=version, dataset_uri=tags["customizer.dataset.uri"],
+            dataset_sha256=tags["customizer.dataset.sha256"], spec=champion_spec(output_model, tags),
+        ))
+    get_run_logger().info("Champions: %s", ", ".join(f"{c.output_model}@{c.version}" for c in champions) or "none")
+    return champions, skipped
+
+
+@task(name="other-retrain")
+def other_retrain(output_model: str) -> str | None:
+    """Why this model must be skipped because another retrain of it is still going, or None."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    me = runtime.flow_run.id
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PAUSED])),
+                id=FlowRunFilterId(not_any_=[me]) if me else None,
+            ),
+        )
+    for run in runs:
+        covered = run.parameters.get("output_models")
+        if covered is None or output_model in covered:
+            reason = (f"retrain {run.name!r} ({run.id}) is still {run.state_name.lower()} for {output_model}, "
+                      f"started {run.start_time}: skipped")
+            get_run_logger().warning(reason)
+            return reason
+    return None
+
+
+@task(name="dataset-identity", retries=2, retry_delay_seconds=5, retry_condition_fn=transient_io_error)
+def dataset_identity(champion: Champion) -> str:
+    """The sha256 of the dataset at the champion's URI now, as ingest computes it (the identity
+    does not depend on the tokenizer or the split seed, so none is loaded).
+
+    Raises:
+        DatasetError: the dataset there no longer validates.
+    """
+    settings = get_settings()
+    settings.root.mkdir(parents=True, exist_ok=True)  # a fresh worker may not have its data folder yet
+    with tempfile.TemporaryDirectory(prefix="retrain-", dir=settings.root) as folder:
+        data = ingest_dataset(champion.dataset_uri, Path(folder), seed=champion.spec.hyperparameters.seed,
+                              method=champion.spec.hyperparameters.training_type, settings=settings)
+    return data.sha256
+
+
+@task(name="retrain-outcome")
+def outcome(champion: Champion, sha256: str, result: CustomizationResult | None = None) -> RetrainOutcome:
+    """Record (and log) what happened to one model."""
+    logger = get_run_logger()
+    if result is None:
+        reason = f"dataset {champion.dataset_uri} unchanged (sha256 {sha256[:16]}): champion version {champion.version} stays"
+        logger.info("%s: %s", champion.output_model, reason)
+        return RetrainOutcome(output_model=champion.output_model, action="unchanged", reason=reason,
+                              champion_version=champion.version, dataset_sha256=sha256)
+    promoted = result.registered is not None and registry.CHAMPION in result.registered.aliases
+    decision = result.decision.action if result.decision else result.outcome
+    reason = (f"dataset changed ({champion.dataset_sha256[:16]} -> {sha256[:16]}): {decision}; "
+              + (f"version {result.registered.version} is the champion" if promoted
+                 else f"champion version {champion.version} stays"))
+    logger.info("%s: %s", champion.output_model, reason)
+    return RetrainOutcome(output_model=champion.output_model, action="retrained", reason=reason,
+                          champion_version=result.registered.version if promoted else champion.version,
+                          dataset_sha256=sha256, promoted=promoted, result=result)
