@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from training.catalog import FinetuningType, TrainingType, parse_config_urn
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME_CHARS = re.compile(r"[^a-z0-9._-]+")
 
 
 class LoraParams(BaseModel):
@@ -243,7 +244,11 @@ class CustomizationSpec(BaseModel):
     dataset: str = Field(
         description="Dataset with training/ (and optional validation/, testing/): a folder, file:// or s3://bucket/prefix."
     )
-    output_model: str = Field(description="Output model name, namespace/name.")
+    output_model: str = Field(
+        default="",
+        validate_default=True,
+        description="Output model name, namespace/name. Default: default/<the config's name, without its version>.",
+    )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     data: DataOptions = Field(default_factory=DataOptions)
     evaluation: EvaluationPlan = Field(default_factory=EvaluationPlan)
@@ -266,7 +271,11 @@ class CustomizationSpec(BaseModel):
 
     @field_validator("output_model")
     @classmethod
-    def _namespaced(cls, value: str) -> str:
+    def _namespaced(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():  # defaulted from the config: meta/llama-3.2-1b@v1 -> default/llama-3.2-1b
+            if "config" not in info.data:
+                return value  # the config is invalid and says so; no second error about a name derived from it
+            value = "default/" + _NAME_CHARS.sub("-", info.data["config"].rpartition("/")[2].partition("@")[0].lower())
         namespace, slash, name = value.strip().partition("/")
         if not slash or not _NAME.match(namespace) or not _NAME.match(name):
             raise ValueError(
