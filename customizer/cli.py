@@ -36,6 +36,7 @@ from customizer.settings import Settings, apply_environment, get_settings
 
 DEMO_DATASET = Path(__file__).parent / "datasets" / "support-tickets"
 DEMO_CONFIG = "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu"
+RETRAIN_CRON = "0 3 * * *"  # daily at 03:00 UTC, as in prefect.yaml
 
 
 def demo_spec(args: argparse.Namespace) -> dict:
@@ -252,7 +253,8 @@ def cmd_data_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve the ``customize`` and ``evaluate`` flows as deployments; each run is a subprocess."""
+    """Serve the ``customize``, ``evaluate``, ``ingest`` and ``retrain`` flows as deployments; each run
+    is a subprocess."""
     names = {}
     for flow_name, name in (("customize", settings.customize_deployment), ("evaluate", settings.evaluate_deployment)):
         prefix, _, deployment = name.partition("/")
@@ -261,12 +263,24 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         names[flow_name] = deployment
     # Checked before Prefect is imported: a misconfigured worker fails at once.
     from prefect import serve
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
 
     from flows.customize import customize
     from flows.evaluate import evaluate
+    from flows.ingest import ingest
+    from flows.retrain import retrain
 
     deployments = [flow.to_deployment(name=names[flow.name], entrypoint_type=EntrypointType.MODULE_PATH) for flow in (customize, evaluate)]
+    # As in prefect.yaml: dataset checks on demand, and the daily retrain of every champion whose data changed.
+    deployments += [
+        ingest.to_deployment(name="customizer", entrypoint_type=EntrypointType.MODULE_PATH),
+        retrain.to_deployment(
+            name="customizer", entrypoint_type=EntrypointType.MODULE_PATH, cron=RETRAIN_CRON,
+            # A retrain still running when the next one is due: the new run is cancelled, not queued.
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        ),
+    ]
     # Runs created while the worker is down stay scheduled and start when it is back.
     serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
     return 0

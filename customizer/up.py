@@ -2,7 +2,7 @@
 
 Starts, each in its own process group so it can be stopped with everything it spawned:
 1. the Prefect API and UI (``prefect server start``, SQLite under the data folder);
-2. the worker that runs the ``customize`` and ``evaluate`` deployments (``customizer worker``);
+2. the worker that runs the ``customize``, ``evaluate``, ``ingest`` and ``retrain`` deployments (``customizer worker``);
 3. the MLflow UI (``mlflow server`` on the same SQLite store, job execution off), unless disabled;
 4. the REST API (uvicorn).
 
