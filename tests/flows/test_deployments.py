@@ -70,14 +70,14 @@ def test_the_customize_form_is_the_spec_with_descriptions_and_defaults(deployed)
     definitions = schema["definitions"]
     spec = definitions["CustomizationSpec"]
     assert schema["properties"]["spec"]["$ref"] == "#/definitions/CustomizationSpec"
-    assert spec["required"] == ["config", "dataset", "output_model"]
+    assert spec["required"] == ["config", "dataset"]
     assert "Config URN" in spec["properties"]["config"]["description"]
     hyperparameters = definitions["Hyperparameters"]["properties"]
     assert hyperparameters["epochs"]["default"] and hyperparameters["learning_rate"]["description"]
     assert definitions["PromotionPolicy"]["properties"]["min_task_gain"]["default"] == 0.0
 
-    # A form with only the dataset, the config and the output model is complete; one without a dataset is not.
-    minimal = {"config": TINY_CONFIG_URN, "dataset": "s3://data/tickets", "output_model": "team/bot"}
+    # A form with only the dataset and the config is complete; one without a dataset is not.
+    minimal = {"config": TINY_CONFIG_URN, "dataset": "s3://data/tickets"}
     validate({"spec": minimal}, schema, raise_on_error=True, ignore_required=False)
     with pytest.raises(Exception, match="dataset"):
         validate({"spec": {k: v for k, v in minimal.items() if k != "dataset"}}, schema, raise_on_error=True, ignore_required=False)
