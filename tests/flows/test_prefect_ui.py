@@ -1,0 +1,123 @@
+"""The Prefect UI as a front door, in a real browser: headless Chromium opens the customize
+deployment's run form on a local Prefect server, fills in only a config and a dataset, submits, and
+the worker (`customizer worker`) runs the whole lifecycle with every other field at its default.
+
+Needs Debian's Chromium (`/usr/bin/chromium`; CI installs it) and the playwright package; skipped,
+saying why, where they are missing."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = "customizer/tiny-llama@v1.0.0+cpu"
+# What Chromium needs on a closed network (no background services, no sandbox as root).
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, check, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not come up:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def prefect_with_worker(tmp_path):
+    """A `prefect server start` (API and UI) and a `customizer worker` serving the deployments."""
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ) | {
+        "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "CUSTOMIZER_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT),
+    }
+    logs, processes = [], []
+    try:
+        for name, command in (
+            ("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]),
+            ("worker", [sys.executable, "-m", "customizer.cli", "worker"]),
+        ):
+            log = tmp_path / f"{name}.log"
+            with open(log, "wb") as out:
+                processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            logs.append(log)
+            if name == "server":
+                _wait("the Prefect server", lambda: _healthy(f"{api}/health"), processes[0], log, 300)
+        _wait("the customize deployment", lambda: _healthy(f"{api}/deployments/name/customize/customizer"), processes[1], logs[1], 300)
+        yield f"http://127.0.0.1:{port}", api, logs
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_run_submitted_from_the_ui_form_with_a_config_and_a_dataset_runs_the_lifecycle(prefect_with_worker, ok_dataset, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    ui, api, logs = prefect_with_worker
+    deployment = httpx.get(f"{api}/deployments/name/customize/customizer", timeout=10).json()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(f"{ui}/deployments/deployment/{deployment['id']}/run", wait_until="networkidle")
+
+            def field(label: str):  # the innermost form property with this label holds the input
+                title = page.locator(".schema-form-property__label", has_text=re.compile(f"^{label}$"))
+                return page.locator(".schema-form-property", has=title).last.locator("textarea").first
+
+            field("Config").fill(CONFIG)
+            field("Dataset").fill(str(ok_dataset))
+            page.get_by_role("button", name="Submit").click()
+            page.wait_for_url(re.compile(r".*/deployments/deployment/.*tab=Runs"), timeout=60_000)  # the UI shows the runs
+            page.screenshot(path=str(tmp_path / "submitted.png"))
+        finally:
+            browser.close()
+
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment["id"]]}}}, timeout=10).json()
+    assert len(runs) == 1, runs  # the form created exactly one run
+    run, flow_run_id = runs[0], runs[0]["id"]
+    assert run["parameters"]["spec"]["config"] == CONFIG and run["parameters"]["spec"]["dataset"] == str(ok_dataset)
+    deadline = time.monotonic() + 900
+    while (state := httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()["state"])["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, f"still {state['name']}:\n{logs[1].read_text(errors='replace')[-3000:]}"
+        time.sleep(2)
+    assert state["type"] == "COMPLETED", f"{state['name']}: {state.get('message')}\n{logs[1].read_text(errors='replace')[-3000:]}"
+    result = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}, timeout=10).json()
+    messages = "\n".join(line["message"] for line in result)
+    # The lifecycle ran with defaults: output model named after the config, trained, gated, registered.
+    assert "default/tiny-llama" in messages or "default.tiny-llama" in messages, messages[-2000:]
+    assert re.search(r"Registered default\.tiny-llama version 1", messages), messages[-2000:]
