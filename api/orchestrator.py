@@ -149,11 +149,15 @@ def answer(flow_run_id: str, run_input: dict[str, Any]) -> None:
         OrchestratorUnavailable: Prefect cannot be reached.
     """
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
     try:
         with get_client(sync_client=True) as client:
-            state = client.read_flow_run(UUID(flow_run_id)).state
+            try:
+                state = client.read_flow_run(UUID(flow_run_id)).state
+            except ObjectNotFound:
+                raise NotWaiting("unknown to Prefect") from None
         if state is None or not state.is_paused():
             raise NotWaiting(state.name if state is not None else "Scheduled")
         resume_flow_run(UUID(flow_run_id), run_input=run_input)

@@ -138,10 +138,7 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     """Answer the approval a paused customize job waits for (the Prefect UI's form, from a shell)."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-    from prefect.flow_runs import resume_flow_run
-
+    from api import orchestrator
     from customizer.ids import uuid_from_id
 
     try:
@@ -149,27 +146,29 @@ def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise UsageError(f"job id: {exc}") from exc
     try:
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run_id).state
-    except ObjectNotFound as exc:
-        raise UsageError(f"job {args.job_id}: no such job") from exc
-    if state is None or not state.is_paused():
-        raise UsageError(f"job {args.job_id} is not waiting for an approval (state: {state.name if state else 'none'})")
-    resume_flow_run(flow_run_id, run_input={"approved": not args.reject, "reviewer": args.reviewer, "comment": args.comment})
+        orchestrator.answer(str(flow_run_id), {"approved": not args.reject, "reviewer": args.reviewer, "comment": args.comment})
+    except orchestrator.NotWaiting as exc:
+        raise UsageError(f"job {args.job_id} is not waiting for an approval (its run is {exc})") from exc
+    except orchestrator.OrchestratorUnavailable as exc:
+        raise UsageError(str(exc)) from exc
     print(f"job {args.job_id}: {'rejected' if args.reject else 'approved'} by {args.reviewer}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     """Generate with a registered version, loaded back from MLflow (adapter applied to its base)."""
+    from deploy import tracking
     from deploy.registry import VersionNotFound, load_version
+    from training.catalog import get_config
+    from training.preference import render_with_answer
 
     try:
         model, tokenizer, version = load_version(settings, args.model, args.version)
     except VersionNotFound as exc:
         raise UsageError(str(exc)) from exc
-    messages = [{"role": "user", "content": args.prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if tokenizer.chat_template else args.prompt
+    # The prompt exactly as training and evaluation rendered it (chat template or the config's template).
+    config_urn = tracking.client(settings).get_model_version(version.registered_model, version.version).tags["customizer.config"]
+    text = render_with_answer(args.prompt, "", get_config(config_urn, settings), tokenizer).prompt
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     print(f"# {args.model} version {version.version} ({', '.join(version.aliases) or 'no alias'})", file=sys.stderr)
