@@ -40,7 +40,16 @@ from customizer.settings import Settings
 from training.data_report import DataReport, SplitReport, render_html
 from training.data_sources import SPLIT_FOLDERS, SourceError, resolve_dataset
 from training.duplicates import DuplicateIndex
-from training.formats import CONTENT_FIELDS, METHOD_FORMATS, Format, Record, check_record, detect_format, plain_records
+from training.formats import (
+    CONTENT_FIELDS,
+    METHOD_FORMATS,
+    Format,
+    Record,
+    check_record,
+    detect_format,
+    plain_canonical_lines,
+    plain_records,
+)
 from training.lengths import LengthCheck
 
 Split = Literal["training", "validation", "testing"]
@@ -422,7 +431,46 @@ def _content(record: Record, fmt: Format, exact: bool) -> bytes:
     return canonical_bytes({key: record[key] for key in CONTENT_FIELDS[fmt] if key in record}, exact)
 
 
+def _first_format(raw: bytes | None) -> Format | None:
+    """The format a file's first line announces (None: not a JSON object that announces one)."""
+    try:
+        record = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    return detect_format(record) if type(record) is dict else None
+
+
 _SORTED_DUMPS = partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)
+
+
+def _plain_chunk(chunk: list[bytes | None], fmt: Format) -> tuple[list[bytes], list[bytes]] | None:
+    """The canonical lines of a chunk whose every line is a valid ``fmt`` record holding no float,
+    and the contents duplicate checks compare; None when any line needs a closer look.
+
+    Records of only their format's text fields are decoded as typed structs; others are parsed
+    into dicts and checked as a list, then record by record."""
+    canonical = plain_canonical_lines(chunk, fmt)
+    if canonical is not None:
+        return canonical, canonical
+    try:
+        records = list(map(orjson.loads, chunk))  # a blank or overlong line raises too
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    fields, plain = _CONTENT_SETS[fmt], plain_records(records, fmt)
+    if not plain:
+        plain = True
+        for record in records:
+            found, reason = check_record(record, fmt)
+            if reason or found != fmt or (not _strings_only(record, fmt) and _has_float(record)):
+                return None
+            plain = plain and fields.issuperset(record)
+    try:
+        canonical = list(map(_SORTED_DUMPS, records))
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return None
+    if plain:
+        return canonical, canonical
+    return canonical, [c if fields.issuperset(r) else _content(r, fmt, False) for r, c in zip(records, canonical)]
 _SPLIT_LINE = b'%s%d","record":%s}\n'  # a canonical split line, given its loc prefix, line and record
 
 
@@ -490,33 +538,22 @@ class _Pass:
         """The fast path: a chunk whose every line is a valid record of the file's format, holding
         no float, read with a few calls into C per chunk instead of several per line. Returns False,
         having changed nothing, when any line needs ``_read_line``'s closer look."""
-        try:
-            records = list(map(orjson.loads, chunk))  # a blank or overlong line raises too
-        except (orjson.JSONDecodeError, TypeError):
+        if first == 1 and chunk[0] is not None and chunk[0].startswith(BOM):
             return False
-        fmt = file.format or (detect_format(records[0]) if type(records[0]) is dict else None)
-        if fmt is None or (first == 1 and chunk[0].startswith(BOM)):
+        fmt = file.format or _first_format(chunk[0])
+        if fmt is None:
             return False
-        fields, plain = _CONTENT_SETS[fmt], plain_records(records, fmt)
-        if not plain:
-            plain = True
-            for record in records:
-                found, reason = check_record(record, fmt)
-                if reason or found != fmt or (not _strings_only(record, fmt) and _has_float(record)):
-                    return False
-                plain = plain and fields.issuperset(record)
-        try:
-            canonical = list(map(_SORTED_DUMPS, records))
-        except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        plain = _plain_chunk(chunk, fmt)
+        if plain is None:
             return False
-
-        count = len(records)
+        canonical, contents = plain
+        count = len(canonical)
         if file.format is None:
             file.format, file.first_line = fmt, first
         file.records += count
-        self.digest.update(b"\n".join(canonical) + b"\n")
+        self.digest.update(b"\n".join(canonical))
+        self.digest.update(b"\n")
         lines = list(map(_SPLIT_LINE.__mod__, zip(repeat(file.loc_prefix), range(first, first + count), canonical)))
-        contents = canonical if plain else [c if fields.issuperset(r) else _content(r, fmt, False) for r, c in zip(records, canonical)]
         numbers = np.arange(first, first + count, dtype=np.int64)
         if file.split == "training" and self.holdout:
             held = self.holdout.flags(count)

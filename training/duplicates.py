@@ -15,8 +15,8 @@ Trade-offs, chosen so the check costs about a microsecond per example and bounde
 - *near* means equal after normalization: copies that differ in letter case, spacing or
   punctuation are caught, paraphrases and edits of a word are not (that takes MinHash/LSH over
   shingles, at ~100x the time and memory per example);
-- the hashes are 64-bit and salted per process (Python's ``hash``), so two different examples
-  collide with probability ~n^2 / 2^65 (about 3e-6 for ten million examples);
+- the hashes are 64-bit (XXH3), so two different examples collide with probability ~n^2 / 2^65
+  (about 3e-6 for ten million examples);
 - peak memory is the buffer (16,384 examples, ~400 KB) plus one partition (about as much) while
   it is sorted; past ``MAX_PARTITIONS`` partitions (4 million examples) a partition grows by
   ~100 KB per million examples more.
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import xxhash
 from pydantic import BaseModel
 
 SPLIT_CODES = ("training", "validation", "testing")
@@ -91,6 +92,7 @@ def near_key(content: bytes) -> bytes:
 
 
 _NORMALIZE = operator.methodcaller("translate", _LOWER, NOISE)  # near_key, callable from C
+_HASH = xxhash.xxh3_64_intdigest  # unsalted: the same numbers in every process and run
 
 
 @dataclass
@@ -135,9 +137,8 @@ class DuplicateIndex:
         """Hash a batch of examples, iterating in C rather than with a call each."""
         count = len(contents)
         batch = np.empty(count, dtype=ENTRY)
-        # hash() is a signed 64-bit integer; the entries read the same bits unsigned.
-        batch["near"] = np.fromiter(map(hash, map(_NORMALIZE, contents)), dtype=np.int64, count=count).view(np.uint64)
-        batch["exact"] = np.fromiter(map(hash, contents), dtype=np.int64, count=count).view(np.uint64)
+        batch["near"] = np.fromiter(map(_HASH, map(_NORMALIZE, contents)), dtype=np.uint64, count=count)
+        batch["exact"] = np.fromiter(map(_HASH, contents), dtype=np.uint64, count=count)
         batch["where"] = wheres.view(np.uint64)
         self.buffer.append(batch)
         self.buffered += count

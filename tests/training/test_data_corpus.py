@@ -365,3 +365,34 @@ def test_the_batch_check_leaves_each_defect_to_the_full_check(record):
     fmt = "chat" if "messages" in record and "completion" not in record else "completion"
     assert not plain_records([record], fmt)
     assert check_record(record, fmt)[1]
+
+
+def test_the_typed_path_writes_what_the_dict_path_writes():
+    """``plain_canonical_lines`` decodes plain records into typed structs and encodes them back; for
+    every line it accepts, the parsed record is valid, plain, and its canonical JSON is the same
+    bytes (so a dataset's sha256 does not depend on which path read it)."""
+    import orjson
+
+    from training.data import canonical_bytes
+    from training.formats import CONTENT_FIELDS, check_record, plain_canonical_lines
+
+    rng = random.Random(11)
+    texts = ["Reply ok.", "ok", "caf\u00e9 \u2028 \U0001F600", "\\u00e9", "tab\tnew\nline", "\x00\x1f\x7f", "q\"uote\\", "  padded  ", "\ud83d\ude00"]
+    chat = lambda: line({"messages": [{"content": rng.choice(texts), "role": role} for role in rng.choice([["user", "assistant"], ["system", "user", "assistant"]])]})
+    accepted = 0
+    for _ in range(3000):
+        base, fmt = (OK, "completion") if rng.random() < 0.5 else (chat(), "chat")
+        raw = base if rng.random() < 0.3 else rng.choice(MUTATIONS)(base, rng)
+        found = plain_canonical_lines([raw], fmt)
+        if found is None:
+            continue
+        accepted += 1
+        record = orjson.loads(raw)
+        assert check_record(record, fmt) == (fmt, None), raw
+        assert set(record) <= set(CONTENT_FIELDS[fmt]), raw
+        assert found == [canonical_bytes(record)], raw
+    assert accepted > 500
+    # A line the typed path cannot prove plain leaves the whole list to the other checks.
+    assert plain_canonical_lines([OK, b'{"prompt": "q", "completion": "a", "id": 1}'], "completion") is None
+    assert plain_canonical_lines([line({"messages": [ANSWER, USER]})], "chat") is None
+    assert plain_canonical_lines([OK, None], "completion") is None
