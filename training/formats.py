@@ -259,16 +259,16 @@ def plain_records(records: list[Any], fmt: Format) -> bool:
 # Plain records as typed structs, their fields in key order: msgspec decodes and checks a line's
 # shape in one call into C, and encodes the struct back as the record's canonical JSON (the bytes
 # ``orjson.dumps(record, option=OPT_SORT_KEYS)`` writes).
-class _Message(msgspec.Struct, forbid_unknown_fields=True):
+class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     content: str
     role: str
 
 
-class _Chat(msgspec.Struct, forbid_unknown_fields=True):
-    messages: list[_Message]
+class _Chat(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    messages: tuple[_Message, ...]
 
 
-class _Completion(msgspec.Struct, forbid_unknown_fields=True):
+class _Completion(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     completion: str
     prompt: str
 
