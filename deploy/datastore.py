@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import uuid
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -83,7 +84,7 @@ class FolderFiles:
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}")  # short: the name itself may be 255 bytes
         tmp.write_bytes(data)
         tmp.replace(path)
 
@@ -111,7 +112,7 @@ class FolderFiles:
             dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
             for filename in filenames:
                 path = Path(dirpath) / filename
-                if path.is_symlink() or filename.startswith(".") and ".tmp-" in filename:
+                if path.is_symlink() or filename.startswith(".tmp-"):
                     continue
                 out[path.relative_to(base).as_posix()] = path.stat().st_size
         return out

@@ -267,34 +267,42 @@ def _commit_lines(body: BinaryIO) -> Iterator[tuple[int, str, Any]]:
             raise BadRequest(f"commit line {number}: unknown operation {str(key)[:64]!r}")
 
 
+def _folders(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _check_commit(body: BinaryIO, files: dict[str, Any]) -> dict[str, Any]:
     """Read the whole commit once, keeping no file contents, and refuse it before anything is written.
 
-    Besides each line's own checks, a commit may not leave two paths that differ only in case (they
-    collide on case-insensitive file systems) nor a file where a folder is (or the other way round).
+    Besides each line's own checks, a commit may not leave two paths (or folders) that differ only in
+    case, since they collide on case-insensitive file systems, nor a file where a folder is (or the
+    other way round).
 
     Returns:
         The commit's header.
     """
     header: dict[str, Any] = {}
-    paths = set(files)
+    paths, known = set(files), None
     for number, kind, value in _commit_lines(body):
         if kind == "header":
             header = value
             continue
         path, _ = value
-        if kind == "delete":
-            paths.discard(path)
-        elif kind == "delete_folder":
-            paths = {p for p in paths if not p.startswith(path + "/")}
-        else:
-            clash = next((p for p in paths if p != path and p.casefold() == path.casefold()), None)
-            if clash is not None:
-                raise BadRequest(f"commit line {number}: {path!r} differs from {clash!r} only in case; rename one of them")
-            folders = {"/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)}
-            if folders & paths or any(p.startswith(path + "/") for p in paths):
-                raise BadRequest(f"commit line {number}: {path!r} would be both a file and a folder")
-            paths.add(path)
+        if kind != "add":
+            paths = {p for p in paths if p != path and not (kind == "delete_folder" and p.startswith(path + "/"))}
+            known = None
+            continue
+        if known is None:  # every file and folder name, case-folded
+            known = {name.casefold(): name for p in paths for name in (p, *_folders(p))}
+        for name in (path, *_folders(path)):
+            clash = known.get(name.casefold())
+            if clash is not None and clash != name:
+                raise BadRequest(f"commit line {number}: {name!r} differs from {clash!r} only in case; rename one of them")
+        if any(folder in paths for folder in _folders(path)) or (known.get(path.casefold()) == path and path not in paths):
+            raise BadRequest(f"commit line {number}: {path!r} would be both a file and a folder")
+        paths.add(path)
+        known.update({name.casefold(): name for name in (path, *_folders(path))})
     return header
 
 
