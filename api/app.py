@@ -1,9 +1,10 @@
 """The FastAPI application: NeMo Customizer's wire format over customizer.
 
-``create_app(settings)`` wires the routes, the database and the error handlers. Every error is JSON
-``{"detail": ...}``: the logic's errors map to their status codes, schema errors are 422 (FastAPI's
-list of ``{loc, msg, type}``), bodies over the configured limits are 413 (``api.limits``), duplicates are 409 with ``x-should-retry: false``, and anything
-unexpected is logged with its traceback and answered with a short 500 message, never the trace.
+``create_app(settings)`` wires the routes, the database, the body limits and the error handlers.
+Every error is JSON ``{"detail": ...}``: the logic's errors map to their status codes, schema errors
+and refused URLs are 422 (FastAPI's list of ``{loc, msg, type}``), bodies over the configured limits
+are 413 (``api.limits``), duplicates are 409 with ``x-should-retry: false``, and anything unexpected
+is logged with its traceback and answered with a short 500 message, never the trace.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import datetime as dt
 import importlib.util
 import json
 import logging
+import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -25,8 +26,8 @@ from api import orchestrator
 from api.db import Duplicate, Store, iso, now
 from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
-from api.urls import checked_url
 from api.schemas import ConfigCreate, DatasetRef, JobCreate, TargetCreate
+from api.urls import checked_url
 from customizer.ids import prefixed_id
 from customizer.settings import Settings
 from deploy import datastore, tracking
@@ -326,8 +327,6 @@ def snapshot_dataset(files_url: str, settings: Settings) -> Path:
 
 def _refuse_links_out(folder: Path, files_url: str) -> None:
     """Refuse a dataset folder holding a symbolic link to anything outside it (e.g. a link to /etc)."""
-    import os
-
     inside = folder.resolve()
     for dirpath, dirnames, filenames in os.walk(folder):  # links to folders are listed, not walked into
         for entry in (*dirnames, *filenames):

@@ -19,8 +19,8 @@ from api.customization import MODEL, dataset_of, public, snapshot_dataset
 from api.db import Duplicate, Store
 from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
-from api.urls import checked_url
 from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
+from api.urls import checked_url
 from customizer.ids import prefixed_id
 from customizer.settings import Settings
 from deploy import tracking

@@ -120,7 +120,8 @@ class Settings(BaseSettings):
     allowed_file_roots: list[Path] = Field(
         default_factory=list,
         description="Folders a file:// URL (or a server path) given to the API may point into. "
-        "Default: the data folder, plus the store and Data Store folders when they are file:// URIs.",
+        "Default: the data folder, plus the store and Data Store folders when they are file:// URIs. The service's "
+        "own state in the data folder (API database, MLflow, Prefect, jobs, caches) is never readable this way.",
     )
     allowed_http_hosts: list[str] = Field(
         default_factory=list,
@@ -200,6 +201,14 @@ class Settings(BaseSettings):
             if parsed.scheme == "file":
                 roots.append(Path(parsed.path).expanduser().resolve())
         return roots
+
+    @property
+    def private_dirs(self) -> list[Path]:
+        """The service's own state (API database, MLflow, Prefect, jobs, caches): never read through a
+        URL a caller gives, even under an allowed root."""
+        folders = (self.root / "api", self.root / "mlflow", self.prefect_home, self.jobs_dir, self.models_dir,
+                   self.root / "cache", self.serving_cache_dir, self.policies_dir)
+        return [folder.expanduser().resolve() for folder in folders]
 
     @property
     def http_hosts(self) -> set[str]:

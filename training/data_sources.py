@@ -131,6 +131,8 @@ def check_url(url: str, settings: Settings, kind: UrlKind = "dataset") -> None:
         resolved = path.expanduser().resolve()  # symlinks resolved: a link cannot lead out of the roots
         if not any(resolved == root or root in resolved.parents for root in settings.file_roots):
             raise SourceError(f"{path} is outside the folders the server may read ({allowed})")
+        if any(resolved == folder or folder in resolved.parents for folder in settings.private_dirs):
+            raise SourceError(f"{path} holds the service's own state, which is not readable through a URL ({allowed})")
     if scheme in ("http", "https"):
         host = (parsed.hostname or "").lower()
         port = _port(parsed)

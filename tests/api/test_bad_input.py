@@ -303,3 +303,12 @@ def test_a_stored_url_is_checked_again_when_it_is_read(tmp_path):
         snapshot_dataset(folder.as_uri(), _settings(tmp_path, url_schemes=["hf", "s3"]))
     with pytest.raises(BadRequest, match="outside the folders the server may read"):
         snapshot_dataset("file:///etc", _settings(tmp_path))
+
+
+@pytest.mark.parametrize("folder", ["api", "mlflow", "prefect", "jobs", "cache"])
+def test_the_services_own_state_is_never_readable_through_a_url(client, tmp_path, folder):
+    state = tmp_path / "data" / folder
+    (state / "training").mkdir(parents=True, exist_ok=True)
+    msg = _refused(client.post("/v1/datasets", json={"name": "d", "files_url": state.as_uri()}), "files_url")
+    assert "the service's own state" in msg
+    _refused(client.post("/v1/models", json={"name": "m", "artifact": {"files_url": (state / "training").as_uri()}}), "artifact.files_url")

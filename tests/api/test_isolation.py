@@ -257,3 +257,23 @@ def test_the_output_model_of_a_job_is_listed_only_for_its_namespace(tenants):
     assert client.get(f"/v1/models/{name}", headers=B).status_code == 200
     assert all(m["namespace"] == "team-a" for m in client.get("/v1/models", headers=A).json()["data"])
     assert client.get(f"/v1/models/{name}", headers=A).status_code == 403
+
+
+def test_the_platforms_stores_cannot_be_read_by_path_or_bucket_across_namespaces(tenants):
+    client, _ = tenants
+    root = client.app.state.settings.root
+    theirs = [
+        ("/v1/datasets", {"name": "d4", "namespace": "team-a", "files_url": (root / "datastore" / "datasets" / "team-b" / "qa").as_uri()}, "files_url"),
+        ("/v1/datasets", {"name": "d4", "namespace": "team-a", "files_url": str(root / "datastore")}, "files_url"),
+        ("/v1/models", {"name": "m4", "namespace": "team-a", "artifact": {"files_url": (root / "store" / "team-b" / "m" / "1").as_uri()}},
+         "files_url"),
+        ("/v1/customization/targets", {"name": "t4@1", "namespace": "team-a", "num_parameters": 1, "precision": "fp32",
+                                       "model_uri": str(root / "store" / "team-b" / "m" / "1")}, "model_uri"),
+    ]
+    for path, body, field in theirs:
+        response = client.post(path, json=body, headers=A)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][-1] == field and "platform's store" in response.json()["detail"][0]["msg"]
+    ours = json.loads(json.dumps(theirs).replace("team-b", "team-a"))
+    for path, body, _ in ours[:1] + ours[2:]:
+        assert client.post(path, json=body, headers=A).status_code == 200, body
