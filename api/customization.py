@@ -107,10 +107,14 @@ def _as_target(entry: dict[str, Any]) -> Target:
     )
 
 
-def check_target_uris(settings: Settings, caller: Caller, target: dict[str, Any], loc: tuple[str, ...] = ("body",)) -> None:
-    """Refuse a target whose weights would come from a URL the server may not read (422)."""
+def check_target(settings: Settings, caller: Caller, target: dict[str, Any], loc: tuple[str, ...] = ("body",)) -> None:
+    """Refuse a target whose weights would come from a URL the server may not read (422), or whose
+    ``base_model`` names another namespace (403): the catalog lists a config's target under that name."""
     for field in ("model_uri", "model_path"):
         checked_url(settings, caller, (*loc, field), target.get(field), kind="model")
+    base_model = target.get("base_model")
+    if isinstance(base_model, str) and "/" in base_model:
+        caller.check(_split(base_model)[0])
 
 
 def create_target(store: Store, settings: Settings, body: TargetCreate) -> dict[str, Any]:
@@ -198,7 +202,7 @@ def _resolve_target(store: Store, settings: Settings, target: str | TargetCreate
             raise BadRequest(f"customization target {t_namespace}/{t_name} is disabled")
         return target, _as_target(entry)
     entry = target.model_dump(mode="json", exclude_none=True)
-    check_target_uris(settings, caller, entry, ("body", "target"))
+    check_target(settings, caller, entry, ("body", "target"))
     return entry, _as_target(entry)
 
 

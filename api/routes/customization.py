@@ -170,7 +170,7 @@ def delete_config(namespace: str, config_name: str, store: StoreDep, settings: S
 @router.post("/targets", summary="Create a customization target (a base model)")
 def create_target(body: TargetCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(body.namespace)
-    logic.check_target_uris(settings, caller, body.model_dump())
+    logic.check_target(settings, caller, body.model_dump())
     return logic.public(logic.create_target(store, settings, body))
 
 
@@ -198,7 +198,7 @@ def _stored_target(store, settings, namespace: str, name: str) -> dict[str, Any]
 def update_target(namespace: str, target_name: str, body: TargetUpdate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(namespace)
     found = _stored_target(store, settings, namespace, target_name)
-    logic.check_target_uris(settings, caller, body.model_dump())
+    logic.check_target(settings, caller, body.model_dump())
     saved = store.save(logic.TARGET, found | body.model_dump(mode="json", exclude_unset=True, exclude_none=True))
     return logic.public(saved) | {"warning_message": None}
 

@@ -213,6 +213,11 @@ BY_REFERENCE = [
     ("/v1/customization/jobs", JOB | {"output_model": "team-b/stolen"}, 403, "team-b"),
     ("/v1/customization/configs", {"name": "c3@v1", "namespace": "team-a", "target": "team-b/t@1", "max_seq_length": 128,
                                    "training_options": OPTIONS}, 404, "team-b/t@1"),
+    ("/v1/customization/targets", {"name": "t3@1", "namespace": "team-a", "num_parameters": 1, "precision": "fp32",
+                                   "model_uri": "builtin://tiny-llama", "base_model": "team-b/listed-as-theirs"}, 403, "team-b"),
+    ("/v1/customization/configs", {"name": "c4@v1", "namespace": "team-a", "max_seq_length": 128, "training_options": OPTIONS, "target": {
+        "name": "t5@1", "namespace": "team-a", "num_parameters": 1, "precision": "fp32", "model_uri": "builtin://tiny-llama",
+        "base_model": "team-b/listed-as-theirs"}}, 403, "team-b"),
     ("/v1/datasets", {"name": "d3", "namespace": "team-a", "files_url": "hf://datasets/team-b/qa"}, 422, "team-b"),
     ("/v1/evaluation/jobs", EVALUATION | {"config": "team-b/ec"}, 404, "team-b/ec"),
     ("/v1/evaluation/jobs", EVALUATION | {"target": "team-b/et"}, 404, "team-b/et"),
@@ -242,12 +247,18 @@ def test_another_namespaces_items_cannot_be_used_by_reference(tenants, path, bod
         assert client.post(path, json=own, headers=A).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/v1/customization/configs/team-a/c@v1", "/v1/evaluation/configs/team-a/ec"])
-def test_moving_an_item_into_another_namespace_is_refused(tenants, path):
+@pytest.mark.parametrize(("path", "change"), [
+    ("/v1/customization/configs/team-a/c@v1", {"namespace": "team-b"}), ("/v1/evaluation/configs/team-a/ec", {"namespace": "team-b"}),
+    ("/v1/customization/targets/team-a/t@1", {"base_model": "team-b/listed-as-theirs"}),
+])
+def test_moving_an_item_into_another_namespace_is_refused(tenants, path, change):
     client, _ = tenants
-    response = client.patch(path, json={"namespace": "team-b"}, headers=A)
+    before = client.get(path, headers=A).json()
+    response = client.patch(path, json=change, headers=A)
     assert response.status_code == 403, response.text
-    assert client.get(path, headers=A).status_code == 200
+    assert client.get(path, headers=A).json() == before
+    listed = client.get("/v1/customization/targets", params={"page_size": 1000}, headers=B).json()["data"]
+    assert "listed-as-theirs" not in {t["name"] for t in listed}  # nothing of team-a's shows up in team-b's list
 
 
 def test_the_output_model_of_a_job_is_listed_only_for_its_namespace(tenants):
