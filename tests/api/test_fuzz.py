@@ -155,6 +155,45 @@ def test_data_store_endpoints_answer_any_body_and_any_path_without_a_server_erro
     get()
 
 
+# ---------------------------------------------------------------- every operation, with a key scoped to one namespace
+
+
+def test_no_operation_answers_a_scoped_key_with_a_server_error_or_another_namespaces_data(tmp_path, monkeypatch):
+    """In-process, with API keys on: the namespace checks run on every operation, and whatever the
+    request, team-b's dataset never shows up in an answer to team-a's key."""
+    from api import orchestrator
+
+    monkeypatch.setattr(orchestrator, "start", lambda *args, **kwargs: "0b9c6a2e-0000-4000-8000-000000000002")
+    monkeypatch.setattr(orchestrator, "states", lambda ids, history=False: {})
+    monkeypatch.setattr(orchestrator, "logs", lambda flow_run_id: [])
+    app = create_app(Settings(data_dir=tmp_path, api_keys={"key-a": ["team-a"], "key-b": ["team-b"]}))
+    with TestClient(app) as client:
+        created = client.post("/v1/datasets", json={"name": "secret-set", "namespace": "team-b", "files_url": "hf://datasets/team-b/x"},
+                              headers={"Authorization": "Bearer key-b"})
+        assert created.status_code == 200, created.text
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    failures, operations, statuses = {}, 0, set()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+        def fuzz(case):
+            case.headers = (case.headers or {}) | {"Authorization": "Bearer key-a"}
+            response = case.call()
+            statuses.add(response.status_code)
+            case.validate_response(response, checks=[not_a_server_error])
+            assert "secret-set" not in response.text and created.json()["id"] not in response.text
+
+        try:
+            fuzz()
+        except Exception as exc:  # noqa: BLE001 - collect every operation's failure, report them together
+            failures[operation.label] = f"{type(exc).__name__}: {str(exc)[:1500]}"
+    assert operations > 40 and {200, 403, 404, 422} <= statuses and 401 not in statuses  # the key was accepted and checked
+    assert not failures, "\n\n".join(f"{label}\n{text}" for label, text in failures.items())
+
+
 # ---------------------------------------------------------------- the dataset validator
 
 LINE_ERROR = re.compile(r"^training/t\.jsonl(:\d+)?: \S")
