@@ -109,6 +109,11 @@ def test_commits_get_the_upload_limit_and_a_refused_one_writes_nothing(client, t
     assert "64 KiB" in response.json()["detail"] and "MAX_UPLOAD_BYTES" in response.json()["detail"]
     assert _files(client) == ["training/a.jsonl"] and _stored(tmp_path) == ["datasets/ns/qa/training/a.jsonl"]
 
+    body = _commit_body(_add("training/c.jsonl", b"z" * (70 << 10)))
+    streamed = client.post("/v1/hf/api/datasets/ns/qa/commit/main", content=(body[i:i + 4096] for i in range(0, len(body), 4096)))
+    assert streamed.status_code == 413 and "64 KiB" in streamed.json()["detail"]  # no Content-Length: cut off as it streams
+    assert _files(client) == ["training/a.jsonl"] and _stored(tmp_path) == ["datasets/ns/qa/training/a.jsonl"]
+
 
 # ---------------------------------------------------------------- paths
 
