@@ -1,9 +1,10 @@
 """The FastAPI application: NeMo Customizer's wire format over customizer.
 
-``create_app(settings)`` wires the routes, the database and the error handlers. Every error is JSON
-``{"detail": ...}``: the logic's errors map to their status codes, schema errors are 422 (FastAPI's
-list of ``{loc, msg, type}``), duplicates are 409 with ``x-should-retry: false``, and anything
-unexpected is logged with its traceback and answered with a short 500 message, never the trace.
+``create_app(settings)`` wires the routes, the database, the body limits and the error handlers.
+Every error is JSON ``{"detail": ...}``: the logic's errors map to their status codes, schema errors
+and refused URLs are 422 (FastAPI's list of ``{loc, msg, type}``), bodies over the configured limits
+are 413 (``api.limits``), duplicates are 409 with ``x-should-retry: false``, and anything unexpected
+is logged with its traceback and answered with a short 500 message, never the trace.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.db import Store, open_database
 from api.errors import ApiError
+from api.limits import BodyLimit
 from api.orchestrator import OrchestratorUnavailable
 from customizer import __version__
 from customizer.settings import Settings, get_settings
@@ -28,7 +30,7 @@ log = logging.getLogger("customizer.api")
 
 def _no_retry(status: int) -> dict[str, str]:
     # NeMo's SDK retries 408/409/429/5xx unless told not to; a duplicate or a bad request never heals.
-    return {"x-should-retry": "false"} if status in (409, 400, 404, 422) else {}
+    return {"x-should-retry": "false"} if status in (409, 400, 404, 413, 422) else {}
 
 
 def _json_safe(errors: list) -> list:
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Data Store (Hugging Face Hub API) and Evaluator.",
     )
     app.state.settings = settings
+    app.add_middleware(BodyLimit, settings=settings)
     app.state.store = Store(open_database(settings.api_db_url))
     if not settings.api_keys:
         log.warning(

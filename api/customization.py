@@ -3,6 +3,8 @@ job creation (validate everything up front, translate to a ``CustomizationSpec``
 run) and job status (from the Prefect flow run and the job's MLflow run).
 
 Errors are raised as ``ApiError`` subclasses; the app turns them into HTTP answers at the edge.
+Whatever a request names (a dataset, config, target or output model) must lie in a namespace the
+caller's key may use; one it may not use answers as if it did not exist.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import datetime as dt
 import importlib.util
 import json
 import logging
+import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -21,13 +24,16 @@ from pydantic import ValidationError
 
 from api import orchestrator
 from api.db import Duplicate, Store, iso, now
+from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
 from api.schemas import ConfigCreate, DatasetRef, JobCreate, TargetCreate
+from api.urls import checked_url
 from customizer.ids import prefixed_id
 from customizer.settings import Settings
 from deploy import datastore, tracking
 from training.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
 from training.data import DatasetError, ingest_dataset
+from training.data_sources import SourceError, check_url, local_path
 from training.guidance import guidance
 from training.specs import CustomizationSpec
 
@@ -75,10 +81,13 @@ def list_targets(store: Store, settings: Settings) -> list[dict[str, Any]]:
     return list(targets.values())
 
 
-def find_target(store: Store, settings: Settings, namespace: str, name: str) -> dict[str, Any]:
+def find_target(store: Store, settings: Settings, namespace: str, name: str, caller: Caller | None = None) -> dict[str, Any]:
+    """A created or built-in target; a created one in a namespace ``caller`` may not use is not found."""
     stored = store.find(TARGET, namespace, name)
-    if stored is not None:
+    if stored is not None and (caller is None or caller.sees(stored["namespace"])):
         return stored
+    if stored is not None:
+        raise NotFound(f"customization target {namespace}/{name} does not exist")
     for entry in list_targets(store, settings):
         if (entry["namespace"], entry["name"]) == (namespace, name):
             return entry
@@ -96,6 +105,16 @@ def _as_target(entry: dict[str, Any]) -> Target:
         name=entry.get("base_model") or f"{entry['namespace']}/{entry['name'].split('@')[0]}",
         model_uri=uri, num_parameters=entry.get("num_parameters"), precision=precision,
     )
+
+
+def check_target(settings: Settings, caller: Caller, target: dict[str, Any], loc: tuple[str, ...] = ("body",)) -> None:
+    """Refuse a target whose weights would come from a URL the server may not read (422), or whose
+    ``base_model`` names another namespace (403): the catalog lists a config's target under that name."""
+    for field in ("model_uri", "model_path"):
+        checked_url(settings, caller, (*loc, field), target.get(field), kind="model")
+    base_model = target.get("base_model")
+    if isinstance(base_model, str) and "/" in base_model:
+        caller.check(_split(base_model)[0])
 
 
 def create_target(store: Store, settings: Settings, body: TargetCreate) -> dict[str, Any]:
@@ -175,25 +194,26 @@ def _write_config(settings: Settings, config_id: str, config: CustomizationConfi
     tmp.replace(path)
 
 
-def _resolve_target(store: Store, settings: Settings, target: str | TargetCreate, namespace: str) -> tuple[Any, Target]:
+def _resolve_target(store: Store, settings: Settings, target: str | TargetCreate, namespace: str, caller: Caller) -> tuple[Any, Target]:
     if isinstance(target, str):
         t_namespace, t_name = _split(target) if "/" in target else (namespace, target)
-        entry = find_target(store, settings, t_namespace, t_name)
+        entry = find_target(store, settings, t_namespace, t_name, caller)
         if entry.get("enabled") is False:
             raise BadRequest(f"customization target {t_namespace}/{t_name} is disabled")
         return target, _as_target(entry)
     entry = target.model_dump(mode="json", exclude_none=True)
+    check_target(settings, caller, entry, ("body", "target"))
     return entry, _as_target(entry)
 
 
-def create_config(store: Store, settings: Settings, body: ConfigCreate) -> dict[str, Any]:
+def create_config(store: Store, settings: Settings, body: ConfigCreate, caller: Caller) -> dict[str, Any]:
     try:
         parse_config_urn(f"{body.namespace}/{body.name}")
     except CatalogError as exc:
         raise BadRequest(str(exc).replace("`config`", "`name`")) from exc
     if f"{body.namespace}/{body.name}" in load_catalog(settings):
         raise Conflict(f"customization config {body.namespace}/{body.name} already exists")
-    target_wire, target = _resolve_target(store, settings, body.target, body.namespace)
+    target_wire, target = _resolve_target(store, settings, body.target, body.namespace, caller)
     data = body.model_dump(mode="json", exclude_none=True) | {"target": target_wire}
     config = _config_from_wire(data, target)
     config_id = prefixed_id("customization_config")
@@ -205,7 +225,7 @@ def create_config(store: Store, settings: Settings, body: ConfigCreate) -> dict[
     return stored
 
 
-def update_config(store: Store, settings: Settings, stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def update_config(store: Store, settings: Settings, stored: dict[str, Any], changes: dict[str, Any], caller: Caller) -> dict[str, Any]:
     """PATCH semantics: fields replaced; training options keyed by (training_type, finetuning_type)."""
     data = dict(stored)
     key = lambda o: (o["training_type"], o["finetuning_type"])  # noqa: E731
@@ -227,7 +247,7 @@ def update_config(store: Store, settings: Settings, stored: dict[str, Any], chan
         parse_config_urn(f"{data['namespace']}/{data['name']}")
     except CatalogError as exc:
         raise BadRequest(str(exc).replace("`config`", "`name`")) from exc
-    _, target = _resolve_target(store, settings, data["target"] if isinstance(data["target"], str) else TargetCreate(**data["target"]), data["namespace"])
+    _, target = _resolve_target(store, settings, data["target"] if isinstance(data["target"], str) else TargetCreate(**data["target"]), data["namespace"], caller)
     config = _config_from_wire(data, target)
     try:
         saved = store.save(CONFIG, data, namespace=data["namespace"], name=data["name"])
@@ -245,18 +265,18 @@ def delete_config(store: Store, settings: Settings, stored: dict[str, Any]) -> N
 # ---------------------------------------------------------------- datasets
 
 
-def dataset_of(store: Store, ref: str | DatasetRef, namespace: str) -> dict[str, Any]:
+def dataset_of(store: Store, ref: str | DatasetRef, namespace: str, caller: Caller) -> dict[str, Any]:
     """The Entity Store dataset a job names (``"ns/name"``, a bare name, or ``{name, namespace}``).
 
     Raises:
-        NotFound: no such dataset.
+        NotFound: no such dataset, or one in a namespace ``caller`` may not use.
     """
     if isinstance(ref, DatasetRef):
         d_namespace, d_name = ref.namespace or namespace, ref.name
     else:
         d_namespace, d_name = _split(ref) if "/" in ref else (namespace, ref)
-    found = store.find(DATASET, d_namespace, d_name)
-    if found is None and not isinstance(ref, DatasetRef) and "/" not in ref and namespace != "default":
+    found = store.find(DATASET, d_namespace, d_name) if caller.sees(d_namespace) else None
+    if found is None and not isinstance(ref, DatasetRef) and "/" not in ref and namespace != "default" and caller.sees("default"):
         found = store.find(DATASET, "default", d_name)
     if found is None:
         raise NotFound(
@@ -267,11 +287,17 @@ def dataset_of(store: Store, ref: str | DatasetRef, namespace: str) -> dict[str,
 
 
 def snapshot_dataset(files_url: str, settings: Settings) -> Path:
-    """Copy a dataset's files into a new local folder under the data folder (what the job trains on).
+    """A local folder with a dataset's files: a copy under the data folder for the Data Store and S3,
+    the folder itself for ``file://`` (what the job trains on).
 
     Raises:
-        BadRequest: the URL cannot be read.
+        BadRequest: the URL is not allowed (``training.data_sources.check_url``) or cannot be read, or a
+            folder holds a symbolic link that leads out of it.
     """
+    try:
+        check_url(files_url, settings, "dataset")
+    except SourceError as exc:
+        raise BadRequest(f"dataset files_url {files_url!r} is refused: {exc}") from exc
     dest = settings.root / "api" / "dataset-snapshots" / uuid.uuid4().hex
     scheme = files_url.split("://", 1)[0] if "://" in files_url else ""
     try:
@@ -296,12 +322,21 @@ def snapshot_dataset(files_url: str, settings: Settings) -> Path:
         raise
     except Exception as exc:  # noqa: BLE001 - a store error of any kind is the dataset's URL not being readable
         raise BadRequest(f"dataset files_url {files_url} cannot be read: {type(exc).__name__}: {exc}") from exc
-    path = Path(files_url.removeprefix("file://")) if scheme in ("file", "") else None
-    if path is None:
-        raise BadRequest(f"dataset files_url {files_url!r}: unsupported scheme {scheme!r}; use hf://datasets/..., s3:// or file://")
-    if not path.is_dir():
+    path = local_path(files_url)
+    if path is None or not path.is_dir():
         raise BadRequest(f"dataset files_url {files_url}: no such folder on the server")
+    _refuse_links_out(path, files_url)
     return path
+
+
+def _refuse_links_out(folder: Path, files_url: str) -> None:
+    """Refuse a dataset folder holding a symbolic link to anything outside it (e.g. a link to /etc)."""
+    inside = folder.resolve()
+    for dirpath, dirnames, filenames in os.walk(folder):  # links to folders are listed, not walked into
+        for entry in (*dirnames, *filenames):
+            path = Path(dirpath) / entry
+            if path.is_symlink() and inside not in path.resolve().parents:
+                raise BadRequest(f"dataset files_url {files_url}: {path.relative_to(folder)} is a symbolic link that leads out of the dataset folder")
 
 
 # ---------------------------------------------------------------- jobs
@@ -380,12 +415,13 @@ def _validate_and_start(
     return spec, warnings, ingested, suffix, flow_run_id
 
 
-def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[str, str]) -> dict[str, Any]:
+def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[str, str], caller: Caller) -> dict[str, Any]:
     """Validate a job, start its flow run and record it.
 
     Raises:
         BadRequest: config without a version, method not allowed, dataset invalid, hyperparameters out of range.
-        NotFound: config or dataset does not exist.
+        Forbidden: the output model is in a namespace ``caller`` may not use.
+        NotFound: config or dataset does not exist (or is in a namespace ``caller`` may not use).
         OrchestratorUnavailable: Prefect is not reachable (nothing is recorded then).
     """
     from customizer.secrets import seal
@@ -398,12 +434,17 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         config = get_config(body.config, settings)
     except CatalogError as exc:
         raise NotFound(str(exc)) from exc
+    created = store.find(CONFIG, config.namespace, config.name)
+    if created is not None and not caller.sees(created["namespace"]):
+        raise NotFound(f"customization config {body.config} does not exist")
+    caller.check(_output_model(body, config)[0].split("/")[0])
     hp = body.hyperparameters
     try:
         config.option_for(hp.training_type, hp.finetuning_type)
     except CatalogError as exc:
         raise BadRequest(str(exc)) from exc
-    dataset = dataset_of(store, body.dataset, body.namespace)
+    dataset = dataset_of(store, body.dataset, body.namespace, caller)
+    checked_url(settings, caller, ("body", "dataset"), dataset["files_url"])
     folder = snapshot_dataset(dataset["files_url"], settings)
     try:
         sealed = {name: seal(settings, value) for name, value in secrets.items()}

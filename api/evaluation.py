@@ -1,5 +1,9 @@
 """Evaluator logic behind the routes: configs and targets as entities, evaluation jobs as flow runs
-of the ``evaluate`` deployment, results read back from the job's MLflow run."""
+of the ``evaluate`` deployment, results read back from the job's MLflow run.
+
+A job reads only what the caller's key may use: configs, targets, models and datasets in other
+namespaces answer as if they did not exist, and every URL it would read or call is checked first.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from typing import Any
 from api import orchestrator
 from api.customization import MODEL, dataset_of, public, snapshot_dataset
 from api.db import Duplicate, Store
+from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
 from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
+from api.urls import checked_url
 from customizer.ids import prefixed_id
 from customizer.settings import Settings
 from deploy import tracking
@@ -28,6 +34,22 @@ DATA_SUFFIXES = (".jsonl", ".json", ".csv")
 def _named(namespace: str, name: str | None, prefix: str) -> tuple[str, str]:
     entity_id = prefixed_id(prefix)
     return entity_id, name or entity_id
+
+
+def check_config_urls(settings: Settings, caller: Caller, config: dict[str, Any], loc: tuple[str, ...] = ("body",)) -> None:
+    """Refuse task datasets given by a URL the server may not read (422)."""
+    tasks = config.get("tasks")
+    for name, task in (tasks or {}).items() if isinstance(tasks, dict) else ():
+        dataset = task.get("dataset") if isinstance(task, dict) else None
+        if isinstance(dataset, dict):
+            checked_url(settings, caller, (*loc, "tasks", name, "dataset", "files_url"), dataset.get("files_url"))
+
+
+def check_target_urls(settings: Settings, caller: Caller, target: dict[str, Any], loc: tuple[str, ...] = ("body",)) -> None:
+    """Refuse a target whose endpoint the server may not call (422)."""
+    model = target.get("model")
+    if isinstance(model, dict) and isinstance(model.get("api_endpoint"), dict):
+        checked_url(settings, caller, (*loc, "model", "api_endpoint", "url"), model["api_endpoint"].get("url"), kind="endpoint")
 
 
 def create_config(store: Store, body: EvaluationConfigCreate) -> dict[str, Any]:
@@ -54,15 +76,15 @@ def create_target(store: Store, body: EvaluationTargetCreate) -> dict[str, Any]:
         raise Conflict(f"evaluation target {body.namespace}/{name} already exists") from exc
 
 
-def _by_urn(store: Store, kind: str, urn: str, namespace: str) -> dict[str, Any]:
+def _by_urn(store: Store, kind: str, urn: str, namespace: str, caller: Caller) -> dict[str, Any]:
     ns, _, name = urn.rpartition("/")
     found = store.find(kind, ns or namespace, name) or store.get(kind, urn)
-    if found is None:
+    if found is None or not caller.sees(found.get("namespace")):
         raise NotFound(f"{kind.replace('_', ' ')} {urn} does not exist")
     return found
 
 
-def _model_spec(store: Store, target: dict[str, Any], namespace: str) -> ModelSpec:
+def _model_spec(store: Store, settings: Settings, target: dict[str, Any], namespace: str, caller: Caller) -> ModelSpec:
     """What the target names, as the flow needs it.
 
     Raises:
@@ -75,33 +97,38 @@ def _model_spec(store: Store, target: dict[str, Any], namespace: str) -> ModelSp
         endpoint = model["api_endpoint"]
         if not endpoint.get("url") or not endpoint.get("model_id"):
             raise BadRequest("`target.model.api_endpoint` needs `url` and `model_id`")
+        checked_url(settings, caller, ("body", "target", "model", "api_endpoint", "url"), endpoint["url"], kind="endpoint")
         return ModelSpec(api_url=endpoint["url"], model_id=endpoint["model_id"])
     urn = model if isinstance(model, str) else (model or {}).get("name") if isinstance(model, dict) else None
     if not urn:
         raise BadRequest("`target.model` must be an Entity Store model \"namespace/name\" or {\"api_endpoint\": {url, model_id}}")
     if isinstance(model, dict) and model.get("namespace") and "/" not in urn:
         urn = f"{model['namespace']}/{urn}"
-    entry = _by_urn(store, MODEL, urn, namespace)
+    entry = _by_urn(store, MODEL, urn, namespace, caller)
     custom = entry.get("custom_fields") or {}
     artifact = entry.get("artifact") or {}
     if isinstance(entry.get("api_endpoint"), dict) and entry["api_endpoint"].get("url"):
+        checked_url(settings, caller, ("body", "target", "model"), entry["api_endpoint"]["url"], kind="endpoint")
         return ModelSpec(api_url=entry["api_endpoint"]["url"], model_id=entry["api_endpoint"].get("model_id") or urn)
     files_url = artifact.get("files_url") or None
     if custom.get("customization_job") and artifact.get("status") != "upload_completed":
         raise BadRequest(f"model {urn} is the output of customization job {custom['customization_job']}, which has not published it yet")
     if not files_url and not custom.get("config"):
         raise BadRequest(f"model {urn} has neither artifact.files_url nor custom_fields.config (a config URN naming its base model)")
+    checked_url(settings, caller, ("body", "target", "model"), files_url, kind="model")
     return ModelSpec(config=custom.get("config"), model_uri=files_url)
 
 
-def _task_file(store: Store, settings: Settings, task_name: str, dataset: Any, namespace: str) -> str:
+def _task_file(store: Store, settings: Settings, task_name: str, dataset: Any, namespace: str, caller: Caller) -> str:
     """A local copy of a task's data file."""
     if isinstance(dataset, dict) and dataset.get("files_url"):
         files_url = dataset["files_url"]
     elif isinstance(dataset, (str, dict)):
-        files_url = dataset_of(store, dataset if isinstance(dataset, str) else f"{dataset.get('namespace') or namespace}/{dataset.get('name')}", namespace)["files_url"]
+        ref = dataset if isinstance(dataset, str) else f"{dataset.get('namespace') or namespace}/{dataset.get('name')}"
+        files_url = dataset_of(store, ref, namespace, caller)["files_url"]
     else:
         raise BadRequest(f"`tasks.{task_name}.dataset` must be {{\"files_url\": ...}} or \"namespace/name\"")
+    checked_url(settings, caller, ("body", "config", "tasks", task_name, "dataset", "files_url"), files_url)
     folder = snapshot_dataset(files_url, settings)
     if folder.is_file():
         return str(folder)
@@ -111,22 +138,27 @@ def _task_file(store: Store, settings: Settings, task_name: str, dataset: Any, n
     return str(candidates[0])
 
 
-def create_job(store: Store, settings: Settings, body: EvaluationJobCreate) -> dict[str, Any]:
-    """Resolve config and target, copy the task data, start the ``evaluate`` flow run, record the job."""
+def create_job(store: Store, settings: Settings, body: EvaluationJobCreate, caller: Caller) -> dict[str, Any]:
+    """Resolve config and target, copy the task data, start the ``evaluate`` flow run, record the job.
+
+    Raises:
+        NotFound: a config, target, model or dataset that does not exist or that ``caller`` may not use.
+        RequestValidationError: a URL the server may not read or call.
+    """
     if isinstance(body.config, str):
-        config = public(_by_urn(store, CONFIG, body.config, body.namespace))
+        config = public(_by_urn(store, CONFIG, body.config, body.namespace, caller))
     else:
         config = body.config.model_dump(mode="json", exclude_none=True)
         try:
             check_config(config)
         except ConfigProblem as exc:
             raise BadRequest(f"config: {exc}") from exc
-    target = public(_by_urn(store, TARGET, body.target, body.namespace)) if isinstance(body.target, str) else body.target.model_dump(mode="json", exclude_none=True)
-    spec = _model_spec(store, target, body.namespace)
+    target = public(_by_urn(store, TARGET, body.target, body.namespace, caller)) if isinstance(body.target, str) else body.target.model_dump(mode="json", exclude_none=True)
+    spec = _model_spec(store, settings, target, body.namespace, caller)
     if config.get("type") != "custom" and spec.api_url:
         raise BadRequest(f"benchmark {config.get('type')!r} runs through lm-eval on a model customizer loads; an api_endpoint target cannot be scored this way")
     data_files = {
-        name: _task_file(store, settings, name, task.get("dataset"), body.namespace) for name, task in (config.get("tasks") or {}).items()
+        name: _task_file(store, settings, name, task.get("dataset"), body.namespace, caller) for name, task in (config.get("tasks") or {}).items()
     } if config.get("type") == "custom" else {}
     request = EvaluationRequest(config={k: config[k] for k in ("type", "tasks", "groups", "params") if k in config}, model=spec, data_files=data_files)
     flow_run_id = orchestrator.start(settings.evaluate_deployment, {"request": request.model_dump(mode="json")},

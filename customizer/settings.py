@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +103,31 @@ class Settings(BaseSettings):
         description="Where the Data Store keeps dataset and model repo files: file:///path or s3://bucket/prefix. "
         "Default: a folder under the data folder.",
     )
+    max_json_body_bytes: int = Field(
+        default=4 << 20, ge=1024,
+        description="Largest request body the API reads for JSON and form requests; larger ones are refused with 413.",
+    )
+    max_upload_bytes: int = Field(
+        default=5 << 30, ge=1024,
+        description="Largest Data Store commit (the files' contents travel inline, base64-encoded) the API reads; "
+        "larger ones are refused with 413.",
+    )
+    url_schemes: list[Literal["hf", "s3", "file", "http", "https"]] = Field(
+        default_factory=lambda: ["hf", "s3", "file", "http", "https"],
+        description="Schemes a URL the server reads may use (dataset files_url, model artifacts, base models, "
+        "evaluation endpoints); file:// and http(s):// are further limited by allowed_file_roots and allowed_http_hosts.",
+    )
+    allowed_file_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders a file:// URL (or a server path) given to the API may point into. "
+        "Default: the data folder, plus the store and Data Store folders when they are file:// URIs. The service's "
+        "own state in the data folder (API database, MLflow, Prefect, jobs, caches) is never readable this way.",
+    )
+    allowed_http_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (host or host:port) an http(s):// URL given to the API may name, e.g. an evaluation "
+        "target's api_endpoint. Default: none, except the serving_endpoint's host.",
+    )
     notify_webhook_url: str | None = Field(
         default=None,
         description="Webhook that receives job notifications (completed, failed, waiting for approval, promoted) "
@@ -161,6 +188,35 @@ class Settings(BaseSettings):
     @property
     def datastore_root_uri(self) -> str:
         return self.datastore_uri or (self.root / "datastore").as_uri()
+
+    @property
+    def file_roots(self) -> list[Path]:
+        """Folders a file:// URL given to the API may point into (resolved)."""
+        roots = [Path(root).expanduser().resolve() for root in self.allowed_file_roots]
+        if self.allowed_file_roots:
+            return roots
+        roots = [self.root]
+        for uri in (self.publish_uri, self.datastore_root_uri):
+            parsed = urlparse(uri)
+            if parsed.scheme == "file":
+                roots.append(Path(parsed.path).expanduser().resolve())
+        return roots
+
+    @property
+    def private_dirs(self) -> list[Path]:
+        """The service's own state (API database, MLflow, Prefect, jobs, caches): never read through a
+        URL a caller gives, even under an allowed root."""
+        folders = (self.root / "api", self.root / "mlflow", self.prefect_home, self.jobs_dir, self.models_dir,
+                   self.root / "cache", self.serving_cache_dir, self.policies_dir)
+        return [folder.expanduser().resolve() for folder in folders]
+
+    @property
+    def http_hosts(self) -> set[str]:
+        """Hosts an http(s):// URL given to the API may name (lower case)."""
+        hosts = {host.strip().lower() for host in self.allowed_http_hosts if host.strip()}
+        if self.serving_endpoint:
+            hosts.add(urlparse(self.serving_endpoint).netloc.lower())
+        return hosts
 
 
 def get_settings() -> Settings:

@@ -2,7 +2,8 @@
 artifact store, a ``file://`` folder by default or ``s3://bucket/prefix``.
 
 Paths inside a repo are checked before any I/O: absolute paths, ``..``, empty or dot segments,
-backslashes and control characters are refused, and the folder backend never follows a symlink.
+backslashes, control characters, names over 255 bytes and paths over 32 folders deep are refused, and
+the folder backend never follows a symlink nor reaches outside its root.
 ``download_dataset`` turns a dataset's ``hf://datasets/<namespace>/<name>`` URL into a local folder
 that dataset ingest reads like any other.
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import uuid
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from customizer.settings import Settings
 
 REPO_TYPES = ("datasets", "models")
+MAX_PATH_CHARS, MAX_DEPTH, MAX_NAME_BYTES = 1024, 32, 255  # what common file systems and object stores accept
 
 
 class DatastoreError(ValueError):
@@ -34,16 +37,25 @@ def safe_path(path: str) -> str:
     ...
     deploy.datastore.DatastoreError: path '../etc/passwd' is refused: '..' climbs out of the repo
     """
-    if not path or len(path) > 1024:
-        raise DatastoreError(f"path {path!r} is refused: empty or longer than 1024 characters")
-    if path.startswith("/") or "\\" in path or any(ord(ch) < 32 for ch in path):
+    if not path or len(path) > MAX_PATH_CHARS:
+        raise DatastoreError(f"path {path[:64]!r} is refused: empty or longer than {MAX_PATH_CHARS} characters")
+    if path.startswith("/") or "\\" in path or any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in path):
         raise DatastoreError(f"path {path!r} is refused: absolute paths, backslashes and control characters are not allowed")
-    parts = PurePosixPath(path).parts
-    if ".." in path.split("/"):
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DatastoreError(f"path {path!r} is refused: it is not valid Unicode ({exc.reason})") from exc
+    segments = path.split("/")
+    if ".." in segments:
         raise DatastoreError(f"path {path!r} is refused: '..' climbs out of the repo")
-    if any(part in ("", ".") for part in path.split("/")) or not parts:
+    if any(part in ("", ".") for part in segments):
         raise DatastoreError(f"path {path!r} is refused: empty or '.' segments are not allowed")
-    return "/".join(parts)
+    if len(segments) > MAX_DEPTH:
+        raise DatastoreError(f"path {path[:64]!r}... is refused: more than {MAX_DEPTH} folders deep")
+    long = next((part for part in segments if len(part.encode("utf-8")) > MAX_NAME_BYTES), None)
+    if long is not None:
+        raise DatastoreError(f"path {path[:64]!r}... is refused: a name is longer than {MAX_NAME_BYTES} bytes ({long[:32]!r}...)")
+    return "/".join(PurePosixPath(path).parts)
 
 
 def repo_prefix(repo_type: str, namespace: str, name: str) -> str:
@@ -65,12 +77,14 @@ class FolderFiles:
             current = current / part
             if current.is_symlink():
                 raise DatastoreError(f"{key!r} is refused: {current.relative_to(self.root)} is a symbolic link")
+        if path.resolve() != self.root.resolve() and self.root.resolve() not in path.resolve().parents:
+            raise DatastoreError(f"{key!r} is refused: it leads outside the Data Store")
         return path
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}")  # short: the name itself may be 255 bytes
         tmp.write_bytes(data)
         tmp.replace(path)
 
@@ -98,7 +112,7 @@ class FolderFiles:
             dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
             for filename in filenames:
                 path = Path(dirpath) / filename
-                if path.is_symlink() or filename.startswith(".") and ".tmp-" in filename:
+                if path.is_symlink() or filename.startswith(".tmp-"):
                     continue
                 out[path.relative_to(base).as_posix()] = path.stat().st_size
         return out

@@ -25,9 +25,8 @@ _JOB_GETTERS = {
 
 def _job(store, caller, job_id: str) -> dict[str, Any]:
     job = store.get(logic.JOB, job_id)
-    if job is None:
+    if job is None or not caller.sees(job.get("namespace")):  # another namespace's job is not there for this key
         raise NotFound(f"customization job {job_id} does not exist")
-    caller.check(job.get("namespace"))
     return job
 
 
@@ -46,7 +45,7 @@ def create_job(
     hyperparameters, then starts the job's flow run. Answers 200 with the job, status ``created``."""
     caller.check(body.namespace)
     secrets = {"wandb-api-key": wandb_api_key} if wandb_api_key else {}
-    return logic.public(logic.create_job(store, settings, body, secrets))
+    return logic.public(logic.create_job(store, settings, body, secrets, caller))
 
 
 @router.get("/jobs", summary="List customization jobs", response_model=Page)
@@ -123,7 +122,7 @@ def _option_filter(page_filters: dict[str, Any], configs: list[dict[str, Any]]) 
 @router.post("/configs", summary="Create a customization config")
 def create_config(body: ConfigCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(body.namespace)
-    return logic.public(logic.create_config(store, settings, body))
+    return logic.public(logic.create_config(store, settings, body, caller))
 
 
 @router.get("/configs", summary="List customization configs (built-in and created)", response_model=Page)
@@ -152,7 +151,7 @@ def update_config(namespace: str, config_name: str, body: ConfigUpdate, store: S
     if changes.get("namespace") is not None:
         caller.check(changes["namespace"])
     changes = {k: v for k, v in changes.items() if v is not None}
-    return logic.public(logic.update_config(store, settings, stored, changes)) | {"warning_message": None}
+    return logic.public(logic.update_config(store, settings, stored, changes, caller)) | {"warning_message": None}
 
 
 @router.delete("/configs/{namespace}/{config_name}", summary="Delete a customization config")
@@ -171,6 +170,7 @@ def delete_config(namespace: str, config_name: str, store: StoreDep, settings: S
 @router.post("/targets", summary="Create a customization target (a base model)")
 def create_target(body: TargetCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(body.namespace)
+    logic.check_target(settings, caller, body.model_dump())
     return logic.public(logic.create_target(store, settings, body))
 
 
@@ -198,6 +198,7 @@ def _stored_target(store, settings, namespace: str, name: str) -> dict[str, Any]
 def update_target(namespace: str, target_name: str, body: TargetUpdate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(namespace)
     found = _stored_target(store, settings, namespace, target_name)
+    logic.check_target(settings, caller, body.model_dump())
     saved = store.save(logic.TARGET, found | body.model_dump(mode="json", exclude_unset=True, exclude_none=True))
     return logic.public(saved) | {"warning_message": None}
 

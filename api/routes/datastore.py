@@ -5,7 +5,8 @@ download them; plus ``/v1/datastore/namespaces``.
 Files live in the artifact store (``deploy.datastore``); the repo's index (paths, sizes, sha256, git
 blob ids, commits) is an entity in the API database. Preupload always answers ``regular``, so the
 client sends file contents inline in the commit (no LFS or Xet transfer is needed). Every path is
-checked before any I/O: absolute paths, ``..`` and symlinks are refused.
+checked before any I/O (``deploy.datastore.safe_path``): absolute paths, ``..``, control characters,
+over-long names and symlinks are refused, and so are two paths that differ only in case.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import base64
 import binascii
 import hashlib
 import json
+import tempfile
 import threading
 import uuid
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
@@ -30,6 +34,7 @@ router = APIRouter(tags=["data store"])
 REPO, NAMESPACE = "hf_repo", "datastore_namespace"
 RepoType = Annotated[str, Path(pattern="^(datasets|models)$", description="datasets or models")]
 _commit_lock = threading.Lock()  # one commit at a time: a repo's index is read, changed and written back
+_SPOOL_BYTES = 8 << 20  # a commit body larger than this waits on disk, not in memory
 
 
 def _ns(value: str) -> str:
@@ -55,11 +60,11 @@ def _revision(repo: dict[str, Any], revision: str) -> None:
         raise NotFound(f"revision {revision!r} does not exist (the Data Store keeps one branch, main)")
 
 
-def _path(value: str) -> str:
+def _path(value: str, line: int | None = None) -> str:
     try:
         return datastore.safe_path(value)
     except datastore.DatastoreError as exc:
-        raise BadRequest(str(exc)) from exc
+        raise BadRequest(f"commit line {line}: {exc}" if line else str(exc)) from exc
 
 
 # ---------------------------------------------------------------- namespaces
@@ -153,6 +158,8 @@ async def _json(request: Request) -> Any:
         return json.loads(await request.body() or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("the body is not valid JSON: nested too deeply") from exc
 
 
 def _info(repo: dict[str, Any]) -> dict[str, Any]:
@@ -221,20 +228,25 @@ def _new_oid() -> str:
     return hashlib.sha1(uuid.uuid4().bytes).hexdigest()
 
 
-def _commit_operations(raw: bytes) -> tuple[dict[str, Any], list[tuple[str, str, bytes | None]]]:
-    """Parse an NDJSON commit into its header and (kind, path, content) operations; nothing is written yet."""
-    header: dict[str, Any] = {}
-    operations: list[tuple[str, str, bytes | None]] = []
-    for number, line in enumerate(raw.splitlines(), start=1):
+Operation = tuple[str, str, bytes | None]  # (add | delete | delete_folder, path, content)
+
+
+def _commit_lines(body: BinaryIO) -> Iterator[tuple[int, str, Any]]:
+    """The NDJSON commit's lines, one at a time: (line number, header | add | delete | delete_folder, value).
+
+    Raises:
+        BadRequest: naming the line that is not a commit operation.
+    """
+    for number, line in enumerate(body, start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
             key, value = item["key"], item["value"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise BadRequest(f"commit line {number}: expected {{\"key\", \"value\"}} JSON ({exc})") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as exc:
+            raise BadRequest(f"commit line {number}: expected {{\"key\", \"value\"}} JSON ({type(exc).__name__})") from exc
         if key == "header":
-            header = value if isinstance(value, dict) else {}
+            yield number, "header", value if isinstance(value, dict) else {}
         elif key == "file":
             if not isinstance(value, dict) or not isinstance(value.get("path"), str) or not isinstance(value.get("content"), str):
                 raise BadRequest(f"commit line {number}: a file needs `path` and `content`")
@@ -244,51 +256,110 @@ def _commit_operations(raw: bytes) -> tuple[dict[str, Any], list[tuple[str, str,
                 content = base64.b64decode(value["content"], validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise BadRequest(f"commit line {number}: `content` is not valid base64") from exc
-            operations.append(("add", _path(value["path"]), content))
+            yield number, "add", (_path(value["path"], number), content)
         elif key in ("deletedFile", "deletedFolder"):
             if not isinstance(value, dict) or not isinstance(value.get("path"), str):
                 raise BadRequest(f"commit line {number}: a deletion needs `path`")
-            operations.append(("delete" if key == "deletedFile" else "delete_folder", _path(value["path"].rstrip("/")), None))
+            yield number, "delete" if key == "deletedFile" else "delete_folder", (_path(value["path"].rstrip("/"), number), None)
         elif key == "lfsFile":
             raise BadRequest(f"commit line {number}: LFS files are not accepted; the Data Store takes files inline (preupload says regular)")
         else:
-            raise BadRequest(f"commit line {number}: unknown operation {key!r}")
-    return header, operations
+            raise BadRequest(f"commit line {number}: unknown operation {str(key)[:64]!r}")
+
+
+def _folders(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _check_commit(body: BinaryIO, files: dict[str, Any]) -> dict[str, Any]:
+    """Read the whole commit once, keeping no file contents, and refuse it before anything is written.
+
+    Besides each line's own checks, a commit may not leave two paths (or folders) that differ only in
+    case, since they collide on case-insensitive file systems, nor a file where a folder is (or the
+    other way round).
+
+    Returns:
+        The commit's header.
+    """
+    header: dict[str, Any] = {}
+    paths, known = set(files), None
+    for number, kind, value in _commit_lines(body):
+        if kind == "header":
+            header = value
+            continue
+        path, _ = value
+        if kind != "add":
+            paths = {p for p in paths if p != path and not (kind == "delete_folder" and p.startswith(path + "/"))}
+            known = None
+            continue
+        if known is None:  # every file and folder name, case-folded
+            known = {name.casefold(): name for p in paths for name in (p, *_folders(p))}
+        for name in (path, *_folders(path)):
+            clash = known.get(name.casefold())
+            if clash is not None and clash != name:
+                raise BadRequest(f"commit line {number}: {name!r} differs from {clash!r} only in case; rename one of them")
+        if any(folder in paths for folder in _folders(path)) or (known.get(path.casefold()) == path and path not in paths):
+            raise BadRequest(f"commit line {number}: {path!r} would be both a file and a folder")
+        paths.add(path)
+        known.update({name.casefold(): name for name in (path, *_folders(path))})
+    return header
+
+
+def _apply_commit(body: BinaryIO, files, prefix: str, index: dict[str, Any]) -> dict[str, Any]:
+    """Write and delete the commit's files, one line in memory at a time; returns the new index."""
+    index = dict(index)
+    for _, kind, value in _commit_lines(body):
+        if kind == "header":
+            continue
+        path, content = value
+        if kind == "add":
+            content = content or b""
+            files.put(f"{prefix}/{path}", content)
+            index[path] = {
+                "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
+                "oid": hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest(),
+            }
+        elif kind == "delete":
+            files.delete(f"{prefix}/{path}")
+            index.pop(path, None)
+        else:
+            for existing in [p for p in index if p.startswith(path + "/")]:
+                files.delete(f"{prefix}/{existing}")
+                index.pop(existing)
+    return index
+
+
+def _commit(repo_type: str, namespace: str, name: str, revision: str, body: BinaryIO, store, settings) -> tuple[dict[str, Any], str]:
+    with _commit_lock:
+        repo = _repo(store, repo_type, namespace, name)
+        _revision(repo, revision)
+        header = _check_commit(body, repo["files"])
+        body.seek(0)
+        try:
+            files = datastore.open_files(settings)
+            index = _apply_commit(body, files, datastore.repo_prefix(repo_type, namespace, name), repo["files"])
+        except datastore.DatastoreError as exc:
+            raise BadRequest(str(exc)) from exc
+        oid = _new_oid()
+        summary = header.get("summary", "")
+        commits = [*repo["commits"], {"oid": oid, "summary": summary if isinstance(summary, str) else "", "at": iso(now())}][-100:]
+        store.save(REPO, {**repo, "files": index, "sha": oid, "commits": commits})
+    return repo, oid
 
 
 @router.post("/v1/hf/api/{repo_type}/{namespace}/{name}/commit/{revision}", summary="Commit files (NDJSON, contents inline)")
 async def commit(
     repo_type: RepoType, namespace: str, name: str, revision: str, request: Request, store: StoreDep, settings: SettingsDep, caller: CallerDep,
 ) -> dict[str, Any]:
+    """The body streams into a spooled file (memory up to a few MiB, then disk); it is read line by
+    line twice, to check every operation and then to apply them, so a bad line changes nothing."""
     caller.check(namespace)
-    header, operations = _commit_operations(await request.body())
-    with _commit_lock:
-        repo = _repo(store, repo_type, namespace, name)
-        _revision(repo, revision)
-        files = datastore.open_files(settings)
-        prefix = datastore.repo_prefix(repo_type, namespace, name)
-        index = dict(repo["files"])
-        try:
-            for kind, path, content in operations:
-                if kind == "add":
-                    content = content or b""
-                    files.put(f"{prefix}/{path}", content)
-                    index[path] = {
-                        "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
-                        "oid": hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest(),
-                    }
-                elif kind == "delete":
-                    files.delete(f"{prefix}/{path}")
-                    index.pop(path, None)
-                else:
-                    for existing in [p for p in index if p.startswith(path + "/")]:
-                        files.delete(f"{prefix}/{existing}")
-                        index.pop(existing)
-        except datastore.DatastoreError as exc:
-            raise BadRequest(str(exc)) from exc
-        oid = _new_oid()
-        commits = [*repo["commits"], {"oid": oid, "summary": header.get("summary", ""), "at": iso(now())}][-100:]
-        store.save(REPO, {**repo, "files": index, "sha": oid, "commits": commits})
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as body:
+        async for chunk in request.stream():
+            body.write(chunk)
+        body.seek(0)
+        repo, oid = await run_in_threadpool(_commit, repo_type, namespace, name, revision, body, store, settings)
     url = _repo_url(request, repo_type, repo["repo_id"])
     return {"commitUrl": f"{url}/commit/{oid}", "commitOid": oid, "success": True, "pullRequestUrl": None}
 

@@ -11,6 +11,7 @@ from api.customization import DATASET, MODEL, public, refresh_jobs, JOB
 from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import Conflict, NotFound
+from api.urls import checked_url
 from api.schemas import (
     DatasetCreate, DatasetUpdate, DeleteResponse, ModelCreate, ModelUpdate, NamespaceCreate, NamespaceUpdate, Page,
     ProjectCreate, ProjectUpdate,
@@ -117,8 +118,9 @@ def delete_project(namespace: str, project_name: str, store: StoreDep, caller: C
 
 
 @router.post("/datasets", summary="Register a dataset (its files_url, e.g. hf://datasets/ns/name)")
-def create_dataset(body: DatasetCreate, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def create_dataset(body: DatasetCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(body.namespace)
+    checked_url(settings, caller, ("body", "files_url"), body.files_url)
     name = body.name or body.files_url.rstrip("/").rsplit("/", 1)[-1]
     data = body.model_dump(mode="json", exclude_none=True) | {"name": name}
     return _add(store, DATASET, body.namespace, name, prefixed_id("dataset"), data)
@@ -136,8 +138,9 @@ def get_dataset(namespace: str, dataset_name: str, store: StoreDep, caller: Call
 
 
 @router.patch("/datasets/{namespace}/{dataset_name}", summary="Update a dataset")
-def update_dataset(namespace: str, dataset_name: str, body: DatasetUpdate, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def update_dataset(namespace: str, dataset_name: str, body: DatasetUpdate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(namespace)
+    checked_url(settings, caller, ("body", "files_url"), body.files_url)
     found = _get(store, DATASET, namespace, dataset_name)
     return public(store.save(DATASET, found | body.model_dump(mode="json", exclude_unset=True, exclude_none=True)))
 
@@ -176,15 +179,24 @@ def _base_model_name(model: dict[str, Any]) -> Any:
     return base.get("name") if isinstance(base, dict) else base
 
 
+def _check_model_urls(settings, caller, body: ModelCreate | ModelUpdate) -> None:
+    """A model's artifact and endpoint are read by evaluations: only URLs the server may read or call."""
+    if body.artifact is not None:
+        checked_url(settings, caller, ("body", "artifact", "files_url"), body.artifact.files_url, kind="model")
+    if body.api_endpoint is not None:
+        checked_url(settings, caller, ("body", "api_endpoint", "url"), body.api_endpoint.url, kind="endpoint")
+
+
 @router.post("/models", summary="Create a model")
-def create_model(body: ModelCreate, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def create_model(body: ModelCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(body.namespace)
+    _check_model_urls(settings, caller, body)
     return _add(store, MODEL, body.namespace, body.name, prefixed_id("model"), body.model_dump(mode="json", exclude_none=True))
 
 
 @router.get("/models", summary="List models", response_model=Page)
 def list_models(store: StoreDep, settings: SettingsDep, caller: CallerDep, params: ListDep) -> dict[str, Any]:
-    models = _fresh_models(store, settings, store.all(MODEL))
+    models = _fresh_models(store, settings, [m for m in store.all(MODEL) if caller.sees(m.get("namespace"))])
     getters = {"base_model": _base_model_name, "prompt": lambda m: bool(m.get("prompt")), "peft": _peft}
     return paginate([public(m) for m in models], params, caller, {"name", "namespace", "project", "base_model", "peft", "prompt", "created_at"}, _SORT, getters)
 
@@ -196,8 +208,9 @@ def get_model(namespace: str, model_name: str, store: StoreDep, settings: Settin
 
 
 @router.patch("/models/{namespace}/{model_name}", summary="Update a model")
-def update_model(namespace: str, model_name: str, body: ModelUpdate, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def update_model(namespace: str, model_name: str, body: ModelUpdate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(namespace)
+    _check_model_urls(settings, caller, body)
     found = _get(store, MODEL, namespace, model_name)
     return public(store.save(MODEL, found | body.model_dump(mode="json", exclude_unset=True, exclude_none=True)))
 

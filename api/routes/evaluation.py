@@ -42,8 +42,9 @@ def _deleted(entity_id: str, what: str) -> dict[str, Any]:
 
 
 @router.post("/configs", summary="Create an evaluation config")
-def create_config(body: EvaluationConfigCreate, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def create_config(body: EvaluationConfigCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(body.namespace)
+    logic.check_config_urls(settings, caller, body.model_dump(mode="json"))
     return public(logic.create_config(store, body))
 
 
@@ -58,11 +59,13 @@ def get_config(namespace: str, config_name: str, store: StoreDep, caller: Caller
 
 
 @router.patch("/configs/{namespace}/{config_name}", summary="Update an evaluation config")
-def update_config(namespace: str, config_name: str, body: EvaluationConfigUpdate, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def update_config(namespace: str, config_name: str, body: EvaluationConfigUpdate, store: StoreDep, settings: SettingsDep,
+                  caller: CallerDep) -> dict[str, Any]:
     found = _entity(store, logic.CONFIG, namespace, config_name, caller)
     changes = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
     if "namespace" in changes:
         caller.check(changes["namespace"])
+    logic.check_config_urls(settings, caller, changes)
     data = found | changes
     try:
         check_config(data)
@@ -85,8 +88,9 @@ def delete_config(namespace: str, config_name: str, store: StoreDep, caller: Cal
 
 
 @router.post("/targets", summary="Create an evaluation target")
-def create_target(body: EvaluationTargetCreate, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def create_target(body: EvaluationTargetCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(body.namespace)
+    logic.check_target_urls(settings, caller, body.model_dump(mode="json"))
     return public(logic.create_target(store, body))
 
 
@@ -101,8 +105,10 @@ def get_target(namespace: str, target_name: str, store: StoreDep, caller: Caller
 
 
 @router.patch("/targets/{namespace}/{target_name}", summary="Update an evaluation target")
-def update_target(namespace: str, target_name: str, body: EvaluationTargetUpdate, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def update_target(namespace: str, target_name: str, body: EvaluationTargetUpdate, store: StoreDep, settings: SettingsDep,
+                  caller: CallerDep) -> dict[str, Any]:
     found = _entity(store, logic.TARGET, namespace, target_name, caller)
+    logic.check_target_urls(settings, caller, body.model_dump(mode="json"))
     return public(store.save(logic.TARGET, found | body.model_dump(mode="json", exclude_unset=True, exclude_none=True)))
 
 
@@ -118,16 +124,15 @@ def delete_target(namespace: str, target_name: str, store: StoreDep, caller: Cal
 
 def _job(store, settings, caller, job_id: str) -> dict[str, Any]:
     job = store.get(logic.JOB, job_id)
-    if job is None:
+    if job is None or not caller.sees(job.get("namespace")):  # another namespace's job is not there for this key
         raise NotFound(f"evaluation job {job_id} does not exist")
-    caller.check(job.get("namespace"))
     return logic.refresh_jobs(store, settings, [job])[0]
 
 
 @router.post("/jobs", summary="Create an evaluation job")
 def create_job(body: EvaluationJobCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(body.namespace)
-    return public(logic.create_job(store, settings, body))
+    return public(logic.create_job(store, settings, body, caller))
 
 
 _JOB_GETTERS = {"config": lambda j: j["config"].get("name") or j["config"].get("type"), "target": lambda j: j["target"].get("name")}

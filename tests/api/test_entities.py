@@ -33,7 +33,7 @@ def test_models_with_at_in_names_filters_and_pages(nemo, http):
     for i in range(3):
         nemo.models.create(name=f"m{i}@cust-abc{i}", namespace="entity-tests-models", base_model="meta/llama-3.2-1b-instruct",
                            peft={"finetuning_type": "lora"} if i else None,
-                           artifact={"files_url": f"file:///m{i}", "status": "created"})
+                           artifact={"files_url": f"s3://models/m{i}", "status": "created"})
     model = nemo.models.retrieve("m1@cust-abc1", namespace="entity-tests-models")
     assert model.name == "m1@cust-abc1" and model.peft.finetuning_type == "lora"
     lora = nemo.models.list(filter={"namespace": "entity-tests-models", "peft": {"lora": True}})
