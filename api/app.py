@@ -9,6 +9,7 @@ is logged with its traceback and answered with a short 500 message, never the tr
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import uuid
@@ -26,6 +27,7 @@ from customizer import __version__
 from customizer.settings import Settings, get_settings
 
 log = logging.getLogger("customizer.api")
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # answered 507 Insufficient Storage, not 500
 
 
 def _no_retry(status: int) -> dict[str, str]:
@@ -80,6 +82,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else f"no such endpoint: {request.method} {request.url.path}"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=(exc.headers or {}) | _no_retry(exc.status_code))
+
+    @app.exception_handler(OSError)
+    async def _storage(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno not in _NO_ROOM:
+            return await _unexpected(request, exc)
+        log.error("Storage full on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": f"the server's storage is full ({exc.strerror}): the request did not complete; free space, then try again"},
+            status_code=507,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -317,3 +317,17 @@ def test_the_services_own_state_is_never_readable_through_a_url(client, tmp_path
     msg = _refused(client.post("/v1/datasets", json={"name": "d", "files_url": state.as_uri()}), "files_url")
     assert "the service's own state" in msg
     _refused(client.post("/v1/models", json={"name": "m", "artifact": {"files_url": (state / "training").as_uri()}}), "artifact.files_url")
+
+
+def test_a_full_disk_is_507_not_a_server_error(client, monkeypatch):
+    import errno
+    import os
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(datastore.FolderFiles, "put", full)
+    response = commit(client, _add("training/a.jsonl"))
+    assert response.status_code == 507
+    assert response.json()["detail"] == "the server's storage is full (No space left on device): the request did not complete; free space, then try again"
+    assert _files(client) == []
