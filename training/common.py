@@ -198,6 +198,15 @@ def supervised_positions_only_on_cpu() -> Iterator[None]:
         trl_utils._use_triton = original
 
 
+def _no_room(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of room. Not every writer raises an ``OSError`` for it (the
+    tokenizers library and torch raise their own errors), so a nearly full filesystem counts too."""
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left", "os error 28", "Disk quota", "File too large")) or shutil.disk_usage(folder).free < 2**20
+
+
 def atomic_checkpoints(trainer: Any, folder: Path) -> None:
     """Make the trainer write each checkpoint into a hidden staging folder and rename it into place
     once complete, so ``checkpoint-N`` is either whole or absent. The older checkpoints are
@@ -227,14 +236,14 @@ def atomic_checkpoints(trainer: Any, folder: Path) -> None:
             shutil.rmtree(final, ignore_errors=True)  # a leftover of a run cut short at this very step
             os.replace(staged, final)
             staging.rmdir()
-        except OSError as exc:
+        except Exception as exc:
+            full = _no_room(exc, folder)
             shutil.rmtree(staging, ignore_errors=True)
-            if exc.errno not in _NO_ROOM:
+            if not full:
                 raise
             previous = last_checkpoint(folder)
-            free = shutil.disk_usage(folder).free
             raise CheckpointError(
-                f"no space left on device while writing {name} to {folder} ({free / 2**20:.1f} MiB free: {exc.strerror}); "
+                f"no space left on device while writing {name} to {folder} ({exc}); "
                 + (f"{Path(previous).name} is intact and a re-run resumes from it" if previous else "no earlier checkpoint exists")
             ) from exc
         finally:

@@ -257,13 +257,15 @@ def state_history(flow_run_id: str) -> list:
 
 
 def running_tasks(flow_run_id: str) -> set[str]:
-    """Names of the flow run's task runs that the Prefect server has as Running."""
+    """Names of the flow run's task runs that the Prefect server has as Running (a run's name is
+    its task's, or its task's with a ``-<key>`` suffix: both are given)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name for r in runs if r.state is not None and r.state.is_running()}
+    names = {r.name for r in runs if r.state is not None and r.state.is_running()}
+    return names | {name.rpartition("-")[0] for name in names}
 
 
 def flow_logs(flow_run_id: str) -> list[str]:
