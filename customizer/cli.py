@@ -264,6 +264,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from prefect import serve
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
+    from prefect.exceptions import ObjectNotFound
 
     from flows.customize import customize
     from flows.evaluate import evaluate
@@ -280,7 +281,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         ),
     ]
-    # Runs created while the worker is down stay scheduled and start when it is back.
+    # Runs created while the worker is down stay scheduled and start when it is back; runs a stopped
+    # worker left behind are taken back first.
+    from customizer.up import resume_orphaned_runs
+
+    try:
+        for flow_run_id, what in resume_orphaned_runs(settings.customize_deployment):
+            print(f"customizer worker: flow run {flow_run_id} lost its worker: {what}", flush=True)
+    except ObjectNotFound:
+        pass  # the deployment does not exist yet: nothing was left behind
     serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
 

@@ -8,10 +8,15 @@ Starts, each in its own process group so it can be stopped with everything it sp
 
 It prints their URLs, waits, and on Ctrl-C or SIGTERM stops them all (TERM, then KILL after a
 grace period). Everything lives in the data folder, so a restart finds the jobs it had.
+
+A worker that starts first takes back the runs a stopped worker left behind
+(``resume_orphaned_runs``): a run whose process is gone is scheduled again and resumes (training
+from its last checkpoint), up to ``RESUME_LIMIT`` times, then it is marked crashed with the reason.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -103,6 +108,76 @@ def wait_healthy(url: str, child: Child, timeout: float) -> None:
 def _wait_for_deployments(prefect_api: str, names: list[str], child: Child, timeout: float) -> None:
     for name in names:
         wait_healthy(f"{prefect_api}/deployments/name/{name}", child, timeout)
+
+
+RESUME_LIMIT = 5  # a run lost this many times is crashed for good, not resumed again
+RESUMING = "Resuming"  # the name of the Scheduled state a lost run is given back to its deployment in
+_UNCLAIMED_SECONDS = 60  # a run Pending or Running this long without a recorded process lost its worker
+
+
+def _process_gone(infrastructure_pid: str | None, started: dt.datetime | None) -> bool | None:
+    """Whether a run's recorded process (``host:pid``) is gone; None when it is another host's."""
+    import psutil
+
+    host, _, pid = (infrastructure_pid or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        created = psutil.Process(int(pid)).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    # A process started after the run did is another one that was given the same pid.
+    return started is not None and created > started.timestamp() + 5
+
+
+def resume_orphaned_runs(deployment: str) -> list[tuple[str, str]]:
+    """Give the runs of ``deployment`` (``flow/name``) that lost their process back to it.
+
+    A run Running or Pending whose process on this host is gone (or that never recorded one within
+    a minute) is scheduled again in a ``Resuming`` state that says why; the worker picks it up and
+    the flow resumes (its tasks are idempotent; training continues from its last checkpoint). A run
+    lost more than ``RESUME_LIMIT`` times is marked Crashed instead, and a run that was being
+    cancelled is marked Cancelled.
+
+    Returns:
+        ``(flow run id, what was done)`` for each run taken back.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Crashed, Scheduled
+
+    done = []
+    now = dt.datetime.now(dt.UTC)
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]))),
+        )
+        for run in runs:
+            gone = _process_gone(run.infrastructure_pid, run.start_time)
+            if gone is None and not run.infrastructure_pid:
+                gone = (now - run.state.timestamp).total_seconds() > _UNCLAIMED_SECONDS
+            if not gone:
+                continue
+            where = f"process {run.infrastructure_pid} is gone" if run.infrastructure_pid else "it never started"
+            lost = 1 + sum(s.name == RESUMING for s in client.read_flow_run_states(run.id))
+            if run.state.type == StateType.CANCELLING:
+                state, what = Cancelled(message=f"cancelled: its worker stopped while cancelling it ({where})"), "cancelled"
+            elif lost > RESUME_LIMIT:
+                state = Crashed(message=f"the worker running this job stopped ({where}) {lost} times; it is not resumed again: "
+                                        "look at the worker's log, then start the job again")
+                what = "crashed"
+            else:
+                state = Scheduled(name=RESUMING, scheduled_time=now, message=(
+                    f"its worker stopped ({where}); resumed by the worker started on {socket.gethostname()} "
+                    f"({lost} of at most {RESUME_LIMIT} times)"))
+                what = "resumed"
+            client.set_flow_run_state(run.id, state, force=True)
+            done.append((str(run.id), what))
+    return done
 
 
 def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, mlflow_port: int | None, mlflow_ui: bool,

@@ -474,6 +474,33 @@ def fetch(output_model: str, version: str, dest: Path, settings: Settings, store
     return manifest
 
 
+def verify_published(output_model: str, version: str, settings: Settings, expected: Manifest | None = None) -> Manifest:
+    """Check that a version is completely published: its manifest is there (and is ``expected``'s
+    content, when given) and every file it lists is stored with the manifest's sha256 and size.
+    What is promoted to serving must pass this first.
+
+    Raises:
+        StoreError: no readable manifest, a different manifest, or a file missing or not matching.
+    """
+    store = open_store(settings.publish_uri, settings)
+    prefix = f"{output_model}/{version}"
+    try:
+        manifest = _stored_manifest(store, f"{prefix}/{MANIFEST}")
+        if manifest is None:
+            raise StoreError(f"{output_model} v{version} is not completely published in {settings.publish_uri}: it has no readable manifest")
+        if expected is not None and (manifest.files != expected.files or manifest.base_model != expected.base_model):
+            raise StoreError(f"{store.uri(prefix)}/{MANIFEST} lists other files than this job published")
+        for name, entry in manifest.files.items():
+            stored = store.stored(f"{prefix}/{_check_name(name)}")
+            if stored != entry:
+                found = "missing" if stored is None else f"sha256 {stored.sha256[:12]}..., {stored.size} bytes"
+                raise StoreError(f"{store.uri(prefix)}/{name} does not match its manifest ({found}; "
+                                 f"expected sha256 {entry.sha256[:12]}..., {entry.size} bytes)")
+    except _store_failures() as exc:
+        raise _explain(exc, store, f"verifying {output_model} v{version} in {settings.publish_uri}") from exc
+    return manifest
+
+
 def read_published_file(output_model: str, version: str, name: str, settings: Settings, store_uri: str | None = None) -> bytes:
     """One file of a published version, verified against the manifest.
 

@@ -10,12 +10,12 @@ from tasks.approval import approve_promotion, approve_training
 from tasks.data import ingest
 from tasks.deploy import go_live, promote, publish_adapter, register
 from tasks.evaluation import build_task_benchmark, champion_scores, check_prompt_baseline, evaluate, gate, report
-from tasks.job import CustomizationResult, base_model, finish_job, mark_failed, open_job
+from tasks.job import CustomizationResult, base_model, finish_job, mark_failed, open_job, record_process
 from tasks.training import plan_training, train
 from training.specs import CustomizationSpec
 
 
-@flow(name="customize", on_failure=[mark_failed], on_crashed=[mark_failed])
+@flow(name="customize", on_running=[record_process], on_failure=[mark_failed], on_crashed=[mark_failed])
 def customize(spec: CustomizationSpec) -> CustomizationResult:
     """Fine-tune a base model (SFT, DPO or GRPO) and promote the result only if it beats the base
     model on the task without forgetting general skills."""

@@ -14,7 +14,7 @@ from deploy import handoff, registry, tracking
 from deploy.compat import CompatError, check_serving
 from deploy.notify import notify
 from deploy.registry import RegisteredVersion
-from deploy.store import Published, publish, publishable_files
+from deploy.store import Published, publish, publishable_files, verify_published
 from evaluation.gate import ApprovalRecord, Decision
 from evaluation.runner import StageScores
 from tasks.approval import approval_tags
@@ -119,11 +119,13 @@ def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, traine
 
 @task(name="promote", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
 def promote(job: Job, version: RegisteredVersion, published: Published, decision: Decision) -> RegisteredVersion:
-    """Move the ``champion`` alias to this version if the gate promoted it (only after publication)."""
+    """Move the ``champion`` alias to this version if the gate promoted it, once the store holds all
+    of its files as the manifest lists them (a version is never champion without its artifacts)."""
     settings = get_settings()
     if decision.action != "promote":
         get_run_logger().info("Not promoted: %s stays candidate", version.version)
         return registry.describe(settings, job.spec.output_model, version.version)
+    verify_published(job.spec.output_model, version.version, settings, expected=published.manifest)
     promoted = registry.promote(settings, job.spec.output_model, version.version)
     get_run_logger().info("%s version %s is now the champion", promoted.registered_model, promoted.version)
     notify(settings, f"{job.spec.output_model} version {promoted.version} is the champion (job {job.job_id}), published at {published.uri}")

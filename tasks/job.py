@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from typing import Literal
 
 from prefect import get_run_logger, runtime, task
@@ -171,3 +173,12 @@ def mark_failed(flow, flow_run, state) -> None:
     output_model = spec.get("output_model") if isinstance(spec, dict) else getattr(spec, "output_model", None)
     notify(settings, f"customize job {job_id} for {output_model or 'an unknown model'} failed: {state.message}"[:3000])
     tracking.fail_job_runs(settings, job_id, str(state.message))
+
+
+def record_process(flow, flow_run, state) -> None:
+    """Flow running hook: record where the run's process is (``host:pid``) on the flow run, so a
+    worker starting after a crash tells a run whose process is gone from one still running."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, infrastructure_pid=f"{socket.gethostname()}:{os.getpid()}")

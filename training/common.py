@@ -6,11 +6,13 @@ TRL config from these in one function and reads top to bottom."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +36,14 @@ class TrainingError(ValueError):
 
 class TrainingCancelled(RuntimeError):
     """The job was cancelled while training; nothing was saved as its output."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a quota); the previous checkpoints are intact."""
+
+
+# Write failures that mean "no room": a full disk, a quota, a file size limit.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class TrainResult(BaseModel):
@@ -188,6 +198,62 @@ def supervised_positions_only_on_cpu() -> Iterator[None]:
         trl_utils._use_triton = original
 
 
+def _no_room(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of room. Not every writer raises an ``OSError`` for it (the
+    tokenizers library and torch raise their own errors), so a nearly full filesystem counts too."""
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left", "os error 28", "Disk quota", "File too large")) or shutil.disk_usage(folder).free < 2**20
+
+
+def atomic_checkpoints(trainer: Any, folder: Path) -> None:
+    """Make the trainer write each checkpoint into a hidden staging folder and rename it into place
+    once complete, so ``checkpoint-N`` is either whole or absent. The older checkpoints are
+    rotated out (``save_total_limit``) only after the rename; a write that fails for lack of room
+    removes its staging folder and raises ``CheckpointError`` naming the checkpoint, the folder and
+    the checkpoint a re-run resumes from.
+
+    One training process only: under torchrun every rank writes its own part of a checkpoint.
+    """
+    from transformers.trainer_utils import rotate_checkpoints
+
+    if world_size() > 1:
+        return
+    save = trainer._save_checkpoint
+
+    def save_atomically(model: Any, trial: Any) -> None:
+        name = f"checkpoint-{trainer.state.global_step}"
+        staging = folder / f".partial-{name}"  # not `checkpoint-*`: never resumed from, never rotated
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer._get_output_dir = lambda trial=None: str(staging)  # the trainer writes staging/checkpoint-N
+        try:
+            save(model, trial)
+            staged, final = staging / name, folder / name
+            if trainer.state.best_model_checkpoint == str(staged):
+                trainer.state.best_model_checkpoint = str(final)
+                trainer.state.save_to_json(str(staged / "trainer_state.json"))
+            shutil.rmtree(final, ignore_errors=True)  # a leftover of a run cut short at this very step
+            os.replace(staged, final)
+            staging.rmdir()
+        except Exception as exc:
+            full = _no_room(exc, folder)
+            shutil.rmtree(staging, ignore_errors=True)
+            if not full:
+                raise
+            previous = last_checkpoint(folder)
+            raise CheckpointError(
+                f"no space left on device while writing {name} to {folder} ({exc}); "
+                + (f"{Path(previous).name} is intact and a re-run resumes from it" if previous else "no earlier checkpoint exists")
+            ) from exc
+        finally:
+            del trainer._get_output_dir  # back to the class's method
+        rotate_checkpoints(output_dir=str(folder), save_total_limit=trainer.args.save_total_limit,
+                           best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=True)
+
+    trainer._save_checkpoint = save_atomically
+
+
 def last_checkpoint(folder: Path) -> str | None:
     """The newest complete checkpoint. The trainer writes ``trainer_state.json`` last, so a
     checkpoint cut short by a crash (no readable state file) is skipped, not resumed from."""
@@ -225,6 +291,7 @@ def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hoo
 
     Raises:
         TrainingCancelled: ``hooks.should_stop`` said so; no output is saved.
+        CheckpointError: a checkpoint could not be written for lack of room.
     """
     from transformers import EarlyStoppingCallback, PrinterCallback
 
@@ -239,6 +306,7 @@ def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hoo
         early = EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.min_delta)
         trainer.add_callback(early)
 
+    atomic_checkpoints(trainer, checkpoints)
     resume = last_checkpoint(checkpoints)
     if resume:
         log.info("Resuming from %s", resume)
