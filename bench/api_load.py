@@ -170,15 +170,18 @@ def run_job(api: str, model: str, epochs: int, tag: str, clients: int, interval:
     with httpx.Client(base_url=api, timeout=120) as client:
         job_id = create_job(client, epochs, model, tag)
         cpu = resource.getrusage(resource.RUSAGE_SELF)
+        load_before = os.getloadavg()[0]
         started = time.perf_counter()
         samples = asyncio.run(_poll_until_done(api, job_id, clients, interval))
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
+        # The machine's 1-minute load average: what else competed for the cores (other work included).
+        load = [load_before, os.getloadavg()[0]]
         status = client.get(f"/v1/customization/jobs/{job_id}/status").json()
     if status["status"] != "completed":
         raise RuntimeError(f"job {job_id} ended {status['status']}: {json.dumps(status.get('status_logs', []))[-1500:]}")
     client_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
-    return job_id, summarise(samples), {"wall": wall, "client_cpu_seconds": client_cpu}
+    return job_id, summarise(samples), {"wall": wall, "client_cpu_seconds": client_cpu, "load_average": load}
 
 
 async def _poll_until_done(api: str, job_id: str, clients: int, interval: float):
@@ -261,7 +264,8 @@ def main() -> None:
     print("(the training runs in the worker's flow-run process; the clients run in this process, on the same cores)")
     for label, phase in phases.items():
         niced = f", services at nice {phase['nice']}" if phase["nice"] is not None else ""
-        print(f"\n{label} (job {phase['job_id']}, {phase['wall']:.0f} s, clients' CPU {phase['client_cpu_seconds']:.1f} s{niced})")
+        print(f"\n{label} (job {phase['job_id']}, {phase['wall']:.0f} s, clients' CPU {phase['client_cpu_seconds']:.1f} s{niced}, "
+              f"load average {phase['load_average'][0]:.1f} -> {phase['load_average'][1]:.1f} on {os.cpu_count()} cores)")
         print(f"  {'endpoint':42} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         for name, s in phase["latency"].items():
             print(f"  {name:42} {s['count']:8d} {1000 * s['p50']:8.1f} {1000 * s['p99']:8.1f} {100 * s['error_rate']:6.1f}%")

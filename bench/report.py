@@ -126,7 +126,10 @@ def api_rows(data: dict[str, Any]) -> list[Row]:
             ok = loaded["error_rate"] == 0 and loaded["p99"] <= data["p99_goal"]
             rows.append(Row("api_load", f"{name}, {phase['clients']} clients during training ({label})", ours, baseline, ratio,
                             f"p99 <= {_ms(data['p99_goal'])}, 0 errors", "met" if ok else "missed"))
-        rows.append(ratio_row("api_load", f"training tokens/s with {phase['clients']} API clients vs without ({data['model']}, {label})",
+        machine = ""
+        if "load_average" in phase and "load_average" in unloaded:  # what else ran on the machine meanwhile
+            machine = f"; load average {max(phase['load_average']):.1f} vs {max(unloaded['load_average']):.1f}"
+        rows.append(ratio_row("api_load", f"training tokens/s with {phase['clients']} API clients vs without ({data['model']}, {label}{machine})",
                               phase["tokens_per_second"], unloaded["tokens_per_second"], "tok/s", ">=", 0.9))
     return rows
 
