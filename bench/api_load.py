@@ -8,11 +8,11 @@ It starts the whole platform as ``customizer up`` does (Prefect server, the work
 deployments, the MLflow UI, the REST API) with an S3 artifact store (moto's server, over HTTP), and
 registers the support-tickets dataset in the Entity Store. Then, through the REST API:
 
-1. **unloaded**: a customization job runs to completion while one client asks for its status
-   and the job list once a second: that client's latencies are the baseline;
-2. **loaded**: the same job again while ``--clients`` clients each ask, in turn, for the job's
-   status and for the job list, waiting ``--interval`` seconds between requests (a NeMo SDK
-   polling loop); every answer that is not a 200 counts as an error;
+1. **unloaded**: a customization job runs to completion; while it trains, one client asks for its
+   status and the job list once a second: that client's latencies are the baseline;
+2. **loaded**: the same job again; while it trains, ``--clients`` clients each ask, in turn, for
+   the job's status and for the job list, waiting ``--interval`` seconds between requests (a NeMo
+   SDK polling loop); every answer that is not a 200 counts as an error;
 3. **loaded, services niced** (with ``--services-nice N``): the same, with the processes that
    answer the clients (API, Prefect server, MLflow UI) at ``nice N`` so training, which runs in
    the worker's flow-run process at normal priority, gets the CPU first.
@@ -119,36 +119,53 @@ def create_job(client, epochs: int, model: str, tag: str) -> str:
     return response.json()["id"]
 
 
-async def poll(api: str, job_id: str, clients: int, interval: float, done: asyncio.Event) -> dict[str, list[tuple[float, bool]]]:
-    """``clients`` clients, each asking in turn for the job's status and the job list, ``interval`` s
-    apart, until ``done``; returns (seconds, ok) per request and endpoint. The job's final status is
-    read by whoever sees it first."""
+async def poll(api: str, job_id: str, clients: int, interval: float) -> dict[str, list[tuple[float, bool]]]:
+    """While the job trains, ``clients`` clients each ask in turn for its status and for the job list,
+    ``interval`` s apart; returns (seconds, ok) per request and endpoint. An observer (not counted)
+    follows the job's progress: training has begun once the status reports steps, and has ended at
+    100% or when the job finishes."""
     import httpx
 
     endpoints = {"GET /v1/customization/jobs/{id}/status": f"/v1/customization/jobs/{job_id}/status",
                  "GET /v1/customization/jobs": "/v1/customization/jobs?page_size=10"}
     samples: dict[str, list[tuple[float, bool]]] = {name: [] for name in endpoints}
+    training, trained, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def observer() -> None:
+        async with httpx.AsyncClient(base_url=api, timeout=120) as client:
+            while not finished.is_set():
+                try:
+                    status = (await client.get(endpoints["GET /v1/customization/jobs/{id}/status"])).json()
+                except (httpx.HTTPError, ValueError):
+                    await asyncio.sleep(0.5)
+                    continue
+                if status.get("steps_completed") is not None:
+                    training.set()
+                if (status.get("percentage_done") or 0) >= 100 or status["status"] in FINISHED:
+                    training.set()
+                    trained.set()
+                if status["status"] in FINISHED:
+                    finished.set()
+                await asyncio.sleep(0.5)
 
     async def one(index: int) -> None:
+        await training.wait()
         async with httpx.AsyncClient(base_url=api, timeout=60) as client:
             await asyncio.sleep(interval * index / clients)  # spread the clients over one interval
             turn = index
-            while not done.is_set():
+            while not trained.is_set():
                 name = list(endpoints)[turn % 2]
                 turn += 1
                 started = time.perf_counter()
                 try:
-                    response = await client.get(endpoints[name])
-                    ok = response.status_code == 200
-                    if ok and name.endswith("/status") and response.json()["status"] in FINISHED:
-                        done.set()
+                    ok = (await client.get(endpoints[name])).status_code == 200
                 except httpx.HTTPError:
                     ok = False
                 samples[name].append((time.perf_counter() - started, ok))
                 if interval:
                     await asyncio.sleep(interval)
 
-    await asyncio.gather(*(one(i) for i in range(clients)))
+    await asyncio.gather(observer(), *(one(i) for i in range(clients)))
     return samples
 
 
@@ -172,7 +189,7 @@ def run_job(api: str, model: str, epochs: int, tag: str, clients: int, interval:
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
-        samples = asyncio.run(_poll_until_done(api, job_id, clients, interval))
+        samples = asyncio.run(poll(api, job_id, clients, interval))
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
         # The machine's 1-minute load average: what else competed for the cores (other work included).
@@ -182,11 +199,6 @@ def run_job(api: str, model: str, epochs: int, tag: str, clients: int, interval:
         raise RuntimeError(f"job {job_id} ended {status['status']}: {json.dumps(status.get('status_logs', []))[-1500:]}")
     client_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     return job_id, summarise(samples), {"wall": wall, "client_cpu_seconds": client_cpu, "load_average": load}
-
-
-async def _poll_until_done(api: str, job_id: str, clients: int, interval: float):
-    done = asyncio.Event()
-    return await poll(api, job_id, clients, interval, done)
 
 
 def training_rate(tracking_uri: str, job_id: str) -> dict[str, float]:
