@@ -36,23 +36,23 @@ class Benchmark:
     script: str
     full: list[str]
     quick: list[str] | None  # None: not run in quick mode
-    timeout: dict[str, int]  # seconds, by mode
+    timeout: dict[str, int]  # seconds, by mode: generous, since a shared machine can be several times slower
     rows: Callable[[dict], list[report.Row]]
 
 
 BENCHMARKS = [
     Benchmark("train", "train.py", ["--model", "embedded", "--steps", "8"], ["--model", "tiny", "--steps", "20"],
-              {"full": 1800, "quick": 300}, report.train_rows),
+              {"full": 1800, "quick": 600}, report.train_rows),
     Benchmark("customize", "customize_overhead.py", ["--model", "embedded", "--epochs", "1", "--max-steps", "10", "--limit", "20"],
-              ["--model", "tiny", "--epochs", "1", "--limit", "10"], {"full": 2400, "quick": 420}, report.customize_rows),
+              ["--model", "tiny", "--epochs", "1", "--limit", "10"], {"full": 2400, "quick": 900}, report.customize_rows),
     Benchmark("eval", "eval.py", ["--model", "embedded", "--limit", "40"], ["--model", "tiny", "--limit", "10"],
-              {"full": 2400, "quick": 300}, report.eval_rows),
+              {"full": 2400, "quick": 600}, report.eval_rows),
     Benchmark("publish", "publish_throughput.py", ["--shard-mib", "64", "--shards", "3", "--repeats", "3"],
-              ["--shard-mib", "8", "--shards", "2", "--repeats", "3"], {"full": 900, "quick": 180}, report.publish_rows),
+              ["--shard-mib", "8", "--shards", "2", "--repeats", "3"], {"full": 900, "quick": 300}, report.publish_rows),
     Benchmark("ingest", "ingest_summary.py", ["--sizes", "50000", "500000", "--repeat", "3"], ["--sizes", "5000", "50000", "--repeat", "1"],
-              {"full": 1800, "quick": 240}, report.ingest_rows),
+              {"full": 1800, "quick": 480}, report.ingest_rows),
     Benchmark("api_load", "api_load.py", ["--model", "tiny", "--epochs", "8", "--clients", "50", "--services-nice", "10"],
-              ["--model", "tiny", "--epochs", "3", "--clients", "50"], {"full": 3000, "quick": 600}, report.api_rows),
+              ["--model", "tiny", "--epochs", "3", "--clients", "50"], {"full": 3000, "quick": 1200}, report.api_rows),
     Benchmark("serving", "serving_throughput.py", ["--model", "tiny"], None, {"full": 1200}, report.serving_rows),
     Benchmark("hotload", "hotload_latency.py", ["--model", "tiny"], None, {"full": 1200}, report.hotload_rows),
 ]
