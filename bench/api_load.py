@@ -2,7 +2,7 @@
 costs the training, measured in the same run.
 
     python bench/api_load.py [--model tiny|embedded] [--epochs 8] [--clients 50] [--interval 1.0]
-                             [--services-nice 10] [--json results.json]
+                             [--services-nice 10] [--torch-threads N] [--json results.json]
 
 It starts the whole platform as ``customizer up`` does (Prefect server, the worker serving the
 deployments, the MLflow UI, the REST API) with an S3 artifact store (moto's server, over HTTP), and
@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds each client waits between requests (0: none)")
     parser.add_argument("--services-nice", type=int, default=None, help="also run a loaded job with API, Prefect and MLflow at this niceness")
+    parser.add_argument("--torch-threads", type=int, default=None, help="CPU threads the training uses (default: all cores)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -235,6 +236,8 @@ def main() -> None:
                 "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
             }
+            if args.torch_threads:
+                env["CUSTOMIZER_TORCH_THREADS"] = str(args.torch_threads)
             for leaked in ("PREFECT_API_URL", "CUSTOMIZER_MLFLOW_TRACKING_URI"):
                 env.pop(leaked, None)
             import boto3
@@ -285,7 +288,8 @@ def main() -> None:
         print(f"  training {phase['tokens_per_second']:.0f} tok/s = {ratio:.2f}x unloaded (goal >= 0.90 under load)")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "epochs": args.epochs, "clients": args.clients, "interval": args.interval,
-                                         "p99_goal": P99_GOAL, "platform_start": platform_start, "phases": phases}, indent=2))
+                                         "torch_threads": args.torch_threads, "p99_goal": P99_GOAL, "platform_start": platform_start,
+                                         "phases": phases}, indent=2))
 
 
 if __name__ == "__main__":
