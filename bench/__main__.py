@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -52,19 +53,30 @@ BENCHMARKS = [
     Benchmark("ingest", "ingest_summary.py", ["--sizes", "50000", "500000", "--repeat", "3"], ["--sizes", "5000", "50000", "--repeat", "1"],
               {"full": 1800, "quick": 480}, report.ingest_rows),
     Benchmark("api_load", "api_load.py", ["--model", "tiny", "--epochs", "8", "--clients", "50", "--services-nice", "10"],
-              ["--model", "tiny", "--epochs", "3", "--clients", "50"], {"full": 3000, "quick": 1200}, report.api_rows),
+              ["--model", "tiny", "--epochs", "2", "--clients", "50", "--interval", "5"], {"full": 3000, "quick": 1200}, report.api_rows),
     Benchmark("serving", "serving_throughput.py", ["--model", "tiny"], None, {"full": 1200}, report.serving_rows),
     Benchmark("hotload", "hotload_latency.py", ["--model", "tiny"], None, {"full": 1200}, report.hotload_rows),
 ]
 
 
-def failure_reason(log: Path, returncode: int | None) -> str:
+def failure_reason(log: Path, returncode: int | None, timeout: int) -> str:
     """The last line that looks like an error in a benchmark's output (else its last line)."""
     lines = [line.strip() for line in log.read_text(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line or "Exception" in line or line.startswith("raise ")]
-    last = (errors or lines or ["no output"])[-1]
-    status = "timed out" if returncode is None else f"exit status {returncode}"
-    return f"{status}: {last[:300]}"
+    if returncode is None:
+        return f"timed out after {timeout} s; last output: {(lines or ['none'])[-1][:300]}"
+    return f"exit status {returncode}: {(errors or lines or ['no output'])[-1][:300]}"
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Interrupt a benchmark (Ctrl-C: its clean-up stops the servers it started in their own
+    sessions), then kill its process group if it is still there a minute later."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def run(benchmark: Benchmark, quick: bool, folder: Path) -> tuple[list[report.Row], dict | None, float]:
@@ -82,12 +94,11 @@ def run(benchmark: Benchmark, quick: bool, folder: Path) -> tuple[list[report.Ro
         try:
             returncode = process.wait(timeout=benchmark.timeout[mode])
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)  # the benchmark and the servers it started
-            process.wait()
+            stop(process)
             returncode = None
     seconds = time.perf_counter() - started
     if returncode != 0 or not out.exists():
-        reason = failure_reason(log, returncode)
+        reason = failure_reason(log, returncode, benchmark.timeout[mode])
         print(f"[bench] {benchmark.name} FAILED after {seconds:.0f} s ({reason}); see {log}", flush=True)
         return [report.failed_row(benchmark.name, reason)], None, seconds
     data = json.loads(out.read_text())

@@ -91,10 +91,10 @@ def test_markdown_and_json_hold_every_row_and_escape_pipes(tmp_path):
 def test_failure_reason_names_the_error_line(tmp_path):
     log = tmp_path / "x.log"
     log.write_text("step 1\nTraceback (most recent call last):\n  File x\nRuntimeError: moto did not start\nshutting down\n")
-    assert failure_reason(log, 1) == "exit status 1: RuntimeError: moto did not start"
-    assert failure_reason(log, None).startswith("timed out: ")
+    assert failure_reason(log, 1, 60) == "exit status 1: RuntimeError: moto did not start"
+    assert failure_reason(log, None, 60) == "timed out after 60 s; last output: shutting down"
     log.write_text("")
-    assert failure_reason(log, 2) == "exit status 2: no output"
+    assert failure_reason(log, 2, 60) == "exit status 2: no output"
 
 
 def test_gpu_peaks_from_the_table_or_the_override():
