@@ -40,6 +40,53 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+# Dense bf16 peak TFLOP/s by GPU name (the datasheets' larger figures assume 2:4 sparsity).
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+
+
+def gpu_peak_tflops(device_name: str, override: str | None = None) -> tuple[float, str]:
+    """``(dense bf16 peak TFLOP/s, where the figure comes from)`` for a GPU named like
+    ``torch.cuda.get_device_name()``; ``override`` (a number) wins.
+
+    >>> gpu_peak_tflops("NVIDIA H100 80GB HBM3")
+    (989.0, 'H100 dense bf16')
+    >>> gpu_peak_tflops("NVIDIA H100 80GB HBM3", "500")
+    (500.0, 'CUSTOMIZER_BENCH_PEAK_TFLOPS')
+
+    Raises:
+        ValueError: the override is not a positive number, or the GPU is not in the table and no
+            override was given.
+    """
+    if override:
+        try:
+            value = float(override)
+        except ValueError:
+            value = 0.0
+        if value <= 0:
+            raise ValueError(f"CUSTOMIZER_BENCH_PEAK_TFLOPS must be a positive number of TFLOP/s, got {override!r}")
+        return value, "CUSTOMIZER_BENCH_PEAK_TFLOPS"
+    for key, value in GPU_PEAK_TFLOPS.items():
+        if key.lower() in device_name.lower():
+            return value, f"{key} dense bf16"
+    raise ValueError(f"no known bf16 peak for GPU {device_name!r}: set CUSTOMIZER_BENCH_PEAK_TFLOPS (dense bf16 TFLOP/s)")
+
+
+def random_model_like(shape: Path, folder: Path, dtype) -> Path:
+    """A model with ``shape``'s architecture (its ``config.json``) and tokenizer, randomly initialised."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(shape), dtype=dtype)
+    model.save_pretrained(folder)
+    for path in shape.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "chat_template")) or path.suffix == ".jinja":
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
 def build_tiny_model(folder: Path) -> Path:
     """A 4-layer Llama (hidden 256) with a byte-level BPE tokenizer and a ChatML template."""
     import inspect

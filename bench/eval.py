@@ -1,6 +1,6 @@
 """Evaluation stage vs the ``lm_eval`` command line: same model, same benchmarks, same settings.
 
-    python bench/eval.py [--model embedded|tiny] [--limit N]
+    python bench/eval.py [--model embedded|tiny] [--limit N] [--json results.json]
 
 For the base model alone and for the base plus a LoRA adapter, it times customizer's evaluation
 stage (one model load for the task benchmark and the general benchmarks; adapters merged) and the
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--child", type=Path)
     parser.add_argument("--adapter")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.child:
         args.child.write_text(json.dumps(ours(args.child.parent, args.model, args.adapter, args.limit)))
@@ -112,6 +113,9 @@ def main() -> None:
     for label, mine_s, cli_s, same in rows:
         print(f"{label:14} {mine_s:13.1f} {cli_s:10.1f} {cli_s / mine_s:6.2f}x  {'yes' if same else 'NO'}")
     print("ratio = lm_eval time / customizer time (goal >= 1.0: no slower)")
+    if args.json:
+        runs = [{"label": label, "customizer_seconds": mine_s, "lm_eval_seconds": cli_s, "same_scores": same} for label, mine_s, cli_s, same in rows]
+        args.json.write_text(json.dumps({"model": args.model, "limit": args.limit, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ the store, the sha256 check of every file against the manifest, and the PEFT loa
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--store", choices=["file", "s3"], default="file")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the server")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -93,6 +95,10 @@ def main() -> None:
     print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8} {'p50 vs in memory':>17}")
     for label, values in rows:
         print(f"{label:34} {1000 * percentile(values, 50):8.1f} {1000 * percentile(values, 99):8.1f} {percentile(values, 50) / base_p50:16.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "store": args.store, "count": args.count,
+                                         "p50": {label: percentile(values, 50) for label, values in rows},
+                                         "p99": {label: percentile(values, 99) for label, values in rows}}, indent=2))
 
 
 if __name__ == "__main__":

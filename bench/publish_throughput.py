@@ -5,12 +5,13 @@ publish does more than upload: it hashes every file (sha256 into the manifest an
 metadata), checks what is already stored, and writes the manifest last. The goal is >= 0.9x the
 plain upload's throughput. A re-publish of identical content is timed too (it should send 0 bytes).
 
-    python bench/publish_throughput.py [--shard-mib 64] [--shards 3] [--repeats 3]
+    python bench/publish_throughput.py [--shard-mib 64] [--shards 3] [--repeats 3] [--json results.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--shard-mib", type=int, default=64, help="size of each weight shard (MiB)")
     parser.add_argument("--shards", type=int, default=3, help="number of shards (a full-weights model)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -81,6 +83,9 @@ def main() -> None:
     print(f"{'customizer publish':34} {median(ours):8.2f} {ours_rate:8.1f} {ours_rate / plain_rate:6.2f}   goal >= 0.90")
     print(f"{'re-publish, identical (0 bytes)':34} {median(again):8.2f}")
     print(f"runs (s): baseline {', '.join(f'{t:.2f}' for t in plain)}; publish {', '.join(f'{t:.2f}' for t in ours)}")
+    if args.json:
+        args.json.write_text(json.dumps({"files": len(names), "mib": mib, "plain_seconds": plain, "ours_seconds": ours,
+                                         "republish_seconds": again, "plain_mib_s": plain_rate, "ours_mib_s": ours_rate}, indent=2))
 
 
 if __name__ == "__main__":

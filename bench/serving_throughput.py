@@ -11,6 +11,7 @@ The server runs in its own process; client threads keep it busy. Every request g
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the server")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
     from customizer.settings import Settings
@@ -82,6 +84,10 @@ def main() -> None:
     print(f"{'base model alone (baseline)':44} {base_rate:9.1f} {1.0:6.2f}")
     print(f"{f'{args.adapters} distinct adapters (r={args.rank}, q/k/v/o)':44} {adapter_rate:9.1f} {adapter_rate / base_rate:6.2f}   goal >= 0.80")
     print(f"runs (tokens/s): base {', '.join(f'{r:.1f}' for r in base_runs)}; adapters {', '.join(f'{r:.1f}' for r in adapter_runs)}")
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "adapters": args.adapters, "rank": args.rank, "base_runs": base_runs,
+                                         "adapter_runs": adapter_runs, "base_tokens_per_second": base_rate,
+                                         "adapter_tokens_per_second": adapter_rate}, indent=2))
 
 
 if __name__ == "__main__":
