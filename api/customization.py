@@ -15,7 +15,10 @@ import json
 import logging
 import os
 import tempfile
+import threading
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -556,20 +559,60 @@ def _detail(message: str | None) -> str | None:
     return message.removeprefix("Flow run encountered an exception: ").strip()
 
 
+REFRESH_SECONDS = 2.0  # a job asked about again within this is answered from its last refresh
+
+
+@dataclass
+class _Refreshed:
+    at: float  # time.monotonic()
+    detailed: bool
+    job: dict[str, Any]
+
+
+_refreshed: dict[str, _Refreshed] = {}
+_refresh_lock = threading.Lock()
+
+
 def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]], detailed: bool = False) -> list[dict[str, Any]]:
     """Bring unfinished jobs up to date from their flow runs (and, when ``detailed``, MLflow).
 
     A job that reached a final state is saved with its final details and not asked about again.
-    When Prefect is unreachable the last known state is returned.
+    When Prefect is unreachable the last known state is returned. Many clients polling the same
+    jobs cost one refresh per ``REFRESH_SECONDS``: a job refreshed that recently (and not changed
+    since) is answered as it was, and concurrent requests wait for the refresh in progress rather
+    than repeat it, so polling does not take the CPU that training needs.
     """
     open_jobs = [j for j in jobs if j["status"] not in orchestrator.FINAL]
     if not open_jobs:
         return jobs
+    with _refresh_lock:
+        clock = time.monotonic()
+        recent = {j["id"]: r.job for j in open_jobs if (r := _refreshed.get(j["id"])) and clock - r.at < REFRESH_SECONDS
+                  and (r.detailed or not detailed) and r.job.get("updated_at") == j.get("updated_at")}
+        stale = [j for j in open_jobs if j["id"] not in recent]
+        if stale:
+            for job in _refresh(store, settings, stale, detailed):
+                recent[job["id"]] = job
+                if job["status"] in orchestrator.FINAL:
+                    _refreshed.pop(job["id"], None)
+                else:
+                    _refreshed[job["id"]] = _Refreshed(time.monotonic(), detailed, job)
+    return [recent.get(j["id"], j) for j in jobs]
+
+
+def forget_refresh(job_id: str) -> None:
+    """The next refresh of this job asks Prefect (after an action that changed its run)."""
+    with _refresh_lock:
+        _refreshed.pop(job_id, None)
+
+
+def _refresh(store: Store, settings: Settings, open_jobs: list[dict[str, Any]], detailed: bool) -> list[dict[str, Any]]:
+    """Ask Prefect (and MLflow) about unfinished jobs; each job as it is now."""
     try:
         found = orchestrator.states([j["_flow_run_id"] for j in open_jobs], history=detailed)
     except orchestrator.OrchestratorUnavailable as exc:
         log.warning("Job status not refreshed: %s", exc)
-        return jobs
+        return open_jobs
     refreshed = {}
     for job in open_jobs:
         state = found.get(job["_flow_run_id"])
@@ -581,7 +624,9 @@ def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]], d
         if final and not state.history:
             state = orchestrator.states([job["_flow_run_id"]], history=True).get(job["_flow_run_id"], state)
         refreshed[job["id"]] = _apply_state(store, settings, job, state, with_metrics=detailed or final)
-    return [refreshed.get(j["id"], j) for j in jobs]
+    return [refreshed.get(j["id"], j) for j in open_jobs]
+
+
 
 
 def _apply_state(store: Store, settings: Settings, job: dict[str, Any], state: orchestrator.RunState, with_metrics: bool) -> dict[str, Any]:

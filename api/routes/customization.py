@@ -72,6 +72,7 @@ def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: Call
     if job["status"] in orchestrator.FINAL:
         raise Conflict(f"customization job {job_id} is already {job['status']}; only a pending or running job can be cancelled")
     orchestrator.cancel(job["_flow_run_id"])
+    logic.forget_refresh(job_id)
     return logic.public(logic.refresh_jobs(store, settings, [job], detailed=True)[0])
 
 
@@ -86,6 +87,7 @@ def answer_approval(job_id: str, body: ApprovalAnswer, store: StoreDep, settings
         orchestrator.answer(job["_flow_run_id"], body.model_dump())
     except orchestrator.NotWaiting as exc:
         raise Conflict(f"customization job {job_id} is not waiting for an approval (its run is {exc})") from exc
+    logic.forget_refresh(job_id)
     return logic.public(logic.refresh_jobs(store, settings, [job], detailed=True)[0])
 
 
