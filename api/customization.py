@@ -570,7 +570,8 @@ class _Refreshed:
 
 
 _refreshed: dict[str, _Refreshed] = {}
-_refresh_lock = threading.Lock()
+_refreshing: set[str] = set()  # jobs a request is refreshing now
+_refresh_done = threading.Condition()
 
 
 def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]], detailed: bool = False) -> list[dict[str, Any]]:
@@ -578,31 +579,52 @@ def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]], d
 
     A job that reached a final state is saved with its final details and not asked about again.
     When Prefect is unreachable the last known state is returned. Many clients polling the same
-    jobs cost one refresh per ``REFRESH_SECONDS``: a job refreshed that recently (and not changed
-    since) is answered as it was, and concurrent requests wait for the refresh in progress rather
-    than repeat it, so polling does not take the CPU that training needs.
+    jobs cost one refresh per job every ``REFRESH_SECONDS``, so polling does not take the CPU that
+    training needs: a job refreshed that recently (and not saved since) is answered as it was,
+    and while one request refreshes a job the others answer with its last refresh (or, when there
+    is none, wait for this one) instead of asking again.
     """
     open_jobs = [j for j in jobs if j["status"] not in orchestrator.FINAL]
     if not open_jobs:
         return jobs
-    with _refresh_lock:
-        clock = time.monotonic()
-        recent = {j["id"]: r.job for j in open_jobs if (r := _refreshed.get(j["id"])) and clock - r.at < REFRESH_SECONDS
-                  and (r.detailed or not detailed) and r.job.get("updated_at") == j.get("updated_at")}
-        stale = [j for j in open_jobs if j["id"] not in recent]
-        if stale:
-            for job in _refresh(store, settings, stale, detailed):
-                recent[job["id"]] = job
-                if job["status"] in orchestrator.FINAL:
-                    _refreshed.pop(job["id"], None)
+    answers: dict[str, dict[str, Any]] = {}
+    with _refresh_done:
+        while True:
+            clock, todo, wait = time.monotonic(), [], False
+            for job in open_jobs:
+                last = _refreshed.get(job["id"])
+                usable = last is not None and (last.detailed or not detailed) and last.job["updated_at"] >= job["updated_at"]
+                if usable and (clock - last.at < REFRESH_SECONDS or job["id"] in _refreshing):
+                    answers[job["id"]] = last.job
+                elif job["id"] in _refreshing:
+                    wait = True
                 else:
-                    _refreshed[job["id"]] = _Refreshed(time.monotonic(), detailed, job)
-    return [recent.get(j["id"], j) for j in jobs]
+                    todo.append(job)
+            if not wait:
+                break
+            answers.clear()
+            _refresh_done.wait(timeout=60)
+        _refreshing.update(job["id"] for job in todo)
+    if todo:
+        refreshed: list[dict[str, Any]] = []
+        try:
+            refreshed = _refresh(store, settings, todo, detailed)
+        finally:
+            with _refresh_done:
+                _refreshing.difference_update(job["id"] for job in todo)
+                for job in refreshed:
+                    if job["status"] in orchestrator.FINAL:
+                        _refreshed.pop(job["id"], None)
+                    else:
+                        _refreshed[job["id"]] = _Refreshed(time.monotonic(), detailed, job)
+                _refresh_done.notify_all()
+        answers.update((job["id"], job) for job in refreshed)
+    return [answers.get(j["id"], j) for j in jobs]
 
 
 def forget_refresh(job_id: str) -> None:
     """The next refresh of this job asks Prefect (after an action that changed its run)."""
-    with _refresh_lock:
+    with _refresh_done:
         _refreshed.pop(job_id, None)
 
 

@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,8 +251,9 @@ def main() -> None:
             platform_start = time.perf_counter() - started
             try:
                 with httpx.Client(base_url=api, timeout=60) as client:
+                    dataset = shutil.copytree(DATASET, data_dir / "datasets" / DATASET.name)  # where the server may read
                     response = client.post("/v1/datasets", json={"name": "support-tickets", "namespace": "bench",
-                                                                  "files_url": DATASET.as_uri()})
+                                                                  "files_url": Path(dataset).as_uri()})
                     if response.status_code != 200:
                         raise RuntimeError(f"POST /v1/datasets answered {response.status_code}: {response.text[:500]}")
                 pids = service_pids(up)
