@@ -50,7 +50,7 @@ BENCHMARKS = [
               {"full": 2400, "quick": 600}, report.eval_rows),
     Benchmark("publish", "publish_throughput.py", ["--shard-mib", "64", "--shards", "3", "--repeats", "3"],
               ["--shard-mib", "8", "--shards", "2", "--repeats", "3"], {"full": 900, "quick": 300}, report.publish_rows),
-    Benchmark("ingest", "ingest_summary.py", ["--sizes", "50000", "500000", "--repeat", "3"], ["--sizes", "5000", "50000", "--repeat", "1"],
+    Benchmark("ingest", "ingest.py", ["--sizes", "50000", "500000", "--repeat", "3"], ["--sizes", "50000", "200000", "--repeat", "2"],
               {"full": 1800, "quick": 480}, report.ingest_rows),
     Benchmark("api_load", "api_load.py", ["--model", "tiny", "--epochs", "8", "--clients", "50", "--services-nice", "10"],
               ["--model", "tiny", "--epochs", "2", "--clients", "50", "--interval", "5"], {"full": 3000, "quick": 1200}, report.api_rows),

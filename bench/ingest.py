@@ -1,7 +1,7 @@
 """Benchmark: dataset ingest against a plain ``json.loads`` loop over the same file, in one run.
 
     python bench/ingest.py                       # 50,000 and 500,000 chat records
-    python bench/ingest.py --format completion --sizes 50000 500000 --repeat 3
+    python bench/ingest.py --format completion --sizes 50000 500000 --repeat 3 [--json results.json]
 
 For each size it generates a dataset (``training/`` only, so ingest also holds out 10%), then runs,
 each in a fresh interpreter so peaks do not mix:
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 500_000], help="lines per generated file")
     parser.add_argument("--format", choices=["chat", "completion"], default="chat")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per tool and size (the best counts)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "DATASET", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,9 +127,15 @@ def main() -> None:
                     timed[kind].append(measure(kind, dataset, Path(scratch) / "out"))
             best = {kind: min(runs, key=lambda r: r["seconds"]) for kind, runs in timed.items()}
             traced = {kind: measure(kind, dataset, Path(scratch) / "out", trace=True) for kind in timed}
-            assert best["ingest"]["lines"] == best["plain"]["lines"] == size, (best, size)
+            if not best["ingest"]["lines"] == best["plain"]["lines"] == size:
+                raise RuntimeError(f"{size} lines generated, ingest counted {best['ingest']['lines']}, the plain loop {best['plain']['lines']}")
             rows.append((size, megabytes, best, traced))
             timed_runs[size] = timed
+    if args.json:  # for the benchmark table (python -m bench)
+        sizes = [{"lines": size, "plain_seconds": best["plain"]["seconds"], "ingest_seconds": best["ingest"]["seconds"],
+                  "plain_heap": traced["plain"]["heap_peak"], "ingest_heap": traced["ingest"]["heap_peak"],
+                  "plain_rss": best["plain"]["rss_peak"], "ingest_rss": best["ingest"]["rss_peak"]} for size, _, best, traced in rows]
+        args.json.write_text(json.dumps({"format": args.format, "repeat": args.repeat, "sizes": sizes}, indent=2))
 
     print(f"{args.format} records; best of {args.repeat} runs; memory: peak RSS of the process / peak Python heap of the work")
     print(f"{'lines':>9} {'MiB':>6} | {'plain lines/s':>13} {'ingest lines/s':>14} {'ratio':>6} {'cpu ratio':>9} | "
