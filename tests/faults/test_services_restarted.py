@@ -4,6 +4,7 @@ away, never a made-up final one), and it completes."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import httpx
@@ -26,7 +27,8 @@ def test_a_job_survives_restarts_of_the_api_and_the_prefect_server(faulty, fault
     api = start_api(faulty, port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            assert client.post("/v1/datasets", json={"name": "restarts", "files_url": dataset.as_uri()}).status_code == 200
+            inside = shutil.copytree(dataset, faulty_settings.data_dir / "datasets" / "restarts")  # where the API may read
+            assert client.post("/v1/datasets", json={"name": "restarts", "files_url": inside.as_uri()}).status_code == 200
             created = client.post("/v1/customization/jobs", json={
                 "config": "test/tiny-llama@v1.0.0+cpu", "dataset": {"name": "restarts"}, "output_model": "faults/restarts",
                 "hyperparameters": {"training_type": "sft", "finetuning_type": "lora", "epochs": 8, "batch_size": 4,
