@@ -9,7 +9,6 @@ is logged with its traceback and answered with a short 500 message, never the tr
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import uuid
@@ -23,11 +22,12 @@ from api.db import Store, open_database
 from api.errors import ApiError
 from api.limits import BodyLimit
 from api.orchestrator import OrchestratorUnavailable
+from api.refresh import Answers
 from customizer import __version__
 from customizer.settings import Settings, get_settings
+from customizer.storage import out_of_room
 
 log = logging.getLogger("customizer.api")
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # answered 507 Insufficient Storage, not 500
 
 
 def _no_retry(status: int) -> dict[str, str]:
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimit, settings=settings)
     app.state.store = Store(open_database(settings.api_db_url))
+    app.state.answers = Answers()  # job lists answered again within seconds (api.refresh)
     if not settings.api_keys:
         log.warning(
             "API AUTHENTICATION IS OFF: anyone who can reach this port can create jobs and read data. "
@@ -85,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(OSError)
     async def _storage(request: Request, exc: OSError) -> JSONResponse:
-        if exc.errno not in _NO_ROOM:
+        if not out_of_room(exc):  # answered 507 Insufficient Storage, not 500
             return await _unexpected(request, exc)
         log.error("Storage full on %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/health", tags=["ops"], summary="Liveness")
     @app.get("/health", tags=["ops"], include_in_schema=False)
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "healthy"}
 
     return app

@@ -15,10 +15,7 @@ import json
 import logging
 import os
 import tempfile
-import threading
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from api import orchestrator
 from api.db import Duplicate, Store, iso, now
 from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
+from api.refresh import SharedRefresh
 from api.schemas import ConfigCreate, DatasetRef, JobCreate, TargetCreate
 from api.urls import checked_url
 from customizer.ids import prefixed_id
@@ -559,73 +557,12 @@ def _detail(message: str | None) -> str | None:
     return message.removeprefix("Flow run encountered an exception: ").strip()
 
 
-REFRESH_SECONDS = 2.0  # a job asked about again within this is answered from its last refresh
-
-
-@dataclass
-class _Refreshed:
-    at: float  # time.monotonic()
-    detailed: bool
-    job: dict[str, Any]
-
-
-_refreshed: dict[str, _Refreshed] = {}
-_refreshing: set[str] = set()  # jobs a request is refreshing now
-_refresh_done = threading.Condition()
-
-
 def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]], detailed: bool = False) -> list[dict[str, Any]]:
-    """Bring unfinished jobs up to date from their flow runs (and, when ``detailed``, MLflow).
-
-    A job that reached a final state is saved with its final details and not asked about again.
-    When Prefect is unreachable the last known state is returned. Many clients polling the same
-    jobs cost one refresh per job every ``REFRESH_SECONDS``, so polling does not take the CPU that
-    training needs: a job refreshed that recently (and not saved since) is answered as it was,
-    and while one request refreshes a job the others answer with its last refresh (or, when there
-    is none, wait for this one) instead of asking again.
-    """
-    open_jobs = [j for j in jobs if j["status"] not in orchestrator.FINAL]
-    if not open_jobs:
-        return jobs
-    answers: dict[str, dict[str, Any]] = {}
-    with _refresh_done:
-        while True:
-            clock, todo, wait = time.monotonic(), [], False
-            for job in open_jobs:
-                last = _refreshed.get(job["id"])
-                usable = last is not None and (last.detailed or not detailed) and last.job["updated_at"] >= job["updated_at"]
-                if usable and (clock - last.at < REFRESH_SECONDS or job["id"] in _refreshing):
-                    answers[job["id"]] = last.job
-                elif job["id"] in _refreshing:
-                    wait = True
-                else:
-                    todo.append(job)
-            if not wait:
-                break
-            answers.clear()
-            _refresh_done.wait(timeout=60)
-        _refreshing.update(job["id"] for job in todo)
-    if todo:
-        refreshed: list[dict[str, Any]] = []
-        try:
-            refreshed = _refresh(store, settings, todo, detailed)
-        finally:
-            with _refresh_done:
-                _refreshing.difference_update(job["id"] for job in todo)
-                for job in refreshed:
-                    if job["status"] in orchestrator.FINAL:
-                        _refreshed.pop(job["id"], None)
-                    else:
-                        _refreshed[job["id"]] = _Refreshed(time.monotonic(), detailed, job)
-                _refresh_done.notify_all()
-        answers.update((job["id"], job) for job in refreshed)
-    return [answers.get(j["id"], j) for j in jobs]
-
-
-def forget_refresh(job_id: str) -> None:
-    """The next refresh of this job asks Prefect (after an action that changed its run)."""
-    with _refresh_done:
-        _refreshed.pop(job_id, None)
+    """Bring unfinished jobs up to date from their flow runs (and, when ``detailed``, MLflow), at most
+    once per job every ``shared.seconds`` however many clients poll (``api.refresh``). A job that
+    reached a final state is saved with its final details and not asked about again. When Prefect is
+    unreachable the last known state is returned."""
+    return shared.jobs(store, settings, jobs, detailed)
 
 
 def _refresh(store: Store, settings: Settings, open_jobs: list[dict[str, Any]], detailed: bool) -> list[dict[str, Any]]:
@@ -649,6 +586,7 @@ def _refresh(store: Store, settings: Settings, open_jobs: list[dict[str, Any]], 
     return [refreshed.get(j["id"], j) for j in open_jobs]
 
 
+shared = SharedRefresh(_refresh, orchestrator.FINAL)
 
 
 def _apply_state(store: Store, settings: Settings, job: dict[str, Any], state: orchestrator.RunState, with_metrics: bool) -> dict[str, Any]:

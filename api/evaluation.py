@@ -19,6 +19,7 @@ from api.customization import MODEL, dataset_of, public, snapshot_dataset
 from api.db import Duplicate, Store
 from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
+from api.refresh import SharedRefresh
 from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
 from api.urls import checked_url
 from customizer.ids import prefixed_id
@@ -200,15 +201,18 @@ def read_results(settings: Settings, job_id: str) -> dict[str, Any] | None:
 
 
 def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Bring unfinished evaluation jobs up to date from their flow runs and MLflow progress."""
-    open_jobs = [j for j in jobs if j["status"] not in orchestrator.FINAL]
-    if not open_jobs:
-        return jobs
+    """Bring unfinished evaluation jobs up to date from their flow runs and MLflow progress, at most
+    once per job every ``shared.seconds`` however many clients poll (``api.refresh``)."""
+    return shared.jobs(store, settings, jobs)
+
+
+def _refresh(store: Store, settings: Settings, open_jobs: list[dict[str, Any]], detailed: bool = False) -> list[dict[str, Any]]:
+    """Ask Prefect and MLflow about unfinished evaluation jobs; each job as it is now (saved)."""
     try:
         found = orchestrator.states([j["_flow_run_id"] for j in open_jobs])
     except orchestrator.OrchestratorUnavailable as exc:
         log.warning("Evaluation status not refreshed: %s", exc)
-        return jobs
+        return open_jobs
     updated = {}
     for job in open_jobs:
         state = found.get(job["_flow_run_id"])
@@ -233,7 +237,10 @@ def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]]) -
             if results is not None:
                 job = {**job, "result": stable_result_id(job["id"])}
         updated[job["id"]] = store.save(JOB, {**job, "status": state.status, "status_details": details})
-    return [updated.get(j["id"], j) for j in jobs]
+    return [updated.get(j["id"], j) for j in open_jobs]
+
+
+shared = SharedRefresh(_refresh, orchestrator.FINAL)
 
 
 def stable_result_id(job_id: str) -> str:

@@ -52,7 +52,7 @@ BENCHMARKS = [
               ["--shard-mib", "8", "--shards", "2", "--repeats", "3"], {"full": 900, "quick": 300}, report.publish_rows),
     Benchmark("ingest", "ingest.py", ["--sizes", "50000", "500000", "--repeat", "3"], ["--sizes", "50000", "200000", "--repeat", "2"],
               {"full": 1800, "quick": 480}, report.ingest_rows),
-    Benchmark("api_load", "api_load.py", ["--model", "tiny", "--epochs", "8", "--clients", "50", "--services-nice", "10"],
+    Benchmark("api_load", "api_load.py", ["--model", "tiny", "--epochs", "8", "--clients", "50"],
               ["--model", "tiny", "--epochs", "2", "--clients", "50", "--interval", "5"], {"full": 3000, "quick": 1200}, report.api_rows),
     Benchmark("serving", "serving_throughput.py", ["--model", "tiny"], None, {"full": 1200}, report.serving_rows),
     Benchmark("hotload", "hotload_latency.py", ["--model", "tiny"], None, {"full": 1200}, report.hotload_rows),

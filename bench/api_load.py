@@ -2,26 +2,26 @@
 costs the training, measured in the same run.
 
     python bench/api_load.py [--model tiny|embedded] [--epochs 8] [--clients 50] [--interval 1.0]
-                             [--services-nice 10] [--torch-threads N] [--json results.json]
+                             [--repeat 1] [--services-nice N] [--torch-threads N] [--json results.json]
 
 It starts the whole platform as ``customizer up`` does (Prefect server, the worker serving the
-deployments, the MLflow UI, the REST API) with an S3 artifact store (moto's server, over HTTP), and
-registers the support-tickets dataset in the Entity Store. Then, through the REST API:
+deployments, the MLflow UI, the REST API; the services at their default niceness unless
+``--services-nice`` says otherwise) with an S3 artifact store (moto's server, over HTTP), and
+registers the support-tickets dataset in the Entity Store. Then, through the REST API, ``--repeat``
+times in turn:
 
 1. **unloaded**: a customization job runs to completion; while it trains, one client asks for its
    status and the job list once a second: that client's latencies are the baseline;
 2. **loaded**: the same job again; while it trains, ``--clients`` clients each ask, in turn, for
    the job's status and for the job list, waiting ``--interval`` seconds between requests (a NeMo
-   SDK polling loop); every answer that is not a 200 counts as an error;
-3. **loaded, services niced** (with ``--services-nice N``): the same, with the processes that
-   answer the clients (API, Prefect server, MLflow UI) at ``nice N`` so training, which runs in
-   the worker's flow-run process at normal priority, gets the CPU first.
+   SDK polling loop) over a keep-alive connection; every answer that is not a 200 counts as an error.
 
 The training throughput of each job is the ``tokens_per_second`` its trainer logged to MLflow
-(real tokens since training started, over the wall time, validation included): the ratio loaded /
-unloaded is what the clients cost the training (goal >= 0.90). The clients run in this process,
-on the same machine: their own CPU time is reported, since on a small machine they compete with
-the training as much as the API does.
+(real tokens since training started, over the wall time, validation included): the ratio of the
+medians loaded / unloaded is what the clients cost the training (goal >= 0.90). The clients run in
+this process, on the same machine, so their CPU is taken from the training too: the CPU seconds
+each component (API, Prefect server, MLflow, worker + training, clients) spent while the jobs ran
+are reported with its niceness.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,38 +77,34 @@ def stop_platform(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-def service_pids(up: subprocess.Popen) -> dict[str, list[int]]:
-    """The processes of each platform component, by its command line (the worker's flow runs are its children)."""
+def component_cpu(up: subprocess.Popen) -> dict[int, tuple[str, float, int]]:
+    """CPU seconds so far of every process of the platform: ``pid -> (component, seconds, niceness)``.
+    A component is one of the processes ``customizer up`` started with everything it started (the
+    worker's children are the flow runs: the training)."""
     import psutil
 
-    found: dict[str, list[int]] = {"api": [], "prefect": [], "mlflow": [], "worker": []}
-    for child in psutil.Process(up.pid).children(recursive=True):
+    names = {"uvicorn": "api", "prefect": "prefect server", "mlflow": "mlflow", "worker": "worker + training"}
+    found = {}
+    for top in psutil.Process(up.pid).children():
         try:
-            line = " ".join(child.cmdline())
+            line = " ".join(top.cmdline())
+            name = next((n for key, n in names.items() if key in line), line[:40])
+            for process in [top, *top.children(recursive=True)]:
+                times = process.cpu_times()
+                found[process.pid] = (name, times.user + times.system, process.nice())
         except psutil.Error:
             continue
-        if "uvicorn" in line and "api.app" in line:
-            found["api"].append(child.pid)
-        elif "prefect" in line and "server" in line:
-            found["prefect"].append(child.pid)
-        elif "mlflow" in line:
-            found["mlflow"].append(child.pid)
-        elif "customizer.cli" in line and "worker" in line:
-            found["worker"].append(child.pid)
     return found
 
 
-def renice(pids: list[int], niceness: int) -> None:
-    """Set the niceness of these processes and of everything they started (uvicorn and MLflow workers)."""
-    import psutil
-
-    for pid in pids:
-        try:
-            process = psutil.Process(pid)
-            for each in [process, *process.children(recursive=True)]:
-                each.nice(niceness)
-        except psutil.Error:
-            pass
+def cpu_spent(before: dict[int, tuple[str, float, int]], after: dict[int, tuple[str, float, int]]) -> dict[str, dict[str, float]]:
+    """CPU seconds per component between two ``component_cpu`` snapshots (a process that started in
+    between counts from zero; one that ended in between is lost), with the component's niceness."""
+    spent: dict[str, dict[str, float]] = {}
+    for pid, (name, seconds, nice) in after.items():
+        entry = spent.setdefault(name, {"cpu_seconds": 0.0, "nice": nice})
+        entry["cpu_seconds"] += seconds - before.get(pid, (name, 0.0, nice))[1]
+    return spent
 
 
 def create_job(client, epochs: int, model: str, tag: str) -> str:
@@ -118,6 +115,45 @@ def create_job(client, epochs: int, model: str, tag: str) -> str:
     if response.status_code != 200:
         raise RuntimeError(f"POST /v1/customization/jobs answered {response.status_code}: {response.text[:500]}")
     return response.json()["id"]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends GETs and reads the answers: a load generator
+    should cost little next to the server it loads (httpx spends ~3 ms of CPU per request, more than
+    the API takes to answer it), since on one machine every client's CPU is taken from the training."""
+
+    def __init__(self, api: str):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(api)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> int:
+        """The answer's status code (its body is read and dropped); raises OSError/ValueError on a broken answer."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nAccept: application/json\r\n\r\n".encode())
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+            if "content-length" not in headers:
+                raise ValueError(f"answer without Content-Length: {lines[0]}")
+            await self.reader.readexactly(int(headers["content-length"]))
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            self.close()
+            raise
+        if headers.get("connection") == "close":
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
 async def poll(api: str, job_id: str, clients: int, interval: float) -> dict[str, list[tuple[float, bool]]]:
@@ -151,20 +187,22 @@ async def poll(api: str, job_id: str, clients: int, interval: float) -> dict[str
 
     async def one(index: int) -> None:
         await training.wait()
-        async with httpx.AsyncClient(base_url=api, timeout=60) as client:
-            await asyncio.sleep(interval * index / clients)  # spread the clients over one interval
-            turn = index
-            while not trained.is_set():
-                name = list(endpoints)[turn % 2]
-                turn += 1
-                started = time.perf_counter()
-                try:
-                    ok = (await client.get(endpoints[name])).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                samples[name].append((time.perf_counter() - started, ok))
-                if interval:
-                    await asyncio.sleep(interval)
+        connection = Connection(api)
+        await asyncio.sleep(interval * index / clients)  # spread the clients over one interval
+        turn = index
+        while not trained.is_set():
+            name = list(endpoints)[turn % 2]
+            turn += 1
+            started = time.perf_counter()
+            try:
+                ok = await asyncio.wait_for(connection.get(endpoints[name]), 60) == 200
+            except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
+                ok = False
+                connection.close()
+            samples[name].append((time.perf_counter() - started, ok))
+            if interval:
+                await asyncio.sleep(interval)
+        connection.close()
 
     await asyncio.gather(observer(), *(one(i) for i in range(clients)))
     return samples
@@ -181,25 +219,29 @@ def summarise(samples: dict[str, list[tuple[float, bool]]]) -> dict[str, dict[st
     return out
 
 
-def run_job(api: str, model: str, epochs: int, tag: str, clients: int, interval: float) -> tuple[str, dict, dict]:
-    """One job, polled by ``clients`` clients until it finishes; returns its id, latencies and final status."""
+def run_job(up: subprocess.Popen, api: str, model: str, epochs: int, tag: str, clients: int, interval: float) -> tuple[str, dict, dict]:
+    """One job, polled by ``clients`` clients until it finishes; returns its id, latencies, and the
+    wall time, CPU per component and load average while it ran."""
     import httpx
 
     with httpx.Client(base_url=api, timeout=120) as client:
         job_id = create_job(client, epochs, model, tag)
+        processes = component_cpu(up)
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
         samples = asyncio.run(poll(api, job_id, clients, interval))
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
+        components = cpu_spent(processes, component_cpu(up))
         # The machine's 1-minute load average: what else competed for the cores (other work included).
         load = [load_before, os.getloadavg()[0]]
         status = client.get(f"/v1/customization/jobs/{job_id}/status").json()
     if status["status"] != "completed":
         raise RuntimeError(f"job {job_id} ended {status['status']}: {json.dumps(status.get('status_logs', []))[-1500:]}")
     client_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
-    return job_id, summarise(samples), {"wall": wall, "client_cpu_seconds": client_cpu, "load_average": load}
+    components["clients (this process)"] = {"cpu_seconds": client_cpu, "nice": os.nice(0)}
+    return job_id, summarise(samples), {"wall": wall, "client_cpu_seconds": client_cpu, "load_average": load, "cpu": components}
 
 
 def training_rate(tracking_uri: str, job_id: str) -> dict[str, float]:
@@ -222,7 +264,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs of each job (tiny: ~10 s each on 2 cores)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds each client waits between requests (0: none)")
-    parser.add_argument("--services-nice", type=int, default=None, help="also run a loaded job with API, Prefect and MLflow at this niceness")
+    parser.add_argument("--repeat", type=int, default=1, help="unloaded and loaded jobs, in turn, this many times each (medians reported)")
+    parser.add_argument("--services-nice", type=int, default=None,
+                        help="niceness of the API, Prefect server and MLflow UI (CUSTOMIZER_SERVICES_NICE; default: the platform's)")
     parser.add_argument("--torch-threads", type=int, default=None, help="CPU threads the training uses (default: all cores)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -239,6 +283,8 @@ def main() -> None:
             }
             if args.torch_threads:
                 env["CUSTOMIZER_TORCH_THREADS"] = str(args.torch_threads)
+            if args.services_nice is not None:
+                env["CUSTOMIZER_SERVICES_NICE"] = str(args.services_nice)
             for leaked in ("PREFECT_API_URL", "CUSTOMIZER_MLFLOW_TRACKING_URI"):
                 env.pop(leaked, None)
             import boto3
@@ -256,42 +302,60 @@ def main() -> None:
                                                                   "files_url": Path(dataset).as_uri()})
                     if response.status_code != 200:
                         raise RuntimeError(f"POST /v1/datasets answered {response.status_code}: {response.text[:500]}")
-                pids = service_pids(up)
-                phases = {}
-                plan = [("unloaded", 1, 1.0, None), ("loaded", args.clients, args.interval, None)]
-                if args.services_nice is not None:
-                    plan.append(("loaded, services niced", args.clients, args.interval, args.services_nice))
-                for label, clients, interval, nice in plan:
-                    if nice is not None:
-                        renice(pids["api"] + pids["prefect"] + pids["mlflow"], nice)
-                    job_id, latencies, usage = run_job(api, args.model, args.epochs, label.split(",")[0].replace(" ", "-"), clients, interval)
-                    sys.path.insert(0, str(ROOT))
-                    from customizer.settings import Settings
+                sys.path.insert(0, str(ROOT))
+                from customizer.settings import Settings
 
-                    rate = training_rate(Settings(data_dir=data_dir).tracking_uri, job_id)
-                    phases[label] = {"job_id": job_id, "clients": clients, "interval": interval, "nice": nice,
-                                     "latency": latencies, **usage, **rate}
+                tracking_uri = Settings(data_dir=data_dir).tracking_uri
+                runs: dict[str, list[dict]] = {"unloaded": [], "loaded": []}
+                plan = [("unloaded", 1, 1.0), ("loaded", args.clients, args.interval)] * args.repeat
+                for number, (label, clients, interval) in enumerate(plan):
+                    job_id, latencies, usage = run_job(up, api, args.model, args.epochs, f"{label}-{number}", clients, interval)
+                    rate = training_rate(tracking_uri, job_id)
+                    runs[label].append({"job_id": job_id, "latency": latencies, **usage, **rate})
                     print(f"{label}: job {job_id} {usage['wall']:.0f} s, training {rate['tokens_per_second']:.0f} tok/s", flush=True)
             finally:
                 stop_platform(up)
 
+    phases = {label: merged(each, clients) for (label, clients) in (("unloaded", 1), ("loaded", args.clients)) for each in [runs[label]]}
+    report(args, phases, platform_start)
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "epochs": args.epochs, "clients": args.clients, "interval": args.interval,
+                                         "repeat": args.repeat, "torch_threads": args.torch_threads, "p99_goal": P99_GOAL,
+                                         "platform_start": platform_start, "phases": phases}, indent=2))
+
+
+def merged(runs: list[dict], clients: int) -> dict:
+    """One phase over its repeats: the median training rate, latencies over every request, CPU summed."""
+    latency: dict[str, dict[str, float]] = {}
+    for name in runs[0]["latency"]:
+        every = [r["latency"][name] for r in runs if name in r["latency"]]
+        latency[name] = {"count": sum(e["count"] for e in every), "p50": statistics.median(e["p50"] for e in every),
+                         "p99": max(e["p99"] for e in every),
+                         "error_rate": sum(e["error_rate"] * e["count"] for e in every) / max(1, sum(e["count"] for e in every))}
+    cpu: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for name, entry in run["cpu"].items():
+            cpu.setdefault(name, {"cpu_seconds": 0.0, "nice": entry["nice"]})["cpu_seconds"] += entry["cpu_seconds"]
+    return {"clients": clients, "tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
+            "wall": sum(r["wall"] for r in runs), "load_average": [min(r["load_average"][0] for r in runs), max(r["load_average"][1] for r in runs)],
+            "client_cpu_seconds": sum(r["client_cpu_seconds"] for r in runs), "latency": latency, "cpu": cpu, "runs": runs}
+
+
+def report(args: argparse.Namespace, phases: dict[str, dict], platform_start: float) -> None:
     unloaded = phases["unloaded"]
     print(f"\nREST API under load: {args.clients} clients, each one request every {args.interval:g} s (status and list in turn), "
-          f"while a {args.model}-model job ({args.epochs} epochs, LoRA SFT) runs; platform start {platform_start:.0f} s")
+          f"while a {args.model}-model job ({args.epochs} epochs, LoRA SFT) runs; {args.repeat} job(s) per phase; platform start {platform_start:.0f} s")
     print("(the training runs in the worker's flow-run process; the clients run in this process, on the same cores)")
     for label, phase in phases.items():
-        niced = f", services at nice {phase['nice']}" if phase["nice"] is not None else ""
-        print(f"\n{label} (job {phase['job_id']}, {phase['wall']:.0f} s, clients' CPU {phase['client_cpu_seconds']:.1f} s{niced}, "
-              f"load average {phase['load_average'][0]:.1f} -> {phase['load_average'][1]:.1f} on {os.cpu_count()} cores)")
+        print(f"\n{label} ({len(phase['runs'])} job(s), {phase['wall']:.0f} s, load average {phase['load_average'][0]:.1f} -> "
+              f"{phase['load_average'][1]:.1f} on {os.cpu_count()} cores)")
         print(f"  {'endpoint':42} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         for name, s in phase["latency"].items():
             print(f"  {name:42} {s['count']:8d} {1000 * s['p50']:8.1f} {1000 * s['p99']:8.1f} {100 * s['error_rate']:6.1f}%")
+        print("  CPU while the jobs ran: " + ", ".join(f"{name} {e['cpu_seconds']:.1f} s (nice {e['nice']})" for name, e in phase["cpu"].items()))
+        rates = ", ".join(f"{r['tokens_per_second']:.0f}" for r in phase["runs"])
         ratio = phase["tokens_per_second"] / unloaded["tokens_per_second"]
-        print(f"  training {phase['tokens_per_second']:.0f} tok/s = {ratio:.2f}x unloaded (goal >= 0.90 under load)")
-    if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "epochs": args.epochs, "clients": args.clients, "interval": args.interval,
-                                         "torch_threads": args.torch_threads, "p99_goal": P99_GOAL, "platform_start": platform_start,
-                                         "phases": phases}, indent=2))
+        print(f"  training {phase['tokens_per_second']:.0f} tok/s (median of {rates}) = {ratio:.2f}x unloaded (goal >= 0.90 under load)")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         description="Hosts (host or host:port) an http(s):// URL given to the API may name, e.g. an evaluation "
         "target's api_endpoint. Default: none, except the serving_endpoint's host.",
     )
+    services_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="Niceness `customizer up` gives the REST API, the Prefect server and the MLflow UI (the worker and the "
+        "jobs it runs keep the normal priority): on a machine that both trains and answers clients, training gets the "
+        "CPU first and clients wait a little longer. 0: all at the same priority.",
+    )
     notify_webhook_url: str | None = Field(
         default=None,
         description="Webhook that receives job notifications (completed, failed, waiting for approval, promoted) "

@@ -6,6 +6,9 @@ Starts, each in its own process group so it can be stopped with everything it sp
 3. the MLflow UI (``mlflow server`` on the same SQLite store, job execution off), unless disabled;
 4. the REST API (uvicorn).
 
+The API, the Prefect server and the MLflow UI run at ``services_nice`` (default 10), below the
+worker and the jobs it runs: polling clients then take the CPU that training leaves, not the reverse.
+
 It prints their URLs, waits, and on Ctrl-C or SIGTERM stops them all (TERM, then KILL after a
 grace period). Everything lives in the data folder, so a restart finds the jobs it had.
 
@@ -46,12 +49,14 @@ class Child:
 class Platform:
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, command: list[str], env: dict[str, str], logs: Path) -> Child:
+    def start(self, name: str, command: list[str], env: dict[str, str], logs: Path, nice: int = 0) -> Child:
+        """Start ``command`` in its own session, logging to ``logs/<name>.log``; ``nice`` is added to its
+        niceness (and so to that of every process it starts)."""
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{name}.log"
         with open(log_path, "ab") as out:
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+                                       start_new_session=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
         child = Child(name, process, log_path)
         self.children.append(child)
         return child
@@ -207,8 +212,10 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
     for sig in previous:
         signal.signal(sig, interrupted)
     try:
+        # The services that answer clients run below the worker's priority: training gets the CPU first.
+        nice = settings.services_nice
         prefect = platform.start("prefect", [python, "-m", "prefect", "server", "start", "--host", host, "--port", str(prefect_port),
-                                             "--analytics-off"], env, logs)
+                                             "--analytics-off"], env, logs, nice)
         wait_healthy(f"{prefect_api}/health", prefect, timeout=180)
         worker = platform.start("worker", [python, "-m", "customizer.cli", "worker", "--limit", str(worker_limit)], env, logs)
         _wait_for_deployments(prefect_api, [settings.customize_deployment, settings.evaluate_deployment], worker, timeout=180)
@@ -217,11 +224,11 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
             mlflow_port = mlflow_port or free_port(host)
             artifacts = ["--default-artifact-root", settings.mlflow_artifact_root.as_uri()] if settings.mlflow_tracking_uri is None else []
             mlflow = platform.start("mlflow", [python, "-m", "mlflow", "server", "--backend-store-uri", settings.tracking_uri, *artifacts,
-                                               "--host", host, "--port", str(mlflow_port), "--workers", "1"], env, logs)
+                                               "--host", host, "--port", str(mlflow_port), "--workers", "1"], env, logs, nice)
             wait_healthy(f"http://{host}:{mlflow_port}/health", mlflow, timeout=180)
             mlflow_url = f"http://{host}:{mlflow_port}"
         api = platform.start("api", [python, "-m", "uvicorn", "--factory", "api.app:app_from_environment", "--host", host,
-                                     "--port", str(api_port), "--log-level", "warning"], env, logs)
+                                     "--port", str(api_port), "--log-level", "warning"], env, logs, nice)
         wait_healthy(f"http://{host}:{api_port}/v1/health", api, timeout=120)
         urls = {
             "API": f"http://{host}:{api_port}  (docs: http://{host}:{api_port}/docs)",

@@ -6,7 +6,6 @@ TRL config from these in one function and reads top to bottom."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.util
 import json
 import logging
@@ -21,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from customizer.settings import Settings
+from customizer.storage import out_of_room
 from training.callbacks import MetricsCallback, MetricSink, ProgressSink, StopCallback
 from training.catalog import CustomizationConfig
 from training.specs import Hyperparameters
@@ -40,10 +40,6 @@ class TrainingCancelled(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written (a full disk, a quota); the previous checkpoints are intact."""
-
-
-# Write failures that mean "no room": a full disk, a quota, a file size limit.
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class TrainResult(BaseModel):
@@ -201,7 +197,7 @@ def supervised_positions_only_on_cpu() -> Iterator[None]:
 def _no_room(exc: BaseException, folder: Path) -> bool:
     """Whether a failed write ran out of room. Not every writer raises an ``OSError`` for it (the
     tokenizers library and torch raise their own errors), so a nearly full filesystem counts too."""
-    if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+    if out_of_room(exc):
         return True
     text = str(exc)
     return any(s in text for s in ("No space left", "os error 28", "Disk quota", "File too large")) or shutil.disk_usage(folder).free < 2**20

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from api import evaluation as logic
 from api import orchestrator
@@ -144,9 +145,17 @@ def list_jobs(store: StoreDep, settings: SettingsDep, caller: CallerDep, params:
     return paginate([public(j) for j in jobs], params, caller, {"config", "target", "status", "namespace", "project", "created_at"}, _SORT | {"status"}, _JOB_GETTERS)
 
 
+async def _polled_job(store, settings, caller, job_id: str) -> dict[str, Any]:
+    """A job refreshed within the last few seconds is answered from memory, in the event loop."""
+    job = logic.shared.recent(job_id)
+    if job is None or not caller.sees(job.get("namespace")):
+        job = await run_in_threadpool(_job, store, settings, caller, job_id)
+    return job
+
+
 @router.get("/jobs/{job_id}", summary="Get an evaluation job")
-def get_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    return public(_job(store, settings, caller, job_id))
+async def get_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
+    return public(await _polled_job(store, settings, caller, job_id))
 
 
 @router.delete("/jobs/{job_id}", summary="Delete an evaluation job (cancelling it if it runs)", status_code=200)
@@ -155,12 +164,13 @@ def delete_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: Call
     if job["status"] not in orchestrator.FINAL:
         orchestrator.cancel(job["_flow_run_id"])
     store.remove(logic.JOB, job_id)
+    logic.shared.forget(job_id)
     return _deleted(job_id, "evaluation job")
 
 
 @router.get("/jobs/{job_id}/status", summary="Get an evaluation job's status")
-def job_status(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    job = _job(store, settings, caller, job_id)
+async def job_status(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
+    job = await _polled_job(store, settings, caller, job_id)
     return job["status_details"] | {"status": job["status"]}
 
 
@@ -170,6 +180,7 @@ def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: Call
     if job["status"] in orchestrator.FINAL:
         raise Conflict(f"evaluation job {job_id} is already {job['status']}")
     orchestrator.cancel(job["_flow_run_id"])
+    logic.shared.forget(job_id)
     return public(logic.refresh_jobs(store, settings, [job])[0])
 
 

@@ -9,6 +9,20 @@ from nemo_microservices import NeMoMicroservices
 from tests.api.conftest import wait_for
 
 
+def test_services_run_below_the_workers_priority(platform):
+    """The API, Prefect server and MLflow UI yield the CPU to the worker and the jobs it runs."""
+    import psutil
+
+    niceness = {}
+    for child in psutil.Process(platform.process.pid).children():
+        line = " ".join(child.cmdline())
+        name = next(n for n in ("uvicorn", "prefect", "mlflow", "worker") if n in line)
+        niceness[name] = {child.nice(), *(grandchild.nice() for grandchild in child.children(recursive=True))}
+    base = psutil.Process().nice()
+    niced = min(19, base + 10)
+    assert niceness == {"uvicorn": {niced}, "prefect": {niced}, "mlflow": {niced}, "worker": {base}}
+
+
 def test_state_survives_a_restart(platform, example_jobs):
     before = NeMoMicroservices(base_url=platform.api, max_retries=0)
     llama_id, tiny_id = (r.json()["id"] for r in example_jobs)
