@@ -131,12 +131,21 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def get(self, path: str) -> int:
-        """The answer's status code (its body is read and dropped); raises OSError/ValueError on a broken answer."""
-        if self.writer is None:
+        """The answer's status code (its body is read and dropped); raises OSError/ValueError on a broken answer.
+        A kept-alive connection the server closed meanwhile (uvicorn closes idle ones after 5 s) is
+        opened again and the request sent once more, as HTTP clients do for an idempotent request."""
+        reused = self.writer is not None
+        if not reused:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         try:
             self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\nAccept: application/json\r\n\r\n".encode())
-            head = await self.reader.readuntil(b"\r\n\r\n")
+            try:
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                    raise
+                self.close()  # closed while idle: nothing of an answer came, so ask again on a new connection
+                return await self.get(path)
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ", 2)[1])
             headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
