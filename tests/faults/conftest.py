@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,18 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from customizer.up import free_port
 from tests.conftest import SESSION_DIR, TINY_CONFIG_URN, ok_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLD = Path(__file__).parent / "hold"
 DEPLOYMENT = "customize/customizer"
 BUCKET = "models"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
@@ -182,7 +176,7 @@ def faulty(tiny_config_dir, held_s3):
 
     root = SESSION_DIR / "faults"
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port("127.0.0.1")
     url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ) | {
         "CUSTOMIZER_DATA_DIR": str(root / "data"),

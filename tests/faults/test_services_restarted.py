@@ -22,7 +22,7 @@ def start_api(faulty, port: int):
 
 
 def test_a_job_survives_restarts_of_the_api_and_the_prefect_server(faulty, faulty_settings, dataset):
-    port = free_port()
+    port = free_port("127.0.0.1")
     faulty.start_worker()
     api = start_api(faulty, port)
     try:
