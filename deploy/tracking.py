@@ -31,7 +31,16 @@ def _experiment_id(mlflow_client, settings: Settings) -> str:
     if settings.mlflow_tracking_uri is None:  # embedded default: artifacts next to the database
         settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
         artifact_location = settings.mlflow_artifact_root.as_uri()
-    return mlflow_client.create_experiment(settings.mlflow_experiment, artifact_location=artifact_location)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.create_experiment(settings.mlflow_experiment, artifact_location=artifact_location)
+    except MlflowException:
+        # Two jobs starting at once both found no experiment; the one that lost the race uses the other's.
+        experiment = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def start_run(settings: Settings, job_id: str, tags: dict[str, str], params: dict[str, Any]) -> str:
