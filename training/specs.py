@@ -180,14 +180,31 @@ class PromotionPolicy(BaseModel):
         default=0.0, ge=0.0, description="Points (0-100 scale) the task score must gain over the baseline, strictly."
     )
     max_general_drop: float = Field(
-        default=2.0, ge=0.0, description="Points any general benchmark may drop (the forgetting limit)."
+        default=2.0, ge=0.0,
+        description="The forgetting limit in points: the candidate must show, with a paired one-sided bound at "
+        "`forgetting_alpha`, that its drop over the counted accuracy benchmarks (pooled item by item) is smaller.",
+    )
+    max_benchmark_drop: float | None = Field(
+        default=None, ge=0.0,
+        description="Points a single counted benchmark must show it did not lose, however well the pool did "
+        "(a large drop on one benchmark blocks). Default: 3 x max_general_drop.",
+    )
+    max_bpb_increase: float = Field(
+        default=5.0, ge=0.0,
+        description="Percent by which the bits-per-byte of held-out prose (language-modelling benchmarks) may "
+        "rise; shown with a paired one-sided bound, like the accuracy limit.",
     )
     forgetting_alpha: float = Field(
         default=0.05,
         gt=0.0,
-        le=1.0,
-        description="A drop beyond the limit counts as forgetting when a paired sign test over the "
-        "per-item results gives p below this (1.0: any drop beyond the limit counts).",
+        lt=0.5,
+        description="Level of the one-sided bounds: the candidate shows non-inferiority (and the task gain) at "
+        "1 - alpha confidence; a drop beyond the limit at that confidence rejects, an undecided one holds.",
+    )
+    max_forgetting_kl: float | None = Field(
+        default=None, gt=0.0,
+        description="Stop training at the first validation whose forgetting_kl (KL divergence of the model "
+        "from the base on fixed general prompts, nats per token) exceeds this; the best checkpoint under it is kept.",
     )
     benchmarks: list[str] | None = Field(
         default=None, description="General benchmarks that count for forgetting; default: every one scored."
@@ -207,6 +224,11 @@ class PromotionPolicy(BaseModel):
     def needs_review(self, training_type: str, finetuning_type: str) -> bool:
         return training_type in self.review_methods or finetuning_type in self.review_methods
 
+    @property
+    def benchmark_limit(self) -> float:
+        """Points one benchmark must show it did not lose (``max_benchmark_drop``, else 3x the limit)."""
+        return self.max_benchmark_drop if self.max_benchmark_drop is not None else 3 * self.max_general_drop
+
 
 class Budget(BaseModel):
     """A ceiling on the estimated training cost; a job above it is refused before training."""
@@ -217,6 +239,22 @@ class Budget(BaseModel):
         default=None, gt=0, description="GPU-hours (CPU-hours on a CPU config) the estimate may not exceed."
     )
     utilisation: float = Field(default=0.4, gt=0, le=1, description="Share of the device's peak assumed by the estimate.")
+
+
+class Replay(BaseModel):
+    """General examples mixed into the training split, so the model rehearses what it already knew."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Replay examples per training example (0.25: one general example for every four of yours; 0: off).",
+    )
+    source: str = Field(
+        default="self",
+        description="self: answers the base model generates to shipped general prompts (self-rehearsal); or a "
+        "dataset folder (JSONL records in the training format) whose examples are mixed in.",
+    )
 
 
 class DataOptions(BaseModel):
@@ -230,6 +268,10 @@ class DataOptions(BaseModel):
         "training renders them): error refuses the dataset naming each one; drop leaves them out; "
         "truncate keeps their first max_seq_length tokens. Dropped and truncated examples are counted "
         "and listed in the dataset report.",
+    )
+    replay: Replay = Field(
+        default_factory=lambda: Replay(),
+        description="General examples mixed into training against forgetting (SFT only).",
     )
 
 
