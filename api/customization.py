@@ -523,23 +523,35 @@ def _ts(millis: int) -> str:
 
 
 def training_metrics(settings: Settings, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(progress fields, MLflow tags) of a job from its MLflow run; empty before the run exists."""
+    """(progress fields, MLflow tags) of a job from its MLflow run; empty before the run exists.
+
+    ``metrics`` holds the train_loss, val_loss and forgetting_kl series (forgetting_kl: KL of the
+    model from its base on general prompts, at each validation). The best val_loss is that of a
+    validation the training could keep: not one whose forgetting_kl exceeded the policy's
+    max_forgetting_kl (that one stopped training and was not saved).
+    """
     mlflow, run = _run_of(settings, job_id)
     if run is None:
         return {}, {}
     out: dict[str, Any] = {}
     series: dict[str, list[dict[str, Any]]] = {}
-    for key in ("train_loss", "val_loss"):
+    for key in ("train_loss", "val_loss", "forgetting_kl"):
         points = sorted(mlflow.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         if points:
             series[key] = [{"step": m.step, "value": m.value, "timestamp": _ts(m.timestamp)} for m in points]
     out["metrics"] = {"keys": list(series), "metrics": series}
+    try:
+        limit = json.loads(run.data.tags.get("customizer.policy") or "{}").get("max_forgetting_kl")
+    except (ValueError, AttributeError):
+        limit = None
+    rejected = {p["step"] for p in series.get("forgetting_kl", []) if limit is not None and not p["value"] <= limit}
     progress = json.loads(run.data.tags.get("customizer.progress", "{}") or "{}")
     for field in ("steps_completed", "epochs_completed", "steps_per_epoch", "percentage_done", "elapsed_time"):
         if progress.get(field) is not None:
             out[field] = progress[field]
-    if series.get("val_loss"):
-        best = min(series["val_loss"], key=lambda p: p["value"])
+    kept = [p for p in series.get("val_loss", []) if p["step"] not in rejected]
+    if kept:
+        best = min(kept, key=lambda p: p["value"])
         out["val_loss"] = best["value"]
         if progress.get("steps_per_epoch"):
             out["best_epoch"] = max(0, round(best["step"] / progress["steps_per_epoch"]) - 1)

@@ -54,6 +54,8 @@ BENCHMARKS = [
               {"full": 1800, "quick": 480}, report.ingest_rows),
     Benchmark("api_load", "api_load.py", ["--model", "tiny", "--epochs", "8", "--clients", "50"],
               ["--model", "tiny", "--epochs", "2", "--clients", "50", "--interval", "5"], {"full": 3000, "quick": 1200}, report.api_rows),
+    Benchmark("gate_power", "gate_power.py", ["--trials", "2000"], ["--trials", "400"], {"full": 1800, "quick": 600},
+              report.gate_power_rows),
     Benchmark("serving", "serving_throughput.py", ["--model", "tiny"], None, {"full": 1200}, report.serving_rows),
     Benchmark("hotload", "hotload_latency.py", ["--model", "tiny"], None, {"full": 1200}, report.hotload_rows),
 ]

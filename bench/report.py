@@ -87,6 +87,21 @@ def eval_rows(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def gate_power_rows(data: dict[str, Any]) -> list[Row]:
+    """The gate's promotion rates: of candidates that forgot (goal <= 5%) and of one that did not (goal >= 80%)."""
+
+    def row(metric: str, rate: float, op: Op, goal: float) -> Row:
+        return Row("gate_power", metric, f"{rate:.1%} promoted", f"{data['trials']} trials", None, f"{op} {goal:.0%}",
+                   verdict(rate, op, goal))
+
+    rows = [row(f"true drop {r['true_drop']:.0f} points (limit + 1), one benchmark of {r['items']} items", r["promoted"], "<=", 0.05)
+            for r in data["single"]]
+    worst = max(data["one_dropped"], key=lambda r: r["promoted"])
+    rows.append(row(f"one shipped benchmark losing 3x its limit (worst: {worst['benchmark']})", worst["promoted"], "<=", 0.05))
+    rows.append(row("shipped suite, no true drop (observed sizes and flip rates)", data["no_drop"]["promoted"], ">=", 0.80))
+    return rows
+
+
 def publish_rows(data: dict[str, Any]) -> list[Row]:
     metric = f"publication MiB/s vs plain boto3 ({data['files']} files, {data['mib']:.0f} MiB, moto S3)"
     return [ratio_row("publish", metric, data["ours_mib_s"], data["plain_mib_s"], "MiB/s", ">=", 0.9)]

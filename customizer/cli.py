@@ -110,7 +110,7 @@ def run_flow(spec, settings: Settings) -> int:
     started = time.monotonic()
     print(f"customizer: data folder {settings.root}; store {settings.publish_uri}", flush=True)
     result = customize(spec)
-    print(render_summary(result, time.monotonic() - started, spec.policy.max_general_drop))
+    print(render_summary(result, time.monotonic() - started))
     return 0
 
 

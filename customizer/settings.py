@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         default=True, description="Never contact a model hub. Set false to allow Hugging Face downloads."
     )
     torch_threads: int | None = Field(default=None, description="CPU threads for torch; default: all cores.")
+    eval_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="dtype models are scored in: auto is bfloat16 where the hardware runs it natively (CPUs with "
+        "AVX512-BF16 or AMX, GPUs with bf16), float32 elsewhere. Base and candidate are always scored alike.",
+    )
     policy_dir: Path | None = Field(
         default=None, description="Folder of per-namespace promotion policies (<namespace>.yaml); default <data>/policies."
     )

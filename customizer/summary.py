@@ -14,7 +14,16 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def render_summary(result: CustomizationResult, elapsed: float, forgetting_limit: float) -> str:
+def _interval(d) -> str:
+    """The interval and the limit of a forgetting comparison, in its unit."""
+    unit = "%" if d.measure == "bits_per_byte" else ""
+    if d.ci_low is None:
+        return f"(limit {d.limit:.1f}{unit})"
+    sign = "+" if d.measure == "bits_per_byte" else "-"
+    return f"[{d.ci_low:+.1f}{unit}, {d.ci_high:+.1f}{unit}] limit {sign}{d.limit:.1f}{unit}"
+
+
+def render_summary(result: CustomizationResult, elapsed: float) -> str:
     b, c = result.baseline, result.candidate
     task_metric = result.task_metric
     lines = ["", "=" * 78, f"customizer: job {result.job_id} -> {result.output_model}", "=" * 78]
@@ -31,18 +40,35 @@ def render_summary(result: CustomizationResult, elapsed: float, forgetting_limit
     lines += ["", f"{'score (points, 0-100)':34} {'baseline':>9} {'candidate':>10} {'delta':>8}"]
     for name in b.task:
         mark = "  <- gate metric" if name == task_metric else ""
+        gain = result.decision.task if result.decision else None
+        if gain is not None and name == task_metric and gain.ci_low is not None:
+            mark = f"  [{gain.ci_low:+.1f}, {gain.ci_high:+.1f}] {gain.verdict}; gate metric"
         if c is None:
             lines.append(f"{'task ' + name:34} {_points(b.task[name]):>9}{mark}")
         else:
             lines.append(f"{'task ' + name:34} {_points(b.task[name]):>9} {_points(c.task[name]):>10} {100 * (c.task[name] - b.task[name]):+8.1f}{mark}")
     for name, value in b.few_shot.items():
         lines.append(f"{'task ' + name + ' (few-shot prompt)':34} {_points(value):>9}")
+    deltas = {d.benchmark: d for d in (result.decision.deltas if result.decision else [])}
     for name in b.general:
+        bpb = b.measures.get(name) == "bits_per_byte"
+        label = "general " + name + (" (bits/byte)" if bpb else "")
         if c is None:
-            lines.append(f"{'general ' + name:34} {_points(b.general[name]):>9}")
+            lines.append(f"{label:34} {b.general[name]:>9.3f}" if bpb else f"{label:34} {_points(b.general[name]):>9}")
             continue
-        delta = 100 * (c.general[name] - b.general[name])
-        lines.append(f"{'general ' + name + ' (forgetting)':34} {_points(b.general[name]):>9} {_points(c.general[name]):>10} {delta:+8.1f}  (limit -{forgetting_limit:.1f})")
+        d = deltas.get(name)
+        judged = "" if d is None else f"  {_interval(d)} {d.verdict}"
+        if bpb:
+            change = 100 * (c.general[name] / b.general[name] - 1)
+            lines.append(f"{label:34} {b.general[name]:>9.3f} {c.general[name]:>10.3f} {change:+7.1f}%{judged}")
+        else:
+            lines.append(f"{label:34} {_points(b.general[name]):>9} {_points(c.general[name]):>10} {100 * (c.general[name] - b.general[name]):+8.1f}{judged}")
+    pooled = [d for name, d in deltas.items() if name not in b.general]
+    for d in pooled:
+        lines.append(f"{'general ' + d.benchmark[:26]:34} {d.baseline:>9.1f} {d.candidate:>10.1f} {d.delta:+8.1f}  {_interval(d)} {d.verdict}")
+    if result.power:
+        lines += ["", "power (planned before training: the drop each comparison can rule out)"]
+        lines += [f"  - {p.benchmark}: {p.describe()}" for p in result.power]
     if result.outcome == "prompt_sufficient":
         lines += ["", "decision     NO FINE-TUNING NEEDED", f"  - {result.prompt_baseline}"]
     else:

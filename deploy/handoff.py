@@ -117,6 +117,7 @@ def vllm_args(namespace: str, settings: Settings) -> list[str]:
     Raises:
         HandOffError: the namespace has no published champion.
         deploy.store.StoreError: a champion's adapter_config.json cannot be read from the store.
+        deploy.registry.RegistryUnavailable: the registry could not be read (no champion is left out for it).
     """
     from deploy.compat import required_max_lora_rank
     from deploy.registry import namespace_champions

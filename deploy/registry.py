@@ -3,9 +3,21 @@
 Versions carry lineage tags (dataset sha256 and URI, base model, config URN, hyperparameters,
 scores, decision); aliases ``candidate`` and ``champion`` mark the latest and the promoted version.
 MLflow names may not contain ``/``, so ``namespace/name`` is registered as ``namespace.name``.
+
+The registry is read fail-closed: only a definite "does not exist" (the registered model or its
+alias is absent) reads as "no champion". Any other error (the server down, a locked SQLite database,
+a timeout, HTTP 5xx/429) is retried a few times within a bounded time when it is transient, then
+raised as :class:`RegistryUnavailable`, so nothing is judged or promoted against a champion that
+could not be read.
 """
 
 from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from pydantic import BaseModel
 
@@ -14,6 +26,125 @@ from deploy.tracking import client
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
+
+log = logging.getLogger("customizer.registry")
+T = TypeVar("T")
+
+# A read is tried at most READ_ATTEMPTS times, waiting READ_DELAYS_S between tries, and not tried
+# again when the next try would likely end past READ_BUDGET_S (MLflow's HTTP client retries each
+# request itself too, see deploy.tracking.client, and SQLite waits up to 20 s on a locked database).
+READ_ATTEMPTS = 3
+READ_DELAYS_S = (1.0, 3.0)
+READ_BUDGET_S = 20.0
+_sleep = time.sleep  # replaced in tests
+
+# Substrings (lowercase) of an error or its causes that mark it as transient, and how to say it.
+_TRANSIENT = (
+    ("connection refused", "connection refused"),
+    ("failed to establish a new connection", "connection refused"),
+    ("connection reset", "connection reset"),
+    ("connection aborted", "connection reset"),
+    ("remote end closed", "connection reset"),
+    ("remotedisconnected", "connection reset"),
+    ("database is locked", "database is locked"),
+    ("database table is locked", "database is locked"),
+    ("timed out", "timed out"),
+    ("timeout", "timed out"),
+    ("temporarily unavailable", "temporarily unavailable"),
+    ("service unavailable", "HTTP 503"),
+    ("bad gateway", "HTTP 502"),
+    ("gateway timeout", "HTTP 504"),
+    ("too many requests", "HTTP 429 (rate limited)"),
+    ("max retries exceeded", "no answer after retries"),
+)
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED"}
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry could not be read (server unreachable, database locked, an unexpected error):
+    the caller stops rather than take "no champion" for an answer it did not get."""
+
+
+class _Absent(Exception):
+    """The registered model or alias definitely does not exist (internal)."""
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 10:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether an MLflow error says the registered model (``RESOURCE_DOES_NOT_EXIST``, from the
+    SQLite and the REST store alike) or the alias (``INVALID_PARAMETER_VALUE`` "Registered model
+    alias ... not found.") does not exist. INVALID_PARAMETER_VALUE means other things too, so the
+    message decides there."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and re.search(r"alias \S+ not found", str(exc), re.IGNORECASE) is not None
+
+
+def _transient_reason(exc: BaseException) -> str | None:
+    """A short reason when the error is worth another try (connection refused or reset, timeouts,
+    HTTP 5xx/429, a locked database), else None."""
+    chain = _chain(exc)
+    text = " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
+    if match := re.search(r"too many (\d{3}) error responses", text):
+        return f"HTTP {match[1]} responses"
+    for needle, reason in _TRANSIENT:
+        if needle in text:
+            return reason
+    if any(isinstance(e, (ConnectionError, TimeoutError)) for e in chain):
+        return "connection failed"
+    if any(getattr(e, "error_code", None) in _TRANSIENT_CODES for e in chain):
+        return str(getattr(exc, "error_code", "temporarily unavailable")).lower().replace("_", " ")
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+def _where(settings: Settings) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", settings.tracking_uri)  # no credentials in messages
+
+
+def _read(settings: Settings, what: str, call: Callable[[], T]) -> T:
+    """``call()``, retried while it fails transiently; raises ``_Absent`` when it says the model or
+    alias does not exist, and RegistryUnavailable for every other failure."""
+    from mlflow.exceptions import MlflowException
+
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        tried = time.monotonic()
+        try:
+            return call()
+        except (MlflowException, OSError) as exc:
+            if is_absent(exc):
+                raise _Absent(str(exc)) from exc
+            reason = _transient_reason(exc)
+            took = time.monotonic() - tried
+            delay = READ_DELAYS_S[min(attempt - 1, len(READ_DELAYS_S) - 1)]
+            if reason is not None and attempt < READ_ATTEMPTS and time.monotonic() - start + delay + took <= READ_BUDGET_S:
+                log.warning("Reading %s from the registry failed (%s), trying again in %.0f s", what, reason, delay)
+                _sleep(delay)
+                continue
+            why = reason or _short(exc)
+            tries = f"{attempt} attempt{'s' if attempt > 1 else ''} in {time.monotonic() - start:.0f} s"
+            raise RegistryUnavailable(
+                f"could not read {what} from the registry at {_where(settings)}: {why} ({tries}); "
+                "stopping rather than deciding without it"
+            ) from exc
 
 
 class RegisteredVersion(BaseModel):
@@ -34,14 +165,15 @@ def register_version(
     """Create a model version for an adapter logged in ``run_id`` and mark it ``candidate``.
 
     Re-running the same job (same run id) returns the version it already created.
-    """
-    from mlflow.exceptions import MlflowException
 
+    Raises:
+        RegistryUnavailable: whether the model is registered could not be read.
+    """
     mlflow_client = client(settings)
     name = registered_name(output_model)
     try:
-        mlflow_client.get_registered_model(name)
-    except MlflowException:
+        _read(settings, f"the registered model {output_model}", lambda: mlflow_client.get_registered_model(name))
+    except _Absent:  # only a model that definitely does not exist is created
         mlflow_client.create_registered_model(name, tags={"customizer.output_model": output_model})
     existing = [v for v in mlflow_client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
     if existing:
@@ -64,39 +196,48 @@ def promote(settings: Settings, output_model: str, version: str) -> RegisteredVe
     return describe(settings, output_model, version)
 
 
-def champion_tags(settings: Settings, output_model: str) -> dict[str, str] | None:
-    """Tags of the current champion version, or None when the model has no champion."""
-    from mlflow.exceptions import MlflowException
-
+def _champion(settings: Settings, mlflow_client, output_model: str):
+    """The champion ModelVersion of ``output_model``, or None when the model or its alias does not exist."""
+    name = registered_name(output_model)
     try:
-        version = client(settings).get_model_version_by_alias(registered_name(output_model), CHAMPION)
-    except MlflowException:
+        return _read(settings, f"the champion of {output_model}", lambda: mlflow_client.get_model_version_by_alias(name, CHAMPION))
+    except _Absent:
         return None
-    return dict(version.tags)
+
+
+def champion_tags(settings: Settings, output_model: str) -> dict[str, str] | None:
+    """Tags of the current champion version, or None when the model has no champion.
+
+    Raises:
+        RegistryUnavailable: the registry could not be read (never taken for "no champion").
+    """
+    version = _champion(settings, client(settings), output_model)
+    return None if version is None else dict(version.tags)
 
 
 def champions(settings: Settings, output_models: list[str] | None = None) -> list[tuple[str, str | None, dict[str, str]]]:
     """``(output_model, champion version or None, its tags)`` for the given output models, or for
-    every registered one, by name. A model without a champion (or not registered) has version None."""
-    from mlflow.exceptions import MlflowException
+    every registered one, by name. A model without a champion (or not registered) has version None.
 
+    Raises:
+        RegistryUnavailable: the registry could not be read (never taken for "no champion").
+    """
     mlflow_client = client(settings)
     if output_models is None:
         names, token = [], None
         while True:  # results come in pages
-            page = mlflow_client.search_registered_models(page_token=token)
+            try:
+                page = _read(settings, "the registered models", lambda: mlflow_client.search_registered_models(page_token=token))
+            except _Absent as exc:  # a search names no single model: "not found" here is not an answer
+                raise RegistryUnavailable(f"could not list the registered models at {_where(settings)}: {exc}") from exc
             names += [m.tags.get("customizer.output_model") or m.name.replace(".", "/", 1) for m in page]
             if not (token := page.token):
                 break
         output_models = sorted(names)
     found = []
     for output_model in output_models:
-        try:
-            version = mlflow_client.get_model_version_by_alias(registered_name(output_model), CHAMPION)
-        except MlflowException:
-            found.append((output_model, None, {}))
-            continue
-        found.append((output_model, str(version.version), dict(version.tags)))
+        version = _champion(settings, mlflow_client, output_model)
+        found.append((output_model, None, {}) if version is None else (output_model, str(version.version), dict(version.tags)))
     return found
 
 
@@ -130,20 +271,21 @@ def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, des
 
     Raises:
         VersionNotFound: no such registered model, version or alias.
+        RegistryUnavailable: the registry could not be read.
     """
     import tempfile
     from pathlib import Path
 
     import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     mlflow_client = client(settings)
     name = registered_name(output_model)
     try:
-        version = (mlflow_client.get_model_version(name, ref) if ref.isdigit()
-                   else mlflow_client.get_model_version_by_alias(name, ref))
-    except MlflowException as exc:
+        version = _read(settings, f"version {ref!r} of {output_model}",
+                        lambda: mlflow_client.get_model_version(name, ref) if ref.isdigit()
+                        else mlflow_client.get_model_version_by_alias(name, ref))
+    except _Absent as exc:
         raise VersionNotFound(f"{output_model}: no version or alias {ref!r} in the registry") from exc
     folder = Path(dest or tempfile.mkdtemp(prefix="customizer-model-"))
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(folder),
@@ -161,27 +303,49 @@ def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, des
         model, tokenizer_dir = AutoModelForCausalLM.from_pretrained(local), local
     model.eval()
     return model, AutoTokenizer.from_pretrained(tokenizer_dir), describe(settings, output_model, str(version.version))
-def champion_version(settings: Settings, output_model: str) -> str | None:
-    """The version the ``champion`` alias points at, or None when there is none."""
-    from mlflow.exceptions import MlflowException
 
-    try:
-        return str(client(settings).get_model_version_by_alias(registered_name(output_model), CHAMPION).version)
-    except MlflowException:
-        return None
+
+def champion_version(settings: Settings, output_model: str) -> str | None:
+    """The version the ``champion`` alias points at, or None when there is none.
+
+    Raises:
+        RegistryUnavailable: the registry could not be read (never taken for "no champion").
+    """
+    version = _champion(settings, client(settings), output_model)
+    return None if version is None else str(version.version)
 
 
 def namespace_champions(settings: Settings, namespace: str) -> list[tuple[str, str, dict[str, str]]]:
-    """``(output_model, version, tags)`` of every model in ``namespace`` that has a champion, by name."""
+    """``(output_model, version, tags)`` of every model in ``namespace`` that has a champion, by name.
+
+    Raises:
+        RegistryUnavailable: the registry could not be read (never taken for "no champion").
+    """
     mlflow_client = client(settings)
     found = []
-    for model in mlflow_client.search_registered_models(filter_string=f"name LIKE '{namespace}.%'"):
+    models, token = [], None
+    while True:  # results come in pages
+        try:
+            page = _read(settings, f"the registered models of namespace {namespace}",
+                         lambda: mlflow_client.search_registered_models(filter_string=f"name LIKE '{namespace}.%'", page_token=token))
+        except _Absent as exc:  # a search names no single model: "not found" here is not an answer
+            raise RegistryUnavailable(f"could not list the registered models at {_where(settings)}: {exc}") from exc
+        models += list(page)
+        if not (token := page.token):
+            break
+    for model in models:
         if not model.name.startswith(f"{namespace}."):  # LIKE reads '_' in a namespace as a wildcard
             continue
-        # search results do not fill aliases reliably; the registered model's alias map does.
-        version = mlflow_client.get_registered_model(model.name).aliases.get(CHAMPION)
-        if version is None:
-            continue
         output_model = model.tags.get("customizer.output_model") or model.name.replace(".", "/", 1)
-        found.append((output_model, str(version), dict(mlflow_client.get_model_version(model.name, str(version)).tags)))
+        # search results do not fill aliases reliably; the registered model's alias map does.
+        try:
+            version = _read(settings, f"the champion of {output_model}",
+                            lambda: mlflow_client.get_registered_model(model.name).aliases.get(CHAMPION))
+            if version is None:
+                continue
+            tags = _read(settings, f"the champion of {output_model}",
+                         lambda: dict(mlflow_client.get_model_version(model.name, str(version)).tags))
+        except _Absent:  # deleted since the search
+            continue
+        found.append((output_model, str(version), tags))
     return sorted(found)

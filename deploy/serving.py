@@ -249,7 +249,7 @@ class ModelServer:
 
         Raises:
             ServingError: 404 when the name is neither the base, a loaded name, a published version,
-                nor a registered model with a champion.
+                nor a registered model with a champion; 503 when the registry cannot be read.
         """
         if self.is_base(name):
             return None
@@ -261,9 +261,14 @@ class ModelServer:
         if match:
             return Adapter(name=name, source=f"{self.settings.publish_uri.rstrip('/')}/{match['model']}/{match['version']}/")
         if _REGISTERED.match(name):
-            from deploy.registry import champion_version
+            from deploy.registry import RegistryUnavailable, champion_version
 
-            version = champion_version(self.settings, name)
+            try:
+                version = champion_version(self.settings, name)
+            except RegistryUnavailable as exc:  # an outage is not "no such model": the client may retry
+                log.warning("Cannot resolve %s to its champion: %s", name, exc)
+                raise ServingError(503, f"cannot resolve `{name}` to its champion now: the model registry is unavailable; try again",
+                                   kind="registry_unavailable", param="model") from exc
             if version is None:
                 raise self._unknown(name, " (no published version of it has the champion alias)")
             return self.lookup(f"{name}@{version}")

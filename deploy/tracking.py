@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,25 @@ from customizer.settings import Settings
 log = logging.getLogger("customizer.tracking")
 
 
+# MLflow's HTTP client retries a failed request 7 times with backoff by default (about 4 minutes to
+# give up on a server that is down) and waits 120 s for an answer. Registry reads retry on top of
+# that (deploy.registry), so bound each request: 3 retries, backoff 1 s (about 0 + 2 + 4 s, plus
+# jitter) and 60 s per answer. Values the user already set are left alone.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+
+
 def client(settings: Settings):
-    """An MlflowClient on the configured tracking URI (no global MLflow state is touched)."""
+    """An MlflowClient on the configured tracking URI (no global MLflow state is touched, apart
+    from bounded HTTP retry defaults for a remote tracking server, see ``HTTP_DEFAULTS``)."""
     from mlflow import MlflowClient
 
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)  # MLflow reads them at each request
     if settings.tracking_uri.startswith("sqlite:///"):
         Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)

@@ -281,10 +281,10 @@ def run_lm_eval(benchmark: str, model_dir: str, adapter_dir: str | None, params:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from evaluation.runner import EvaluationError, general_benchmark, load_model
+    from evaluation.runner import EvaluationError, attach_scorers, general_benchmark, load_model
 
     try:
-        task: Any = general_benchmark(benchmark)
+        task: Any = attach_scorers(general_benchmark(benchmark))
         manager = TaskManager(include_defaults=False)
     except EvaluationError:
         task, manager = benchmark, TaskManager()

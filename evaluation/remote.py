@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from customizer.settings import Settings
 from evaluation.metrics import register_with_lm_eval
-from evaluation.runner import EvaluationError, StageScores, general_benchmark, stage_scores
+from evaluation.runner import EvaluationError, StageScores, attach_scorers, general_benchmark, stage_scores
 from training.specs import EvaluationPlan
 
 log = logging.getLogger("customizer.evaluation")
@@ -91,7 +91,7 @@ def evaluate_endpoint(
 
     base_url = base_url.rstrip("/")
     register_with_lm_eval()
-    general = {name: general_benchmark(name) for name in plan.general_benchmarks}
+    general = {name: attach_scorers(general_benchmark(name)) for name in plan.general_benchmarks}
     max_length = _context_length(base_url, model, timeout_s) or 2048
     common = {"model": model, "max_length": max_length, "timeout": int(timeout_s), "max_retries": 1, "max_gen_toks": plan.max_new_tokens}
     if api == "completions":

@@ -86,7 +86,9 @@ def _scores_chart(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _score_rows(baseline: dict, candidate: dict, champion: dict | None, counts: dict[str, int], task_metric: str) -> list[dict[str, Any]]:
     rows = []
-    names = [("task", task_metric)] + [("general", b) for b in sorted(baseline["general"])]
+    # Accuracy-like scores only; bits-per-byte (another scale) is in the forgetting table.
+    accuracy = [b for b in sorted(baseline["general"]) if baseline.get("measures", {}).get(b, "accuracy") == "accuracy"]
+    names = [("task", task_metric)] + [("general", b) for b in accuracy]
     for kind, name in names:
         n = counts.get("task" if kind == "task" else name, 0)
         row: dict[str, Any] = {"name": f"task: {name}" if kind == "task" else name}
@@ -138,13 +140,22 @@ def write_report(
     esc = html.escape
     facts = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(v if isinstance(v, str) else json.dumps(v))}</td></tr>" for k, v in summary.items())
     reasons = "".join(f"<li>{esc(r)}</li>" for r in decision.reasons)
-    deltas = "".join(
-        f"<tr><td>{esc(d.benchmark)}</td><td>{d.baseline:.1f}</td><td>{d.candidate:.1f}</td><td>{d.delta:+.1f}</td>"
-        f"<td>{'' if d.ci_low is None else f'[{d.ci_low:+.1f}, {d.ci_high:+.1f}]'}</td>"
-        f"<td>{'' if d.p_value is None else f'{d.p_value:.3f}'}</td>"
-        f"<td>{'' if d.items_lost is None else f'{d.items_lost} / {d.items_gained}'}</td></tr>"
-        for d in decision.deltas
-    )
+    def change(d) -> str:
+        unit = "%" if d.measure == "bits_per_byte" else ""
+        ci = "" if d.ci_low is None else f"[{d.ci_low:+.1f}{unit}, {d.ci_high:+.1f}{unit}]"
+        bound = "" if d.bound is None else f"{d.bound:.1f}{unit} (limit {d.limit:.1f}{unit})"
+        loglik = "" if d.loglik_delta is None else f"{d.loglik_delta:+.3f} [{d.loglik_ci[0]:+.3f}, {d.loglik_ci[1]:+.3f}]"
+        fmt = ".3f" if d.measure == "bits_per_byte" else ".1f"
+        return (
+            f"<tr><td>{esc(d.benchmark)}</td><td>{esc(d.measure)}</td><td>{d.items}</td><td>{d.baseline:{fmt}}</td><td>{d.candidate:{fmt}}</td>"
+            f"<td>{d.delta:+.1f}{unit}</td><td>{ci}</td><td>{bound}</td>"
+            f"<td>{'' if d.items_lost is None else f'{d.items_lost} / {d.items_gained}'}</td><td>{loglik}</td><td>{d.verdict}</td></tr>"
+        )
+
+    deltas = "".join(change(d) for d in decision.deltas)
+    power = "".join(
+        f"<tr><td>{esc(p['benchmark'])}</td><td>{p['items']}</td><td>{esc(p['describe'])}</td></tr>" for p in summary.get("power", [])
+    ) if isinstance(summary.get("power"), list) else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}}
@@ -152,8 +163,10 @@ table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #dd
 <body><h1>{esc(title)}</h1>
 <p class="decision {decision.action}">Decision: {decision.action.upper()}</p><ul>{reasons}</ul>
 <h2>Scores</h2>{image(files["scores"])}
-<h2>Forgetting (general benchmarks, candidate minus baseline, points)</h2>
-<table><tr><th>benchmark</th><th>baseline</th><th>candidate</th><th>delta</th><th>95% CI</th><th>sign test p</th><th>items lost / gained</th></tr>{deltas}</table>
+<h2>Forgetting (general benchmarks, candidate minus baseline: points, or percent of bits-per-byte)</h2>
+<p>The candidate must show, item by item, that it lost less than the limit: the bound is the worst change the data cannot rule out.</p>
+<table><tr><th>benchmark</th><th>measure</th><th>items</th><th>baseline</th><th>candidate</th><th>delta</th><th>interval</th><th>bound</th><th>items lost / gained</th><th>log p(gold) change</th><th>verdict</th></tr>{deltas}</table>
+{"<h2>Power (planned before training)</h2><table><tr><th>benchmark</th><th>items</th><th>what it can rule out</th></tr>" + power + "</table>" if power else ""}
 <h2>Training</h2>{image(files["loss_curves"])}
 <h2>Job</h2><table>{facts}</table>
 </body></html>"""

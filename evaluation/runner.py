@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ BENCHMARKS_DIR = Path(__file__).parent / "benchmarks"
 GENERAL_DIR = BENCHMARKS_DIR / "general"
 TASK_BENCHMARK = "task"
 TASK_BENCHMARK_VERSION = "1.0"
+RUNNER_VERSION = "2"  # what the scores hold (per-item measures, dtype); cached scores of another version are not reused
 
 
 class EvaluationError(ValueError):
@@ -49,12 +51,22 @@ class StageScores(BaseModel):
     task: dict[str, float]  # task metric name -> score in [0, 1]
     task_metric: str  # the one the gate reads
     few_shot: dict[str, float] = {}  # the task benchmark with examples in the prompt (baseline only)
-    general: dict[str, float]  # general benchmark name -> accuracy in [0, 1]
+    general: dict[str, float]  # general benchmark name -> accuracy in [0, 1], or bits-per-byte (see measures)
+    measures: dict[str, str] = {}  # general benchmark -> "accuracy" | "bits_per_byte"
+    skills: dict[str, str] = {}  # general benchmark -> the skill it stands for (knowledge, reasoning, ...)
     versions: dict[str, str]  # benchmark name -> version
     counts: dict[str, int]  # benchmark name -> items scored
-    per_sample: dict[str, list[float]]  # general benchmark -> per-item accuracy, in doc order (paired tests)
+    per_sample: dict[str, list[float]]  # accuracy benchmark -> per-item 0/1, in doc order (paired tests)
+    per_sample_bpb: dict[str, list[float]] = {}  # language-modelling benchmark -> per-item bits-per-byte
+    per_sample_loglik: dict[str, list[float]] = {}  # multiple-choice benchmark -> per-item log p(gold | choices)
+    per_sample_task: list[float] = []  # the gate's task metric per item, in doc order
+    precision: str = "float32"  # the dtype the model was scored in
     samples_dir: str
     seconds: float
+
+    def gate_scores(self) -> dict[str, Any]:
+        """The dict ``evaluation.gate.decide`` reads."""
+        return self.model_dump(include={"task", "general", "measures", "per_sample", "per_sample_bpb", "per_sample_loglik", "per_sample_task"})
 
 
 LM_EVAL_PREFIX = "lm-eval:"
@@ -86,6 +98,54 @@ def general_benchmark(name: str) -> dict[str, Any]:
     return config
 
 
+def observed_spreads(names: list[str]) -> dict[str, float]:  # names as the plan gives them
+    """Per general benchmark, the churn recorded on it (``metadata.observed``: the flip rate of an
+    accuracy benchmark, the spread of per-item log bits-per-byte ratios of a prose benchmark), for
+    the power figures. Benchmarks that record none are left out (the gate assumes a typical value)."""
+    spreads = {}
+    for name in names:
+        config = general_benchmark(name)
+        if config.get("registry"):
+            continue
+        observed = config.get("metadata", {}).get("observed") or {}
+        value = observed.get("log_ratio_sd" if measure_of(config) == "bits_per_byte" else "flip_rate")
+        if value is not None:
+            spreads[config["task"]] = float(value)  # scores are keyed by the benchmark's task name
+    return spreads
+
+
+def attach_scorers(config: dict[str, Any]) -> dict[str, Any]:
+    """The config lm-eval runs: a shipped benchmark that names a customizer scorer
+    (``metadata.scorer``) gets that pure function as its ``process_results`` (YAML stays data: no
+    ``!function``, no code named by a file)."""
+    scorer = config.get("metadata", {}).get("scorer")
+    if scorer is None:
+        return config
+    if scorer != "instruction_following":
+        raise EvaluationError(f"benchmark {config.get('task')!r}: unknown scorer {scorer!r}")
+    from evaluation.instructions import process_results
+
+    return config | {"process_results": process_results}
+
+
+def measure_of(config: dict[str, Any]) -> str:
+    """``bits_per_byte`` for language-modelling benchmarks (scored by rolling log-likelihood), else ``accuracy``."""
+    return "bits_per_byte" if config.get("output_type") == "loglikelihood_rolling" else "accuracy"
+
+
+def eval_dtype(device: str, precision: str = "auto") -> str:
+    """The dtype to score in: ``precision`` (the ``eval_precision`` setting) unless it is ``auto``, then
+    bfloat16 where the hardware runs it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX: ~3.5x
+    fp32 there), float32 elsewhere. Base and candidate are always scored in the same dtype."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+
+
 def benchmark_digest(config: dict[str, Any]) -> str:
     """Identity of a benchmark: its config and the bytes of its data files."""
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if not callable(v)}, sort_keys=True, default=str).encode())
@@ -94,16 +154,19 @@ def benchmark_digest(config: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model_digest: str, adapter_digest: str | None, task: dict[str, Any], plan: EvaluationPlan) -> str:
+def cache_key(model_digest: str, adapter_digest: str | None, task: dict[str, Any], plan: EvaluationPlan, precision: str = "auto") -> str:
     """What a stage's scores depend on: the model, every benchmark's content and version, and the
     pinned settings. A retraining run on an unchanged base finds its baseline under this key."""
     import lm_eval
 
     general = {name: benchmark_digest(general_benchmark(name)) for name in plan.general_benchmarks}
+    import torch
+
     parts = {
         "model": model_digest, "adapter": adapter_digest, "task": benchmark_digest(task), "general": general,
         "limit": plan.limit, "batch_size": plan.batch_size, "max_new_tokens": plan.max_new_tokens,
-        "lm_eval": lm_eval.__version__, "seed": 0,
+        "lm_eval": lm_eval.__version__, "seed": 0, "runner": RUNNER_VERSION,
+        "dtype": eval_dtype("cuda" if torch.cuda.is_available() else "cpu", precision),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -286,13 +349,13 @@ def _score(results: dict[str, Any], benchmark: str, metric: str) -> float:
     raise EvaluationError(f"lm-eval returned no {metric!r} for benchmark {benchmark!r}")
 
 
-def load_model(base_model_dir: str, adapter_dir: str | None, device: str) -> tuple[Any, Any]:
-    """Load the base model, with the adapter merged in when given (merged, it runs as fast as the base)."""
+def load_model(base_model_dir: str, adapter_dir: str | None, device: str, precision: str = "auto") -> tuple[Any, Any]:
+    """Load the base model, with the adapter merged in when given (merged, it runs as fast as the base),
+    in ``eval_dtype``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=getattr(torch, eval_dtype(device, precision)))
     if adapter_dir:
         from peft import PeftModel
 
@@ -331,57 +394,108 @@ def evaluate_model(
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     register_with_lm_eval()
-    configs = [general_benchmark(name) for name in plan.general_benchmarks]
+    configs = [attach_scorers(general_benchmark(name)) for name in plan.general_benchmarks]
     general = {c["task"]: c for c in configs}
     registry = any(c.get("registry") for c in configs)
     started = time.monotonic()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded, tokenizer = load_model(base_model_dir, adapter_dir, device)
+    loaded, tokenizer = load_model(base_model_dir, adapter_dir, device, settings.eval_precision)
     model = HFLM(pretrained=loaded, tokenizer=tokenizer, device=device, batch_size=plan.batch_size)
     log.info("Scoring %s on %d benchmarks", "candidate" if adapter_dir else "base model", 1 + len(general))
+    # Benchmarks that ask for it (instruction following) see the model's own chat template, as an
+    # instruct model is used; lm-eval applies a template to every task of a call, so they get a second call.
+    chat = [c for c in configs if c.get("metadata", {}).get("chat_template") and getattr(tokenizer, "chat_template", None)]
+    plain = [c for c in configs if not any(c is other for other in chat)]
+    settings_for_lm_eval = dict(
+        bootstrap_iters=0, log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+    )
     output = lm_eval.simple_evaluate(
         model=model,
-        tasks=[task, *([few_shot] if few_shot else []), *(c["task"] if c.get("registry") else c for c in configs)],
+        tasks=[task, *([few_shot] if few_shot else []), *(c["task"] if c.get("registry") else c for c in plain)],
         # Indexing lm-eval's 14k built-in task files takes ~12 s: only when a registry task is asked for.
         task_manager=TaskManager(include_defaults=registry),
         limit=plan.limit,
-        bootstrap_iters=0,
-        log_samples=True,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
+        **settings_for_lm_eval,
     )
-    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot is not None)
+    if chat:
+        more = lm_eval.simple_evaluate(
+            model=model, tasks=chat, task_manager=TaskManager(include_defaults=False), limit=plan.limit, apply_chat_template=True,
+            **settings_for_lm_eval,
+        )
+        for key in ("results", "samples", "versions"):
+            output.setdefault(key, {}).update(more.get(key, {}))
+    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot is not None, precision=eval_dtype(device, settings.eval_precision))
+
+
+def _gold_loglik(sample: dict[str, Any]) -> float | None:
+    """log p(gold answer) among a multiple-choice item's choices (their log-likelihoods renormalised)."""
+    try:
+        lls = [float(r[0]) for r in sample["filtered_resps"]]
+        gold = int(sample["target"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    if not 0 <= gold < len(lls):
+        return None
+    top = max(lls)
+    return lls[gold] - (top + math.log(sum(math.exp(x - top) for x in lls)))
+
+
+def _bits_per_byte(sample: dict[str, Any]) -> float:
+    loglik, size = sample["bits_per_byte"]
+    return -float(loglik) / (max(int(size), 1) * math.log(2))
 
 
 def stage_scores(
     output: dict[str, Any], task: dict[str, Any], general: dict[str, dict[str, Any]], out_dir: Path, started: float,
-    few_shot: bool = False,
+    few_shot: bool = False, precision: str = "float32",
 ) -> StageScores:
     """Turn lm-eval's output into the stage's scores; per-sample outputs and ``scores.json`` go to ``out_dir``."""
     results = output["results"]
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
-    counts, per_sample = {}, {}
+    meta = task["metadata"]
+    lm_eval_names = {"answer": lambda m: f"task_{m}", "preference": lambda m: "acc", "reward": lambda m: m}[meta["kind"]]
+    measures = {name: measure_of(cfg) for name, cfg in general.items()}
+    counts, per_sample, per_bpb, per_loglik, per_task = {}, {}, {}, {}, []
     for name, samples in output.get("samples", {}).items():
         counts[name] = len(samples)
-        if name in general:
-            per_sample[name] = [float(s["acc"]) for s in sorted(samples, key=lambda s: s["doc_id"])]
+        ordered = sorted(samples, key=lambda s: s["doc_id"])
+        if name in general and measures[name] == "bits_per_byte":
+            per_bpb[name] = [_bits_per_byte(s) for s in ordered]
+        elif name in general:
+            per_sample[name] = [float(s["acc"]) for s in ordered]
+            logliks = [_gold_loglik(s) for s in ordered] if general[name].get("output_type") == "multiple_choice" else []
+            if logliks and all(v is not None for v in logliks):
+                per_loglik[name] = logliks
+        elif name == TASK_BENCHMARK:
+            per_task = [float(s[lm_eval_names(meta["task_metric"])]) for s in ordered]
         with open(samples_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             for sample in samples:
                 fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
-    meta = task["metadata"]
-    lm_eval_names = {"answer": lambda m: f"task_{m}", "preference": lambda m: "acc", "reward": lambda m: m}[meta["kind"]]
+
+    def general_score(name: str) -> float:
+        if measures[name] == "bits_per_byte":  # bits over bytes of the whole benchmark, as lm-eval aggregates it
+            if name in per_bpb and output["samples"].get(name):
+                pairs = [s["bits_per_byte"] for s in output["samples"][name]]
+                return -sum(float(ll) for ll, _ in pairs) / (sum(int(b) for _, b in pairs) * math.log(2))
+            return _score(results, name, "bits_per_byte")
+        return _score(results, name, "acc")
+
     scores = StageScores(
         task={name: _score(results, TASK_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]},
         task_metric=meta["task_metric"],
         few_shot={name: _score(results, FEW_SHOT_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]} if few_shot else {},
-        general={name: _score(results, name, "acc") for name in general},
+        general={name: general_score(name) for name in general},
+        measures=measures,
+        skills={name: str(cfg.get("metadata", {}).get("skill", "")) for name, cfg in general.items()},
         versions={TASK_BENCHMARK: TASK_BENCHMARK_VERSION}
         | {name: str(output.get("versions", {}).get(name) or cfg.get("metadata", {}).get("version", "")) for name, cfg in general.items()},
         counts=counts,
         per_sample=per_sample,
+        per_sample_bpb=per_bpb,
+        per_sample_loglik=per_loglik,
+        per_sample_task=per_task,
+        precision=precision,
         samples_dir=str(samples_dir),
         seconds=time.monotonic() - started,
     )
@@ -392,6 +506,7 @@ def stage_scores(
 SHIM = """# Task metrics for the lm_eval command line: the same functions customizer scores with.
 import json
 
+from evaluation.instructions import process_results as instruction_following  # noqa: F401
 from evaluation.metrics import TASK_METRICS
 from training.rewards import resolve_reward, reward_name
 
@@ -445,6 +560,9 @@ def export_for_lm_eval(task: dict[str, Any], plan: EvaluationPlan, folder: Path,
         if general.get("registry"):
             names.append(general["task"])
             continue
-        (folder / f"{general['task']}.yaml").write_text(yaml.safe_dump(general, sort_keys=False), encoding="utf-8")
+        text = yaml.safe_dump(general, sort_keys=False)
+        if general.get("metadata", {}).get("scorer") == "instruction_following":  # the same scorer, through the shim
+            text += "process_results: !function task_metrics.instruction_following\n"
+        (folder / f"{general['task']}.yaml").write_text(text, encoding="utf-8")
         names.append(general["task"])
     return names

@@ -9,7 +9,7 @@ from prefect import flow
 from tasks.approval import approve_promotion, approve_training
 from tasks.data import ingest
 from tasks.deploy import go_live, promote, publish_adapter, register
-from tasks.evaluation import build_task_benchmark, champion_scores, check_prompt_baseline, evaluate, gate, report
+from tasks.evaluation import build_task_benchmark, champion_scores, check_prompt_baseline, evaluate, gate, power, report
 from tasks.job import CustomizationResult, base_model, finish_job, mark_failed, open_job, record_process
 from tasks.training import plan_training, train
 from training.specs import CustomizationSpec
@@ -29,6 +29,7 @@ def customize(spec: CustomizationSpec) -> CustomizationResult:
     if enough := check_prompt_baseline(job, baseline):
         return finish_job(job, data, baseline, prompt_baseline=enough)
 
+    evidence = power(job, baseline)  # which drops the general suite can rule out, known before training
     plan = plan_training(job, base, data)  # warnings, cost estimate; refuses a job over its budget
     approved_training = approve_training(job)  # reviewed methods wait for a person first
     trained = train(job, base, data)
@@ -43,8 +44,8 @@ def customize(spec: CustomizationSpec) -> CustomizationResult:
     published = publish_adapter(job, base, data, trained, version)
     version = promote(job, version, published, decision)
     go_live(job, version, published, trained.artifact)  # a promoted adapter is live on the serving endpoint, if one is set
-    page = report(job, data, baseline, candidate, champion, decision, trained, plan.estimate.describe())
+    page = report(job, data, baseline, candidate, champion, decision, trained, plan.estimate.describe(), evidence)
     return finish_job(
         job, data, baseline, trained, candidate, decision, version, published,
-        [w.message for w in plan.warnings], approvals, report=page,
+        [w.message for w in plan.warnings], approvals, report=page, power=evidence,
     )

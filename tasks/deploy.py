@@ -21,6 +21,7 @@ from tasks.approval import approval_tags
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.data import IngestedDataset
+from training.replay import replay_tags
 from training.common import TrainResult
 
 TRANSIENT = ("ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "Throttling", "SlowDown")
@@ -58,6 +59,7 @@ def register(
         "customizer.job_id": job.job_id,
         "customizer.dataset.sha256": data.sha256,
         "customizer.dataset.uri": data.source,
+        **replay_tags(data.replay),  # general examples mixed into training (data.replay), with their own digest
         "customizer.base_model": job.config.target.name,
         "customizer.base_model.digest": base.digest,
         "customizer.config": job.spec.config,

@@ -12,9 +12,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from customizer.settings import get_settings
 from deploy import registry, tracking
-from evaluation.gate import Decision, decide, prompting_suffices
+from evaluation.gate import Decision, Power, decide, plan_power, prompting_suffices
 from evaluation.report import write_report
-from evaluation.runner import StageScores, cache_key, evaluate_model, few_shot_benchmark, task_benchmark
+from evaluation.runner import StageScores, cache_key, evaluate_model, few_shot_benchmark, observed_spreads, task_benchmark
 from tasks.job import Job
 from training.base_model import ResolvedModel, resolve_base_model
 from training.catalog import get_config
@@ -52,7 +52,7 @@ def evaluate(job: Job, base: ResolvedModel, benchmarks: dict[str, Any], trained:
     folder = Path(job.work_dir) / "eval" / stage
     plan = job.spec.evaluation
     if trained is None:
-        key = cache_key(base.digest, None, benchmarks["task"], plan) + ("-fs" if benchmarks["few_shot"] else "")
+        key = cache_key(base.digest, None, benchmarks["task"], plan, settings.eval_precision) + ("-fs" if benchmarks["few_shot"] else "")
         cached = settings.root / "cache" / "eval" / key
         if (cached / "scores.json").exists():
             shutil.copytree(cached, folder, dirs_exist_ok=True)
@@ -85,6 +85,21 @@ def check_prompt_baseline(job: Job, baseline: StageScores) -> str | None:
     logger.info("No fine-tuning needed: %s", enough)
     tracking.client(get_settings()).set_tag(job.run_id, "customizer.decision", "no fine-tuning needed")
     return enough
+
+
+@task(name="plan-power")
+def power(job: Job, baseline: StageScores) -> list[Power]:
+    """Before any training: which drops each general benchmark (and their pool) can rule out, so a
+    job learns whether the gate will be able to decide before it spends the compute."""
+    rows = plan_power(baseline.gate_scores(), baseline.counts, job.policy, observed_spreads(job.spec.evaluation.general_benchmarks))
+    logger = get_run_logger()
+    for row in rows:
+        (logger.info if row.can_decide else logger.warning)("Power, %s: %s", row.benchmark, row.describe())
+    summary = [row.model_dump() | {"can_decide": row.can_decide, "describe": row.describe()} for row in rows]
+    settings = get_settings()
+    tracking.client(settings).set_tag(job.run_id, "customizer.power", json.dumps(summary))
+    tracking.log_dict(settings, job.run_id, summary, "power.json")
+    return rows
 
 
 @task(name="champion-scores")
@@ -126,8 +141,8 @@ def gate(
     settings = get_settings()
     hp = job.spec.hyperparameters
     decision = decide(
-        baseline.model_dump(include={"task", "general", "per_sample"}),
-        candidate.model_dump(include={"task", "general", "per_sample"}),
+        baseline.gate_scores(),
+        candidate.gate_scores(),
         champion,
         job.policy,
         candidate.task_metric,
@@ -154,6 +169,7 @@ def report(
     decision: Decision,
     trained: TrainResult,
     estimate: str,
+    evidence: list[Power] | None = None,
 ) -> str:
     """Write the job's HTML report with its charts, log it to MLflow and link it from the Prefect run."""
     settings = get_settings()
@@ -166,8 +182,9 @@ def report(
             "config": job.spec.config, "dataset": data.source, "dataset sha256": data.sha256, "examples": data.counts,
             "method": f"{hp.training_type}/{hp.finetuning_type}", "hyperparameters": hp.model_dump(),
             "stopped": trained.stop_reason, "estimate": estimate, "policy": job.policy_source,
+            "power": [{"benchmark": p.benchmark, "items": p.items, "describe": p.describe()} for p in evidence or []],
         },
-        baseline=baseline.model_dump(), candidate=candidate.model_dump(), champion=champion,
+        baseline=baseline.gate_scores(), candidate=candidate.gate_scores(), champion=champion,
         counts=candidate.counts, task_metric=candidate.task_metric, decision=decision,
         train_loss=trained.train_loss, val_loss=trained.val_loss,
     )

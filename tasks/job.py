@@ -17,7 +17,7 @@ from deploy import tracking
 from deploy.notify import notify
 from deploy.registry import CHAMPION, RegisteredVersion
 from deploy.store import Published
-from evaluation.gate import ApprovalRecord, Decision
+from evaluation.gate import ApprovalRecord, Decision, Power
 from evaluation.policy import effective_policy
 from evaluation.runner import StageScores
 from training.base_model import ResolvedModel, resolve_base_model
@@ -61,6 +61,7 @@ class CustomizationResult(BaseModel):
     train_loss: list[tuple[int, float]] = []
     val_loss: list[tuple[int, float]] = []
     report: str | None = None
+    power: list[Power] = []
     mlflow_run_id: str
     tracking_uri: str
 
@@ -127,6 +128,7 @@ def finish_job(
     approvals: list[ApprovalRecord | None] | None = None,
     prompt_baseline: str | None = None,
     report: str | None = None,
+    power: list[Power] | None = None,
 ) -> CustomizationResult:
     """Close the MLflow run and assemble the job's result."""
     settings = get_settings()
@@ -149,6 +151,7 @@ def finish_job(
         train_loss=trained.train_loss if trained else [],
         val_loss=trained.val_loss if trained else [],
         report=report,
+        power=power or [],
         mlflow_run_id=job.run_id,
         tracking_uri=settings.tracking_uri,
     )

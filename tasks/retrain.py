@@ -66,7 +66,12 @@ def champion_spec(output_model: str, tags: dict[str, str]) -> CustomizationSpec:
 @task(name="find-champions")
 def find_champions(output_models: list[str] | None) -> tuple[list[Champion], list[RetrainOutcome]]:
     """The champions of the given output models (default: every registered one), and a skip for
-    each model that has no champion to retrain."""
+    each model that has no champion to retrain.
+
+    Raises:
+        RegistryUnavailable: the registry could not be read; the retrain fails rather than skip
+            models whose champion it could not see.
+    """
     champions, skipped = [], []
     for output_model, version, tags in registry.champions(get_settings(), output_models):
         if version is None:

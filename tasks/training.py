@@ -116,7 +116,8 @@ def training_limits(output_model: str) -> list[str]:
 @task(name="train")
 def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
     """Run the job's method (SFT, DPO or GRPO) in-process, or under torchrun for several devices;
-    metrics and progress stream to the job's MLflow run."""
+    metrics and progress stream to the job's MLflow run. The policy's ``max_forgetting_kl`` stops
+    training at the first validation over it (the best checkpoint under it is delivered)."""
     settings = get_settings()
     buffer = tracking.MetricBuffer(settings, job.run_id)
     client = tracking.client(settings)
@@ -132,7 +133,7 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
     hooks = Hooks(sink=buffer.add, progress=progress, should_stop=_cancel_requested)
     request = TrainingRequest(
         base_model_dir=base.path, dataset=data, config=job.config, hyperparameters=job.spec.hyperparameters,
-        work_dir=job.work_dir, mlflow_run_id=job.run_id,
+        work_dir=job.work_dir, mlflow_run_id=job.run_id, max_forgetting_kl=job.policy.max_forgetting_kl,
     )
     limits = training_limits(job.spec.output_model)
     get_run_logger().info("Waiting for a training slot (concurrency limits %s, where they exist)", ", ".join(limits))
@@ -150,8 +151,9 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
         buffer.flush()
     client.set_tag(job.run_id, "customizer.stop_reason", result.stop_reason)
     get_run_logger().info(
-        "Trained %d steps (%.1f epochs) in %.0f s: %s; val_loss %s",
+        "Trained %d steps (%.1f epochs) in %.0f s: %s; val_loss %s; forgetting_kl %s",
         result.steps, result.epochs_completed, result.train_seconds, result.stop_reason,
         ", ".join(f"{v:.3f}" for _, v in result.val_loss) or "n/a",
+        ", ".join(f"{v:.4f}" for _, v in result.forgetting_kl) or "n/a",
     )
     return result

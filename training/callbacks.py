@@ -12,8 +12,9 @@ from transformers import TrainerCallback
 
 log = logging.getLogger("customizer.training")
 
-# (name, value, step) -> None, e.g. to MLflow. Names: train_loss, val_loss, learning_rate,
-# token_accuracy, tokens_per_second, and method-specific ones (reward, rewards/<fn>, ...).
+# (name, value, step) -> None, e.g. to MLflow. Names: train_loss, val_loss, forgetting_kl (at each
+# validation, see training.forgetting), learning_rate, token_accuracy, tokens_per_second, and
+# method-specific ones (reward, rewards/<fn>, ...).
 MetricSink = Callable[[str, float, int], None]
 # Progress snapshots in NeMo's status shape: steps_completed, epochs_completed, percentage_done, ...
 ProgressSink = Callable[[dict[str, Any]], None]
@@ -24,12 +25,18 @@ _SKIPPED = {"epoch", "total_flos", "step_time"}
 
 class MetricsCallback(TrainerCallback):
     """Forward every logged number to a sink (losses under NeMo's names), publish progress
-    snapshots, and log ``step n/N [#####.....] loss, s/step, time left``."""
+    snapshots, and log ``step n/N [#####.....] loss, s/step, time left`` and, at each validation,
+    ``val_loss (best), forgetting_kl``. A validation whose forgetting_kl exceeds ``forgetting_limit``
+    is not kept (``training.forgetting``), so it does not count as the best val_loss."""
 
-    def __init__(self, sink: MetricSink | None = None, progress: ProgressSink | None = None, tokens_per_example: float = 0.0):
+    def __init__(
+        self, sink: MetricSink | None = None, progress: ProgressSink | None = None, tokens_per_example: float = 0.0,
+        forgetting_limit: float | None = None,
+    ):
         self.sink = sink
         self.progress = progress
         self.tokens_per_example = tokens_per_example
+        self.forgetting_limit = forgetting_limit
         self.best_val: float | None = None
         self._started = 0.0
         self._first_step = 0
@@ -67,8 +74,15 @@ class MetricsCallback(TrainerCallback):
             )
         if "eval_loss" in logs:
             value = float(logs["eval_loss"])
-            self.best_val = value if self.best_val is None else min(self.best_val, value)
-            log.info("epoch %.2f: val_loss %.4f (best %.4f)", logs.get("epoch", state.epoch or 0), value, self.best_val)
+            kl = logs.get("forgetting_kl")
+            rejected = kl is not None and self.forgetting_limit is not None and not kl <= self.forgetting_limit
+            if not rejected:
+                self.best_val = value if self.best_val is None else min(self.best_val, value)
+            log.info(
+                "epoch %.2f: val_loss %.4f (best %s)%s", logs.get("epoch", state.epoch or 0), value,
+                "n/a" if self.best_val is None else f"{self.best_val:.4f}",
+                "" if kl is None else f", forgetting_kl {kl:.4f}" + (f" > max {self.forgetting_limit:g}" if rejected else ""),
+            )
         self._report(args, state, "running")
 
     def on_train_end(self, args, state, control, **kwargs):

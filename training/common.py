@@ -23,6 +23,7 @@ from customizer.settings import Settings
 from customizer.storage import out_of_room
 from training.callbacks import MetricsCallback, MetricSink, ProgressSink, StopCallback
 from training.catalog import CustomizationConfig
+from training.forgetting import ForgettingCallback, ForgettingProbe, is_adapter_model
 from training.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
@@ -43,7 +44,8 @@ class CheckpointError(RuntimeError):
 
 
 class TrainResult(BaseModel):
-    """What training produced: an adapter or a full model folder, the loss curves and why it stopped."""
+    """What training produced: an adapter or a full model folder, the loss and forgetting curves and
+    why it stopped. ``forgetting_kl`` is (step, KL(base || model) in nats per token) at each validation."""
 
     artifact: Literal["adapter", "model"]
     output_dir: str
@@ -51,6 +53,7 @@ class TrainResult(BaseModel):
     epochs_completed: float
     train_loss: list[tuple[int, float]]
     val_loss: list[tuple[int, float]]
+    forgetting_kl: list[tuple[int, float]] = []
     best_val_loss: float | None
     best_step: int | None
     stop_reason: str
@@ -62,13 +65,16 @@ class TrainResult(BaseModel):
 
 
 class Hooks(BaseModel):
-    """Where training reports to (all optional): metrics, progress, and a cancellation check."""
+    """Where training reports to and what stops it (all optional): metrics, progress, a cancellation
+    check, and the policy's forgetting limit (``PromotionPolicy.max_forgetting_kl``: stop at the first
+    validation whose forgetting_kl exceeds it and keep the best checkpoint under it)."""
 
     model_config = {"arbitrary_types_allowed": True}
 
     sink: MetricSink | None = None
     progress: ProgressSink | None = None
     should_stop: Callable[[], bool] | None = None
+    max_forgetting_kl: float | None = None
 
 
 def lora_config(hp: Hyperparameters, config: CustomizationConfig) -> Any:
@@ -280,7 +286,12 @@ def world_size() -> int:
 
 
 def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hooks, tokens_per_example: float) -> dict[str, Any]:
-    """Train with progress, early stopping and cancellation wired in; resume from the last checkpoint.
+    """Train with progress, forgetting watch, early stopping and cancellation wired in; resume from
+    the last checkpoint.
+
+    Every validation also measures ``forgetting_kl`` (``training.forgetting``); the first one over
+    ``hooks.max_forgetting_kl`` stops training, is not saved, and the best checkpoint under the
+    threshold is what the trainer ends with. Methods without validation (GRPO) are not watched.
 
     Returns:
         Curves, timing and the stop reason (the pieces of ``TrainResult`` every method shares).
@@ -288,11 +299,24 @@ def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hoo
     Raises:
         TrainingCancelled: ``hooks.should_stop`` said so; no output is saved.
         CheckpointError: a checkpoint could not be written for lack of room.
+        TrainingError: the first validation's forgetting_kl already exceeded ``hooks.max_forgetting_kl``
+            (no checkpoint under the threshold to keep).
     """
     from transformers import EarlyStoppingCallback, PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # progress goes through MetricsCallback's log lines
-    metrics = MetricsCallback(hooks.sink, hooks.progress, tokens_per_example)
+    limit = hooks.max_forgetting_kl
+    forgetting = None
+    if str(getattr(trainer.args.eval_strategy, "value", trainer.args.eval_strategy)) != "no":
+        probe = ForgettingProbe(trainer.processing_class)
+        if not is_adapter_model(trainer.model):
+            # Full weights: the base's log-probabilities now, before a resume loads trained weights.
+            probe.cache_base(trainer.model)
+        forgetting = ForgettingCallback(probe, limit)
+        trainer.add_callback(forgetting)  # before MetricsCallback: it adds forgetting_kl to the logs that one streams
+    elif limit is not None:
+        log.warning("max_forgetting_kl %g is not watched: this method runs no validation", limit)
+    metrics = MetricsCallback(hooks.sink, hooks.progress, tokens_per_example, forgetting_limit=limit)
     trainer.add_callback(metrics)
     stopper = StopCallback(hooks.should_stop) if hooks.should_stop else None
     if stopper:
@@ -316,8 +340,13 @@ def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hoo
     state = trainer.state
     history = state.log_history
     val = [(h["step"], float(h["eval_loss"])) for h in history if "eval_loss" in h]
-    best = min(val, key=lambda point: point[1]) if val else None
-    if early is not None and early.early_stopping_patience_counter >= hp.early_stopping.patience:
+    kl = [(h["step"], float(h["forgetting_kl"])) for h in history if "eval_loss" in h and "forgetting_kl" in h]
+    over = {step for step, value in kl if limit is not None and not value <= limit}
+    kept = [point for point in val if point[0] not in over]  # a validation over the limit is never kept
+    best = min(kept, key=lambda point: point[1]) if kept else None
+    if forgetting is not None and forgetting.exceeded is not None:
+        reason = _forgetting_reason(forgetting.exceeded, limit, state.best_model_checkpoint, dict(kl))
+    elif early is not None and early.early_stopping_patience_counter >= hp.early_stopping.patience:
         reason = (
             f"early stopping at step {state.global_step}: val_loss did not improve by {hp.early_stopping.min_delta} "
             f"for {hp.early_stopping.patience} validations (best {best[1]:.4f} at step {best[0]}, kept)"
@@ -332,6 +361,7 @@ def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hoo
         epochs_completed=float(state.epoch or 0.0),
         train_loss=[(h["step"], float(h["loss"])) for h in history if "loss" in h],
         val_loss=val,
+        forgetting_kl=kl,
         best_val_loss=best[1] if best else None,
         best_step=best[0] if best else None,
         stop_reason=reason,
@@ -339,6 +369,25 @@ def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hoo
         tokens_per_second=(trained_steps * hp.batch_size * tokens_per_example / seconds) if seconds > 0 and trained_steps > 0 else None,
         resumed_from=resume,
     )
+
+
+def _forgetting_reason(exceeded: tuple[int, float], limit: float, kept: str | None, values: dict[int, float]) -> str:
+    """The stop reason of a run stopped by ``max_forgetting_kl``, naming the checkpoint kept.
+
+    Raises:
+        TrainingError: no checkpoint under the threshold exists (the first validation exceeded it).
+    """
+    step, value = exceeded
+    over = f"forgetting_kl {value:.3g} at step {step} exceeded the policy's max_forgetting_kl {limit:g}"
+    if kept is None or not Path(kept).is_dir():
+        first = " at the first validation" if not any(earlier < step for earlier in values) else ""
+        raise TrainingError(
+            f"forgetting: {over}{first}, so there is no checkpoint under the threshold to keep; "
+            "lower the learning rate, validate more often (val_check_interval) or raise max_forgetting_kl"
+        )
+    name = Path(kept).name
+    kept_value = values.get(int(name.rpartition("-")[2]))
+    return f"forgetting: {over}; kept {name}" + (f" (forgetting_kl {kept_value:.3g})" if kept_value is not None else "")
 
 
 def parameter_counts(model: Any) -> tuple[int, int]:

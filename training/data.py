@@ -37,7 +37,7 @@ import orjson
 from pydantic import BaseModel
 
 from customizer.settings import Settings
-from training.data_report import DataReport, SplitReport, render_html
+from training.data_report import DataReport, ReplayReport, SplitReport, render_html
 from training.data_sources import SPLIT_FOLDERS, SourceError, resolve_dataset
 from training.duplicates import DuplicateIndex
 from training.formats import (
@@ -118,6 +118,9 @@ class IngestedDataset(BaseModel):
     truncated: dict[Split, int] = {}
     report_files: dict[str, str] = {}  # "json" / "html" -> path
     warnings: list[str] = []
+    # General examples mixed into training (``training.replay``); counts["training"] includes them,
+    # sha256 stays the user's data.
+    replay: ReplayReport | None = None
 
 
 # --- canonical JSON --------------------------------------------------------------------------

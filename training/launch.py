@@ -38,6 +38,8 @@ class TrainingRequest(BaseModel):
     hyperparameters: Hyperparameters
     work_dir: str
     mlflow_run_id: str | None = None
+    # The policy's forgetting limit (PromotionPolicy.max_forgetting_kl): stop at the first validation over it.
+    max_forgetting_kl: float | None = None
 
 
 def methods() -> dict[str, Callable[..., TrainResult]]:
@@ -49,8 +51,9 @@ def methods() -> dict[str, Callable[..., TrainResult]]:
 
 
 def run(request: TrainingRequest, settings: Settings, hooks: Hooks | None = None) -> TrainResult:
-    """Train in this process."""
+    """Train in this process (the request's forgetting limit goes to training with the hooks)."""
     method = methods()[request.hyperparameters.training_type]
+    hooks = (hooks or Hooks()).model_copy(update={"max_forgetting_kl": request.max_forgetting_kl})
     return method(request.base_model_dir, request.dataset, request.config, request.hyperparameters, Path(request.work_dir), settings, hooks)
 
 

@@ -138,6 +138,10 @@ class Hyperparameters(BaseModel):
         return self.finetuning_type in ("lora", "lora_merged")
 
 
+# The default forgetting suite: real items that ship offline (README: Evaluation).
+DEFAULT_GENERAL_SUITE = ("mmlu_dev", "bb_knowledge", "bb_reasoning", "ifeval_lite", "pydoc_prose")
+
+
 class EvaluationPlan(BaseModel):
     """What baseline and candidate are scored on."""
 
@@ -150,8 +154,10 @@ class EvaluationPlan(BaseModel):
         "GRPO reward (reward data).",
     )
     general_benchmarks: list[str] = Field(
-        default_factory=lambda: ["capitals", "everyday"],
-        description="Shipped general benchmarks (evaluation/benchmarks/general) for the forgetting check.",
+        default_factory=lambda: list(DEFAULT_GENERAL_SUITE),
+        description="General benchmarks for the forgetting check: shipped ones (evaluation/benchmarks/general; "
+        "the default suite covers knowledge, reasoning, instruction following and language modelling), or "
+        "lm-eval:<task> for a task of lm-eval's registry whose data is at hand.",
     )
     limit: int | None = Field(default=None, ge=1, description="Score at most this many items per benchmark.")
     batch_size: int = Field(default=16, ge=1, le=512, description="Evaluation batch size.")
@@ -324,3 +330,14 @@ class CustomizationSpec(BaseModel):
                 f"`output_model` must be namespace/name in lowercase letters, digits, '.', '_' or '-', got {value!r}"
             )
         return f"{namespace}/{name}"
+
+    @model_validator(mode="after")
+    def _replay_is_for_sft(self) -> CustomizationSpec:
+        # Refused when the job is created, not after it started (ingest checks again: training.replay.check_method).
+        replay, method = self.data.replay, self.hyperparameters.training_type
+        if replay.ratio > 0 and method != "sft":
+            raise ValueError(
+                f"`data.replay` (ratio {replay.ratio}) mixes SFT examples into training, but training_type {method} "
+                "cannot use them: set data.replay.ratio to 0 or train with training_type sft"
+            )
+        return self

@@ -58,7 +58,7 @@ def test_llama_job_fails_saying_the_base_model_cannot_be_fetched(nemo, example_j
     assert model.artifact.status == "upload_failed"
 
 
-def test_tiny_job_completes_and_reports_metrics(nemo, example_jobs):
+def test_tiny_job_completes_and_reports_metrics(nemo, http, example_jobs):
     response = example_jobs[1]
     assert response.status_code == 200, response.text
     job_id = response.json()["id"]
@@ -71,6 +71,11 @@ def test_tiny_job_completes_and_reports_metrics(nemo, example_jobs):
     assert status.steps_completed == train[-1].step or status.steps_completed >= train[-1].step
     assert status.epochs_completed == 10 and status.percentage_done == 100.0
     assert status.val_loss == min(p.value for p in val)
+    # forgetting_kl (KL from the base on general prompts) at every validation, from MLflow, in the same shape.
+    raw = http.get(f"/v1/customization/jobs/{job_id}/status").json()["metrics"]
+    forgetting = raw["metrics"]["forgetting_kl"]
+    assert "forgetting_kl" in raw["keys"] and [p["step"] for p in forgetting] == [p.step for p in val]
+    assert all(p["value"] >= 0 and p["timestamp"] for p in forgetting) and forgetting[-1]["value"] > 0
     assert [log.message for log in status.status_logs][0] == "created" and status.status_logs[-1].message == "Completed"
 
     job = nemo.customization.jobs.retrieve(job_id)

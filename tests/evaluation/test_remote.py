@@ -25,6 +25,7 @@ def _samples(folder, name):
 
 def test_a_served_adapter_scores_as_it_does_locally(tmp_path, settings, ok_dataset, tiny_model_dir):
     config = get_config(TINY_CONFIG_URN, settings)
+    settings = settings.model_copy(update={"eval_precision": "float32"})  # as the server runs it
     data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
     plan = EvaluationPlan(general_benchmarks=["capitals"], limit=10, max_new_tokens=4, batch_size=4)
     benchmark = task_benchmark(data, config, AutoTokenizer.from_pretrained(tiny_model_dir), plan, tmp_path / "bench")

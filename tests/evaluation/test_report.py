@@ -18,7 +18,7 @@ def test_report_has_the_decision_charts_and_deltas(tmp_path):
     page = files["html"].read_text()
     assert f"Decision: {decision.action.upper()}" in page and page.count("data:image/png;base64,") == 2
     assert "forgetting capitals: 90.0 -&gt; 80.0" in page  # every reason, escaped
-    assert "<td>capitals</td><td>90.0</td><td>80.0</td><td>-10.0</td>" in page
+    assert "<td>capitals</td><td>accuracy</td><td>10</td><td>90.0</td><td>80.0</td><td>-10.0</td>" in page
     assert "dataset sha256" in page and "{&quot;epochs&quot;: 2}" in page
 
 
