@@ -560,6 +560,11 @@ def training_metrics(settings: Settings, job_id: str) -> tuple[dict[str, Any], d
             out["train_loss"] = before[-1]["value"]
     elif series.get("train_loss"):
         out["train_loss"] = series["train_loss"][-1]["value"]
+    # customizer's additions: what the general suite can rule out (planned before training) and, once
+    # the gate ran, each forgetting comparison with its interval and verdict.
+    for field, tag in (("power", "customizer.power"), ("forgetting", "customizer.forgetting")):
+        if run.data.tags.get(tag):
+            out[field] = json.loads(run.data.tags[tag])
     return out, dict(run.data.tags)
 
 

@@ -338,6 +338,14 @@ class JobStatusPublic(Echo):
     train_loss: float | None = None
     val_loss: float | None = None
     metrics: dict[str, Any] | None = None
+    power: list[dict[str, Any]] | None = Field(
+        default=None, description="customizer: per general benchmark (and their pool), the smallest drop the suite can "
+        "rule out, planned from the baseline before training; `can_decide` false means the gate will hold for a person.",
+    )
+    forgetting: list[dict[str, Any]] | None = Field(
+        default=None, description="customizer: after the gate, each forgetting comparison: delta, interval, the bound "
+        "compared with the limit, and the verdict (passed, undecided, FAILED).",
+    )
 
 
 class JobPublic(Echo):

@@ -38,6 +38,7 @@ BENCHMARKS_DIR = Path(__file__).parent / "benchmarks"
 GENERAL_DIR = BENCHMARKS_DIR / "general"
 TASK_BENCHMARK = "task"
 TASK_BENCHMARK_VERSION = "1.0"
+GENERATION_BATCH = 64  # batch of the general generation benchmarks (instruction following)
 RUNNER_VERSION = "2"  # what the scores hold (per-item measures, dtype); cached scores of another version are not reused
 
 
@@ -147,14 +148,20 @@ def eval_dtype(device: str, precision: str = "auto") -> str:
 
 
 def benchmark_digest(config: dict[str, Any]) -> str:
-    """Identity of a benchmark: its config and the bytes of its data files."""
-    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if not callable(v)}, sort_keys=True, default=str).encode())
+    """Identity of a benchmark: its config and the bytes of its data files (not where they lie: each
+    job writes its task benchmark into its own folder, and an unchanged one must find its cached scores)."""
+    settings = {k: v for k, v in config.items() if not callable(v) and k != "dataset_kwargs"}
+    settings["dataset_kwargs"] = {k: v for k, v in config.get("dataset_kwargs", {}).items() if k != "data_files"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in sorted(config.get("dataset_kwargs", {}).get("data_files", {}).values()):
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
 
-def cache_key(model_digest: str, adapter_digest: str | None, task: dict[str, Any], plan: EvaluationPlan, precision: str = "auto") -> str:
+def cache_key(
+    model_digest: str, adapter_digest: str | None, task: dict[str, Any], plan: EvaluationPlan, precision: str = "auto",
+    few_shot: dict[str, Any] | None = None,
+) -> str:
     """What a stage's scores depend on: the model, every benchmark's content and version, and the
     pinned settings. A retraining run on an unchanged base finds its baseline under this key."""
     import lm_eval
@@ -164,6 +171,7 @@ def cache_key(model_digest: str, adapter_digest: str | None, task: dict[str, Any
 
     parts = {
         "model": model_digest, "adapter": adapter_digest, "task": benchmark_digest(task), "general": general,
+        "few_shot": benchmark_digest(few_shot) if few_shot else None,
         "limit": plan.limit, "batch_size": plan.batch_size, "max_new_tokens": plan.max_new_tokens,
         "lm_eval": lm_eval.__version__, "seed": 0, "runner": RUNNER_VERSION,
         "dtype": eval_dtype("cuda" if torch.cuda.is_available() else "cpu", precision),
@@ -418,8 +426,11 @@ def evaluate_model(
         **settings_for_lm_eval,
     )
     if chat:
+        # Generation runs ~1.7x faster in batches of 64 than of 16 on a CPU (each step's cost is mostly
+        # fixed); scoring log-likelihoods does not gain from it. Base and candidate batch alike.
+        generating = HFLM(pretrained=loaded, tokenizer=tokenizer, device=device, batch_size=max(plan.batch_size, GENERATION_BATCH))
         more = lm_eval.simple_evaluate(
-            model=model, tasks=chat, task_manager=TaskManager(include_defaults=False), limit=plan.limit, apply_chat_template=True,
+            model=generating, tasks=chat, task_manager=TaskManager(include_defaults=False), limit=plan.limit, apply_chat_template=True,
             **settings_for_lm_eval,
         )
         for key in ("results", "samples", "versions"):

@@ -52,7 +52,7 @@ def evaluate(job: Job, base: ResolvedModel, benchmarks: dict[str, Any], trained:
     folder = Path(job.work_dir) / "eval" / stage
     plan = job.spec.evaluation
     if trained is None:
-        key = cache_key(base.digest, None, benchmarks["task"], plan, settings.eval_precision) + ("-fs" if benchmarks["few_shot"] else "")
+        key = cache_key(base.digest, None, benchmarks["task"], plan, settings.eval_precision, benchmarks["few_shot"])
         cached = settings.root / "cache" / "eval" / key
         if (cached / "scores.json").exists():
             shutil.copytree(cached, folder, dirs_exist_ok=True)
@@ -151,6 +151,10 @@ def gate(
     )
     client = tracking.client(settings)
     client.set_tag(job.run_id, "customizer.decision", decision.action)
+    client.set_tag(job.run_id, "customizer.forgetting", json.dumps([
+        {"benchmark": d.benchmark, "measure": d.measure, "items": d.items, "delta": d.delta, "ci": [d.ci_low, d.ci_high],
+         "bound": d.bound, "limit": d.limit, "verdict": d.verdict} for d in decision.deltas
+    ]))
     tracking.log_dict(settings, job.run_id, decision.model_dump(), "decision.json")
     logger = get_run_logger()
     logger.info("Decision: %s", decision.action.upper())

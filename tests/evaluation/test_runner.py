@@ -67,3 +67,21 @@ def test_base_and_adapter_are_scored_on_every_benchmark_in_one_call(tmp_path, se
     base_out = [json.loads(l)["filtered_resps"] for l in (tmp_path / "base" / "samples" / "capitals.jsonl").read_text().splitlines()]
     tuned_out = [json.loads(l)["filtered_resps"] for l in (tmp_path / "tuned" / "samples" / "capitals.jsonl").read_text().splitlines()]
     assert base_out != tuned_out
+
+
+def test_the_baseline_cache_key_is_the_content_not_the_job_folder(tmp_path, settings, ok_dataset, tiny_model_dir):
+    from evaluation.runner import cache_key, few_shot_benchmark
+
+    config = get_config(TINY_CONFIG_URN, settings)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
+    plan = EvaluationPlan(general_benchmarks=["capitals"])
+    keys = []
+    for job in ("job-1", "job-2"):  # two jobs on the same data write their benchmarks into their own folders
+        task = task_benchmark(data, config, tokenizer, plan, tmp_path / job)
+        keys.append(cache_key("base", None, task, plan, "float32", few_shot_benchmark(data, config, tokenizer, plan, task, tmp_path / job)))
+    assert keys[0] == keys[1]
+    fewer = plan.model_copy(update={"few_shot": 1})
+    task = task_benchmark(data, config, tokenizer, fewer, tmp_path / "job-3")
+    assert cache_key("base", None, task, fewer, "float32", few_shot_benchmark(data, config, tokenizer, fewer, task, tmp_path / "job-3")) != keys[0]
+    assert cache_key("base", None, task, plan, "bfloat16") != cache_key("base", None, task, plan, "float32")
