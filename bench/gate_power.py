@@ -11,8 +11,9 @@ large and the method self-service, so only the forgetting rules decide):
    <= 5%, for whichever benchmark it is);
 3. the shipped default suite with no true drop (goal: >= 80%).
 
-Items are simulated as pairs (base right?, candidate right?): a base accuracy, a flip rate (the
-share of items whose result changed) and a true drop fix the four cells. Bits-per-byte benchmarks
+Items are simulated as pairs (base right?, candidate right?): a base accuracy, the candidate's
+churn (the share of items whose result changed, as many lost as gained) and a true net drop on top
+of it fix the four cells. Bits-per-byte benchmarks
 draw per-item log-ratios with the spread observed. The suite's sizes, base accuracies, flip rates
 and spreads are those recorded in each benchmark's YAML (``metadata.observed``: measured on the
 embedded model and the demo's candidate).
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluation.gate import decide  # noqa: E402
-from evaluation.runner import general_benchmark  # noqa: E402
+from evaluation.runner import general_benchmark, measure_of  # noqa: E402
 from training.specs import EvaluationPlan, PromotionPolicy  # noqa: E402
 
 BASE_ACCURACY = 0.6
@@ -38,8 +39,9 @@ FLIP_RATE = 0.10  # for the single-benchmark question: a LoRA that changes one a
 
 
 def paired_items(rng: random.Random, n: int, accuracy: float, flips: float, drop: float) -> tuple[list[float], list[float]]:
-    """``n`` paired 0/1 results with base ``accuracy``, a share ``flips`` of changed items and a true ``drop`` (proportions)."""
-    lost, gained = (flips + drop) / 2, (flips - drop) / 2
+    """``n`` paired 0/1 results with base ``accuracy``: the candidate's usual churn (a share ``flips``
+    of items changed, as many lost as gained) plus a true net ``drop`` of lost items (proportions)."""
+    lost, gained = flips / 2 + drop, flips / 2
     if gained < 0 or lost > accuracy or gained > 1 - accuracy:
         raise ValueError(f"no such items: accuracy {accuracy}, flips {flips}, drop {drop}")
     before, after = [], []
@@ -82,11 +84,12 @@ def shipped_suite() -> list[dict]:
     """The default suite with what was observed on it (``metadata.observed`` of each benchmark)."""
     suite = []
     for name in EvaluationPlan().general_benchmarks:
-        meta = general_benchmark(name).get("metadata", {})
+        config = general_benchmark(name)
+        meta = config.get("metadata", {})
         observed = meta.get("observed")
         if not observed:
             raise SystemExit(f"benchmark {name}: no metadata.observed (items, base accuracy, flip rate) recorded in its YAML")
-        measure = meta.get("measure", "accuracy")
+        measure = measure_of(config)
         suite.append({"name": name, "measure": measure, "items": int(meta["items"]), "accuracy": observed.get("base_accuracy"),
                       "flip_rate": observed.get("flip_rate"), "spread": observed.get("log_ratio_sd")})
     return suite

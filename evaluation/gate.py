@@ -215,6 +215,9 @@ def describe_delta(d: Delta, alpha: float) -> str:
         unit, worse = " points", "drop"
     if d.bound is None:
         return f"{head} {d.verdict}: no per-item results, so nothing can be shown" + ("" if d.verdict == "FAILED" else "; held for a person")
+    if d.verdict == "passed" and d.bound <= 0:
+        better = "gain" if d.measure == "accuracy" else "fall"
+        return f"{head} passed: any {worse} is ruled out (a {better} of at least {-d.bound:.1f}{unit} is shown)"
     if d.verdict == "passed":
         return f"{head} passed: a {worse} over {d.bound:.1f}{unit} is ruled out"
     if d.verdict == "FAILED":

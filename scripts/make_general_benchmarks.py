@@ -366,7 +366,7 @@ def write(name: str, rows: list[dict], path: Path | None = None) -> None:
     print(f"{name}: {len(rows)} items")
 
 
-SIZES = {"bb_knowledge": 500, "bb_reasoning": 500, "ifeval_lite": 400, "pydoc_prose": 60}
+SIZES = {"bb_knowledge": 400, "bb_reasoning": 400, "ifeval_lite": 600, "pydoc_prose": 50}
 
 
 def main() -> None:
@@ -384,7 +384,7 @@ def main() -> None:
     # ifeval_lite and the replay prompts draw disjoint questions (strategyqa feeds both).
     replay = replay_prompts(tasks, set())
     used = {row["prompt"].split("\n")[-1] for row in replay} | {r["input"] for r in knowledge + reasoning}
-    write("ifeval_lite", ifeval_lite(tasks, {"strategyqa": 160, "periodic_elements/subtask_1": 80, "qa_wikidata": 160}, used))
+    write("ifeval_lite", ifeval_lite(tasks, {"strategyqa": 240, "periodic_elements/subtask_1": 120, "qa_wikidata": 240}, used))
     write("pydoc_prose", pydoc_prose(SIZES["pydoc_prose"]))
     print(f"pydoc_prose cut from Python {sys.version_info.major}.{sys.version_info.minor}")
     write("replay_prompts", replay, REPLAY)
