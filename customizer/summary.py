@@ -34,6 +34,8 @@ def render_summary(result: CustomizationResult, elapsed: float) -> str:
             f"training     {result.train_loss[-1][0]} steps; train_loss {result.train_loss[0][1]:.3f} -> "
             f"{result.train_loss[-1][1]:.3f}; val_loss {val}"
         )
+    if result.forgetting_kl:
+        lines.append(f"forgetting   KL from the base on general prompts: {', '.join(f'{v:.4f}' for _, v in result.forgetting_kl)} (per validation)")
     if result.stop_reason:
         lines.append(f"stopped      {result.stop_reason}")
     lines += [f"warning      {w}" for w in result.warnings]

@@ -202,6 +202,13 @@ def _loglik(delta: Delta, before: list[float] | None, after: list[float] | None,
     return delta
 
 
+def _beats(label: str, before: float, after: float, margin: float, needs: str = "") -> tuple[bool, str]:
+    """A point-estimate rule: ``after`` beats ``before`` by more than ``margin`` points."""
+    points = _points(after - before)
+    ok = points > margin
+    return ok, f"{label}: {_points(before):.1f} -> {_points(after):.1f} ({points:+.1f} points{needs}) {'passed' if ok else 'FAILED'}"
+
+
 def describe_delta(d: Delta, alpha: float) -> str:
     """The reason line of one forgetting comparison."""
     if d.measure == "bits_per_byte":
@@ -421,25 +428,16 @@ def decide(
         reasons.append(head + {"passed": " passed", "FAILED": " FAILED",
                                "undecided": f" undecided: the gain is not shown with {gain.items} items; held for a person"}[gain.verdict])
     else:  # no per-item results (a legacy score dict): the estimate alone
-        points = _points(after - before)
-        ok = points > policy.min_task_gain
+        ok, reason = _beats(f"task {task_metric}", before, after, policy.min_task_gain, f"; needs > {policy.min_task_gain:+.1f}")
         passed &= ok
-        reasons.append(
-            f"task {task_metric}: {_points(before):.1f} -> {_points(after):.1f} "
-            f"({points:+.1f} points; needs > {policy.min_task_gain:+.1f}) {'passed' if ok else 'FAILED'}"
-        )
+        reasons.append(reason)
 
     if champion is None:
         reasons.append("no champion yet: the baseline is the bar")
     else:
-        held = champion["task"][task_metric]
-        lead = _points(after - held)
-        ok = lead > policy.min_task_gain
+        ok, reason = _beats(f"vs champion {task_metric}", champion["task"][task_metric], after, policy.min_task_gain)
         passed &= ok
-        reasons.append(
-            f"vs champion {task_metric}: {_points(held):.1f} -> {_points(after):.1f} ({lead:+.1f} points) "
-            f"{'passed' if ok else 'FAILED'}"
-        )
+        reasons.append(reason)
 
     deltas, forgetting = _forgetting(baseline, candidate, policy)
     reasons += forgetting

@@ -60,6 +60,7 @@ class CustomizationResult(BaseModel):
     warnings: list[str] = []
     train_loss: list[tuple[int, float]] = []
     val_loss: list[tuple[int, float]] = []
+    forgetting_kl: list[tuple[int, float]] = []
     report: str | None = None
     power: list[Power] = []
     mlflow_run_id: str
@@ -150,6 +151,7 @@ def finish_job(
         warnings=warnings or [],
         train_loss=trained.train_loss if trained else [],
         val_loss=trained.val_loss if trained else [],
+        forgetting_kl=trained.forgetting_kl if trained else [],
         report=report,
         power=power or [],
         mlflow_run_id=job.run_id,

@@ -66,6 +66,8 @@ def knowledge(tmp_path, tiny_model_dir, monkeypatch):
         "training_options: [{training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4},"
         " {training_type: sft, finetuning_type: all_weights, num_gpus: 0, micro_batch_size: 4}]\n"
     )
+    # The tiny model tells its colours apart by small margins that bfloat16 rounding can flip: float32 here.
+    monkeypatch.setenv("CUSTOMIZER_EVAL_PRECISION", "float32")
     monkeypatch.setenv("CUSTOMIZER_CONFIG_DIRS", json.dumps([*json.loads(os.environ["CUSTOMIZER_CONFIG_DIRS"]), str(configs)]))
     return bench / "colors.yaml"
 
