@@ -76,6 +76,12 @@ def test_tiny_job_completes_and_reports_metrics(nemo, http, example_jobs):
     forgetting = raw["metrics"]["forgetting_kl"]
     assert "forgetting_kl" in raw["keys"] and [p["step"] for p in forgetting] == [p.step for p in val]
     assert all(p["value"] >= 0 and p["timestamp"] for p in forgetting) and forgetting[-1]["value"] > 0
+    # The power planned before training and, after the gate, every forgetting comparison with its verdict.
+    details = http.get(f"/v1/customization/jobs/{job_id}/status").json()
+    assert {p["benchmark"] for p in details["power"]} >= {"mmlu_dev", "ifeval_lite", "pydoc_prose"}
+    assert all(p["detectable"] > 0 and isinstance(p["can_decide"], bool) and p["describe"].startswith("with ") for p in details["power"])
+    assert {f["verdict"] for f in details["forgetting"]} <= {"passed", "undecided", "FAILED"}
+    assert any(f["benchmark"].startswith("pooled (") for f in details["forgetting"])
     assert [log.message for log in status.status_logs][0] == "created" and status.status_logs[-1].message == "Completed"
 
     job = nemo.customization.jobs.retrieve(job_id)
