@@ -110,3 +110,15 @@ def test_gpu_peaks_from_the_table_or_the_override():
 def test_split_work_counts_train_and_evaluate_tasks():
     durations = [("open-job-1", 2.0), ("evaluate-baseline", 4.0), ("plan-training-2", 1.0), ("train-3", 10.0), ("evaluate-candidate", 5.0)]
     assert split_work(durations) == {"train": 10.0, "evaluate": 9.0, "other tasks": 3.0}
+
+
+def test_gate_power_rows_hold_the_three_goals():
+    data = {"trials": 2000, "limit": 2.0,
+            "single": [{"items": n, "true_drop": 3.0, "flip_rate": 0.1, "promoted": p} for n, p in ((80, 0.029), (300, 0.011), (1000, 0.06))],
+            "one_dropped": [{"benchmark": "a", "true_drop": 6.0, "promoted": 0.02}, {"benchmark": "b", "true_drop": 6.0, "promoted": 0.033}],
+            "no_drop": {"promoted": 0.886, "suite": []}}
+    rows = report.gate_power_rows(data)
+    assert [r.verdict for r in rows] == ["met", "met", "missed", "met", "met"]
+    assert rows[0].metric == "true drop 3 points (limit + 1), one benchmark of 80 items" and rows[0].goal == "<= 5%"
+    assert "(worst: b)" in rows[3].metric and rows[3].ours == "3.3% promoted"
+    assert rows[4].goal == ">= 80%" and rows[4].ours == "88.6% promoted"
