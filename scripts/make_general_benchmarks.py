@@ -23,7 +23,7 @@
 
 The outputs are committed; this script documents where they came from and rebuilds them.
 
-    pip download --no-deps bigbench==1.0.0 -d /tmp/wh/bigbench   # 358 MB sdist, build time only
+    pip download --no-deps bigbench==1.0.0 -d /tmp/bigbench   # 358 MB sdist, build time only
     python scripts/make_general_benchmarks.py [--bigbench PATH/bigbench-1.0.0.tar.gz]
 
 Re-run it with the same Python minor version (pydoc_prose records it) to reproduce byte for byte.
@@ -44,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "evaluation" / "benchmarks" / "general"
 REPLAY = ROOT / "training" / "replay_prompts.jsonl"
-BIGBENCH_SDIST = "/tmp/wh/bigbench/bigbench-1.0.0.tar.gz"
+BIGBENCH_SDIST = "/tmp/bigbench/bigbench-1.0.0.tar.gz"
 
 CAPITALS = {
     "Afghanistan": "Kabul", "Argentina": "Buenos Aires", "Australia": "Canberra", "Austria": "Vienna",
