@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,17 +134,15 @@ def measure_of(config: dict[str, Any]) -> str:
     return "bits_per_byte" if config.get("output_type") == "loglikelihood_rolling" else "accuracy"
 
 
-def eval_dtype(device: str, precision: str = "auto") -> str:
+def eval_dtype(precision: str = "auto") -> str:
     """The dtype to score in: ``precision`` (the ``eval_precision`` setting) unless it is ``auto``, then
     bfloat16 where the hardware runs it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX: ~3.5x
     fp32 there), float32 elsewhere. Base and candidate are always scored in the same dtype."""
-    import torch
+    from training.common import native_bf16
 
     if precision != "auto":
         return precision
-    if device == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    return "bfloat16" if native_bf16() else "float32"
 
 
 def benchmark_digest(config: dict[str, Any]) -> str:
@@ -167,14 +165,12 @@ def cache_key(
     import lm_eval
 
     general = {name: benchmark_digest(general_benchmark(name)) for name in plan.general_benchmarks}
-    import torch
-
     parts = {
         "model": model_digest, "adapter": adapter_digest, "task": benchmark_digest(task), "general": general,
         "few_shot": benchmark_digest(few_shot) if few_shot else None,
         "limit": plan.limit, "batch_size": plan.batch_size, "max_new_tokens": plan.max_new_tokens,
         "lm_eval": lm_eval.__version__, "seed": 0, "runner": RUNNER_VERSION,
-        "dtype": eval_dtype("cuda" if torch.cuda.is_available() else "cpu", precision),
+        "dtype": eval_dtype(precision),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -363,7 +359,7 @@ def load_model(base_model_dir: str, adapter_dir: str | None, device: str, precis
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=getattr(torch, eval_dtype(device, precision)))
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=getattr(torch, eval_dtype(precision)))
     if adapter_dir:
         from peft import PeftModel
 
@@ -412,8 +408,9 @@ def evaluate_model(
     log.info("Scoring %s on %d benchmarks", "candidate" if adapter_dir else "base model", 1 + len(general))
     # Benchmarks that ask for it (instruction following) see the model's own chat template, as an
     # instruct model is used; lm-eval applies a template to every task of a call, so they get a second call.
-    chat = [c for c in configs if c.get("metadata", {}).get("chat_template") and getattr(tokenizer, "chat_template", None)]
-    plain = [c for c in configs if not any(c is other for other in chat)]
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    chat = [c for c in configs if templated and c.get("metadata", {}).get("chat_template")]
+    plain = [c for c in configs if not (templated and c.get("metadata", {}).get("chat_template"))]
     settings_for_lm_eval = dict(
         bootstrap_iters=0, log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
     )
@@ -435,7 +432,7 @@ def evaluate_model(
         )
         for key in ("results", "samples", "versions"):
             output.setdefault(key, {}).update(more.get(key, {}))
-    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot is not None, precision=eval_dtype(device, settings.eval_precision))
+    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot is not None, precision=eval_dtype(settings.eval_precision))
 
 
 def _gold_loglik(sample: dict[str, Any]) -> float | None:

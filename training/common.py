@@ -90,18 +90,21 @@ def lora_config(hp: Hyperparameters, config: CustomizationConfig) -> Any:
     )
 
 
-def use_bf16(config: CustomizationConfig) -> bool:
-    """bf16 autocast where the config asks for it and the hardware runs it natively.
+def native_bf16() -> bool:
+    """Whether the hardware runs bf16 natively: a GPU with bf16, a CPU with AVX512-BF16 or AMX.
 
-    On CPUs without AVX512-BF16/AMX, bf16 is emulated and several times slower than fp32.
+    Elsewhere bf16 is emulated and several times slower than fp32.
     """
     import torch
 
-    if config.training_precision != "bf16-mixed":
-        return False
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def use_bf16(config: CustomizationConfig) -> bool:
+    """bf16 autocast where the config asks for it and the hardware runs it natively."""
+    return config.training_precision == "bf16-mixed" and native_bf16()
 
 
 def steps_per_epoch(examples: int, batch_size: int) -> int:

@@ -186,13 +186,10 @@ def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
 
 
 def generation_dtype() -> str:
-    """bfloat16 where the hardware runs it natively (a GPU with bf16, a CPU with AVX512-BF16 or
-    AMX), else float32: the check ``training.common.use_bf16`` makes, without the config's opt-in."""
-    import torch
+    """bfloat16 where the hardware runs it natively, else float32 (no config opt-in: generation only)."""
+    from training.common import native_bf16
 
-    if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    return "bfloat16" if native_bf16() else "float32"
 
 
 def generate_answers(model_dir: str, prompts: list[str], stop_ids: list[int], dtype: str) -> list[tuple[str, bool]]:
