@@ -15,7 +15,7 @@ from training.catalog import CustomizationConfig, get_config
 from training.data import DatasetError, IngestedDataset, ingest_dataset
 from training.data_report import DataReport
 from training.lengths import LengthCheck
-from training.replay import add_replay, check_method, replay_tags
+from training.replay import add_replay, replay_tags
 from training.specs import DataOptions
 
 
@@ -34,7 +34,6 @@ def ingest(job: Job, base: ResolvedModel) -> IngestedDataset:
     out_dir = Path(job.work_dir) / "data"
     client = tracking.client(settings)
     hp = job.spec.hyperparameters
-    check_method(hp.training_type, job.spec.data.replay)  # data.replay with dpo/grpo: refused before any work
     try:
         data = ingest_dataset(
             job.spec.dataset, out_dir, seed=hp.seed, settings=settings,
