@@ -540,10 +540,7 @@ def training_metrics(settings: Settings, job_id: str) -> tuple[dict[str, Any], d
         if points:
             series[key] = [{"step": m.step, "value": m.value, "timestamp": _ts(m.timestamp)} for m in points]
     out["metrics"] = {"keys": list(series), "metrics": series}
-    try:
-        limit = json.loads(run.data.tags.get("customizer.policy") or "{}").get("max_forgetting_kl")
-    except (ValueError, AttributeError):
-        limit = None
+    limit = json.loads(run.data.tags.get("customizer.policy") or "{}").get("max_forgetting_kl")
     rejected = {p["step"] for p in series.get("forgetting_kl", []) if limit is not None and not p["value"] <= limit}
     progress = json.loads(run.data.tags.get("customizer.progress", "{}") or "{}")
     for field in ("steps_completed", "epochs_completed", "steps_per_epoch", "percentage_done", "elapsed_time"):

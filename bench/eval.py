@@ -64,7 +64,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from customizer.settings import apply_environment, get_settings
-    from evaluation.runner import export_for_lm_eval, task_benchmark
+    from evaluation.runner import GENERATION_BATCH, eval_dtype, export_for_lm_eval, general_benchmark, task_benchmark
     from training.base_model import resolve_base_model
     from training.catalog import get_config
     from training.data import ingest_dataset
@@ -84,6 +84,9 @@ def main() -> None:
         plan = EvaluationPlan(limit=args.limit, max_new_tokens=24)
         task = task_benchmark(data, config, AutoTokenizer.from_pretrained(base.path), plan, work / "bench")
         names = export_for_lm_eval(task, plan, work / "cli")
+        templated = bool(AutoTokenizer.from_pretrained(base.path).chat_template)
+        chat = [c["task"] for c in map(general_benchmark, plan.general_benchmarks) if templated and c.get("metadata", {}).get("chat_template")]
+        plain = [n for n in names if n not in chat]
         for label, adapter in (("base model", None), ("base + LoRA", str(work / "adapter"))):
             out = work / f"ours-{len(rows)}" / "scores.json"
             out.parent.mkdir()
@@ -94,17 +97,26 @@ def main() -> None:
             ours_seconds = time.perf_counter() - started
             mine = json.loads(out.read_text())
 
-            model_args = f"pretrained={base.path},dtype=float32" + (f",peft={adapter}" if adapter else "")
-            cli = [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", model_args, "--tasks", ",".join(names),
-                   "--include_path", str(work / "cli"), "--device", "cpu", "--batch_size", str(plan.batch_size), "--seed", "0",
-                   "--output_path", str(work / f"cli-out-{len(rows)}")] + (["--limit", str(args.limit)] if args.limit else [])
-            started = time.perf_counter()
-            subprocess.run(cli, check=True, env=env, cwd=work, capture_output=True)
-            cli_seconds = time.perf_counter() - started
-            (result,) = list((work / f"cli-out-{len(rows)}").rglob("results_*.json"))
-            theirs = json.loads(result.read_text())["results"]
+            # The CLI runs what the stage runs: the same dtype, and the benchmarks scored through the chat
+            # template in a second call with the generation batch (lm-eval templates every task of a call).
+            model_args = f"pretrained={base.path},dtype={eval_dtype(settings.eval_precision)}" + (f",peft={adapter}" if adapter else "")
+            theirs, cli_seconds = {}, 0.0
+            for call, (tasks, extra) in enumerate(((plain, ["--batch_size", str(plan.batch_size)]),
+                                                   (chat, ["--batch_size", str(max(plan.batch_size, GENERATION_BATCH)), "--apply_chat_template"]))):
+                if not tasks:
+                    continue
+                folder = work / f"cli-out-{len(rows)}-{call}"
+                cli = [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args", model_args, "--tasks", ",".join(tasks),
+                       "--include_path", str(work / "cli"), "--device", "cpu", "--seed", "0", "--output_path", str(folder), *extra]
+                cli += ["--limit", str(args.limit)] if args.limit else []
+                started = time.perf_counter()
+                subprocess.run(cli, check=True, env=env, cwd=work, capture_output=True)
+                cli_seconds += time.perf_counter() - started
+                (result,) = list(folder.rglob("results_*.json"))
+                theirs |= json.loads(result.read_text())["results"]
+            metric = {n: "bits_per_byte,none" if mine["measures"].get(n) == "bits_per_byte" else "acc,none" for n in mine["general"]}
             same = abs(theirs["task"]["exact_match,none"] - mine["task"]["exact_match"]) < 1e-9 and all(
-                abs(theirs[n]["acc,none"] - mine["general"][n]) < 1e-9 for n in mine["general"]
+                abs(theirs[n][metric[n]] - mine["general"][n]) < 1e-6 for n in mine["general"]
             )
             rows.append((label, ours_seconds, cli_seconds, same))
     print(f"\nEvaluation stage vs lm_eval CLI, {args.model} model, task + {', '.join(plan.general_benchmarks)}"
