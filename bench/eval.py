@@ -45,7 +45,7 @@ def ours(work: Path, model: str, adapter: str | None, limit: int | None) -> dict
     plan = EvaluationPlan(limit=limit, max_new_tokens=24)
     task = task_benchmark(data, config, AutoTokenizer.from_pretrained(base.path), plan, work / "bench")
     scores = evaluate_model(base.path, adapter, task, plan, work / "eval", settings)
-    return {"task": scores.task, "general": scores.general}
+    return {"task": scores.task, "general": scores.general, "measures": scores.measures}
 
 
 def main() -> None:
