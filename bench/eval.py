@@ -64,7 +64,8 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from customizer.settings import apply_environment, get_settings
-    from evaluation.runner import GENERATION_BATCH, eval_dtype, export_for_lm_eval, general_benchmark, task_benchmark
+    from evaluation.export import export_for_lm_eval
+    from evaluation.runner import GENERATION_BATCH, eval_dtype, general_benchmark, task_benchmark
     from training.base_model import resolve_base_model
     from training.catalog import get_config
     from training.data import ingest_dataset

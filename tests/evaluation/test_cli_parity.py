@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from evaluation.runner import evaluate_model, export_for_lm_eval, task_benchmark
+from evaluation.export import export_for_lm_eval
+from evaluation.runner import evaluate_model, task_benchmark
 from tests.conftest import TINY_CONFIG_URN
 from training.catalog import get_config
 from training.data import ingest_dataset
