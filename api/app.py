@@ -24,8 +24,8 @@ from api.limits import BodyLimit
 from api.orchestrator import OrchestratorUnavailable
 from api.refresh import Answers
 from customizer import __version__
-from customizer.settings import Settings, get_settings
-from customizer.storage import out_of_room
+from core.settings import Settings, get_settings
+from core.storage import out_of_room
 
 log = logging.getLogger("customizer.api")
 
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def app_from_environment() -> FastAPI:
     """Uvicorn factory (``uvicorn --factory api.app:app_from_environment``)."""
-    from customizer.settings import apply_environment
+    from core.settings import apply_environment
 
     settings = get_settings()
     apply_environment(settings)

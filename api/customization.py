@@ -29,14 +29,15 @@ from api.errors import BadRequest, Conflict, NotFound
 from api.refresh import SharedRefresh
 from api.schemas import ConfigCreate, DatasetRef, JobCreate, TargetCreate
 from api.urls import checked_url
-from customizer.ids import prefixed_id
-from customizer.settings import Settings
-from deploy import datastore, tracking
-from training.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
-from training.data import DatasetError, ingest_dataset
-from training.data_sources import SourceError, check_url, local_path
+from core.ids import prefixed_id
+from core.settings import Settings
+from data import datastore
+from core import tracking
+from core.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
+from data.ingest import DatasetError, ingest_dataset
+from data.sources import SourceError, check_url, local_path
 from training.guidance import guidance
-from training.specs import CustomizationSpec
+from core.specs import CustomizationSpec
 
 log = logging.getLogger("customizer.api")
 
@@ -292,7 +293,7 @@ def snapshot_dataset(files_url: str, settings: Settings) -> Path:
     the folder itself for ``file://`` (what the job trains on).
 
     Raises:
-        BadRequest: the URL is not allowed (``training.data_sources.check_url``) or cannot be read, or a
+        BadRequest: the URL is not allowed (``data.sources.check_url``) or cannot be read, or a
             folder holds a symbolic link that leads out of it.
     """
     try:
@@ -425,7 +426,7 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         NotFound: config or dataset does not exist (or is in a namespace ``caller`` may not use).
         OrchestratorUnavailable: Prefect is not reachable (nothing is recorded then).
     """
-    from customizer.secrets import seal
+    from core.secrets import seal
 
     try:
         parse_config_urn(body.config)

@@ -14,7 +14,7 @@ from fastapi import Depends, Query, Request
 from api.db import Store
 from api.errors import BadRequest, Forbidden, Unauthorized
 from api.listing import ListError, bracket_params
-from customizer.settings import Settings
+from core.settings import Settings
 
 
 async def _settings(request: Request) -> Settings:

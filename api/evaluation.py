@@ -22,9 +22,9 @@ from api.errors import BadRequest, Conflict, NotFound
 from api.refresh import SharedRefresh
 from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
 from api.urls import checked_url
-from customizer.ids import prefixed_id
-from customizer.settings import Settings
-from deploy import tracking
+from core.ids import prefixed_id
+from core.settings import Settings
+from core import tracking
 from evaluation.custom import ConfigProblem, EvaluationRequest, ModelSpec, check_config
 
 log = logging.getLogger("customizer.api")

@@ -12,7 +12,7 @@ import re
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from customizer.settings import Settings
+from core.settings import Settings
 
 _UPLOAD = re.compile(r"^/v1/hf/api/(datasets|models)/[^/]+/[^/]+/commit/")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.db import Store
-from customizer.settings import Settings
+from core.settings import Settings
 
 Job = dict[str, Any]
 # (store, settings, unfinished jobs, detailed) -> the same jobs, as they are now

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from training.specs import Hyperparameters
+from core.specs import Hyperparameters
 
 JobStatus = Literal["created", "pending", "running", "cancelling", "cancelled", "failed", "completed", "ready", "unknown"]
 Precision = Literal["int8", "bf16", "fp16", "fp32", "fp8-mixed", "bf16-mixed"]

@@ -1,5 +1,5 @@
 """The URLs a caller may hand the service: the configured schemes, folders and hosts
-(``training.data_sources.check_url``), and whatever lies in the platform's own stores (the Data Store,
+(``data.sources.check_url``), and whatever lies in the platform's own stores (the Data Store,
 published adapters) only in namespaces the caller's key may use, whichever way it is named (``hf://``,
 ``file://`` or ``s3://``).
 
@@ -15,9 +15,9 @@ from urllib.parse import urlparse
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import Caller
-from customizer.settings import Settings
-from deploy.datastore import DatastoreError, parse_hf_url
-from training.data_sources import SourceError, UrlKind, check_url, local_path
+from core.settings import Settings
+from data.datastore import DatastoreError, parse_hf_url
+from data.sources import SourceError, UrlKind, check_url, local_path
 
 
 def refuse(loc: tuple[str | int, ...], url: Any, message: str) -> RequestValidationError:

@@ -312,7 +312,7 @@ def main() -> None:
                     if response.status_code != 200:
                         raise RuntimeError(f"POST /v1/datasets answered {response.status_code}: {response.text[:500]}")
                 sys.path.insert(0, str(ROOT))
-                from customizer.settings import Settings
+                from core.settings import Settings
 
                 tracking_uri = Settings(data_dir=data_dir).tracking_uri
                 runs: dict[str, list[dict]] = {"unloaded": [], "loaded": []}

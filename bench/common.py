@@ -135,9 +135,9 @@ def prepare_base(kind: str, work: Path, data_dir: Path) -> tuple[str, str, Path,
         )
         env["CUSTOMIZER_CONFIG_DIRS"] = json.dumps([str(configs)])
         return TINY, "bench/tiny-llama", model_dir, env
-    from customizer.settings import Settings
+    from core.settings import Settings
     from training.base_model import resolve_base_model
-    from training.catalog import get_config
+    from core.catalog import get_config
 
     settings = Settings()  # the embedded model is converted once into the user's model cache
     config = get_config(EMBEDDED, settings)

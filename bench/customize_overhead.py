@@ -81,11 +81,11 @@ def main() -> None:
             os.environ.pop(leaked, None)
         from prefect.client.orchestration import get_client
 
-        from customizer.settings import apply_environment, get_settings
+        from core.settings import apply_environment, get_settings
         from flows.customize import customize
         from training.base_model import resolve_base_model
-        from training.catalog import get_config
-        from training.specs import CustomizationSpec, EvaluationPlan, Hyperparameters
+        from core.catalog import get_config
+        from core.specs import CustomizationSpec, EvaluationPlan, Hyperparameters
 
         settings = get_settings()
         apply_environment(settings)

@@ -30,12 +30,12 @@ def ours(work: Path, model: str, adapter: str | None, limit: int | None) -> dict
     """Child process: customizer's evaluation stage."""
     from transformers import AutoTokenizer
 
-    from customizer.settings import apply_environment, get_settings
+    from core.settings import apply_environment, get_settings
     from evaluation.runner import evaluate_model, task_benchmark
     from training.base_model import resolve_base_model
-    from training.catalog import get_config
-    from training.data import ingest_dataset
-    from training.specs import EvaluationPlan
+    from core.catalog import get_config
+    from data.ingest import ingest_dataset
+    from core.specs import EvaluationPlan
 
     settings = get_settings()
     apply_environment(settings)
@@ -63,13 +63,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from peft import LoraConfig, get_peft_model
 
-    from customizer.settings import apply_environment, get_settings
+    from core.settings import apply_environment, get_settings
     from evaluation.export import export_for_lm_eval
     from evaluation.runner import GENERATION_BATCH, eval_dtype, general_benchmark, task_benchmark
     from training.base_model import resolve_base_model
-    from training.catalog import get_config
-    from training.data import ingest_dataset
-    from training.specs import EvaluationPlan
+    from core.catalog import get_config
+    from data.ingest import ingest_dataset
+    from core.specs import EvaluationPlan
 
     settings = get_settings()
     apply_environment(settings)

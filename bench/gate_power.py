@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from evaluation.gate import decide  # noqa: E402
 from evaluation.runner import general_benchmark, measure_of  # noqa: E402
-from training.specs import EvaluationPlan, PromotionPolicy  # noqa: E402
+from core.specs import EvaluationPlan, PromotionPolicy  # noqa: E402
 
 BASE_ACCURACY = 0.6
 FLIP_RATE = 0.10  # for the single-benchmark question: a LoRA that changes one answer in ten

@@ -43,7 +43,7 @@ def main() -> None:
     import boto3
     import httpx
 
-    from customizer.settings import Settings
+    from core.settings import Settings
     from deploy.store import publish
 
     with tempfile.TemporaryDirectory(prefix="bench-hotload-") as tmp:

@@ -7,7 +7,7 @@ For each size it generates a dataset (``training/`` only, so ingest also holds o
 each in a fresh interpreter so peaks do not mix:
 
 - ``plain``: ``for line in open(path): json.loads(line)``;
-- ``ingest``: ``training.data.ingest_dataset`` (validation, canonical JSON, sha256, holdout,
+- ``ingest``: ``data.ingest.ingest_dataset`` (validation, canonical JSON, sha256, holdout,
   duplicates and leakage, canonical split files, report), without a tokenizer.
 
 It reports lines/s (the best of ``--repeat`` runs, interleaved, so a busy machine slows both
@@ -60,7 +60,7 @@ def child(kind: str, dataset: Path, out: Path, trace: bool) -> dict:
     """One measurement, in this (fresh) process."""
     sys.path.insert(0, str(ROOT))
     if kind == "ingest":
-        from training.data import ingest_dataset  # imported before the clock and the trace start
+        from data.ingest import ingest_dataset  # imported before the clock and the trace start
 
         def work() -> int:
             data = ingest_dataset(str(dataset), out, seed=0)

@@ -35,7 +35,7 @@ def main() -> None:
 
     import boto3
 
-    from customizer.settings import Settings
+    from core.settings import Settings
     from deploy.store import publish
 
     with tempfile.TemporaryDirectory(prefix="bench-publish-") as tmp:

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from customizer.settings import Settings
+    from core.settings import Settings
     from deploy.store import publish
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:

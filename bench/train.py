@@ -75,10 +75,10 @@ def matmul_peak(dtype_name: str, size: int = 1024, seconds: float = 3.0) -> floa
 
 
 def prepare(work: Path, model: str):
-    from customizer.settings import apply_environment, get_settings
+    from core.settings import apply_environment, get_settings
     from training.base_model import resolve_base_model
-    from training.catalog import get_config
-    from training.data import ingest_dataset
+    from core.catalog import get_config
+    from data.ingest import ingest_dataset
 
     settings = get_settings()
     apply_environment(settings)
@@ -91,7 +91,7 @@ def prepare(work: Path, model: str):
 def side_customizer(work: Path, model: str, steps: int, batch_size: int) -> dict:
     from training.common import Hooks
     from training.sft import train_sft
-    from training.specs import Hyperparameters
+    from core.specs import Hyperparameters
 
     settings, config, base, data = prepare(work, model)
     hp = Hyperparameters(epochs=1, max_steps=steps, batch_size=batch_size, learning_rate=5e-4, log_every_n_steps=1,
@@ -111,9 +111,9 @@ def side_trl(work: Path, model: str, steps: int, batch_size: int) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from training.common import lora_config, use_bf16
-    from training.data import read_examples
-    from training.prompts import render
-    from training.specs import Hyperparameters
+    from data.ingest import read_examples
+    from data.prompts import render
+    from core.specs import Hyperparameters
 
     settings, config, base, data = prepare(work, model)
     if settings.torch_threads:

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from customizer.settings import Settings, apply_environment, get_settings
+from core.settings import Settings, apply_environment, get_settings
 
 DEMO_DATASET = Path(__file__).parent / "datasets" / "support-tickets"
 DEMO_CONFIG = "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu"
@@ -81,9 +81,9 @@ def check_spec(raw: dict, settings: Settings):
     Raises:
         UsageError: naming the field, file and line that is wrong.
     """
-    from training.catalog import CatalogError, get_config
-    from training.data import DatasetError, ingest_dataset
-    from training.specs import CustomizationSpec
+    from core.catalog import CatalogError, get_config
+    from data.ingest import DatasetError, ingest_dataset
+    from core.specs import CustomizationSpec
 
     try:
         spec = CustomizationSpec.model_validate(raw)
@@ -115,7 +115,7 @@ def run_flow(spec, settings: Settings) -> int:
 
 
 def cmd_configs(args: argparse.Namespace, settings: Settings) -> int:
-    from training.catalog import load_catalog
+    from core.catalog import load_catalog
 
     for urn, config in sorted(load_catalog(settings).items()):
         pairs = ", ".join(f"{o.training_type}/{o.finetuning_type}" for o in config.training_options)
@@ -125,7 +125,7 @@ def cmd_configs(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
     from training.base_model import resolve_base_model
-    from training.catalog import CatalogError, get_config
+    from core.catalog import CatalogError, get_config
 
     try:
         config = get_config(args.config, settings)
@@ -139,7 +139,7 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     """Answer the approval a paused customize job waits for (the Prefect UI's form, from a shell)."""
     from api import orchestrator
-    from customizer.ids import uuid_from_id
+    from core.ids import uuid_from_id
 
     try:
         flow_run_id = uuid_from_id(args.job_id)
@@ -157,10 +157,10 @@ def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     """Generate with a registered version, loaded back from MLflow (adapter applied to its base)."""
-    from deploy import tracking
+    from core import tracking
     from deploy.registry import VersionNotFound, load_version
-    from training.catalog import get_config
-    from training.preference import render_with_answer
+    from core.catalog import get_config
+    from data.preference import render_with_answer
 
     try:
         model, tokenizer, version = load_version(settings, args.model, args.version)
@@ -177,9 +177,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
-    from deploy.serving import run_server
+    from serving.server import run_server
     from training.base_model import BaseModelError, resolve_base_model
-    from training.catalog import CatalogError, get_config
+    from core.catalog import CatalogError, get_config
 
     if args.max_adapters is not None and args.max_adapters < 1:
         raise UsageError(f"--max-adapters must be at least 1, got {args.max_adapters}")
@@ -198,7 +198,7 @@ def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_vllm_args(args: argparse.Namespace, settings: Settings) -> int:
     import shlex
 
-    from deploy.handoff import HandOffError, vllm_args
+    from serving.handoff import HandOffError, vllm_args
     from deploy.store import StoreError
 
     try:
@@ -214,10 +214,10 @@ def cmd_vllm_args(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_data_validate(args: argparse.Namespace, settings: Settings) -> int:
     """Validate a dataset alone: print the report's summary, and the errors on stderr (exit 2)."""
     from training.base_model import BaseModelError, resolve_base_model
-    from training.catalog import CatalogError, get_config
-    from training.data import DatasetError, ingest_dataset
-    from training.data_report import DataReport, render_text
-    from training.lengths import LengthCheck
+    from core.catalog import CatalogError, get_config
+    from data.ingest import DatasetError, ingest_dataset
+    from data.report import DataReport, render_text
+    from data.lengths import LengthCheck
 
     lengths = None
     if args.config:

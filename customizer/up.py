@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from customizer.settings import Settings
+from core.settings import Settings
 
 
 class StartError(RuntimeError):

@@ -1,2 +1,2 @@
-"""Deployment: MLflow tracking and registry, the artifact store (file:// or S3), serving hand-off.
-Plain Python; no orchestrator imports."""
+"""Deployment: the MLflow model registry, the artifact store that publishes a version's files
+(file:// or S3), and job notifications. Plain Python; no orchestrator imports."""

@@ -11,7 +11,7 @@ import logging
 import urllib.error
 import urllib.request
 
-from customizer.settings import Settings
+from core.settings import Settings
 
 logger = logging.getLogger("customizer.notify")
 

@@ -21,8 +21,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from customizer.settings import Settings
-from deploy.tracking import client
+from core.settings import Settings
+from core.tracking import client
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 # A read is tried at most READ_ATTEMPTS times, waiting READ_DELAYS_S between tries, and not tried
 # again when the next try would likely end past READ_BUDGET_S (MLflow's HTTP client retries each
-# request itself too, see deploy.tracking.client, and SQLite waits up to 20 s on a locked database).
+# request itself too, see core.tracking.client, and SQLite waits up to 20 s on a locked database).
 READ_ATTEMPTS = 3
 READ_DELAYS_S = (1.0, 3.0)
 READ_BUDGET_S = 20.0
@@ -294,7 +294,7 @@ def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, des
         from peft import PeftModel
 
         from training.base_model import resolve_base_model
-        from training.catalog import get_config
+        from core.catalog import get_config
 
         base = resolve_base_model(get_config(version.tags["customizer.config"], settings).target, settings)
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), local)

@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
-from customizer.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("customizer.store")
 MANIFEST = "manifest.json"

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from evaluation.runner import TASK_BENCHMARK, general_benchmark
-from training.specs import EvaluationPlan
+from core.specs import EvaluationPlan
 
 SHIM = """# Task metrics for the lm_eval command line: the same functions customizer scores with.
 import json

@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from evaluation.stats import detectable_drop, detectable_mean, drop_bounds, mean_bounds
-from training.specs import PromotionPolicy
+from core.specs import PromotionPolicy
 
 Action = Literal["promote", "hold", "reject"]
 Verdict = Literal["passed", "undecided", "FAILED"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import yaml
 from pydantic import ValidationError
 
-from customizer.settings import Settings
-from training.specs import CustomizationSpec, PromotionPolicy
+from core.settings import Settings
+from core.specs import CustomizationSpec, PromotionPolicy
 
 
 class PolicyError(ValueError):

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from customizer.settings import Settings
+from core.settings import Settings
 from evaluation.metrics import register_with_lm_eval
 from evaluation.runner import EvaluationError, StageScores, attach_scorers, general_benchmark, stage_scores
-from training.specs import EvaluationPlan
+from core.specs import EvaluationPlan
 
 log = logging.getLogger("customizer.evaluation")
 

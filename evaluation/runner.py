@@ -2,7 +2,7 @@
 
 Two kinds of benchmark, both lm-eval task configs:
 - the *task* benchmark, built per job from the dataset's testing split with the very prompt the
-  training uses (``training.prompts.render``), scored by generation against the reference answer;
+  training uses (``data.prompts.render``), scored by generation against the reference answer;
 - *general* benchmarks shipped as versioned YAML in ``evaluation/benchmarks/general`` (the
   forgetting check), scored by log-likelihood.
 
@@ -23,14 +23,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from customizer.settings import Settings
+from core.settings import Settings
 from evaluation.metrics import TASK_METRICS, register_with_lm_eval
-from training.catalog import CustomizationConfig
-from training.data import IngestedDataset, read_examples
-from training.preference import preference_row, render_with_answer, reward_row
-from training.prompts import conversation, render, stop_sequences
+from core.catalog import CustomizationConfig
+from data.ingest import IngestedDataset, read_examples
+from data.preference import preference_row, render_with_answer, reward_row
+from data.prompts import conversation, render, stop_sequences
 from training.rewards import resolve_reward, reward_name
-from training.specs import EvaluationPlan
+from core.specs import EvaluationPlan
 
 log = logging.getLogger("customizer.evaluation")
 

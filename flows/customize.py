@@ -12,7 +12,7 @@ from tasks.deploy import go_live, promote, publish_adapter, register
 from tasks.evaluation import build_task_benchmark, champion_scores, check_prompt_baseline, evaluate, gate, power, report
 from tasks.job import CustomizationResult, base_model, finish_job, mark_failed, open_job, record_process
 from tasks.training import plan_training, train
-from training.specs import CustomizationSpec
+from core.specs import CustomizationSpec
 
 
 @flow(name="customize", on_running=[record_process], on_failure=[mark_failed], on_crashed=[mark_failed])

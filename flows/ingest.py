@@ -11,8 +11,8 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.data import check_dataset, config_model
-from training.data_report import DataReport
-from training.specs import DataOptions
+from data.report import DataReport
+from core.specs import DataOptions
 
 
 @flow(name="ingest")

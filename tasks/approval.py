@@ -22,8 +22,8 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from customizer.settings import get_settings
-from deploy import tracking
+from core.settings import get_settings
+from core import tracking
 from deploy.notify import notify
 from evaluation.gate import ApprovalRecord, Decision, settle_hold
 from tasks.job import Job

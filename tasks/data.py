@@ -6,17 +6,17 @@ from pathlib import Path
 
 from prefect import get_run_logger, runtime, task
 
-from customizer.ids import prefixed_id
-from customizer.settings import get_settings
-from deploy import tracking
+from core.ids import prefixed_id
+from core.settings import get_settings
+from core import tracking
 from tasks.job import Job
 from training.base_model import ResolvedModel, resolve_base_model
-from training.catalog import CustomizationConfig, get_config
-from training.data import DatasetError, IngestedDataset, ingest_dataset
-from training.data_report import DataReport
-from training.lengths import LengthCheck
+from core.catalog import CustomizationConfig, get_config
+from data.ingest import DatasetError, IngestedDataset, ingest_dataset
+from data.report import DataReport
+from data.lengths import LengthCheck
 from training.replay import add_replay, replay_tags
-from training.specs import DataOptions
+from core.specs import DataOptions
 
 
 def _length_check(config: CustomizationConfig, model_dir: str, options: DataOptions) -> LengthCheck:

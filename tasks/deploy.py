@@ -9,9 +9,11 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from customizer import __version__
-from customizer.settings import get_settings
-from deploy import handoff, registry, tracking
-from deploy.compat import CompatError, check_serving
+from core.settings import get_settings
+from serving import handoff
+from deploy import registry
+from core import tracking
+from serving.compat import CompatError, check_serving
 from deploy.notify import notify
 from deploy.registry import RegisteredVersion
 from deploy.store import Published, publish, publishable_files, verify_published
@@ -20,7 +22,7 @@ from evaluation.runner import StageScores
 from tasks.approval import approval_tags
 from tasks.job import Job
 from training.base_model import ResolvedModel
-from training.data import IngestedDataset
+from data.ingest import IngestedDataset
 from training.replay import replay_tags
 from training.common import TrainResult
 

@@ -10,16 +10,17 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from customizer.settings import get_settings
-from deploy import registry, tracking
+from core.settings import get_settings
+from deploy import registry
+from core import tracking
 from evaluation.gate import Decision, Power, decide, plan_power, prompting_suffices
 from evaluation.report import write_report
 from evaluation.runner import StageScores, cache_key, evaluate_model, few_shot_benchmark, observed_spreads, task_benchmark
 from tasks.job import Job
 from training.base_model import ResolvedModel, resolve_base_model
-from training.catalog import get_config
+from core.catalog import get_config
 from training.common import TrainResult
-from training.data import IngestedDataset
+from data.ingest import IngestedDataset
 
 
 @task(name="build-task-benchmark")

@@ -11,12 +11,12 @@ from typing import Any
 from prefect import get_run_logger, runtime, task
 from pydantic import BaseModel
 
-from customizer.ids import prefixed_id
-from customizer.settings import Settings, get_settings
-from deploy import tracking
+from core.ids import prefixed_id
+from core.settings import Settings, get_settings
+from core import tracking
 from evaluation.custom import EvaluationRequest, endpoint_generator, local_generator, model_kind, run_custom_task, run_lm_eval
 from training.base_model import resolve_base_model
-from training.catalog import get_config
+from core.catalog import get_config
 
 RESULTS = "results.json"
 
@@ -61,7 +61,7 @@ def open_evaluation(request: EvaluationRequest) -> EvaluationJob:
 def _download(uri: str, dest: Path, settings: Settings) -> Path:
     from urllib.parse import urlparse
 
-    from deploy.datastore import S3Files, safe_path
+    from data.datastore import S3Files, safe_path
 
     parsed = urlparse(uri)
     if parsed.scheme in ("file", ""):

@@ -11,9 +11,9 @@ from prefect import get_run_logger, runtime, task
 from pydantic import BaseModel
 
 from customizer import __version__
-from customizer.ids import prefixed_id
-from customizer.settings import get_settings
-from deploy import tracking
+from core.ids import prefixed_id
+from core.settings import get_settings
+from core import tracking
 from deploy.notify import notify
 from deploy.registry import CHAMPION, RegisteredVersion
 from deploy.store import Published
@@ -21,10 +21,10 @@ from evaluation.gate import ApprovalRecord, Decision, Power
 from evaluation.policy import effective_policy
 from evaluation.runner import StageScores
 from training.base_model import ResolvedModel, resolve_base_model
-from training.catalog import CustomizationConfig, get_config
-from training.data import IngestedDataset
+from core.catalog import CustomizationConfig, get_config
+from data.ingest import IngestedDataset
 from training.common import TrainResult
-from training.specs import CustomizationSpec, PromotionPolicy
+from core.specs import CustomizationSpec, PromotionPolicy
 
 
 class Job(BaseModel):

@@ -11,12 +11,12 @@ from typing import Literal
 from prefect import get_run_logger, runtime, task
 from pydantic import BaseModel
 
-from customizer.settings import get_settings
+from core.settings import get_settings
 from deploy import registry
 from tasks.deploy import transient_io_error
 from tasks.job import CustomizationResult
-from training.data import ingest_dataset
-from training.specs import CustomizationSpec
+from data.ingest import ingest_dataset
+from core.specs import CustomizationSpec
 
 RETRAIN_FLOW = "retrain"
 

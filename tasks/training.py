@@ -13,17 +13,17 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import Abort
 from pydantic import BaseModel
 
-from customizer.secrets import unsealed_environment
-from customizer.settings import get_settings
-from deploy import tracking
+from core.secrets import unsealed_environment
+from core.settings import get_settings
+from core import tracking
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.common import Hooks, TrainingCancelled, TrainResult
-from training.data import IngestedDataset, read_examples
+from data.ingest import IngestedDataset, read_examples
 from training.guidance import Estimate, JobWarning, check_budget, estimate, guidance
 from training.launch import TrainingRequest, launch
-from training.preference import reward_row
-from training.prompts import render
+from data.preference import reward_row
+from data.prompts import render
 
 
 class TrainingPlan(BaseModel):

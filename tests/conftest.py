@@ -32,7 +32,7 @@ os.environ.update(
 for leaked in ("CUSTOMIZER_STORE_URI", "CUSTOMIZER_MLFLOW_TRACKING_URI", "CUSTOMIZER_S3_ENDPOINT_URL", "PREFECT_API_URL"):
     os.environ.pop(leaked, None)
 
-from customizer.settings import apply_environment, get_settings  # noqa: E402
+from core.settings import apply_environment, get_settings  # noqa: E402
 
 apply_environment(get_settings())
 
@@ -102,7 +102,7 @@ def ok_rows(count: int, start: int = 0) -> list[dict]:
 
 def canonical_dataset(folder: Path, training: list[dict], validation: list[dict], testing: list[dict] | None = None):
     """An ingested dataset written directly (for training tests that do not exercise ingest)."""
-    from training.data import IngestedDataset
+    from data.ingest import IngestedDataset
 
     files, counts = {}, {}
     for split, rows in (("training", training), ("validation", validation), ("testing", testing or validation)):

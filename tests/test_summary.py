@@ -5,7 +5,7 @@ from customizer.summary import render_summary
 from evaluation.gate import decide, plan_power
 from evaluation.runner import StageScores
 from tasks.job import CustomizationResult
-from training.specs import PromotionPolicy
+from core.specs import PromotionPolicy
 
 
 def stage(task: float, acc: list[float], bpb: list[float]) -> StageScores:

@@ -1,2 +1,3 @@
-"""Training: specs, the config catalog, dataset ingest, prompt rendering, base-model resolution and
-one module per training method. Plain Python; no orchestrator imports."""
+"""Training: one module per method (SFT, DPO, GRPO) and their rewards, what they share (trainer
+arguments, LoRA config, callbacks, forgetting_kl), base-model resolution, replay, guidance and the
+launch in one or many processes. Plain Python; no orchestrator imports."""

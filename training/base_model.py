@@ -30,8 +30,8 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
-from customizer.settings import Settings
-from training.catalog import Target
+from core.settings import Settings
+from core.catalog import Target
 
 log = logging.getLogger("customizer.base_model")
 MARKER = "customizer-model.json"

@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from customizer.settings import Settings
-from customizer.storage import out_of_room
+from core.settings import Settings
+from core.storage import out_of_room
 from training.callbacks import MetricsCallback, MetricSink, ProgressSink, StopCallback
-from training.catalog import CustomizationConfig
+from core.catalog import CustomizationConfig
 from training.forgetting import ForgettingCallback, ForgettingProbe, is_adapter_model
-from training.specs import Hyperparameters
+from core.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
 

@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from customizer.settings import Settings
-from training.catalog import CustomizationConfig
+from core.settings import Settings
+from core.catalog import CustomizationConfig
 from training.common import (
     Hooks,
     TrainingError,
@@ -26,9 +26,9 @@ from training.common import (
     run_trainer,
     save_output,
 )
-from training.data import IngestedDataset, read_examples
-from training.preference import preference_row
-from training.specs import Hyperparameters
+from data.ingest import IngestedDataset, read_examples
+from data.preference import preference_row
+from core.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
 

@@ -12,13 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from customizer.settings import Settings
-from training.catalog import CustomizationConfig
+from core.settings import Settings
+from core.catalog import CustomizationConfig
 from training.common import Hooks, TrainingError, TrainResult, common_args, lora_config, parameter_counts, prepare_process, run_trainer, save_output
-from training.data import IngestedDataset, read_examples
-from training.preference import reward_row
+from data.ingest import IngestedDataset, read_examples
+from data.preference import reward_row
 from training.rewards import resolve_reward
-from training.specs import EarlyStopping, Hyperparameters
+from core.specs import EarlyStopping, Hyperparameters
 
 log = logging.getLogger("customizer.training")
 

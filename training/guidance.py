@@ -10,8 +10,8 @@ import math
 
 from pydantic import BaseModel
 
-from training.catalog import CustomizationConfig
-from training.specs import Hyperparameters
+from core.catalog import CustomizationConfig
+from core.specs import Hyperparameters
 
 DEFAULT_UTILISATION = 0.4  # a well-tuned Hugging Face stack reaches 25-45% of bf16 peak
 CPU_EFFECTIVE_TFLOPS = 0.07  # measured fp32 matmul throughput of a 2-core CPU, for CPU configs
@@ -50,7 +50,7 @@ class BudgetExceeded(ValueError):
 def guidance(hp: Hyperparameters, config: CustomizationConfig, train_examples: int) -> list[JobWarning]:
     """Warnings for settings that tend to waste a run. Pure: the same inputs give the same warnings.
 
-    >>> from training.catalog import Target, TrainingOption
+    >>> from core.catalog import Target, TrainingOption
     >>> cfg = CustomizationConfig(namespace="n", name="m@v1", target=Target(name="m", model_uri="m"), max_seq_length=64,
     ...     training_options=[TrainingOption(training_type="sft", finetuning_type="lora")])
     >>> [w.message for w in guidance(Hyperparameters(learning_rate=2e-3), cfg, 5000)]
@@ -90,7 +90,7 @@ def estimate(
 ) -> Estimate:
     """Training cost: 6 x parameters x tokens FLOPs, spread over the config's devices.
 
-    >>> from training.catalog import Target, TrainingOption
+    >>> from core.catalog import Target, TrainingOption
     >>> cfg = CustomizationConfig(namespace="n", name="m@v1", target=Target(name="m", model_uri="m"), max_seq_length=64,
     ...     gpu="A100-80GB", gpu_peak_tflops=312, training_options=[TrainingOption(training_type="sft", finetuning_type="lora")])
     >>> round(estimate(Hyperparameters(epochs=2), cfg, 1000, 10**6, 10**9).device_hours, 3)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from customizer.settings import Settings, get_settings
-from training.catalog import CustomizationConfig
+from core.settings import Settings, get_settings
+from core.catalog import CustomizationConfig
 from training.common import Hooks, TrainingCancelled, TrainingError, TrainResult
-from training.data import IngestedDataset
-from training.specs import Hyperparameters
+from data.ingest import IngestedDataset
+from core.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
 
@@ -125,7 +125,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _mlflow_hooks(settings: Settings, run_id: str) -> tuple[Hooks, Callable[[], None]]:
-    from deploy.tracking import MetricBuffer, client
+    from core.tracking import MetricBuffer, client
 
     buffer = MetricBuffer(settings, run_id)
     mlflow = client(settings)
@@ -142,7 +142,7 @@ def _mlflow_hooks(settings: Settings, run_id: str) -> tuple[Hooks, Callable[[], 
 
 def main(argv: list[str] | None = None) -> int:
     """Per-process entry point under ``torchrun`` (or alone)."""
-    from customizer.settings import apply_environment
+    from core.settings import apply_environment
 
     settings = get_settings()
     apply_environment(settings)

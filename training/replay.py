@@ -6,7 +6,7 @@ picked deterministically from the job's seed. ``source`` says where they come fr
 
 - ``self`` (self-rehearsal): the base model's own greedy answers to the shipped general prompts
   (``training/replay_prompts.jsonl``), each prompt rendered exactly as training renders the
-  user's examples (``training.prompts.render``: the config's prompt template or chat template).
+  user's examples (``data.prompts.render``: the config's prompt template or chat template).
   Answers are generated in batches, in bfloat16 where the hardware runs it natively, up to
   ``MAX_NEW_TOKENS`` and cut at the end of turn, and cached under
   ``<data root>/cache/replay/<key>``; the key is the base model's digest, the prompts file's
@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from customizer.settings import Settings
+from core.settings import Settings
 from training.base_model import ResolvedModel, file_sha256
-from training.catalog import CustomizationConfig
-from training.data import (
+from core.catalog import CustomizationConfig
+from data.ingest import (
     BOM,
     DatasetError,
     IngestedDataset,
@@ -57,11 +57,11 @@ from training.data import (
     _write_report,
     canonical_bytes,
 )
-from training.data_report import DataReport, ReplayGeneration, ReplayReport
-from training.data_sources import SourceError, resolve_dataset
-from training.formats import METHOD_FORMATS, Record, check_record
-from training.prompts import render, stop_sequences, tokenize
-from training.specs import Replay
+from data.report import DataReport, ReplayGeneration, ReplayReport
+from data.sources import SourceError, resolve_dataset
+from data.formats import METHOD_FORMATS, Record, check_record
+from data.prompts import render, stop_sequences, tokenize
+from core.specs import Replay
 
 log = logging.getLogger("customizer.replay")
 
@@ -195,7 +195,7 @@ def generation_dtype() -> str:
 def generate_answers(model_dir: str, prompts: list[str], stop_ids: list[int], dtype: str) -> list[tuple[str, bool]]:
     """Greedy answers of the model to rendered prompts, a batch at a time (left-padded), each cut
     at the first stop token: ``(answer, finished)``, finished when it stopped before MAX_NEW_TOKENS.
-    Prompts are tokenized as training tokenizes them (``training.prompts.tokenize``)."""
+    Prompts are tokenized as training tokenizes them (``data.prompts.tokenize``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -437,7 +437,7 @@ def add_replay(
     if replay.ratio <= 0:
         return data
     check_method(method, replay)
-    from customizer.settings import get_settings
+    from core.settings import get_settings
 
     settings = settings or get_settings()
     fmt = data.formats["training"]

@@ -1,8 +1,8 @@
 """Supervised fine-tuning (SFT) on TRL's SFTTrainer: LoRA, LoRA merged into the weights, or all weights.
 
 Reads the canonical splits written by ingest, renders each example with the prompt the evaluation
-uses (``training.prompts.render``) and tokenizes it with the function ingest measured it with
-(``training.prompts.tokenize``), so an example ingest accepted, dropped or truncated is exactly what
+uses (``data.prompts.render``) and tokenizes it with the function ingest measured it with
+(``data.prompts.tokenize``), so an example ingest accepted, dropped or truncated is exactly what
 training uses. The loss is on the answer tokens only. Validation and checkpoints follow
 ``val_check_interval``; a re-run resumes from the last checkpoint; early stopping keeps the best
 checkpoint.
@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from customizer.settings import Settings
-from training.catalog import CustomizationConfig
+from core.settings import Settings
+from core.catalog import CustomizationConfig
 from training.common import (
     Hooks,
     TrainingError,
@@ -28,9 +28,9 @@ from training.common import (
     run_trainer,
     save_output,
 )
-from training.data import Example, IngestedDataset, read_examples
-from training.prompts import render, tokenize
-from training.specs import Hyperparameters
+from data.ingest import Example, IngestedDataset, read_examples
+from data.prompts import render, tokenize
+from core.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
 

@@ -2,10 +2,10 @@
 uses to create a repo, upload files (preupload, then one commit with the files inline), list and
 download them; plus ``/v1/datastore/namespaces``.
 
-Files live in the artifact store (``deploy.datastore``); the repo's index (paths, sizes, sha256, git
+Files live in the artifact store (``data.datastore``); the repo's index (paths, sizes, sha256, git
 blob ids, commits) is an entity in the API database. Preupload always answers ``regular``, so the
 client sends file contents inline in the commit (no LFS or Xet transfer is needed). Every path is
-checked before any I/O (``deploy.datastore.safe_path``): absolute paths, ``..``, control characters,
+checked before any I/O (``data.datastore.safe_path``): absolute paths, ``..``, control characters,
 over-long names and symlinks are refused, and so are two paths that differ only in case.
 """
 
@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import BadRequest, Conflict, NotFound
-from deploy import datastore
+from data import datastore
 
 router = APIRouter(tags=["data store"])
 REPO, NAMESPACE = "hf_repo", "datastore_namespace"

@@ -16,7 +16,7 @@ from api.schemas import (
     DatasetCreate, DatasetUpdate, DeleteResponse, ModelCreate, ModelUpdate, NamespaceCreate, NamespaceUpdate, Page,
     ProjectCreate, ProjectUpdate,
 )
-from customizer.ids import prefixed_id
+from core.ids import prefixed_id
 
 router = APIRouter(prefix="/v1", tags=["entity store"])
 NAMESPACE, PROJECT = "namespace", "project"

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.listing import ListError, bracket_params, filtered
-from customizer.settings import Settings
+from core.settings import Settings
 
 
 @pytest.fixture

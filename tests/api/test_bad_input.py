@@ -16,8 +16,8 @@ from api import orchestrator
 from api.app import create_app
 from api.customization import snapshot_dataset
 from api.errors import BadRequest
-from customizer.settings import Settings
-from deploy import datastore
+from core.settings import Settings
+from data import datastore
 
 ROW = b'{"prompt": "p", "completion": "c"}\n'
 

@@ -175,9 +175,9 @@ def test_cancel_and_secrets_never_echoed(nemo, email_dataset, platform):
     # Passed to the run sealed: the flow run's parameters hold a token that unseals to the key.
     import httpx
 
-    from customizer.ids import uuid_from_id
-    from customizer.secrets import unseal
-    from customizer.settings import Settings
+    from core.ids import uuid_from_id
+    from core.secrets import unseal
+    from core.settings import Settings
 
     parameters = httpx.get(f"{platform.prefect_api}/flow_runs/{uuid_from_id(job.id)}", timeout=30).json()["parameters"]
     sealed = parameters["spec"]["secrets"]["wandb-api-key"]

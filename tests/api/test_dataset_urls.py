@@ -7,7 +7,7 @@ import pytest
 
 from api.customization import snapshot_dataset
 from api.errors import BadRequest
-from customizer.settings import Settings
+from core.settings import Settings
 
 ROW = b'{"prompt": "p", "completion": "c"}\n'
 

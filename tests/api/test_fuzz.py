@@ -45,9 +45,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from api.app import create_app  # noqa: E402
-from customizer.settings import Settings  # noqa: E402
-from deploy.datastore import DatastoreError, safe_path  # noqa: E402
-from training.data import DatasetError, ingest_dataset  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from data.datastore import DatastoreError, safe_path  # noqa: E402
+from data.ingest import DatasetError, ingest_dataset  # noqa: E402
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 NASTY = ["..", ".", "", "/", "\\", "\x00", "\n", "\x7f", "\u202e", "\ud800", "~", "%2e%2e", "CON", "a" * 256, "é", " ", ":", "*"]

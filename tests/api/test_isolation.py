@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from api import orchestrator
 from api.app import create_app
-from customizer.settings import Settings
+from core.settings import Settings
 from tests.api.conftest import TINY_CONFIG
 
 A, B = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}

@@ -13,7 +13,7 @@ from api import customization as logic
 from api import orchestrator
 from api.db import Store, open_database
 from api.refresh import SharedRefresh
-from customizer.settings import Settings
+from core.settings import Settings
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from customizer.settings import Settings
-from deploy import registry, tracking
+from core.settings import Settings
+from deploy import registry
+from core import tracking
 
 
 def test_register_tag_alias_and_promote(tmp_path: Path):

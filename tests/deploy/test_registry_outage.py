@@ -17,9 +17,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
-from customizer.settings import Settings
+from core.settings import Settings
 from customizer.up import free_port
-from deploy import registry, tracking
+from deploy import registry
+from core import tracking
 from deploy.registry import RegistryUnavailable
 
 MODEL = "team/bot"

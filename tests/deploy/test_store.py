@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from customizer.settings import Settings
+from core.settings import Settings
 from deploy.store import StoreError, fetch, list_published, parse_published_uri, publish, publishable_files, read_published_file
 from tests.s3server import counting_s3_server
 

@@ -13,10 +13,10 @@ from transformers import AutoTokenizer
 from evaluation.export import export_for_lm_eval
 from evaluation.runner import evaluate_model, task_benchmark
 from tests.conftest import TINY_CONFIG_URN
-from training.catalog import get_config
-from training.data import ingest_dataset
+from core.catalog import get_config
+from data.ingest import ingest_dataset
 from training.sft import train_sft
-from training.specs import EvaluationPlan, Hyperparameters
+from core.specs import EvaluationPlan, Hyperparameters
 
 REPO = Path(__file__).resolve().parents[2]
 

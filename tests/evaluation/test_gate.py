@@ -1,5 +1,5 @@
 from evaluation.gate import decide
-from training.specs import PromotionPolicy
+from core.specs import PromotionPolicy
 
 
 def reason(decision, prefix: str) -> str:

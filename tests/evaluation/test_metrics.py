@@ -1,14 +1,14 @@
 import doctest
 
-import customizer.ids
+import core.ids
 import evaluation.gate
 import evaluation.metrics
-import training.catalog
+import core.catalog
 from evaluation.metrics import exact_match, json_field_match
 
 
 def test_module_doctests_pass():
-    for module in (evaluation.metrics, evaluation.gate, customizer.ids, training.catalog):
+    for module in (evaluation.metrics, evaluation.gate, core.ids, core.catalog):
         failures, tried = doctest.testmod(module)
         assert tried > 0 and failures == 0, module.__name__
 

@@ -8,15 +8,15 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from customizer.settings import Settings
+from core.settings import Settings
 from deploy.store import publish
 from evaluation.remote import evaluate_endpoint
 from evaluation.runner import EvaluationError, evaluate_model, task_benchmark
 from tests.conftest import TINY_CONFIG_URN
 from tests.serving import TINY_BASE_NAME, make_adapter, running_server
-from training.catalog import get_config
-from training.data import ingest_dataset
-from training.specs import EvaluationPlan
+from core.catalog import get_config
+from data.ingest import ingest_dataset
+from core.specs import EvaluationPlan
 
 
 def _samples(folder, name):

@@ -1,6 +1,6 @@
 from evaluation.gate import decide
 from evaluation.report import write_report
-from training.specs import PromotionPolicy
+from core.specs import PromotionPolicy
 
 
 def test_report_has_the_decision_charts_and_deltas(tmp_path):

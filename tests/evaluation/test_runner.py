@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evaluation.runner import GENERAL_DIR, EvaluationError, evaluate_model, general_benchmark, task_benchmark
 from tests.conftest import TINY_CONFIG_URN
-from training.catalog import get_config
-from training.data import ingest_dataset
-from training.prompts import render
-from training.specs import EvaluationPlan
+from core.catalog import get_config
+from data.ingest import ingest_dataset
+from data.prompts import render
+from core.specs import EvaluationPlan
 
 SHIPPED = sorted(p.stem for p in GENERAL_DIR.glob("*.yaml"))
 

@@ -201,7 +201,7 @@ def faulty(tiny_config_dir, held_s3):
 @pytest.fixture
 def faulty_settings(faulty, monkeypatch):
     """This process's settings pointed at the platform's data folder, MLflow and store."""
-    from customizer.settings import get_settings
+    from core.settings import get_settings
 
     for name in ("CUSTOMIZER_DATA_DIR", "CUSTOMIZER_STORE_URI", "CUSTOMIZER_S3_ENDPOINT_URL"):
         monkeypatch.setenv(name, faulty.env[name])
@@ -210,7 +210,7 @@ def faulty_settings(faulty, monkeypatch):
 
 def job_spec(dataset: Path, output_model: str, **hyperparameters) -> dict:
     """A job on the tiny model, in the flow parameter's JSON form."""
-    from training.specs import CustomizationSpec
+    from core.specs import CustomizationSpec
 
     hp = {"epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "log_every_n_steps": 1, "lora": {"adapter_dim": 8, "alpha": 16}}
     spec = CustomizationSpec.model_validate({

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from customizer.ids import prefixed_id
+from core.ids import prefixed_id
 from tests.conftest import TINY_CONFIG_URN
 from tests.faults.conftest import ROOT, flow_run, job_spec, start_job, wait_final
-from training.catalog import get_config
+from core.catalog import get_config
 from training.common import CheckpointError
-from training.data import ingest_dataset
+from data.ingest import ingest_dataset
 from training.launch import TrainingRequest, run
-from training.specs import Hyperparameters
+from core.specs import Hyperparameters
 
 
 def mount_small(folder: Path, size_kib: int) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from customizer.ids import prefixed_id
+from core.ids import prefixed_id
 from customizer.up import RESUME_LIMIT, RESUMING, resume_orphaned_runs
 from deploy import registry
 from deploy.store import StoreError, verify_published

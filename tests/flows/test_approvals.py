@@ -10,9 +10,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.flow_runs import resume_flow_run
 
-from customizer.ids import uuid_from_id
-from customizer.settings import get_settings
-from deploy import tracking
+from core.ids import uuid_from_id
+from core.settings import get_settings
+from core import tracking
 from deploy.registry import registered_name
 from tests.flows.test_customize import OUTPUT, spec_for
 
@@ -93,7 +93,7 @@ def test_a_reviewed_job_waits_twice_and_records_its_reviewer(services, ok_datase
 def test_a_rejected_promotion_keeps_the_candidate_out(services, ok_dataset, fast_approvals, capsys):
     """Answered from the command line this time: ``customizer approve``."""
     from customizer.cli import main
-    from customizer.ids import prefixed_id
+    from core.ids import prefixed_id
 
     spec = spec_for(ok_dataset, review_methods=["lora"], approval_timeout_hours=1.0)
     thread, outcome = start(spec)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from customizer.settings import get_settings
-from deploy import tracking
+from core.settings import get_settings
+from core import tracking
 from deploy.registry import registered_name
 from tests.conftest import TINY_CONFIG_URN, write_jsonl
-from training.specs import CustomizationSpec
+from core.specs import CustomizationSpec
 
 OUTPUT = "team/ok-bot"
 

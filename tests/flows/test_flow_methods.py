@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from customizer.settings import get_settings
-from deploy import tracking
+from core.settings import get_settings
+from core import tracking
 from deploy.registry import registered_name
 from tests.conftest import write_jsonl
 from tests.flows.test_customize import OUTPUT, spec_for
@@ -23,8 +23,8 @@ def answer_the_base_prefers_less(tiny_model_dir, settings) -> tuple[str, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.conftest import TINY_CONFIG_URN
-    from training.catalog import get_config
-    from training.preference import preference_row
+    from core.catalog import get_config
+    from data.preference import preference_row
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()

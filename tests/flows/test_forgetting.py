@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from customizer.settings import get_settings
+from core.settings import get_settings
 from tests.conftest import write_jsonl
 from tests.flows.test_customize import OUTPUT, spec_for
 
@@ -84,8 +84,8 @@ def knowing_spec(dataset: Path, benchmark: Path, hyperparameters: dict):
 def test_over_trained_full_sft_is_rejected_for_forgetting_while_lora_is_promoted(services, ok_dataset, knowledge, capsys):
     from deploy.registry import load_version
     from flows.customize import customize
-    from training.catalog import get_config
-    from training.prompts import render
+    from core.catalog import get_config
+    from data.prompts import render
 
     lora = customize(knowing_spec(ok_dataset, knowledge, {"epochs": 6, "lora": {"adapter_dim": 8, "alpha": 8}}))
     assert lora.baseline.general["colors"] >= 0.9, "the base model knows its facts"

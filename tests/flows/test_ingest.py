@@ -4,8 +4,8 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from tests.conftest import TINY_CONFIG_URN, ok_rows, write_jsonl
-from training.data import ingest_dataset
-from training.specs import DataOptions
+from data.ingest import ingest_dataset
+from core.specs import DataOptions
 
 
 @pytest.fixture(scope="module")

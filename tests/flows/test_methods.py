@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from customizer.settings import get_settings
-from deploy import tracking
+from core.settings import get_settings
+from core import tracking
 from deploy.registry import registered_name
 from tests.flows.test_customize import OUTPUT, spec_for
 
@@ -79,10 +79,10 @@ def test_cancelling_the_flow_run_stops_training_and_publishes_nothing(services, 
 def test_no_fine_tuning_when_prompting_already_meets_the_target(services, ok_dataset, tmp_path, tiny_model_dir, monkeypatch):
     from flows.customize import customize
     from tests.conftest import TINY_CONFIG_URN
-    from training.catalog import get_config
-    from training.data import ingest_dataset
+    from core.catalog import get_config
+    from data.ingest import ingest_dataset
     from training.sft import train_sft
-    from training.specs import Hyperparameters
+    from core.specs import Hyperparameters
 
     # A base model that already does the task: the tiny model fully trained to answer "ok".
     settings = get_settings()

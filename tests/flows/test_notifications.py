@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from customizer.settings import get_settings
+from core.settings import get_settings
 from deploy.notify import notify
 from tests.conftest import write_jsonl
 from tests.flows.test_approvals import answer, paused_run, start, wait_resumed

@@ -12,14 +12,15 @@ import pytest
 from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
 
-from customizer.settings import get_settings
-from deploy import registry, tracking
+from core.settings import get_settings
+from deploy import registry
+from core import tracking
 from deploy.registry import registered_name
 from deploy.store import Manifest, Published, StoreError, fetch, publish, publishable_files
 from tests.conftest import TINY_CONFIG_URN
 from tests.s3server import counting_s3_server
 from tests.serving import TINY_BASE_NAME, running_server
-from training.specs import CustomizationSpec
+from core.specs import CustomizationSpec
 
 OUTPUT = "team/ok-bot"
 QUESTION = "Reply with the word ok. Item 100"
@@ -128,7 +129,7 @@ def test_an_adapter_no_engine_could_serve_is_not_published(services, s3, ok_data
 def test_a_hand_off_that_fails_leaves_a_warning_on_the_run_and_version(services, monkeypatch):
     from tasks.deploy import go_live
     from tasks.job import Job
-    from training.catalog import get_config
+    from core.catalog import get_config
 
     monkeypatch.setenv("CUSTOMIZER_SERVING_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     settings = get_settings()

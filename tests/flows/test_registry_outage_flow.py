@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from customizer.settings import get_settings
+from core.settings import get_settings
 from customizer.up import free_port
-from deploy import registry, tracking
+from deploy import registry
+from core import tracking
 from tests.flows.test_customize import OUTPUT, spec_for
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from customizer.settings import get_settings
-from deploy import tracking
+from core.settings import get_settings
+from core import tracking
 from deploy.registry import registered_name
 from tests.conftest import TINY_CONFIG_URN
-from training.data import read_examples
-from training.specs import CustomizationSpec
+from data.ingest import read_examples
+from core.specs import CustomizationSpec
 
 OUTPUT = "team/replay-bot"
 
@@ -67,7 +67,7 @@ def test_a_dpo_job_with_replay_is_refused_naming_the_setting(services, tmp_path)
 def test_the_ingest_flow_checks_a_replay_folder(services, ok_dataset, tmp_path):
     from flows.ingest import ingest
     from tests.conftest import write_jsonl
-    from training.specs import DataOptions
+    from core.specs import DataOptions
 
     general = tmp_path / "general"
     write_jsonl(general / "g.jsonl", [{"prompt": f"General question {i}?", "completion": "An answer."} for i in range(5)])

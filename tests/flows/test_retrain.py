@@ -4,8 +4,8 @@ promoted only when it beats the champion on the new data."""
 
 import json
 
-from customizer.settings import get_settings
-from deploy import tracking
+from core.settings import get_settings
+from core import tracking
 from deploy.registry import registered_name
 from tests.conftest import ok_rows, write_jsonl
 from tests.flows.test_customize import OUTPUT, spec_for

@@ -7,8 +7,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterState, TaskRunFilterStateType
 
-from customizer.settings import get_settings
-from deploy import tracking
+from core.settings import get_settings
+from core import tracking
 from tests.flows.test_approvals import start
 from tests.flows.test_customize import spec_for
 

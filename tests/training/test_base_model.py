@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from customizer.settings import Settings
+from core.settings import Settings
 from training.base_model import BaseModelError, resolve_base_model
-from training.catalog import Target, get_config
+from core.catalog import Target, get_config
 
 
 def test_local_folder_resolves_in_place(tiny_model_dir: Path, tmp_path: Path):

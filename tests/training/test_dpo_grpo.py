@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import TINY_CONFIG_URN, canonical_dataset, changed_by_adapter
-from training.catalog import get_config
+from core.catalog import get_config
 from training.common import TrainingError
 from training.dpo import train_dpo
 from training.grpo import train_grpo
 from training.rewards import RewardError
-from training.specs import Hyperparameters
+from core.specs import Hyperparameters
 
 
 def pairs(count: int, start: int = 0) -> list[dict]:

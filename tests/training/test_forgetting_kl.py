@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import TINY_CONFIG_URN, canonical_dataset, ok_rows
-from training.catalog import get_config
+from core.catalog import get_config
 from training.common import Hooks, TrainingError
 from training.forgetting import PROMPT_TOKENS, PROMPTS, ForgettingProbe, general_prompts
 from training.sft import train_sft
-from training.specs import Hyperparameters
+from core.specs import Hyperparameters
 
 
 def hyperparameters(**overrides) -> Hyperparameters:
@@ -31,7 +31,7 @@ def dataset(folder: Path):
 
 
 def train(folder: Path, tiny_model_dir: Path, hp: Hyperparameters, limit: float | None = None):
-    from customizer.settings import get_settings
+    from core.settings import get_settings
 
     settings = get_settings()
     seen, progress = [], []

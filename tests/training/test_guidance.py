@@ -1,9 +1,9 @@
 import pytest
 
-from customizer.settings import Settings
-from training.catalog import get_config
+from core.settings import Settings
+from core.catalog import get_config
 from training.guidance import BudgetExceeded, check_budget, estimate, guidance
-from training.specs import Hyperparameters
+from core.specs import Hyperparameters
 
 LLAMA = "meta/llama-3.2-1b-instruct@v1.0.0+A100"
 

@@ -12,15 +12,15 @@ from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 import training.replay as replay_module
-from customizer.settings import Settings
+from core.settings import Settings
 from tests.conftest import TINY_CONFIG_URN, ok_rows, write_jsonl
 from training.base_model import ResolvedModel
-from training.catalog import get_config
-from training.data import DatasetError, ingest_dataset, read_examples
-from training.data_report import DataReport, render_html, render_text
-from training.prompts import render
+from core.catalog import get_config
+from data.ingest import DatasetError, ingest_dataset, read_examples
+from data.report import DataReport, render_html, render_text
+from data.prompts import render
 from training.replay import ReplayError, add_replay, check_method, replay_tags
-from training.specs import CustomizationSpec, Replay
+from core.specs import CustomizationSpec, Replay
 
 
 @pytest.fixture

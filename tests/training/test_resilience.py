@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import TINY_CONFIG_URN, SESSION_DIR
-from training.catalog import get_config
+from core.catalog import get_config
 from training.common import Hooks, TrainingCancelled
-from training.data import ingest_dataset
+from data.ingest import ingest_dataset
 from training.launch import TrainingRequest, launch, run
-from training.specs import Hyperparameters
+from core.specs import Hyperparameters
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,7 +111,7 @@ def test_two_cpu_processes_train_with_ddp_and_deliver_the_same_adapter_format(tm
         "training_options: [{training_type: sft, finetuning_type: lora, num_gpus: 2, micro_batch_size: 2}]\n"
     )
     os.environ["CUSTOMIZER_CONFIG_DIRS"] = json.dumps([*json.loads(os.environ["CUSTOMIZER_CONFIG_DIRS"]), str(folder)])
-    from customizer.settings import get_settings
+    from core.settings import get_settings
 
     settings = get_settings()
     distributed = launch(request_for(tmp_path, settings, ok_dataset, tiny_model_dir, "ddp", urn="test/tiny-ddp@v1", epochs=1, batch_size=4), settings)

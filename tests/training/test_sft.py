@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import TINY_CONFIG_URN, changed_by_adapter, ok_rows, write_jsonl
-from training.catalog import get_config
+from core.catalog import get_config
 from training.common import Hooks, TrainingError
-from training.data import ingest_dataset
+from data.ingest import ingest_dataset
 from training.sft import train_sft
-from training.specs import Hyperparameters
+from core.specs import Hyperparameters
 
 
 def hyperparameters(**overrides) -> Hyperparameters:
@@ -89,7 +89,7 @@ def test_packing_puts_several_examples_in_a_row_without_cross_attention(tmp_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from training.data import read_examples
+    from data.ingest import read_examples
     from training.sft import _token_rows, sft_config
 
     config = get_config(TINY_CONFIG_URN, settings)

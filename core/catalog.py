@@ -1,0 +1,173 @@
+"""The config catalog: versioned configs ``namespace/name@version`` that name a base model (the
+target), how prompts are rendered, and which ``(training_type, finetuning_type)`` pairs a job may use.
+
+Built-in configs are the YAML files in ``core/configs/`` (a file holds one config, or a list under
+``configs:``); more folders can be added with the ``config_dirs`` setting. A config is looked up by its
+full URN; a URN without ``@version`` is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.settings import Settings
+
+BUILTIN_DIR = Path(__file__).parent / "configs"
+DEFAULT_NAMESPACE = "default"
+
+TrainingType = Literal["sft", "dpo", "grpo"]
+FinetuningType = Literal["lora", "lora_merged", "all_weights"]
+
+
+class CatalogError(ValueError):
+    """A config URN that is malformed, has no version, or names no known config."""
+
+
+def parse_config_urn(urn: str) -> tuple[str, str]:
+    """Split ``namespace/name@version`` into ``(namespace, "name@version")``.
+
+    A bare ``name@version`` means the ``default`` namespace.
+
+    Raises:
+        CatalogError: the URN is empty, has more than one ``/``, or has no ``@version``.
+
+    >>> parse_config_urn("huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu")
+    ('huggingfacetb', 'smollm2-135m-instruct@v1.0.0+cpu')
+    """
+    text = urn.strip()
+    if not text:
+        raise CatalogError("`config` is empty: give a config URN such as namespace/name@version")
+    namespace, _, name = text.rpartition("/")
+    namespace = namespace or DEFAULT_NAMESPACE
+    if "/" in namespace or not name:
+        raise CatalogError(f"`config` {urn!r} is not a URN of the form namespace/name@version")
+    base, at, version = name.partition("@")
+    if not at or not version.strip() or not base:
+        raise CatalogError(
+            f"`config` {urn!r} is missing its version: configs are versioned, "
+            f"write it as {namespace}/{base or name}@<version> (e.g. huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu)"
+        )
+    return namespace, name
+
+
+class Target(BaseModel):
+    """The base model a config fine-tunes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Model name as served, e.g. huggingfacetb/smollm2-135m-instruct.")
+    model_uri: str = Field(
+        description="Where the weights come from: pkg://<python package>/<file>.gguf, a local folder or "
+        "file, file://..., s3://bucket/prefix, builtin://tiny-llama, or a Hugging Face repo id."
+    )
+    num_parameters: int | None = Field(default=None, ge=1, description="Parameter count (for estimates).")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    instruction_tuned: bool = Field(
+        default=True, description="The base already had supervised (instruction) tuning; DPO/GRPO assume it."
+    )
+
+
+class TrainingOption(BaseModel):
+    """One allowed ``(training_type, finetuning_type)`` pair and the resources it runs with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training_type: TrainingType
+    finetuning_type: FinetuningType
+    num_gpus: int = Field(default=1, ge=0, description="GPUs per node; 0 trains on the CPU.")
+    num_nodes: int = Field(default=1, ge=1)
+    micro_batch_size: int = Field(default=1, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+
+
+class CustomizationConfig(BaseModel):
+    """A versioned customization config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str
+    name: str = Field(description="Name with its version, e.g. smollm2-135m-instruct@v1.0.0+cpu.")
+    description: str = ""
+    target: Target
+    max_seq_length: int = Field(ge=16)
+    prompt_format: Literal["chat", "template"] = Field(
+        default="chat",
+        description="chat: a prompt/completion record is one user turn rendered with the model's chat "
+        "template. template: rendered with prompt_template.",
+    )
+    prompt_template: str = Field(default="{prompt} {completion}")
+    training_precision: Literal["fp32", "bf16-mixed"] = "fp32"
+    gpu: str | None = Field(default=None, description="GPU the training options are sized for, e.g. A100-80GB.")
+    gpu_peak_tflops: float | None = Field(
+        default=None, gt=0, description="Dense bf16 peak of that GPU, for training-time estimates."
+    )
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Modules that get LoRA adapters when a job does not say.",
+    )
+    training_options: list[TrainingOption] = Field(min_length=1)
+
+    @property
+    def urn(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def option_for(self, training_type: str, finetuning_type: str) -> TrainingOption:
+        """The training option for a method, or a CatalogError that lists the allowed pairs."""
+        for option in self.training_options:
+            if (option.training_type, option.finetuning_type) == (training_type, finetuning_type):
+                return option
+        allowed = ", ".join(f"({o.training_type}, {o.finetuning_type})" for o in self.training_options)
+        raise CatalogError(
+            f"config {self.urn} does not allow training_type={training_type!r} with "
+            f"finetuning_type={finetuning_type!r}; allowed: {allowed}"
+        )
+
+
+def _read_config_file(path: Path) -> list[CustomizationConfig]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+    entries = raw["configs"] if isinstance(raw, dict) and "configs" in raw else [raw]
+    if not isinstance(entries, list):
+        raise CatalogError(f"{path}: `configs` must be a list of configs")
+    configs = []
+    for index, entry in enumerate(entries):
+        where = f"{path}" if len(entries) == 1 else f"{path} (configs[{index}])"
+        try:
+            configs.append(CustomizationConfig.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+            raise CatalogError(f"{where}: invalid config: {problems}") from exc
+    return configs
+
+
+def load_catalog(settings: Settings) -> dict[str, CustomizationConfig]:
+    """All configs by URN: the built-in ones, then those in ``settings.config_dirs`` (which may override),
+    then those created through the API (``settings.api_configs_dir``)."""
+    catalog: dict[str, CustomizationConfig] = {}
+    for folder in [BUILTIN_DIR, *settings.config_dirs, settings.api_configs_dir]:
+        for path in sorted(Path(folder).glob("*.yaml")):
+            for config in _read_config_file(path):
+                parse_config_urn(config.urn)  # every config must carry a version too
+                catalog[config.urn] = config
+    return catalog
+
+
+def get_config(urn: str, settings: Settings) -> CustomizationConfig:
+    """Look a config up by URN.
+
+    Raises:
+        CatalogError: the URN has no version, or no config has that URN (the message lists them).
+    """
+    namespace, name = parse_config_urn(urn)
+    catalog = load_catalog(settings)
+    key = f"{namespace}/{name}"
+    if key not in catalog:
+        known = ", ".join(sorted(catalog)) or "none"
+        raise CatalogError(f"`config` {urn!r} is not in the catalog; available configs: {known}")
+    return catalog[key]

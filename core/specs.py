@@ -1,0 +1,343 @@
+"""The job spec: one pydantic model, ``CustomizationSpec``, that the ``customize`` flow takes.
+
+Field names follow NeMo Customizer's wire format (``training_type``, ``finetuning_type``,
+``epochs``, ``batch_size``, ``learning_rate``, ``lora.adapter_dim``, ...), so the API translates a
+request into a spec without renaming. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from core.catalog import FinetuningType, TrainingType, parse_config_urn
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME_CHARS = re.compile(r"[^a-z0-9._-]+")
+
+
+class LoraParams(BaseModel):
+    """LoRA adapter shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_dim: int = Field(default=8, ge=1, le=1024, description="LoRA rank r (a power of 2).")
+    alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator; the scale is alpha / adapter_dim.")
+    adapter_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(
+        default=None, description="Module names to adapt; default: the config's lora_target_modules."
+    )
+
+    @field_validator("adapter_dim")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"`lora.adapter_dim` must be a power of 2, got {value}")
+        return value
+
+
+class DpoParams(BaseModel):
+    """Direct Preference Optimization settings (NeMo names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref_policy_kl_penalty: float = Field(
+        default=0.1, gt=0.0, le=10.0, description="beta: how strongly the policy is held to the reference model."
+    )
+    preference_loss_weight: float = Field(default=1.0, ge=0.0, description="Weight of the preference (sigmoid) loss.")
+    sft_loss_weight: float = Field(default=0.0, ge=0.0, description="Weight of an SFT loss on the chosen response.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient clipping norm.")
+
+
+class GrpoParams(BaseModel):
+    """Group Relative Policy Optimization with verifiable rewards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rewards: list[str] = Field(
+        default_factory=lambda: ["exact_answer"],
+        min_length=1,
+        description="Reward functions: built-in names (exact_answer, multiple_choice, numeric_answer, json_format) "
+        "or 'module:function' for your own.",
+    )
+    num_generations_per_prompt: int = Field(default=4, ge=2, le=256, description="Completions sampled per prompt (the group).")
+    num_prompts_per_step: int = Field(default=2, ge=1, le=4096, description="Prompts per optimizer step.")
+    max_new_tokens: int = Field(default=32, ge=1, le=8192, description="Generation budget per completion.")
+    generation_temperature: float = Field(default=1.0, gt=0.0, le=2.0)
+    generation_top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    ref_policy_kl_penalty: float = Field(default=0.0, ge=0.0, description="beta of the KL term (0: no reference model).")
+    ratio_clip: float = Field(default=0.2, gt=0.0, lt=1.0, description="epsilon of the clipped policy ratio.")
+    normalize_rewards: bool = Field(default=True, description="Scale advantages by the group's reward std.")
+    overlong_filtering: bool = Field(default=False, description="Exclude truncated completions from the loss.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+
+
+class EarlyStopping(BaseModel):
+    """Stop when validation loss stops improving (NeMo's defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    patience: int = Field(default=10, ge=1, description="Validations without improvement before stopping.")
+    min_delta: float = Field(default=0.001, ge=0.0, description="Smallest decrease of val_loss that counts.")
+
+
+class Hyperparameters(BaseModel):
+    """Training hyperparameters (NeMo Customizer names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training_type: TrainingType = Field(default="sft", description="Training objective: sft, dpo or grpo.")
+    finetuning_type: FinetuningType = Field(
+        default="lora", description="lora (adapter), lora_merged (adapter merged into full weights) or all_weights."
+    )
+    epochs: int = Field(default=1, ge=1, le=1000, description="Passes over the training split.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Global batch size (examples per optimizer step).")
+    learning_rate: float = Field(default=5e-4, gt=0.0, lt=1.0, description="Peak learning rate.")
+    min_learning_rate: float | None = Field(
+        default=None, ge=0.0, description="Floor of the cosine schedule; default 0.1 x learning_rate."
+    )
+    warmup_steps: int = Field(default=2, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
+    max_steps: int = Field(default=-1, description="Stop after this many steps if > 0.")
+    val_check_interval: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Validate (and checkpoint) every this fraction of an epoch if <= 1, else every this many steps.",
+    )
+    log_every_n_steps: int = Field(default=2, ge=1, description="Train-loss logging interval, in steps.")
+    seed: int = Field(default=42, description="Seed for data order, holdout split and initialisation.")
+    sequence_packing_enabled: bool = Field(
+        default=False, description="Pack examples into full rows without cross-attention between them (SFT)."
+    )
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    lora: LoraParams = Field(default_factory=LoraParams)
+    dpo: DpoParams = Field(default_factory=DpoParams)
+    grpo: GrpoParams = Field(default_factory=GrpoParams)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Hyperparameters:
+        if self.min_learning_rate is not None and self.min_learning_rate >= self.learning_rate:
+            raise ValueError(
+                f"`min_learning_rate` ({self.min_learning_rate}) must be below `learning_rate` ({self.learning_rate})"
+            )
+        if self.val_check_interval > 1 and self.val_check_interval != int(self.val_check_interval):
+            raise ValueError(f"`val_check_interval` above 1 counts steps and must be whole, got {self.val_check_interval}")
+        if self.training_type == "grpo" and self.sequence_packing_enabled:
+            raise ValueError("`sequence_packing_enabled` applies to sft and dpo, not grpo (completions are generated)")
+        return self
+
+    @property
+    def floor_learning_rate(self) -> float:
+        return self.min_learning_rate if self.min_learning_rate is not None else 0.1 * self.learning_rate
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.finetuning_type in ("lora", "lora_merged")
+
+
+# The default forgetting suite: real items that ship offline (README: Evaluation).
+DEFAULT_GENERAL_SUITE = ("mmlu_dev", "bb_knowledge", "bb_reasoning", "ifeval_lite", "pydoc_prose")
+
+
+class EvaluationPlan(BaseModel):
+    """What baseline and candidate are scored on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_metric: str | None = Field(
+        default=None,
+        description="Task metric the gate uses. Default by data: exact_match (completion/chat; also "
+        "json_field_match, f1, rouge_l, bleu, contains), preference_accuracy (preference pairs), the first "
+        "GRPO reward (reward data).",
+    )
+    general_benchmarks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_GENERAL_SUITE),
+        description="General benchmarks for the forgetting check: shipped ones (evaluation/benchmarks/general; "
+        "the default suite covers knowledge, reasoning, instruction following and language modelling), or "
+        "lm-eval:<task> for a task of lm-eval's registry whose data is at hand.",
+    )
+    limit: int | None = Field(default=None, ge=1, description="Score at most this many items per benchmark.")
+    batch_size: int = Field(default=16, ge=1, le=512, description="Evaluation batch size.")
+    max_new_tokens: int = Field(default=48, ge=1, le=4096, description="Generation budget per task item.")
+    few_shot: int = Field(
+        default=3, ge=0, le=32,
+        description="Training examples shown before each task item in the few-shot prompt baseline (0: zero-shot only).",
+    )
+    target_score: float | None = Field(
+        default=None, ge=0.0, le=100.0,
+        description="Task score (points) that is good enough: if prompting the base model reaches it, no fine-tuning is done.",
+    )
+    force_training: bool = Field(default=False, description="Train even when prompting already reaches target_score.")
+
+
+class PromotionPolicy(BaseModel):
+    """When a candidate becomes the champion, and when a person must agree first.
+
+    A namespace can fix its policy in ``<policy folder>/<namespace>.yaml``; that file then governs
+    every job of the namespace and a job's own ``policy`` is ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_task_gain: float = Field(
+        default=0.0, ge=0.0, description="Points (0-100 scale) the task score must gain over the baseline, strictly."
+    )
+    max_general_drop: float = Field(
+        default=2.0, ge=0.0,
+        description="The forgetting limit in points: the candidate must show, with a paired one-sided bound at "
+        "`forgetting_alpha`, that its drop over the counted accuracy benchmarks (pooled item by item) is smaller.",
+    )
+    max_benchmark_drop: float | None = Field(
+        default=None, ge=0.0,
+        description="Points a single counted benchmark must show it did not lose, however well the pool did "
+        "(a large drop on one benchmark blocks). Default: 3 x max_general_drop.",
+    )
+    max_bpb_increase: float = Field(
+        default=5.0, ge=0.0,
+        description="Percent by which the bits-per-byte of held-out prose (language-modelling benchmarks) may "
+        "rise; shown with a paired one-sided bound, like the accuracy limit.",
+    )
+    forgetting_alpha: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Level of the one-sided bounds: the candidate shows non-inferiority (and the task gain) at "
+        "1 - alpha confidence; a drop beyond the limit at that confidence rejects, an undecided one holds.",
+    )
+    max_forgetting_kl: float | None = Field(
+        default=None, gt=0.0,
+        description="Stop training at the first validation whose forgetting_kl (KL divergence of the model "
+        "from the base on fixed general prompts, nats per token) exceeds this; the best checkpoint under it is kept.",
+    )
+    benchmarks: list[str] | None = Field(
+        default=None, description="General benchmarks that count for forgetting; default: every one scored."
+    )
+    review_methods: list[str] = Field(
+        default_factory=lambda: ["all_weights", "dpo", "grpo"],
+        description="Methods (training or finetuning types) that need a reviewer's approval before training "
+        "and before promotion. LoRA SFT is self-service by default.",
+    )
+    diverging_curves: Literal["hold", "reject", "ignore"] = Field(
+        default="hold", description="What a validation loss that rose while training loss fell leads to."
+    )
+    approval_timeout_hours: float = Field(
+        default=72.0, gt=0, description="An approval not given within this time counts as a rejection."
+    )
+
+    def needs_review(self, training_type: str, finetuning_type: str) -> bool:
+        return training_type in self.review_methods or finetuning_type in self.review_methods
+
+    @property
+    def benchmark_limit(self) -> float:
+        """Points one benchmark must show it did not lose (``max_benchmark_drop``, else 3x the limit)."""
+        return self.max_benchmark_drop if self.max_benchmark_drop is not None else 3 * self.max_general_drop
+
+
+class Budget(BaseModel):
+    """A ceiling on the estimated training cost; a job above it is refused before training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_device_hours: float | None = Field(
+        default=None, gt=0, description="GPU-hours (CPU-hours on a CPU config) the estimate may not exceed."
+    )
+    utilisation: float = Field(default=0.4, gt=0, le=1, description="Share of the device's peak assumed by the estimate.")
+
+
+class Replay(BaseModel):
+    """General examples mixed into the training split, so the model rehearses what it already knew."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Replay examples per training example (0.25: one general example for every four of yours; 0: off).",
+    )
+    source: str = Field(
+        default="self",
+        description="self: answers the base model generates to shipped general prompts (self-rehearsal); or a "
+        "dataset folder (JSONL records in the training format) whose examples are mixed in.",
+    )
+
+
+class DataOptions(BaseModel):
+    """How ingest treats examples that do not fit the config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    long_examples: Literal["error", "drop", "truncate"] = Field(
+        default="error",
+        description="Examples longer than the config's max_seq_length (in the target model's tokens, as "
+        "training renders them): error refuses the dataset naming each one; drop leaves them out; "
+        "truncate keeps their first max_seq_length tokens. Dropped and truncated examples are counted "
+        "and listed in the dataset report.",
+    )
+    replay: Replay = Field(
+        default_factory=lambda: Replay(),
+        description="General examples mixed into training against forgetting (SFT only).",
+    )
+
+
+class CustomizationSpec(BaseModel):
+    """One customization job: which base, which data, how to train, how to judge."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: str = Field(
+        description="Config URN namespace/name@version, e.g. huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu."
+    )
+    dataset: str = Field(
+        description="Dataset with training/ (and optional validation/, testing/): a folder, file:// or s3://bucket/prefix."
+    )
+    output_model: str = Field(
+        default="",
+        validate_default=True,
+        description="Output model name, namespace/name. Default: default/<the config's name, without its version>.",
+    )
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    data: DataOptions = Field(default_factory=DataOptions)
+    evaluation: EvaluationPlan = Field(default_factory=EvaluationPlan)
+    policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    budget: Budget = Field(default_factory=Budget)
+    submitted_by: str | None = Field(
+        default=None, description="Who submitted the job; a reviewer of its approvals must be someone else."
+    )
+    secrets: dict[Literal["wandb-api-key"], str] = Field(
+        default_factory=dict,
+        description="Secrets for the run, sealed with the platform's key (the API seals what clients send); "
+        "the training task unseals them into its environment, e.g. wandb-api-key as WANDB_API_KEY.",
+    )
+
+    @field_validator("config")
+    @classmethod
+    def _versioned(cls, value: str) -> str:
+        parse_config_urn(value)  # CatalogError is a ValueError: pydantic reports it on `config`
+        return value.strip()
+
+    @field_validator("output_model")
+    @classmethod
+    def _namespaced(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():  # defaulted from the config: meta/llama-3.2-1b@v1 -> default/llama-3.2-1b
+            if "config" not in info.data:
+                return value  # the config is invalid and says so; no second error about a name derived from it
+            value = "default/" + _NAME_CHARS.sub("-", info.data["config"].rpartition("/")[2].partition("@")[0].lower())
+        namespace, slash, name = value.strip().partition("/")
+        if not slash or not _NAME.match(namespace) or not _NAME.match(name):
+            raise ValueError(
+                f"`output_model` must be namespace/name in lowercase letters, digits, '.', '_' or '-', got {value!r}"
+            )
+        return f"{namespace}/{name}"
+
+    @model_validator(mode="after")
+    def _replay_is_for_sft(self) -> CustomizationSpec:
+        # Refused when the job is created, not after it started (ingest checks again: training.replay.check_method).
+        replay, method = self.data.replay, self.hyperparameters.training_type
+        if replay.ratio > 0 and method != "sft":
+            raise ValueError(
+                f"`data.replay` (ratio {replay.ratio}) mixes SFT examples into training, but training_type {method} "
+                "cannot use them: set data.replay.ratio to 0 or train with training_type sft"
+            )
+        return self

@@ -1,0 +1,76 @@
+"""The Data Store's files: safe paths, no symlinks followed, datasets copied out by their hf:// URL."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+import data.datastore
+from core.settings import Settings
+from data.datastore import DatastoreError, FolderFiles, download_dataset, open_files, parse_hf_url, safe_path
+
+
+def test_doctests():
+    failures, tried = doctest.testmod(data.datastore)
+    assert tried and not failures
+
+
+@pytest.mark.parametrize("path", ["", "/abs", "../x", "a/../b", "a//b", "./a", "a/.", "a\\b", "a\x00b", "x" * 2000])
+def test_unsafe_paths_are_refused(path):
+    with pytest.raises(DatastoreError):
+        safe_path(path)
+
+
+def test_symlinks_are_never_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    files = FolderFiles(tmp_path / "root")
+    files.put("datasets/ns/ds/training/a.jsonl", b"{}\n")
+    (tmp_path / "root" / "datasets" / "ns" / "ds" / "evil").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DatastoreError, match="symbolic link"):
+        files.get("datasets/ns/ds/evil/secret")
+    with pytest.raises(DatastoreError, match="symbolic link"):
+        files.put("datasets/ns/ds/evil/new", b"x")
+    assert files.list("datasets/ns/ds") == {"training/a.jsonl": 3}
+
+
+def test_download_dataset_by_url(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    files = open_files(settings)
+    files.put("datasets/ns/ds/training/a.jsonl", b'{"prompt": "p", "completion": "c"}\n')
+    files.put("datasets/ns/ds/testing/t.jsonl", b"{}\n")
+    copied = download_dataset("hf://datasets/ns/ds", tmp_path / "copy", settings)
+    assert sorted(p.relative_to(copied).as_posix() for p in copied.rglob("*.jsonl")) == ["testing/t.jsonl", "training/a.jsonl"]
+    one = download_dataset("hf://datasets/ns/ds/testing/t.jsonl", tmp_path / "one", settings)
+    assert [p.name for p in one.rglob("*.jsonl")] == ["t.jsonl"]
+    assert parse_hf_url("hf://datasets/ns/ds/a/b.jsonl") == ("datasets", "ns", "ds", "a/b.jsonl")
+    with pytest.raises(DatastoreError, match="no files"):
+        download_dataset("hf://datasets/ns/missing", tmp_path / "none", settings)
+    with pytest.raises(DatastoreError, match="not a Data Store URL"):
+        parse_hf_url("s3://bucket/x")
+
+
+def test_the_data_store_on_s3(tmp_path, monkeypatch):
+    """The same files API on an S3 endpoint served over HTTP (moto's server)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="data")
+        settings = Settings(data_dir=tmp_path / "data", datastore_uri="s3://data/store", s3_endpoint_url=endpoint)
+        files = open_files(settings)
+        files.put("datasets/ns/ds/training/a.jsonl", b'{"prompt": "p", "completion": "c"}\n')
+        files.put("datasets/ns/ds/validation/b.jsonl", b'{"prompt": "q", "completion": "d"}\n')
+        assert files.list("datasets/ns/ds") == {"training/a.jsonl": 35, "validation/b.jsonl": 35}
+        copied = download_dataset("hf://datasets/ns/ds", tmp_path / "copy", settings)
+        assert (copied / "validation" / "b.jsonl").read_bytes() == b'{"prompt": "q", "completion": "d"}\n'
+        files.delete_prefix("datasets/ns/ds")
+        assert files.list("datasets/ns/ds") == {} and files.get("datasets/ns/ds/training/a.jsonl") is None
+    finally:
+        server.stop()
