@@ -23,7 +23,7 @@ from api.errors import ApiError
 from api.limits import BodyLimit
 from api.orchestrator import OrchestratorUnavailable
 from api.refresh import Answers
-from customizer import __version__
+from core import __version__
 from core.settings import Settings, get_settings
 from core.storage import out_of_room
 

@@ -13,7 +13,6 @@ import datetime as dt
 import importlib.util
 import json
 import logging
-import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -27,15 +26,14 @@ from api.db import Duplicate, Store, iso, now
 from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
 from api.refresh import SharedRefresh
+from api.datasets import snapshot_dataset
 from api.schemas import ConfigCreate, DatasetRef, JobCreate, TargetCreate
 from api.urls import checked_url
 from core.ids import prefixed_id
 from core.settings import Settings
-from data import datastore
 from core import tracking
 from core.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
 from data.ingest import DatasetError, ingest_dataset
-from data.sources import SourceError, check_url, local_path
 from training.guidance import guidance
 from core.specs import CustomizationSpec
 
@@ -286,59 +284,6 @@ def dataset_of(store: Store, ref: str | DatasetRef, namespace: str, caller: Call
             f"and register it with POST /v1/datasets (files_url hf://datasets/{d_namespace}/{d_name})"
         )
     return found
-
-
-def snapshot_dataset(files_url: str, settings: Settings) -> Path:
-    """A local folder with a dataset's files: a copy under the data folder for the Data Store and S3,
-    the folder itself for ``file://`` (what the job trains on).
-
-    Raises:
-        BadRequest: the URL is not allowed (``data.sources.check_url``) or cannot be read, or a
-            folder holds a symbolic link that leads out of it.
-    """
-    try:
-        check_url(files_url, settings, "dataset")
-    except SourceError as exc:
-        raise BadRequest(f"dataset files_url {files_url!r} is refused: {exc}") from exc
-    dest = settings.root / "api" / "dataset-snapshots" / uuid.uuid4().hex
-    scheme = files_url.split("://", 1)[0] if "://" in files_url else ""
-    try:
-        if scheme == "hf":
-            return datastore.download_dataset(files_url, dest, settings)
-        if scheme == "s3":
-            from urllib.parse import urlparse
-
-            parsed = urlparse(files_url)
-            files = datastore.S3Files(parsed.netloc, parsed.path, settings.s3_endpoint_url)
-            listed = files.list("")
-            if not listed:
-                raise BadRequest(f"dataset files_url {files_url}: no objects under that prefix")
-            for key in listed:
-                target = dest / datastore.safe_path(key)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(files.get(key) or b"")
-            return dest
-    except datastore.DatastoreError as exc:
-        raise BadRequest(f"dataset: {exc}") from exc
-    except BadRequest:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a store error of any kind is the dataset's URL not being readable
-        raise BadRequest(f"dataset files_url {files_url} cannot be read: {type(exc).__name__}: {exc}") from exc
-    path = local_path(files_url)
-    if path is None or not path.is_dir():
-        raise BadRequest(f"dataset files_url {files_url}: no such folder on the server")
-    _refuse_links_out(path, files_url)
-    return path
-
-
-def _refuse_links_out(folder: Path, files_url: str) -> None:
-    """Refuse a dataset folder holding a symbolic link to anything outside it (e.g. a link to /etc)."""
-    inside = folder.resolve()
-    for dirpath, dirnames, filenames in os.walk(folder):  # links to folders are listed, not walked into
-        for entry in (*dirnames, *filenames):
-            path = Path(dirpath) / entry
-            if path.is_symlink() and inside not in path.resolve().parents:
-                raise BadRequest(f"dataset files_url {files_url}: {path.relative_to(folder)} is a symbolic link that leads out of the dataset folder")
 
 
 # ---------------------------------------------------------------- jobs

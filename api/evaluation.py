@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from api import orchestrator
-from api.customization import MODEL, dataset_of, public, snapshot_dataset
+from api.customization import MODEL, dataset_of, public
+from api.datasets import snapshot_dataset
 from api.db import Duplicate, Store
 from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound

@@ -1,4 +1,5 @@
-"""customizer: validate a dataset, fine-tune a base model, evaluate it against the base, gate,
-register the result in MLflow and publish the adapter to an artifact store."""
+"""customizer, the app: the command line (``customizer ...``), ``customizer up`` (the local platform),
+the worker that serves the flows as deployments, and the job summary it prints. Everything it runs
+lives in the layers below (see the README's Layout)."""
 
-__version__ = "0.1.0"
+from core import __version__  # noqa: F401  (the one version, kept with the ground package)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from customizer import __version__
+from core import __version__
 from core.settings import get_settings
 from serving import handoff
 from deploy import registry

@@ -10,7 +10,7 @@ from typing import Literal
 from prefect import get_run_logger, runtime, task
 from pydantic import BaseModel
 
-from customizer import __version__
+from core import __version__
 from core.ids import prefixed_id
 from core.settings import get_settings
 from core import tracking

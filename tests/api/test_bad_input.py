@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api import orchestrator
 from api.app import create_app
-from api.customization import snapshot_dataset
+from api.datasets import snapshot_dataset
 from api.errors import BadRequest
 from core.settings import Settings
 from data import datastore

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.customization import snapshot_dataset
+from api.datasets import snapshot_dataset
 from api.errors import BadRequest
 from core.settings import Settings
 
