@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# The unit tests only (no services, no flows): a few minutes; `make test` runs every kind.
+test-fast: install
+	$(PY) -m pytest -m unit
 
 # Every benchmark into one table (bench/results/); `make bench BENCH_ARGS=--quick` for small sizes.
 bench: install

@@ -23,8 +23,9 @@ from api.errors import ApiError
 from api.limits import BodyLimit
 from api.orchestrator import OrchestratorUnavailable
 from api.refresh import Answers
+from api.routes import customization, datastore, entities, evaluation
 from core import __version__
-from core.settings import Settings, get_settings
+from core.settings import Settings, apply_environment, get_settings
 from core.storage import out_of_room
 
 log = logging.getLogger("customizer.api")
@@ -103,8 +104,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=500,
         )
 
-    from api.routes import customization, datastore, entities, evaluation
-
     app.include_router(customization.router)
     app.include_router(entities.router)
     app.include_router(datastore.router)
@@ -120,8 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def app_from_environment() -> FastAPI:
     """Uvicorn factory (``uvicorn --factory api.app:app_from_environment``)."""
-    from core.settings import apply_environment
-
     settings = get_settings()
     apply_environment(settings)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the API log

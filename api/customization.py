@@ -1,6 +1,6 @@
 """Customizer logic behind the routes: configs and targets (built-in YAML plus API-created ones),
 job creation (validate everything up front, translate to a ``CustomizationSpec``, start the flow
-run) and job status (from the Prefect flow run and the job's MLflow run).
+run). A job's status, from its flow run and MLflow run, lives in ``api.status``.
 
 Errors are raised as ``ApiError`` subclasses; the app turns them into HTTP answers at the edge.
 Whatever a request names (a dataset, config, target or output model) must lie in a namespace the
@@ -9,10 +9,9 @@ caller's key may use; one it may not use answers as if it did not exist.
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.util
-import json
 import logging
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -24,18 +23,16 @@ from pydantic import ValidationError
 from api import orchestrator
 from api.db import Duplicate, Store, iso, now
 from api.deps import Caller
-from api.errors import BadRequest, Conflict, NotFound
-from api.refresh import SharedRefresh
+from api.errors import ApiError, BadRequest, Conflict, NotFound, Unprocessable
 from api.datasets import snapshot_dataset
-from api.schemas import ConfigCreate, DatasetRef, JobCreate, TargetCreate
+from api.schemas import IGNORED_HYPERPARAMETERS, ConfigCreate, DatasetRef, JobCreate, TargetCreate
 from api.urls import checked_url
 from core.ids import prefixed_id
+from core.secrets import seal
 from core.settings import Settings
-from core import tracking
 from core.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
-from data.ingest import DatasetError, ingest_dataset
-from training.guidance import guidance
-from core.specs import CustomizationSpec
+from core.specs import CustomizationSpec, default_output_model
+from tasks.check import CheckedJob, JobRefused, check
 
 log = logging.getLogger("customizer.api")
 
@@ -306,17 +303,16 @@ def to_spec(body: JobCreate, dataset_dir: str, output_model: str) -> Customizati
         raise BadRequest(problems) from exc
 
 
-def _output_model(body: JobCreate, config: CustomizationConfig) -> tuple[str, str]:
+def _output_model(body: JobCreate) -> tuple[str, str]:
     """(the spec's ``namespace/name``, the wire's name suffix): NeMo appends ``@<job id>`` unless a version is given."""
     if body.output_model:
         base, at, version = body.output_model.strip().partition("@")
         namespace, _, name = base.rpartition("/")
         return f"{namespace or body.namespace}/{name}", (f"@{version}" if at else "")
-    return f"{body.namespace}/{config.name.split('@')[0].lower()}", ""
+    return default_output_model(body.config, body.namespace), ""
 
 
-def _snapshot(config: CustomizationConfig, hp: Any) -> dict[str, Any]:
-    option = config.option_for(hp.training_type, hp.finetuning_type)
+def _snapshot(config: CustomizationConfig, option: TrainingOption) -> dict[str, Any]:
     return {
         "base_model": config.target.name,
         "max_seq_length": config.max_seq_length,
@@ -328,26 +324,36 @@ def _snapshot(config: CustomizationConfig, hp: Any) -> dict[str, Any]:
 
 
 def _discard_snapshot(settings: Settings, folder: Path) -> None:
-    import shutil
-
     snapshots = settings.root / "api" / "dataset-snapshots"
     if snapshots in folder.parents:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _validate_and_start(
-    settings: Settings, body: JobCreate, config: CustomizationConfig, dataset: dict[str, Any], folder: Path, sealed: dict[str, str]
-):
-    """Validate the dataset copy and the spec, then start the flow run; returns what the job record needs."""
-    hp = body.hyperparameters
+def _refused(exc: JobRefused, dataset: dict[str, Any]) -> ApiError:
+    """The HTTP answer to a job the pre-flight refused: an unknown config is not found; a method the
+    config does not allow and a dataset with errors are bad requests; a well-formed dataset that does
+    not fit the job (records the method does not read, examples over max_seq_length) is unprocessable."""
+    if exc.reason == "config":
+        return NotFound(str(exc))
+    if exc.reason == "method":
+        return BadRequest(str(exc))
+    named = f"`dataset` {dataset['namespace']}/{dataset['name']} ({dataset['files_url']})"
+    if exc.reason == "fit":
+        return Unprocessable(f"{named} does not fit this job: {exc}")
+    return BadRequest(f"{named} is not valid: {exc}")
+
+
+def _check_and_start(
+    settings: Settings, body: JobCreate, spec: CustomizationSpec, dataset: dict[str, Any]
+) -> tuple[CheckedJob, list[dict[str, Any]], str]:
+    """Run the job's pre-flight on the dataset copy, then start the flow run; returns what the job record needs."""
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            ingested = ingest_dataset(str(folder), Path(scratch), seed=hp.seed)
-        except DatasetError as exc:
-            raise BadRequest(f"`dataset` {dataset['namespace']}/{dataset['name']} ({dataset['files_url']}) is not valid: {exc}") from exc
-    spec_model, suffix = _output_model(body, config)
-    spec = to_spec(body, str(folder), spec_model).model_copy(update={"secrets": sealed})  # only sealed ones reach Prefect
-    warnings = [w.model_dump() for w in guidance(hp, config, ingested.counts["training"])]
+            # The weights may not be on this server: then the job's own pre-flight measures the lengths.
+            checked = check(spec, settings, Path(scratch), model="if_available")
+        except JobRefused as exc:
+            raise _refused(exc, dataset) from exc
+    warnings = [w.model_dump() for w in checked.warnings]
     warnings += [
         {"message": f"`hyperparameters.{name}` is ignored", "explanation": _ignored_reason(name)} for name in body.ignored_hyperparameters
     ]
@@ -359,43 +365,34 @@ def _validate_and_start(
     flow_run_id = orchestrator.start(
         settings.customize_deployment, {"spec": spec.model_dump(mode="json")}, tags=["customizer-api", f"namespace:{body.namespace}"]
     )
-    return spec, warnings, ingested, suffix, flow_run_id
+    return checked, warnings, flow_run_id
 
 
 def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[str, str], caller: Caller) -> dict[str, Any]:
-    """Validate a job, start its flow run and record it.
+    """Check a job with the pre-flight every front door runs, start its flow run and record it.
 
     Raises:
         BadRequest: config without a version, method not allowed, dataset invalid, hyperparameters out of range.
+        Unprocessable: the dataset does not fit the job (a format the method does not read, examples
+            over the config's max_seq_length), naming the file and line.
         Forbidden: the output model is in a namespace ``caller`` may not use.
         NotFound: config or dataset does not exist (or is in a namespace ``caller`` may not use).
         OrchestratorUnavailable: Prefect is not reachable (nothing is recorded then).
     """
-    from core.secrets import seal
-
-    try:
-        parse_config_urn(body.config)
-    except CatalogError as exc:
-        raise BadRequest(str(exc)) from exc
-    try:
-        config = get_config(body.config, settings)
-    except CatalogError as exc:
-        raise NotFound(str(exc)) from exc
-    created = store.find(CONFIG, config.namespace, config.name)
-    if created is not None and not caller.sees(created["namespace"]):
+    config_namespace, config_name = _split(body.config)
+    stored_config = store.find(CONFIG, config_namespace, config_name)
+    if stored_config is not None and not caller.sees(stored_config["namespace"]):  # before the pre-flight: it would describe the config
         raise NotFound(f"customization config {body.config} does not exist")
-    caller.check(_output_model(body, config)[0].split("/")[0])
+    spec_model, suffix = _output_model(body)
+    caller.check(spec_model.split("/")[0])
     hp = body.hyperparameters
-    try:
-        config.option_for(hp.training_type, hp.finetuning_type)
-    except CatalogError as exc:
-        raise BadRequest(str(exc)) from exc
     dataset = dataset_of(store, body.dataset, body.namespace, caller)
     checked_url(settings, caller, ("body", "dataset"), dataset["files_url"])
     folder = snapshot_dataset(dataset["files_url"], settings)
     try:
         sealed = {name: seal(settings, value) for name, value in secrets.items()}
-        spec, warnings, ingested, suffix, flow_run_id = _validate_and_start(settings, body, config, dataset, folder, sealed)
+        spec = to_spec(body, str(folder), spec_model).model_copy(update={"secrets": sealed})  # only sealed ones reach Prefect
+        checked, warnings, flow_run_id = _check_and_start(settings, body, spec, dataset)
     except BaseException:
         _discard_snapshot(settings, folder)  # a refused job leaves no copy behind
         raise
@@ -414,12 +411,12 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
             "created_at": created, "updated_at": created, "status": "created", "elapsed_time": 0.0, "steps_completed": 0,
             "epochs_completed": 0, "percentage_done": 0.0, "status_logs": [{"updated_at": created, "message": "created"}],
         },
-        "config_snapshot": _snapshot(config, hp),
+        "config_snapshot": _snapshot(checked.config, checked.option),
         "warnings": warnings,
         "_flow_run_id": flow_run_id,
         "_dataset_dir": str(folder),
         "_dataset_files_url": dataset["files_url"],
-        "_dataset_sha256": ingested.sha256,
+        "_dataset_sha256": checked.dataset.sha256,
         "_spec_output_model": spec.output_model,
         "_secrets": sealed,
     }
@@ -428,14 +425,12 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
     except Duplicate as exc:
         orchestrator.cancel(flow_run_id)
         raise Conflict(f"a customization job named {body.name!r} already exists in namespace {body.namespace}") from exc
-    _create_output_model(store, stored, config)
+    _create_output_model(store, stored, checked.config)
     log.info("Job %s: config %s, dataset %s, flow run %s", job_id, body.config, dataset_urn, flow_run_id)
     return stored
 
 
 def _ignored_reason(name: str) -> str:
-    from api.schemas import IGNORED_HYPERPARAMETERS
-
     return IGNORED_HYPERPARAMETERS.get(name, "not used by customizer's DPO")
 
 
@@ -453,171 +448,3 @@ def _create_output_model(store: Store, job: dict[str, Any], config: Customizatio
         store.add(MODEL, prefixed_id("model"), namespace, name, {k: v for k, v in entry.items() if v is not None})
     except Duplicate:
         log.warning("Model %s already exists; job %s will update it", job["output_model"], job["id"])
-
-
-def _run_of(settings: Settings, job_id: str):
-    mlflow = tracking.client(settings)
-    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
-    if experiment is None:
-        return mlflow, None
-    runs = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'", max_results=1)
-    return mlflow, (runs[0] if runs else None)
-
-
-def _ts(millis: int) -> str:
-    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC).replace(tzinfo=None).isoformat()
-
-
-def training_metrics(settings: Settings, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(progress fields, MLflow tags) of a job from its MLflow run; empty before the run exists.
-
-    ``metrics`` holds the train_loss, val_loss and forgetting_kl series (forgetting_kl: KL of the
-    model from its base on general prompts, at each validation). The best val_loss is that of a
-    validation the training could keep: not one whose forgetting_kl exceeded the policy's
-    max_forgetting_kl (that one stopped training and was not saved).
-    """
-    mlflow, run = _run_of(settings, job_id)
-    if run is None:
-        return {}, {}
-    out: dict[str, Any] = {}
-    series: dict[str, list[dict[str, Any]]] = {}
-    for key in ("train_loss", "val_loss", "forgetting_kl"):
-        points = sorted(mlflow.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
-        if points:
-            series[key] = [{"step": m.step, "value": m.value, "timestamp": _ts(m.timestamp)} for m in points]
-    out["metrics"] = {"keys": list(series), "metrics": series}
-    limit = json.loads(run.data.tags.get("customizer.policy") or "{}").get("max_forgetting_kl")
-    rejected = {p["step"] for p in series.get("forgetting_kl", []) if limit is not None and not p["value"] <= limit}
-    progress = json.loads(run.data.tags.get("customizer.progress", "{}") or "{}")
-    for field in ("steps_completed", "epochs_completed", "steps_per_epoch", "percentage_done", "elapsed_time"):
-        if progress.get(field) is not None:
-            out[field] = progress[field]
-    kept = [p for p in series.get("val_loss", []) if p["step"] not in rejected]
-    if kept:
-        best = min(kept, key=lambda p: p["value"])
-        out["val_loss"] = best["value"]
-        if progress.get("steps_per_epoch"):
-            out["best_epoch"] = max(0, round(best["step"] / progress["steps_per_epoch"]) - 1)
-        before = [p for p in series.get("train_loss", []) if p["step"] <= best["step"]]
-        if before:
-            out["train_loss"] = before[-1]["value"]
-    elif series.get("train_loss"):
-        out["train_loss"] = series["train_loss"][-1]["value"]
-    # customizer's additions: what the general suite can rule out (planned before training) and, once
-    # the gate ran, each forgetting comparison with its interval and verdict.
-    for field, tag in (("power", "customizer.power"), ("forgetting", "customizer.forgetting")):
-        if run.data.tags.get(tag):
-            out[field] = json.loads(run.data.tags[tag])
-    return out, dict(run.data.tags)
-
-
-def _detail(message: str | None) -> str | None:
-    if not message:
-        return None
-    return message.removeprefix("Flow run encountered an exception: ").strip()
-
-
-def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]], detailed: bool = False) -> list[dict[str, Any]]:
-    """Bring unfinished jobs up to date from their flow runs (and, when ``detailed``, MLflow), at most
-    once per job every ``shared.seconds`` however many clients poll (``api.refresh``). A job that
-    reached a final state is saved with its final details and not asked about again. When Prefect is
-    unreachable the last known state is returned."""
-    return shared.jobs(store, settings, jobs, detailed)
-
-
-def _refresh(store: Store, settings: Settings, open_jobs: list[dict[str, Any]], detailed: bool) -> list[dict[str, Any]]:
-    """Ask Prefect (and MLflow) about unfinished jobs; each job as it is now."""
-    try:
-        found = orchestrator.states([j["_flow_run_id"] for j in open_jobs], history=detailed)
-    except orchestrator.OrchestratorUnavailable as exc:
-        log.warning("Job status not refreshed: %s", exc)
-        return open_jobs
-    refreshed = {}
-    for job in open_jobs:
-        state = found.get(job["_flow_run_id"])
-        if state is None:
-            continue
-        final = state.status in orchestrator.FINAL
-        if state.status == job["status"] and not detailed and not final:
-            continue
-        if final and not state.history:
-            state = orchestrator.states([job["_flow_run_id"]], history=True).get(job["_flow_run_id"], state)
-        refreshed[job["id"]] = _apply_state(store, settings, job, state, with_metrics=detailed or final)
-    return [refreshed.get(j["id"], j) for j in open_jobs]
-
-
-shared = SharedRefresh(_refresh, orchestrator.FINAL)
-
-
-def _apply_state(store: Store, settings: Settings, job: dict[str, Any], state: orchestrator.RunState, with_metrics: bool) -> dict[str, Any]:
-    details = dict(job["status_details"])
-    logs = [details["status_logs"][0]]
-    for status, name, at, message in state.history:
-        entry = {"updated_at": iso(at) if at else iso(now()), "message": name}
-        if status in ("failed", "cancelled") and message:
-            entry["detail"] = _detail(message)
-        logs.append(entry)
-    if not state.history:
-        logs.append({"updated_at": iso(state.timestamp or now()), "message": state.state_name}
-                    | ({"detail": _detail(state.message)} if state.status == "failed" else {}))
-    if logs[-1]["message"] == "Late":  # Prefect marks a run no worker picked up in time
-        logs[-1]["detail"] = "no worker has started this job yet: is `customizer worker` (or `customizer up`) running?"
-    if logs[-1]["message"] == "Paused":  # an approval gate: the job waits for a reviewer
-        logs[-1]["detail"] = (f"waiting for a reviewer: POST /v1/customization/jobs/{job['id']}/approval "
-                              '{"approved": true|false, "reviewer": "...", "comment": "..."} (or the form on the run in the Prefect UI)')
-    details["status_logs"] = logs
-    details["status"] = state.status
-    details["updated_at"] = iso(state.timestamp or now())
-    if state.started:
-        end = state.timestamp if state.status in orchestrator.FINAL and state.timestamp else now()
-        details["elapsed_time"] = max(0.0, (end - state.started).total_seconds())
-    tags: dict[str, Any] = {}
-    if with_metrics:
-        try:
-            progress, tags = training_metrics(settings, job["id"])
-            details |= {k: v for k, v in progress.items() if k != "elapsed_time"}
-        except Exception as exc:  # noqa: BLE001 - metrics are an addition; the status stands without them
-            log.warning("Metrics of %s not read from MLflow: %s", job["id"], exc)
-    updated = {**job, "status": state.status, "status_details": details}
-    saved = store.save(JOB, updated)
-    if state.status in orchestrator.FINAL:
-        _finish_model(store, saved, tags)
-    return saved
-
-
-def _finish_model(store: Store, job: dict[str, Any], tags: dict[str, Any]) -> None:
-    namespace, _, name = job["output_model"].partition("/")
-    model = store.find(MODEL, namespace, name)
-    if model is None:
-        return
-    artifact = dict(model.get("artifact") or {})
-    if job["status"] == "completed" and tags.get("customizer.published_uri"):
-        artifact |= {"files_url": tags["customizer.published_uri"], "status": "upload_completed"}
-    elif job["status"] != "completed":
-        artifact |= {"status": "upload_failed"}
-    custom = dict(model.get("custom_fields") or {})
-    if tags.get("customizer.decision"):
-        custom["decision"] = tags["customizer.decision"]
-    store.save(MODEL, {**model, "artifact": artifact, "custom_fields": custom})
-
-
-def job_logs(job: dict[str, Any]) -> dict[str, Any]:
-    """The flow run's log in NeMo's ``JobLogs`` shape: one entry for the job's run."""
-    lines = orchestrator.logs(job["_flow_run_id"])
-    failed = job["status"] == "failed"
-    last = job["status_details"]["status_logs"][-1]
-    entry = {
-        "object": f"flow-run/{job['_flow_run_id']}",
-        "status": {"phase": job["status"]},
-        "events": [
-            {"count": 1, "first_seen": log["updated_at"], "last_seen": log["updated_at"], "message": log.get("detail") or log["message"],
-             "reason": log["message"], "type": "Warning" if log.get("detail") else "Normal"}
-            for log in job["status_details"]["status_logs"]
-        ],
-        "logs": {"customize": [f"{line['timestamp']} {line['logger']}: {line['message']}" for line in lines]},
-    }
-    error = None
-    if failed:
-        error = {"message": last.get("detail") or "the job failed", "timestamp": last["updated_at"],
-                 "exception_type": (last.get("detail") or "").split(":", 1)[0] or None}
-    return {"entries": {job["id"]: entry}, "error": error}

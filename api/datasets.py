@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from api.errors import BadRequest
+from core import objects
 from core.settings import Settings
 from data import datastore
 from data.sources import SourceError, check_url, local_path
@@ -33,15 +34,11 @@ def snapshot_dataset(files_url: str, settings: Settings) -> Path:
             return datastore.download_dataset(files_url, dest, settings)
         if scheme == "s3":
             parsed = urlparse(files_url)
-            files = datastore.S3Files(parsed.netloc, parsed.path, settings.s3_endpoint_url)
-            listed = files.list("")
-            if not listed:
+            if not objects.download_prefix(objects.s3_client(settings), parsed.netloc, parsed.path, dest, settings=settings):
                 raise BadRequest(f"dataset files_url {files_url}: no objects under that prefix")
-            for key in listed:
-                target = dest / datastore.safe_path(key)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(files.get(key) or b"")
             return dest
+    except objects.PathRefused as exc:
+        raise BadRequest(f"dataset files_url {files_url}: {exc}") from exc
     except datastore.DatastoreError as exc:
         raise BadRequest(f"dataset: {exc}") from exc
     except BadRequest:

@@ -4,6 +4,9 @@ Every resource (namespace, project, dataset, model, customization job/config/tar
 job/config/target, Data Store repo) is one row: its kind, id, namespace and name as columns (for
 uniqueness and lookups) and the wire object as JSON. The number of entities a self-hosted platform
 holds is small, so filtering and sorting happen in Python over one kind's rows.
+
+A job's row also holds the API's bookkeeping about its run (keys starting with ``_``, never on the
+wire); ``JobRun`` is its one typed reading.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, UniqueConstraint, create_engine, delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -37,6 +41,43 @@ entities = Table(
 
 class Duplicate(Exception):
     """An entity of that kind, namespace and name (or id) already exists."""
+
+
+class JobRun(BaseModel):
+    """What a stored job keeps about its run and never shows: the ``_``-prefixed keys of its JSON
+    (``public`` leaves them out of every answer). Every job has a flow run; the dataset and output
+    fields are a customization job's.
+
+    >>> run = JobRun.of({"id": "cust-1", "status": "running", "_flow_run_id": "0b9c"})
+    >>> run.flow_run_id, run.stored()
+    ('0b9c', {'_flow_run_id': '0b9c'})
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    flow_run_id: str = Field(alias="_flow_run_id", description="the Prefect flow run the job is")
+    dataset_dir: str | None = Field(None, alias="_dataset_dir", description="the server's snapshot of the training dataset")
+    dataset_files_url: str | None = Field(None, alias="_dataset_files_url", description="where the dataset was copied from")
+    dataset_sha256: str | None = Field(None, alias="_dataset_sha256", description="the ingested dataset's hash")
+    spec_output_model: str | None = Field(None, alias="_spec_output_model", description="the output model the flow registers")
+    secrets: dict[str, str] = Field(default_factory=dict, alias="_secrets", description="sealed request secrets, by header name")
+
+    @classmethod
+    def of(cls, job: dict[str, Any]) -> JobRun:
+        """The bookkeeping of a stored job.
+
+        Raises:
+            ValueError: the job records no flow run (or a malformed field), naming the job.
+        """
+        try:
+            return cls.model_validate({k: v for k, v in job.items() if k.startswith("_")})
+        except ValidationError as exc:
+            problems = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"job {job.get('id')!r} has no usable run record: {problems}") from None
+
+    def stored(self) -> dict[str, Any]:
+        """The keys to store in the job's JSON (as they were always stored; unset ones left out)."""
+        return self.model_dump(by_alias=True, exclude_defaults=True)
 
 
 def now() -> dt.datetime:

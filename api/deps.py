@@ -13,7 +13,7 @@ from fastapi import Depends, Query, Request
 
 from api.db import Store
 from api.errors import BadRequest, Forbidden, Unauthorized
-from api.listing import ListError, bracket_params
+from api.listing import ListError, bracket_params, filtered, page_of, searched, sorted_items
 from core.settings import Settings
 
 
@@ -96,8 +96,6 @@ def paginate(
     Raises:
         BadRequest: an unknown filter or sort field.
     """
-    from api.listing import filtered, page_of, searched, sorted_items
-
     visible = [item for item in items if caller.sees(item.get(namespace_key))]
     try:
         chosen = sorted_items(searched(filtered(visible, params.filters, filterable, getters), params.search), params.sort, sortable)

@@ -1,5 +1,5 @@
 """Evaluator logic behind the routes: configs and targets as entities, evaluation jobs as flow runs
-of the ``evaluate`` deployment, results read back from the job's MLflow run.
+of the ``evaluate`` deployment (their status and results: ``api.status``).
 
 A job reads only what the caller's key may use: configs, targets, models and datasets in other
 namespaces answer as if they did not exist, and every URL it would read or call is checked first.
@@ -7,25 +7,19 @@ namespaces answer as if they did not exist, and every URL it would read or call 
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
-import uuid
-from pathlib import Path
 from typing import Any
 
 from api import orchestrator
 from api.customization import MODEL, dataset_of, public
 from api.datasets import snapshot_dataset
-from api.db import Duplicate, Store
+from api.db import Duplicate, JobRun, Store
 from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
-from api.refresh import SharedRefresh
 from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
 from api.urls import checked_url
 from core.ids import prefixed_id
 from core.settings import Settings
-from core import tracking
 from evaluation.custom import ConfigProblem, EvaluationRequest, ModelSpec, check_config
 
 log = logging.getLogger("customizer.api")
@@ -169,97 +163,7 @@ def create_job(store: Store, settings: Settings, body: EvaluationJobCreate, call
     data = body.model_dump(mode="json", exclude_none=True) | {
         "config": config, "target": target, "status": "created",
         "status_details": {"message": "created", "progress": 0.0, "task_status": {}},
-        "_flow_run_id": flow_run_id,
-    }
+    } | JobRun(flow_run_id=flow_run_id).stored()
     stored = store.add(JOB, job_id, body.namespace, job_id, data)
     log.info("Evaluation %s: config type %s, flow run %s", job_id, config.get("type"), flow_run_id)
     return stored
-
-
-def _evaluation_run(settings: Settings, job_id: str):
-    eval_settings = settings.model_copy(update={"mlflow_experiment": f"{settings.mlflow_experiment}-evaluations"})
-    client = tracking.client(eval_settings)
-    experiment = client.get_experiment_by_name(eval_settings.mlflow_experiment)
-    if experiment is None:
-        return client, None
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'", max_results=1)
-    return client, (runs[0] if runs else None)
-
-
-def read_results(settings: Settings, job_id: str) -> dict[str, Any] | None:
-    """A finished evaluation's results from its MLflow run (None when there are none)."""
-    from mlflow.exceptions import MlflowException
-
-    client, run = _evaluation_run(settings, job_id)
-    if run is None:
-        return None
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            path = client.download_artifacts(run.info.run_id, "results.json", scratch)
-        except (MlflowException, OSError):  # no results recorded (the job did not finish)
-            return None
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def refresh_jobs(store: Store, settings: Settings, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Bring unfinished evaluation jobs up to date from their flow runs and MLflow progress, at most
-    once per job every ``shared.seconds`` however many clients poll (``api.refresh``)."""
-    return shared.jobs(store, settings, jobs)
-
-
-def _refresh(store: Store, settings: Settings, open_jobs: list[dict[str, Any]], detailed: bool = False) -> list[dict[str, Any]]:
-    """Ask Prefect and MLflow about unfinished evaluation jobs; each job as it is now (saved)."""
-    try:
-        found = orchestrator.states([j["_flow_run_id"] for j in open_jobs])
-    except orchestrator.OrchestratorUnavailable as exc:
-        log.warning("Evaluation status not refreshed: %s", exc)
-        return open_jobs
-    updated = {}
-    for job in open_jobs:
-        state = found.get(job["_flow_run_id"])
-        if state is None:
-            continue
-        details = dict(job["status_details"])
-        if state.status == "failed":
-            details["message"] = (state.message or "failed").removeprefix("Flow run encountered an exception: ")
-        elif state.status == "completed":
-            details["message"] = "Job completed successfully"
-        else:
-            details["message"] = state.state_name
-        try:
-            _, run = _evaluation_run(settings, job["id"])
-            if run is not None and run.data.tags.get("customizer.progress"):
-                details |= json.loads(run.data.tags["customizer.progress"])
-        except Exception as exc:  # noqa: BLE001 - progress is an addition; the status stands without it
-            log.warning("Progress of %s not read: %s", job["id"], exc)
-        if state.status == "completed":
-            details["progress"] = 100.0
-            results = read_results(settings, job["id"])
-            if results is not None:
-                job = {**job, "result": stable_result_id(job["id"])}
-        updated[job["id"]] = store.save(JOB, {**job, "status": state.status, "status_details": details})
-    return [updated.get(j["id"], j) for j in open_jobs]
-
-
-shared = SharedRefresh(_refresh, orchestrator.FINAL)
-
-
-def stable_result_id(job_id: str) -> str:
-    return prefixed_id("evaluation_result", uuid.uuid5(uuid.NAMESPACE_URL, f"customizer:evaluation_result:{job_id}"))
-
-
-def result_of(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
-    """NeMo's ``EvaluationResult`` for a completed job.
-
-    Raises:
-        Conflict: the job has not completed.
-    """
-    if job["status"] != "completed":
-        raise Conflict(f"evaluation job {job['id']} is {job['status']}; results exist once it is completed")
-    results = read_results(settings, job["id"])
-    if results is None:
-        raise NotFound(f"evaluation job {job['id']} recorded no results")
-    return {"id": stable_result_id(job["id"]), "job": job["id"], "namespace": job.get("namespace"), "created_at": job["updated_at"],
-            "updated_at": job["updated_at"], "tasks": results.get("tasks", {}), "groups": results.get("groups", {})}
-
-

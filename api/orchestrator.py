@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -34,6 +36,27 @@ FINAL = {"completed", "failed", "cancelled"}
 
 class OrchestratorUnavailable(RuntimeError):
     """Prefect's API did not answer, or has no such deployment."""
+
+
+class NotWaiting(RuntimeError):
+    """The flow run is not paused for an answer."""
+
+
+@contextmanager
+def _asking_prefect(warning: str | None = None) -> Iterator[None]:
+    """Run a conversation with Prefect; any error it raises becomes ``OrchestratorUnavailable``
+    (the API answers 503 with its message). Our own answers (``OrchestratorUnavailable``,
+    ``NotWaiting``) pass through as they are. ``warning``: logged with the error, for a refusal the
+    server log should show.
+    """
+    try:
+        yield
+    except (OrchestratorUnavailable, NotWaiting):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any transport or API error means the same to the client
+        if warning:
+            log.warning("%s: %s", warning, exc)
+        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
 
 
 class RunState(BaseModel):
@@ -76,6 +99,7 @@ def _client() -> Any:
     life and shared by the request threads (its httpx pool is thread-safe and reconnects after a
     server restart): a new client costs ~20 ms of CPU (it builds an SSL context), more than the
     calls a status refresh makes with it."""
+    # delayed: Prefect is heavy (start-up time)
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
@@ -93,18 +117,17 @@ def start(deployment: str, parameters: dict[str, Any], name: str | None = None, 
     Raises:
         OrchestratorUnavailable: Prefect cannot be reached or the deployment does not exist.
     """
+    # delayed: Prefect is heavy (start-up time)
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    try:
-        run = run_deployment(deployment, parameters=parameters, timeout=0, flow_run_name=name, tags=tags, as_subflow=False)
-    except ObjectNotFound as exc:
-        raise OrchestratorUnavailable(
-            f"the Prefect deployment {deployment!r} does not exist: start the worker (`customizer worker` or `customizer up`)"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - any transport or API error means the same to the client
-        log.warning("Prefect did not accept a flow run of %s: %s", deployment, exc)
-        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
+    with _asking_prefect(warning=f"Prefect did not accept a flow run of {deployment}"):
+        try:
+            run = run_deployment(deployment, parameters=parameters, timeout=0, flow_run_name=name, tags=tags, as_subflow=False)
+        except ObjectNotFound as exc:
+            raise OrchestratorUnavailable(
+                f"the Prefect deployment {deployment!r} does not exist: start the worker (`customizer worker` or `customizer up`)"
+            ) from exc
     return str(run.id)
 
 
@@ -114,11 +137,12 @@ def states(flow_run_ids: list[str], history: bool = False) -> dict[str, RunState
     Raises:
         OrchestratorUnavailable: Prefect cannot be reached.
     """
+    # delayed: Prefect is heavy (start-up time)
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     if not flow_run_ids:
         return {}
-    try:
+    with _asking_prefect():
         client = _client()
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in flow_run_ids])), limit=len(flow_run_ids)
@@ -130,8 +154,6 @@ def states(flow_run_ids: list[str], history: bool = False) -> dict[str, RunState
                     (STATUS.get(s.type.value, "unknown"), s.name, _naive(s.timestamp), s.message)
                     for s in sorted(client.read_flow_run_states(UUID(run_id)), key=lambda s: s.timestamp)
                 ]
-    except Exception as exc:  # noqa: BLE001
-        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
     return found
 
 
@@ -142,9 +164,10 @@ def cancel(flow_run_id: str) -> None:
     Raises:
         OrchestratorUnavailable: Prefect cannot be reached.
     """
+    # delayed: Prefect is heavy (start-up time)
     from prefect.states import Cancelled, Cancelling
 
-    try:
+    with _asking_prefect():
         client = _client()
         run = client.read_flow_run(UUID(flow_run_id))
         kind = run.state.type.value if run.state else "SCHEDULED"
@@ -152,12 +175,6 @@ def cancel(flow_run_id: str) -> None:
             client.set_flow_run_state(UUID(flow_run_id), Cancelled(message="Cancelled through the API before it started"), force=True)
         elif kind in ("RUNNING", "PAUSED"):
             client.set_flow_run_state(UUID(flow_run_id), Cancelling(message="Cancellation requested through the API"), force=True)
-    except Exception as exc:  # noqa: BLE001
-        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
-
-
-class NotWaiting(RuntimeError):
-    """The flow run is not paused for an answer."""
 
 
 def answer(flow_run_id: str, run_input: dict[str, Any]) -> None:
@@ -167,10 +184,11 @@ def answer(flow_run_id: str, run_input: dict[str, Any]) -> None:
         NotWaiting: the run is not paused.
         OrchestratorUnavailable: Prefect cannot be reached.
     """
+    # delayed: Prefect is heavy (start-up time)
     from prefect.exceptions import ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
-    try:
+    with _asking_prefect():
         try:
             state = _client().read_flow_run(UUID(flow_run_id)).state
         except ObjectNotFound:
@@ -178,10 +196,6 @@ def answer(flow_run_id: str, run_input: dict[str, Any]) -> None:
         if state is None or not state.is_paused():
             raise NotWaiting(state.name if state is not None else "Scheduled")
         resume_flow_run(UUID(flow_run_id), run_input=run_input)
-    except NotWaiting:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
 
 
 def logs(flow_run_id: str, limit: int = 2000) -> list[dict[str, Any]]:
@@ -190,18 +204,17 @@ def logs(flow_run_id: str, limit: int = 2000) -> list[dict[str, Any]]:
     Raises:
         OrchestratorUnavailable: Prefect cannot be reached.
     """
+    # delayed: Prefect is heavy (start-up time)
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     lines: list[Any] = []
-    try:
+    with _asking_prefect():
         client = _client()
         while len(lines) < limit:  # the server returns at most 200 lines a request
             page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])), limit=200, offset=len(lines))
             lines += page
             if len(page) < 200:
                 break
-    except Exception as exc:  # noqa: BLE001
-        raise OrchestratorUnavailable(f"the orchestrator (Prefect) is not reachable: {type(exc).__name__}: {exc}") from exc
     return [
         {"timestamp": _naive(line.timestamp).isoformat() if line.timestamp else None, "level": line.level,
          "logger": line.name, "message": line.message}

@@ -32,7 +32,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, moto_server, percentile  # noqa: E402
+
+from core.processes import stop_processes  # noqa: E402 (common puts the repository on the path)
 
 DATASET = ROOT / "customizer" / "datasets" / "support-tickets"
 CONFIGS = {"embedded": "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu", "tiny": "customizer/tiny-llama@v1.0.0+cpu"}
@@ -68,20 +69,15 @@ def start_platform(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Pope
 
 
 def stop_platform(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    """Stop ``customizer up``: it stops its services on SIGTERM; what is left after 90 s is killed."""
+    stop_processes(process, grace=90, kill_wait=10)
 
 
 def component_cpu(up: subprocess.Popen) -> dict[int, tuple[str, float, int]]:
     """CPU seconds so far of every process of the platform: ``pid -> (component, seconds, niceness)``.
     A component is one of the processes ``customizer up`` started with everything it started (the
     worker's children are the flow runs: the training)."""
-    import psutil
+    import psutil  # delayed: only this measurement needs it
 
     names = {"uvicorn": "api", "prefect": "prefect server", "mlflow": "mlflow", "worker": "worker + training"}
     found = {}
@@ -170,7 +166,7 @@ async def poll(api: str, job_id: str, clients: int, interval: float) -> dict[str
     ``interval`` s apart; returns (seconds, ok) per request and endpoint. An observer (not counted)
     follows the job's progress: training has begun once the status reports steps, and has ended at
     100% or when the job finishes."""
-    import httpx
+    import httpx  # delayed: only the load and health checks need it (start-up time)
 
     endpoints = {"GET /v1/customization/jobs/{id}/status": f"/v1/customization/jobs/{job_id}/status",
                  "GET /v1/customization/jobs": "/v1/customization/jobs?page_size=10"}
@@ -231,7 +227,7 @@ def summarise(samples: dict[str, list[tuple[float, bool]]]) -> dict[str, dict[st
 def run_job(up: subprocess.Popen, api: str, model: str, epochs: int, tag: str, clients: int, interval: float) -> tuple[str, dict, dict]:
     """One job, polled by ``clients`` clients until it finishes; returns its id, latencies, and the
     wall time, CPU per component and load average while it ran."""
-    import httpx
+    import httpx  # delayed: only the load and health checks need it (start-up time)
 
     with httpx.Client(base_url=api, timeout=120) as client:
         job_id = create_job(client, epochs, model, tag)
@@ -255,7 +251,7 @@ def run_job(up: subprocess.Popen, api: str, model: str, epochs: int, tag: str, c
 
 def training_rate(tracking_uri: str, job_id: str) -> dict[str, float]:
     """The job's training throughput as its trainer logged it to MLflow (last point: the whole run)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # delayed: mlflow is heavy (start-up time)
 
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs(
@@ -296,7 +292,7 @@ def main() -> None:
                 env["CUSTOMIZER_SERVICES_NICE"] = str(args.services_nice)
             for leaked in ("PREFECT_API_URL", "CUSTOMIZER_MLFLOW_TRACKING_URI"):
                 env.pop(leaked, None)
-            import boto3
+            import boto3  # delayed: boto3 and httpx are heavy (start-up time)
             import httpx
 
             boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,14 +18,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from core.catalog import get_config  # noqa: E402 (the repository is on the path from here on)
+from core.processes import free_port, stop_processes  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from training.base_model import resolve_base_model  # noqa: E402
+
 EMBEDDED = "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu"
 TINY = "bench/tiny-llama@v1.0.0+cpu"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -75,7 +73,7 @@ def random_model_like(shape: Path, folder: Path, dtype) -> Path:
     """A model with ``shape``'s architecture (its ``config.json``) and tokenizer, randomly initialised."""
     import shutil
 
-    import torch
+    import torch  # delayed: torch and transformers are heavy (start-up time)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -92,7 +90,7 @@ def build_tiny_model(folder: Path) -> Path:
     import inspect
     import json as json_module
 
-    import torch
+    import torch  # delayed: torch, tokenizers and transformers are heavy (start-up time)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -135,9 +133,6 @@ def prepare_base(kind: str, work: Path, data_dir: Path) -> tuple[str, str, Path,
         )
         env["CUSTOMIZER_CONFIG_DIRS"] = json.dumps([str(configs)])
         return TINY, "bench/tiny-llama", model_dir, env
-    from core.settings import Settings
-    from training.base_model import resolve_base_model
-    from core.catalog import get_config
 
     settings = Settings()  # the embedded model is converted once into the user's model cache
     config = get_config(EMBEDDED, settings)
@@ -151,7 +146,7 @@ def prepare_base(kind: str, work: Path, data_dir: Path) -> tuple[str, str, Path,
 
 def make_adapters(base_dir: Path, base_name: str, out: Path, count: int, rank: int, targets: list[str]) -> list[Path]:
     """``count`` LoRA adapters with random weights (distinct seeds), naming their base like training does."""
-    import torch
+    import torch  # delayed: torch, peft and transformers are heavy (start-up time)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -172,7 +167,7 @@ def make_adapters(base_dir: Path, base_name: str, out: Path, count: int, rank: i
 @contextmanager
 def serve_models(config_urn: str, env: dict[str, str], max_adapters: int, threads: int | None, log: Path) -> Iterator[str]:
     """``customizer serve-models`` in its own process group; yields its URL once healthy."""
-    import httpx
+    import httpx  # delayed: only the load and health checks need it (start-up time)
 
     port = free_port()
     full_env = os.environ | env | ({"CUSTOMIZER_TORCH_THREADS": str(threads)} if threads else {})
@@ -193,18 +188,13 @@ def serve_models(config_urn: str, env: dict[str, str], max_adapters: int, thread
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_processes(process, grace=30)
 
 
 @contextmanager
 def moto_server(log: Path) -> Iterator[str]:
     """moto's S3 server in its own process; yields its endpoint URL."""
-    import httpx
+    import httpx  # delayed: only the load and health checks need it (start-up time)
 
     port = free_port()
     with open(log, "w") as out:
@@ -225,5 +215,4 @@ def moto_server(log: Path) -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        stop_processes(process, grace=30)

@@ -29,6 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.catalog import get_config  # noqa: E402 (the repository is on the path from here on)
+from core.settings import apply_environment, get_settings  # noqa: E402
+from core.specs import CustomizationSpec, EvaluationPlan, Hyperparameters  # noqa: E402
+from training.base_model import resolve_base_model  # noqa: E402
+
 DATASET = REPO / "customizer" / "datasets" / "support-tickets"
 CONFIGS = {"embedded": "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu", "tiny": "customizer/tiny-llama@v1.0.0+cpu"}
 GOAL = 1.10
@@ -36,7 +41,7 @@ GOAL = 1.10
 
 def task_durations(flow_run_id) -> list[tuple[str, float]]:
     """``(task run name, seconds)`` of every finished task run of a flow run, in start order."""
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import get_client  # delayed: Prefect is heavy (start-up time)
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
@@ -79,13 +84,11 @@ def main() -> None:
                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
         for leaked in ("PREFECT_API_URL", "CUSTOMIZER_STORE_URI", "CUSTOMIZER_MLFLOW_TRACKING_URI", "CUSTOMIZER_S3_ENDPOINT_URL"):
             os.environ.pop(leaked, None)
+        # delayed: Prefect reads PREFECT_HOME and its other settings when imported, so these come
+        # after the environment above (and Prefect is heavy: start-up time)
         from prefect.client.orchestration import get_client
 
-        from core.settings import apply_environment, get_settings
         from flows.customize import customize
-        from training.base_model import resolve_base_model
-        from core.catalog import get_config
-        from core.specs import CustomizationSpec, EvaluationPlan, Hyperparameters
 
         settings = get_settings()
         apply_environment(settings)

@@ -18,6 +18,24 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _NAME_CHARS = re.compile(r"[^a-z0-9._-]+")
 
 
+def default_output_model(config_urn: str, namespace: str = "default") -> str:
+    """The output model a job names when it names none: the config's name without its version.
+
+    Args:
+        config_urn: the job's config, ``namespace/name@version``.
+        namespace: where the model goes (the API: the job's namespace).
+
+    Returns:
+        ``namespace/name``, lowercase, with characters a model name cannot hold replaced by ``-``.
+
+    >>> default_output_model("meta/Llama-3.2-1B@v1")
+    'default/llama-3.2-1b'
+    >>> default_output_model("customizer/tiny-llama@v1.0.0+cpu", "team")
+    'team/tiny-llama'
+    """
+    return f"{namespace}/" + _NAME_CHARS.sub("-", config_urn.strip().rpartition("/")[2].partition("@")[0].lower())
+
+
 class LoraParams(BaseModel):
     """LoRA adapter shape."""
 
@@ -314,8 +332,10 @@ class CustomizationSpec(BaseModel):
     @field_validator("config")
     @classmethod
     def _versioned(cls, value: str) -> str:
-        parse_config_urn(value)  # CatalogError is a ValueError: pydantic reports it on `config`
-        return value.strip()
+        # CatalogError is a ValueError: pydantic reports it on `config`. Kept as namespace/name@version,
+        # so nothing downstream parses the URN again.
+        namespace, name = parse_config_urn(value)
+        return f"{namespace}/{name}"
 
     @field_validator("output_model")
     @classmethod
@@ -323,7 +343,7 @@ class CustomizationSpec(BaseModel):
         if not value.strip():  # defaulted from the config: meta/llama-3.2-1b@v1 -> default/llama-3.2-1b
             if "config" not in info.data:
                 return value  # the config is invalid and says so; no second error about a name derived from it
-            value = "default/" + _NAME_CHARS.sub("-", info.data["config"].rpartition("/")[2].partition("@")[0].lower())
+            value = default_output_model(info.data["config"])
         namespace, slash, name = value.strip().partition("/")
         if not slash or not _NAME.match(namespace) or not _NAME.match(name):
             raise ValueError(

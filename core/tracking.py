@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core import tags as tag
 from core.settings import Settings
 
 log = logging.getLogger("customizer.tracking")
@@ -68,7 +69,7 @@ def start_run(settings: Settings, job_id: str, tags: dict[str, str], params: dic
         run_id = existing[0].info.run_id
         mlflow_client.update_run(run_id, status="RUNNING")
         return run_id
-    run = mlflow_client.create_run(experiment_id, run_name=job_id, tags={"customizer.job_id": job_id, **tags})
+    run = mlflow_client.create_run(experiment_id, run_name=job_id, tags={tag.JOB_ID: job_id, **tags})
     for key, value in params.items():
         mlflow_client.log_param(run.info.run_id, key, value)
     return run.info.run_id
@@ -103,7 +104,7 @@ def fail_job_runs(settings: Settings, job_id: str, message: str) -> None:
     if experiment is None:
         return
     for run in mlflow_client.search_runs([experiment.experiment_id], filter_string=f"tags.`customizer.job_id` = '{job_id}'"):
-        mlflow_client.set_tag(run.info.run_id, "customizer.failure", message[:4000])
+        mlflow_client.set_tag(run.info.run_id, tag.FAILURE, message[:4000])
         mlflow_client.set_terminated(run.info.run_id, status="FAILED")
 
 

@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.processes import free_port, stop_processes
 from core.settings import Settings
 
 
@@ -63,35 +64,14 @@ class Platform:
 
     def stop(self, grace: float = 15.0) -> None:
         """TERM every child's process group (newest first), then KILL what is left after ``grace`` seconds."""
-        for child in reversed(self.children):
-            _signal_group(child.process, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in reversed(self.children):
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(child.process, signal.SIGKILL)  # leftovers in the group (flow-run subprocesses)
-            try:
-                child.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+        # Each child's group is killed in the end: that takes its leftovers (flow-run subprocesses).
+        left = stop_processes(*(child.process for child in reversed(self.children)), grace=grace)
+        for child in self.children:
+            if child.process in left:
                 print(f"customizer: {child.name} (pid {child.process.pid}) did not stop", file=sys.stderr)
 
     def dead(self) -> Child | None:
         return next((c for c in self.children if c.process.poll() is not None), None)
-
-
-def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, child: Child, timeout: float) -> None:
@@ -148,7 +128,13 @@ def resume_orphaned_runs(deployment: str) -> list[tuple[str, str]]:
         ``(flow run id, what was done)`` for each run taken back.
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelled, Crashed, Scheduled
 

@@ -10,17 +10,17 @@ that dataset ingest reads like any other.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from core import objects
+from core.objects import S3Files
 from core.settings import Settings
 
 REPO_TYPES = ("datasets", "models")
-MAX_PATH_CHARS, MAX_DEPTH, MAX_NAME_BYTES = 1024, 32, 255  # what common file systems and object stores accept
 
 
 class DatastoreError(ValueError):
@@ -28,7 +28,8 @@ class DatastoreError(ValueError):
 
 
 def safe_path(path: str) -> str:
-    """A repo-relative path, normalised, or a DatastoreError saying why it is refused.
+    """A repo-relative path, normalised (``core.objects.safe_path``, the one path rule), or a
+    DatastoreError saying why it is refused.
 
     >>> safe_path("training/data.jsonl")
     'training/data.jsonl'
@@ -37,25 +38,10 @@ def safe_path(path: str) -> str:
     ...
     data.datastore.DatastoreError: path '../etc/passwd' is refused: '..' climbs out of the repo
     """
-    if not path or len(path) > MAX_PATH_CHARS:
-        raise DatastoreError(f"path {path[:64]!r} is refused: empty or longer than {MAX_PATH_CHARS} characters")
-    if path.startswith("/") or "\\" in path or any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in path):
-        raise DatastoreError(f"path {path!r} is refused: absolute paths, backslashes and control characters are not allowed")
     try:
-        path.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise DatastoreError(f"path {path!r} is refused: it is not valid Unicode ({exc.reason})") from exc
-    segments = path.split("/")
-    if ".." in segments:
-        raise DatastoreError(f"path {path!r} is refused: '..' climbs out of the repo")
-    if any(part in ("", ".") for part in segments):
-        raise DatastoreError(f"path {path!r} is refused: empty or '.' segments are not allowed")
-    if len(segments) > MAX_DEPTH:
-        raise DatastoreError(f"path {path[:64]!r}... is refused: more than {MAX_DEPTH} folders deep")
-    long = next((part for part in segments if len(part.encode("utf-8")) > MAX_NAME_BYTES), None)
-    if long is not None:
-        raise DatastoreError(f"path {path[:64]!r}... is refused: a name is longer than {MAX_NAME_BYTES} bytes ({long[:32]!r}...)")
-    return "/".join(PurePosixPath(path).parts)
+        return objects.safe_path(path)
+    except objects.PathRefused as exc:
+        raise DatastoreError(str(exc)) from exc
 
 
 def repo_prefix(repo_type: str, namespace: str, name: str) -> str:
@@ -118,45 +104,6 @@ class FolderFiles:
         return out
 
 
-class S3Files:
-    """Repo files under a bucket prefix on any S3-compatible endpoint."""
-
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None):
-        import boto3
-        from botocore.config import Config
-
-        self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.s3 = boto3.client("s3", endpoint_url=endpoint_url, config=Config(retries={"mode": "standard", "max_attempts": 5}))
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def put(self, key: str, data: bytes) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": hashlib.sha256(data).hexdigest()})
-
-    def get(self, key: str) -> bytes | None:
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self.s3.exceptions.NoSuchKey:
-            return None
-
-    def delete(self, key: str) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    def delete_prefix(self, prefix: str) -> None:
-        for key in self.list(prefix):
-            self.delete(f"{prefix}/{key}")
-
-    def list(self, prefix: str) -> dict[str, int]:
-        full = self._key(prefix).strip("/")
-        full = f"{full}/" if full else ""  # a bucket's root: every key
-        out = {}
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            for item in page.get("Contents", []):
-                out[item["Key"][len(full):]] = item["Size"]
-        return out
-
-
 def open_files(settings: Settings) -> FolderFiles | S3Files:
     """The Data Store's backend, from ``settings.datastore_root_uri``.
 
@@ -170,7 +117,7 @@ def open_files(settings: Settings) -> FolderFiles | S3Files:
         root.mkdir(parents=True, exist_ok=True)
         return FolderFiles(root)
     if parsed.scheme == "s3" and parsed.netloc:
-        return S3Files(parsed.netloc, parsed.path, settings.s3_endpoint_url)
+        return S3Files(parsed.netloc, parsed.path, settings)
     raise DatastoreError(f"data store URI {uri!r}: use file:///folder or s3://bucket/prefix")
 
 

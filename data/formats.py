@@ -13,7 +13,8 @@ Four formats, one per file (detected from the record's fields):
   number), or ``choices`` (a list of strings) with ``label`` (an index into it or one of them).
 
 A message list given as a ``prompt`` ends with the user's turn. Other fields are kept as they are
-(a reward function may read them). Each check returns ``None`` for a valid record, else one reason
+(a reward function may read them; GRPO hands a reward record's columns to the rewards in one shape,
+see ``data.preference.reward_columns``). Each check returns ``None`` for a valid record, else one reason
 that names the field, e.g. ``"`messages[2].role` is 'robot'; expected one of ..."``.
 """
 

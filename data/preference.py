@@ -7,14 +7,16 @@ as SFT and evaluation render it (``data.prompts.render``), so every method sees 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from core.catalog import CustomizationConfig
-from data.ingest import Record
+from data.formats import ANSWER_FIELDS, Record
 from data.prompts import Rendered, render
 
 
 def prompt_messages(prompt: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A preference or reward prompt as a conversation (text becomes one user turn)."""
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
@@ -36,12 +38,31 @@ def preference_row(record: Record, config: CustomizationConfig, tokenizer: Any) 
     }
 
 
+def reward_columns(record: Record) -> dict[str, Any]:
+    """The columns of a reward record that rewards receive: all but the prompt, the answer columns
+    in one shape whatever each record wrote (a dataset column holds one type across records):
+    ``answer``, ``solution`` and ``ground_truth`` as text (a number as its JSON text), ``label`` as
+    the index of the right choice. Other columns are passed as they are.
+
+    >>> reward_columns({"prompt": "2+2?", "answer": 4, "choices": ["3", "4"], "label": "4", "id": 7})
+    {'answer': '4', 'choices': ['3', '4'], 'label': 1, 'id': 7}
+    """
+    columns = {key: value for key, value in record.items() if key != "prompt"}
+    for field in ANSWER_FIELDS:
+        if field in columns and not isinstance(columns[field], str):
+            columns[field] = json.dumps(columns[field])
+    label, choices = columns.get("label"), columns.get("choices")
+    if isinstance(label, str) and isinstance(choices, list) and label in choices:
+        columns["label"] = choices.index(label)
+    return columns
+
+
 def reward_row(record: Record, config: CustomizationConfig, tokenizer: Any) -> dict[str, Any]:
-    """A TRL GRPO row: the rendered prompt plus the record's answer columns (passed to rewards)."""
+    """A TRL GRPO row: the rendered prompt plus the record's answer columns (``reward_columns``),
+    which TRL passes to the rewards."""
     if isinstance(record["prompt"], str) and config.prompt_format == "template":
         head, _, _ = config.prompt_template.partition("{completion}")
         prompt = head.format(prompt=record["prompt"])
     else:
         prompt = tokenizer.apply_chat_template(prompt_messages(record["prompt"]), tokenize=False, add_generation_prompt=True)
-    columns = {key: value for key, value in record.items() if key != "prompt"}
-    return {"prompt": prompt, **columns}
+    return {"prompt": prompt, **reward_columns(record)}

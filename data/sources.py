@@ -16,7 +16,9 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from core.settings import Settings
+from core import objects
+from core.settings import Settings, get_settings
+from data.datastore import DatastoreError, download_dataset
 
 SPLIT_FOLDERS = ("training", "validation", "testing")
 UrlKind = Literal["dataset", "model", "endpoint"]
@@ -154,9 +156,6 @@ def download_datastore(source: str, download_dir: Path, settings: Settings | Non
     Raises:
         SourceError: not a dataset URL, or the Data Store holds no files for it.
     """
-    from core.settings import get_settings
-    from data.datastore import DatastoreError, download_dataset
-
     if not source.startswith("hf://datasets/"):
         raise SourceError("an hf:// dataset is named hf://datasets/<namespace>/<name>")
     if download_dir.exists():
@@ -167,17 +166,6 @@ def download_datastore(source: str, download_dir: Path, settings: Settings | Non
         raise SourceError(str(exc).removeprefix(f"{source}: ")) from exc
 
 
-def _relative_key(key: str, prefix: str) -> PurePosixPath | None:
-    """A key's path under the prefix, or None for folder markers; refuses keys that climb out of it."""
-    relative = key[len(prefix):].lstrip("/")
-    if not relative or relative.endswith("/"):
-        return None
-    path = PurePosixPath(relative)
-    if any(part in ("..", ".", "") for part in path.parts):
-        raise SourceError(f"object key {key!r} does not name a file inside the dataset")
-    return path
-
-
 def download_s3(source: str, download_dir: Path, settings: Settings | None = None) -> Path:
     """Download ``s3://bucket/prefix`` into ``download_dir``: the split folders and any data files at
     its root (so ingest can point at them), nothing else.
@@ -185,35 +173,28 @@ def download_s3(source: str, download_dir: Path, settings: Settings | None = Non
     Raises:
         SourceError: no bucket, no objects under the prefix, or the store refused or did not answer.
     """
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from core.settings import get_settings
+    from botocore.exceptions import (  # delayed: boto3 is heavy (start-up time)
+        BotoCoreError,
+        ClientError,
+    )
 
     parsed = urlparse(source)
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     if not bucket:
         raise SourceError("names no bucket; use s3://bucket/prefix")
     settings = settings or get_settings()
-    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, config=Config(retries={"mode": "standard", "max_attempts": 5}))
     if download_dir.exists():
         shutil.rmtree(download_dir)
     download_dir.mkdir(parents=True)
-    listed = 0
+
+    def in_layout(relative: PurePosixPath) -> bool:
+        """The split folders and data files at the root (so ingest can point at them), nothing else."""
+        return relative.parts[0] in SPLIT_FOLDERS or (len(relative.parts) == 1 and relative.suffix in (".jsonl", ".json"))
+
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
-            for item in page.get("Contents", []):
-                listed += 1
-                relative = _relative_key(item["Key"], prefix)
-                if relative is None:
-                    continue
-                at_root = len(relative.parts) == 1
-                if not (relative.parts[0] in SPLIT_FOLDERS or (at_root and relative.suffix in (".jsonl", ".json"))):
-                    continue  # not part of a dataset's layout
-                target = download_dir.joinpath(*relative.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, item["Key"], str(target))
+        listed = objects.download_prefix(objects.s3_client(settings), bucket, prefix, download_dir, keep=in_layout, settings=settings)
+    except objects.PathRefused as exc:
+        raise SourceError(f"{exc}: it does not name a file inside the dataset") from exc
     except (BotoCoreError, ClientError) as exc:
         raise SourceError(f"cannot read the dataset from the S3 store: {exc}") from exc
     if not listed:

@@ -21,8 +21,11 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from core import tags as tag
+from core.catalog import get_config
 from core.settings import Settings
 from core.tracking import client
+from training.base_model import resolve_base_model
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
@@ -82,7 +85,9 @@ def is_absent(exc: BaseException) -> bool:
     SQLite and the REST store alike) or the alias (``INVALID_PARAMETER_VALUE`` "Registered model
     alias ... not found.") does not exist. INVALID_PARAMETER_VALUE means other things too, so the
     message decides there."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import (
+        MlflowException,  # delayed: mlflow is heavy (start-up time)
+    )
 
     if not isinstance(exc, MlflowException):
         return False
@@ -120,7 +125,9 @@ def _where(settings: Settings) -> str:
 def _read(settings: Settings, what: str, call: Callable[[], T]) -> T:
     """``call()``, retried while it fails transiently; raises ``_Absent`` when it says the model or
     alias does not exist, and RegistryUnavailable for every other failure."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import (
+        MlflowException,  # delayed: mlflow is heavy (start-up time)
+    )
 
     start = time.monotonic()
     attempt = 0
@@ -174,7 +181,7 @@ def register_version(
     try:
         _read(settings, f"the registered model {output_model}", lambda: mlflow_client.get_registered_model(name))
     except _Absent:  # only a model that definitely does not exist is created
-        mlflow_client.create_registered_model(name, tags={"customizer.output_model": output_model})
+        mlflow_client.create_registered_model(name, tags={tag.OUTPUT_MODEL: output_model})
     existing = [v for v in mlflow_client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
     if existing:
         version = existing[0]
@@ -230,7 +237,7 @@ def champions(settings: Settings, output_models: list[str] | None = None) -> lis
                 page = _read(settings, "the registered models", lambda: mlflow_client.search_registered_models(page_token=token))
             except _Absent as exc:  # a search names no single model: "not found" here is not an answer
                 raise RegistryUnavailable(f"could not list the registered models at {_where(settings)}: {exc}") from exc
-            names += [m.tags.get("customizer.output_model") or m.name.replace(".", "/", 1) for m in page]
+            names += [m.tags.get(tag.OUTPUT_MODEL) or m.name.replace(".", "/", 1) for m in page]
             if not (token := page.token):
                 break
         output_models = sorted(names)
@@ -276,6 +283,7 @@ def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, des
     import tempfile
     from pathlib import Path
 
+    # delayed: mlflow's artifact client and transformers are heavy (start-up time)
     import mlflow.artifacts
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -290,13 +298,10 @@ def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, des
     folder = Path(dest or tempfile.mkdtemp(prefix="customizer-model-"))
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(folder),
                                                       tracking_uri=settings.tracking_uri))
-    if version.tags.get("customizer.artifact") == "adapter" or (local / "adapter_config.json").exists():
-        from peft import PeftModel
+    if version.tags.get(tag.ARTIFACT) == "adapter" or (local / "adapter_config.json").exists():
+        from peft import PeftModel  # delayed: peft is heavy (start-up time)
 
-        from training.base_model import resolve_base_model
-        from core.catalog import get_config
-
-        base = resolve_base_model(get_config(version.tags["customizer.config"], settings).target, settings)
+        base = resolve_base_model(get_config(version.tags[tag.CONFIG], settings).target, settings)
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), local)
         tokenizer_dir = base.path  # the prompt format evaluation scored it with (training never changes the vocabulary)
     else:
@@ -336,7 +341,7 @@ def namespace_champions(settings: Settings, namespace: str) -> list[tuple[str, s
     for model in models:
         if not model.name.startswith(f"{namespace}."):  # LIKE reads '_' in a namespace as a wildcard
             continue
-        output_model = model.tags.get("customizer.output_model") or model.name.replace(".", "/", 1)
+        output_model = model.tags.get(tag.OUTPUT_MODEL) or model.name.replace(".", "/", 1)
         # search results do not fill aliases reliably; the registered model's alias map does.
         try:
             version = _read(settings, f"the champion of {output_model}",

@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import re
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation import metrics as m
+from evaluation.general import EvaluationError, attach_scorers, general_benchmark
+from evaluation.runner import load_model
 
 log = logging.getLogger("customizer.evaluation")
 
@@ -138,6 +141,7 @@ def load_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]
 
 def render(template: Any, item: dict[str, Any], sample: dict[str, Any] | None = None) -> Any:
     """Render a Jinja template (a string, or strings nested in lists and dicts) over ``item`` and ``sample``."""
+    # delayed: only evaluation jobs render templates (start-up time)
     from jinja2.sandbox import SandboxedEnvironment
 
     if isinstance(template, str):
@@ -150,8 +154,6 @@ def render(template: Any, item: dict[str, Any], sample: dict[str, Any] | None = 
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
-    import statistics
-
     return {"count": len(values), "mean": statistics.fmean(values) if values else 0.0, "min": min(values, default=0.0),
             "max": max(values, default=0.0), "sum": sum(values)}
 
@@ -206,9 +208,7 @@ def run_custom_task(
 
 def local_generator(model_dir: str, adapter_dir: str | None) -> Generate:
     """Greedy (or sampled, with temperature > 0) generation with transformers on a local model."""
-    import torch
-
-    from evaluation.runner import load_model
+    import torch  # delayed: torch is heavy (start-up time)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(model_dir, adapter_dir, device)
@@ -242,7 +242,7 @@ def _cut(text: str, stop: Any) -> str:
 
 def endpoint_generator(url: str, model_id: str, api_key: str | None = None, timeout: float = 120.0) -> Generate:
     """Generation through an OpenAI-compatible endpoint (``/v1/completions`` or ``/v1/chat/completions``)."""
-    import httpx
+    import httpx  # delayed: only endpoint evaluations need it (start-up time)
 
     base = url.rstrip("/")
     for suffix in ("/chat/completions", "/completions"):
@@ -276,12 +276,11 @@ def run_lm_eval(benchmark: str, model_dir: str, adapter_dir: str | None, params:
 
     Returns NeMo's task result: every numeric lm-eval metric as ``metrics.<metric>.scores.<metric>.value``.
     """
+    # delayed: lm_eval and torch are heavy (start-up time)
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-
-    from evaluation.runner import EvaluationError, attach_scorers, general_benchmark, load_model
 
     try:
         task: Any = attach_scorers(general_benchmark(benchmark))

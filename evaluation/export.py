@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
-from evaluation.runner import TASK_BENCHMARK, general_benchmark
 from core.specs import EvaluationPlan
+from evaluation.general import general_benchmark
+from evaluation.runner import TASK_BENCHMARK
 
 SHIM = """# Task metrics for the lm_eval command line: the same functions customizer scores with.
 import json

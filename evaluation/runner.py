@@ -23,27 +23,30 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from core.settings import Settings
-from evaluation.metrics import TASK_METRICS, register_with_lm_eval
 from core.catalog import CustomizationConfig
+from core.settings import Settings
+from core.specs import EvaluationPlan
 from data.ingest import IngestedDataset, read_examples
 from data.preference import preference_row, render_with_answer, reward_row
 from data.prompts import conversation, render, stop_sequences
-from training.rewards import resolve_reward, reward_name
-from core.specs import EvaluationPlan
+from evaluation.general import (  # noqa: F401  (GENERAL_DIR, LM_EVAL_PREFIX, observed_spreads: callers import them from here too)
+    GENERAL_DIR,
+    LM_EVAL_PREFIX,
+    EvaluationError,
+    attach_scorers,
+    general_benchmark,
+    measure_of,
+    observed_spreads,
+)
+from evaluation.metrics import TASK_METRICS, register_with_lm_eval
+from training.rewards import references, resolve_reward, reward_name
 
 log = logging.getLogger("customizer.evaluation")
 
-BENCHMARKS_DIR = Path(__file__).parent / "benchmarks"
-GENERAL_DIR = BENCHMARKS_DIR / "general"
 TASK_BENCHMARK = "task"
 TASK_BENCHMARK_VERSION = "1.0"
 GENERATION_BATCH = 64  # batch of the general generation benchmarks (instruction following)
 RUNNER_VERSION = "2"  # what the scores hold (per-item measures, dtype); cached scores of another version are not reused
-
-
-class EvaluationError(ValueError):
-    """A benchmark that does not exist or cannot be built."""
 
 
 class StageScores(BaseModel):
@@ -70,74 +73,11 @@ class StageScores(BaseModel):
         return self.model_dump(include={"task", "general", "measures", "per_sample", "per_sample_bpb", "per_sample_loglik", "per_sample_task"})
 
 
-LM_EVAL_PREFIX = "lm-eval:"
-
-
-def general_benchmark(name: str) -> dict[str, Any]:
-    """Load a general benchmark as an lm-eval task config with absolute data paths.
-
-    ``name`` is a shipped benchmark (``capitals``), the path of your own benchmark YAML (its data
-    files relative to it), or ``lm-eval:<task>`` for a task of lm-eval's registry (``mmlu``,
-    ``arc_easy``, ...), which needs that task's data in the local Hugging Face cache.
-
-    Raises:
-        EvaluationError: no such benchmark (the message lists the shipped ones).
-    """
-    if name.startswith(LM_EVAL_PREFIX):
-        return {"task": name.removeprefix(LM_EVAL_PREFIX), "registry": True}
-    path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else GENERAL_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in GENERAL_DIR.glob("*.yaml")))
-        raise EvaluationError(
-            f"general benchmark {name!r} does not exist; shipped benchmarks: {known} "
-            f"(or give a path to a benchmark YAML, or lm-eval:<task>)"
-        )
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    files = config.get("dataset_kwargs", {}).get("data_files", {})
-    for split, relative in files.items():
-        files[split] = str((path.parent / relative).resolve())
-    return config
-
-
-def observed_spreads(names: list[str]) -> dict[str, float]:  # names as the plan gives them
-    """Per general benchmark, the churn recorded on it (``metadata.observed``: the flip rate of an
-    accuracy benchmark, the spread of per-item log bits-per-byte ratios of a prose benchmark), for
-    the power figures. Benchmarks that record none are left out (the gate assumes a typical value)."""
-    spreads = {}
-    for name in names:
-        config = general_benchmark(name)
-        if config.get("registry"):
-            continue
-        observed = config.get("metadata", {}).get("observed") or {}
-        value = observed.get("log_ratio_sd" if measure_of(config) == "bits_per_byte" else "flip_rate")
-        if value is not None:
-            spreads[config["task"]] = float(value)  # scores are keyed by the benchmark's task name
-    return spreads
-
-
-def attach_scorers(config: dict[str, Any]) -> dict[str, Any]:
-    """The config lm-eval runs: a shipped benchmark that names a customizer scorer
-    (``metadata.scorer``) gets that pure function as its ``process_results`` (YAML stays data: no
-    ``!function``, no code named by a file)."""
-    scorer = config.get("metadata", {}).get("scorer")
-    if scorer is None:
-        return config
-    if scorer != "instruction_following":
-        raise EvaluationError(f"benchmark {config.get('task')!r}: unknown scorer {scorer!r}")
-    from evaluation.instructions import process_results
-
-    return config | {"process_results": process_results}
-
-
-def measure_of(config: dict[str, Any]) -> str:
-    """``bits_per_byte`` for language-modelling benchmarks (scored by rolling log-likelihood), else ``accuracy``."""
-    return "bits_per_byte" if config.get("output_type") == "loglikelihood_rolling" else "accuracy"
-
-
 def eval_dtype(precision: str = "auto") -> str:
     """The dtype to score in: ``precision`` (the ``eval_precision`` setting) unless it is ``auto``, then
     bfloat16 where the hardware runs it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX: ~3.5x
     fp32 there), float32 elsewhere. Base and candidate are always scored in the same dtype."""
+    # delayed: training.common imports torch, transformers and peft at import time (start-up time)
     from training.common import native_bf16
 
     if precision != "auto":
@@ -162,7 +102,7 @@ def cache_key(
 ) -> str:
     """What a stage's scores depend on: the model, every benchmark's content and version, and the
     pinned settings. A retraining run on an unchanged base finds its baseline under this key."""
-    import lm_eval
+    import lm_eval  # delayed: lm_eval is heavy (start-up time)
 
     general = {name: benchmark_digest(general_benchmark(name)) for name in plan.general_benchmarks}
     parts = {
@@ -175,13 +115,25 @@ def cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def record_kind(record: dict[str, Any]) -> str:
-    """``answer`` (completion or chat), ``preference`` (DPO pairs) or ``reward`` (a prompt plus answer columns)."""
-    if "chosen_response" in record:
-        return "preference"
-    if "completion" in record or "messages" in record:
-        return "answer"
-    return "reward"
+# What the task benchmark does with each record format: generate and compare with the answer
+# (completion, chat), compare the likelihoods of the two answers (preference), or generate and
+# score with the job's rewards (reward).
+BENCHMARK_KINDS = {"completion": "answer", "chat": "answer", "preference": "preference", "reward": "reward"}
+
+
+def benchmark_kind(fmt: str) -> str:
+    """``answer``, ``preference`` or ``reward``: how the task benchmark scores a split of format ``fmt``
+    (``IngestedDataset.formats``).
+
+    >>> benchmark_kind("chat"), benchmark_kind("reward")
+    ('answer', 'reward')
+
+    Raises:
+        EvaluationError: a format the task benchmark cannot score.
+    """
+    if fmt not in BENCHMARK_KINDS:
+        raise EvaluationError(f"the testing split holds {fmt!r} records; the task benchmark scores {', '.join(BENCHMARK_KINDS)} records")
+    return BENCHMARK_KINDS[fmt]
 
 
 def default_task_metric(kind: str, rewards: list[str]) -> str:
@@ -218,8 +170,9 @@ def task_benchmark(
     metric for the gate).
     """
     rewards = rewards or ["exact_answer"]
+    fmt = dataset.formats["testing"]
+    kind = benchmark_kind(fmt)
     examples = read_examples(dataset.files["testing"])
-    kind = record_kind(examples[0].record)
     rows, stops = [], set()
     for example in examples:
         record = example.record
@@ -229,7 +182,8 @@ def task_benchmark(
         elif kind == "reward":
             row = reward_row(record, config, tokenizer)
             columns = {k: v for k, v in row.items() if k != "prompt"}
-            rows.append({"loc": example.loc, "prompt": row["prompt"], "answer": str(columns.get("answer", "")), "columns": json.dumps(columns)})
+            answer = references(1, **{k: [v] for k, v in columns.items()})[0]
+            rows.append({"loc": example.loc, "prompt": row["prompt"], "answer": answer, "columns": json.dumps(columns)})
             stops.update(s for s in (tokenizer.eos_token, render_with_answer(record["prompt"], "", config, tokenizer).end_text) if s)
         else:
             sample = render(record, config, tokenizer)
@@ -237,7 +191,7 @@ def task_benchmark(
             stops.update(stop_sequences(tokenizer, sample))
         # The conversation the prompt was rendered from (as JSON text, so rows keep one schema), for
         # endpoints that render chat templates themselves.
-        rows[-1]["messages"] = json.dumps(_prompt_messages(record))
+        rows[-1]["messages"] = json.dumps(_prompt_messages(record, fmt))
     out_dir.mkdir(parents=True, exist_ok=True)
     data_file = out_dir / "task.jsonl"
     data_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -291,9 +245,9 @@ def task_benchmark(
     return benchmark
 
 
-def _prompt_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
+def _prompt_messages(record: dict[str, Any], fmt: str) -> list[dict[str, Any]]:
     """The conversation up to the answer a model is asked for."""
-    if "messages" in record:
+    if fmt == "chat":
         return record["messages"][:-1]
     prompt = record["prompt"]
     return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
@@ -322,9 +276,11 @@ def few_shot_benchmark(
     if not shots:
         return None
     rows = []
+    completion_shots = dataset.formats["training"] == "completion"
     for example in read_examples(dataset.files["testing"]):
-        if config.prompt_format == "template" and "prompt" in example.record:
-            prefix = "".join(config.prompt_template.format(prompt=s["prompt"], completion=s["completion"]) + "\n\n" for s in shots if "prompt" in s)
+        if config.prompt_format == "template" and dataset.formats["testing"] == "completion":
+            shown = shots if completion_shots else []
+            prefix = "".join(config.prompt_template.format(prompt=s["prompt"], completion=s["completion"]) + "\n\n" for s in shown)
             sample = render(example.record, config, tokenizer)
             rows.append({"loc": example.loc, "prompt": prefix + sample.prompt, "answer": sample.target})
             continue
@@ -356,6 +312,7 @@ def _score(results: dict[str, Any], benchmark: str, metric: str) -> float:
 def load_model(base_model_dir: str, adapter_dir: str | None, device: str, precision: str = "auto") -> tuple[Any, Any]:
     """Load the base model, with the adapter merged in when given (merged, it runs as fast as the base),
     in ``eval_dtype``."""
+    # delayed: torch, transformers and peft are heavy (start-up time)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -390,6 +347,7 @@ def evaluate_model(
     Returns:
         The stage's scores.
     """
+    # delayed: lm_eval and torch are heavy (start-up time)
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM

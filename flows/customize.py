@@ -1,4 +1,4 @@
-"""The ``customize`` flow: ingest -> baseline (zero- and few-shot) -> [approval] -> train ->
+"""The ``customize`` flow: check -> ingest -> baseline (zero- and few-shot) -> [approval] -> train ->
 candidate eval -> gate -> [approval] -> register -> publish -> promote -> go live -> report. Every
 stage is a task; they pass references, never models."""
 
@@ -6,22 +6,39 @@ from __future__ import annotations
 
 from prefect import flow
 
+from core.specs import CustomizationSpec
 from tasks.approval import approve_promotion, approve_training
+from tasks.check import check_job
 from tasks.data import ingest
 from tasks.deploy import go_live, promote, publish_adapter, register
-from tasks.evaluation import build_task_benchmark, champion_scores, check_prompt_baseline, evaluate, gate, power, report
-from tasks.job import CustomizationResult, base_model, finish_job, mark_failed, open_job, record_process
+from tasks.evaluation import (
+    build_task_benchmark,
+    champion_scores,
+    check_prompt_baseline,
+    evaluate,
+    gate,
+    power,
+    report,
+)
+from tasks.job import (
+    CustomizationResult,
+    finish_job,
+    mark_failed,
+    open_job,
+    record_process,
+)
 from tasks.training import plan_training, train
-from core.specs import CustomizationSpec
 
 
 @flow(name="customize", on_running=[record_process], on_failure=[mark_failed], on_crashed=[mark_failed])
 def customize(spec: CustomizationSpec) -> CustomizationResult:
     """Fine-tune a base model (SFT, DPO or GRPO) and promote the result only if it beats the base
     model on the task without forgetting general skills."""
-    job = open_job(spec)  # config allows the method; policy resolved; MLflow run opened
-    base = base_model(job)  # its tokenizer measures the examples
-    data = ingest(job, base)  # every line validated before any training
+    # The pre-flight every front door runs: config and method, policy, base model, every example, cost.
+    checked = check_job(spec)
+    job = open_job(checked)  # work folder and MLflow run
+    base = checked.base  # resolved by the check: its tokenizer measured the examples
+    data = ingest(job, checked)  # the checked dataset on the run, replay examples mixed in
 
     # The baseline: the base model with the very prompt the training will use (and with examples).
     benchmarks = build_task_benchmark(job, base, data)
@@ -30,7 +47,7 @@ def customize(spec: CustomizationSpec) -> CustomizationResult:
         return finish_job(job, data, baseline, prompt_baseline=enough)
 
     evidence = power(job, baseline)  # which drops the general suite can rule out, known before training
-    plan = plan_training(job, base, data)  # warnings, cost estimate; refuses a job over its budget
+    plan = plan_training(job, checked)  # warnings, cost estimate; refuses a job over its budget
     approved_training = approve_training(job)  # reviewed methods wait for a person first
     trained = train(job, base, data)
     candidate = evaluate(job, base, benchmarks, trained=trained, stage="candidate")

@@ -140,6 +140,7 @@ def _static_problems(config: dict[str, Any], base_model_name: str, architecture:
 
 def _load_problems(folder: Path, base_model_dir: Path, architecture: str, allow_embeddings: bool) -> tuple[list[str], list[str]]:
     """Load the adapter with PEFT on the base model; returns (problems, adapted module names)."""
+    # delayed: torch, peft and transformers are heavy (start-up time)
     import torch
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer

@@ -19,7 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from core import tags as tag
 from core.settings import Settings
+from deploy.registry import namespace_champions
+from deploy.store import parse_published_uri, read_published_file
+from serving.compat import required_max_lora_rank
 
 log = logging.getLogger("customizer.handoff")
 
@@ -42,8 +46,6 @@ def lora_path(published_uri: str, settings: Settings) -> str:
     >>> lora_path("s3://models/adapters/team/bot/3/", Settings(serving_lora_root="/mnt/adapters"))
     '/mnt/adapters/team/bot/3'
     """
-    from deploy.store import parse_published_uri
-
     if not settings.serving_lora_root:
         return published_uri
     _, output_model, version = parse_published_uri(published_uri)
@@ -51,7 +53,7 @@ def lora_path(published_uri: str, settings: Settings) -> str:
 
 
 def _post(settings: Settings, route: str, body: dict[str, Any]) -> Any:
-    import httpx
+    import httpx  # delayed: httpx is only needed for a hand-off (start-up time)
 
     headers = {"Authorization": f"Bearer {settings.serving_api_key.get_secret_value()}"} if settings.serving_api_key else {}
     url = f"{settings.serving_endpoint.rstrip('/')}{route}"
@@ -119,13 +121,9 @@ def vllm_args(namespace: str, settings: Settings) -> list[str]:
         deploy.store.StoreError: a champion's adapter_config.json cannot be read from the store.
         deploy.registry.RegistryUnavailable: the registry could not be read (no champion is left out for it).
     """
-    from serving.compat import required_max_lora_rank
-    from deploy.registry import namespace_champions
-    from deploy.store import parse_published_uri, read_published_file
-
     modules, ranks = [], []
     for output_model, version, tags in namespace_champions(settings, namespace):
-        uri = tags.get("customizer.published_uri")
+        uri = tags.get(tag.PUBLISHED_URI)
         if not uri:
             log.warning("%s v%s is the champion but was never published; left out", output_model, version)
             continue

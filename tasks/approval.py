@@ -22,8 +22,9 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from core.settings import get_settings
+from core import tags as tag
 from core import tracking
+from core.settings import get_settings
 from deploy.notify import notify
 from evaluation.gate import ApprovalRecord, Decision, settle_hold
 from tasks.job import Job
@@ -75,7 +76,7 @@ def wait_for_approval(job: Job, stage: Stage, question: str) -> ApprovalRecord:
             continue
         record = ApprovalRecord(stage=stage, approved=answer.approved, reviewer=answer.reviewer.strip(), comment=answer.comment, decided_at=_now())
     client = tracking.client(settings)
-    client.set_tag(job.run_id, f"customizer.approval.{stage}", record.model_dump_json())
+    client.set_tag(job.run_id, tag.approval(stage), record.model_dump_json())
     logger.info("%s %s by %s%s", stage.capitalize(), "approved" if record.approved else "REJECTED",
                 record.reviewer or "nobody", f": {record.comment}" if record.comment else "")
     return record
@@ -106,4 +107,4 @@ def _now() -> str:
 
 def approval_tags(records: list[ApprovalRecord | None]) -> dict[str, str]:
     """Model-version tags for the approvals a job went through."""
-    return {f"customizer.approval.{r.stage}": json.dumps(r.model_dump()) for r in records if r is not None}
+    return {tag.approval(r.stage): json.dumps(r.model_dump()) for r in records if r is not None}

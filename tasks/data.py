@@ -1,4 +1,5 @@
-"""Dataset ingest as tasks: inside a customize job, and on its own (the ``ingest`` flow)."""
+"""Dataset ingest as tasks: inside a customize job (the pre-flight ingested it; here it is recorded
+on the job's run and the replay examples are mixed in), and on its own (the ``ingest`` flow)."""
 
 from __future__ import annotations
 
@@ -6,63 +7,49 @@ from pathlib import Path
 
 from prefect import get_run_logger, runtime, task
 
+from core import tags as tag
+from core import tracking
+from core.catalog import get_config
 from core.ids import prefixed_id
 from core.settings import get_settings
-from core import tracking
-from tasks.job import Job
-from training.base_model import ResolvedModel, resolve_base_model
-from core.catalog import CustomizationConfig, get_config
+from core.specs import DataOptions
 from data.ingest import DatasetError, IngestedDataset, ingest_dataset
 from data.report import DataReport
-from data.lengths import LengthCheck
+from tasks.check import CheckedJob, length_check
+from tasks.job import Job, log_ingest_report
+from training.base_model import ResolvedModel, resolve_base_model
 from training.replay import add_replay, replay_tags
-from core.specs import DataOptions
-
-
-def _length_check(config: CustomizationConfig, model_dir: str, options: DataOptions) -> LengthCheck:
-    from transformers import AutoTokenizer
-
-    return LengthCheck(config, AutoTokenizer.from_pretrained(model_dir), options.long_examples)
 
 
 @task(name="ingest")
-def ingest(job: Job, base: ResolvedModel) -> IngestedDataset:
-    """Validate the dataset with the base model's tokenizer, write its canonical splits, and log its
-    identity and report (JSON and HTML) on the job's run, also when the dataset is refused."""
+def ingest(job: Job, checked: CheckedJob) -> IngestedDataset:
+    """Mix the replay examples (data.replay) into the dataset the pre-flight validated and measured,
+    and log its identity and report (JSON and HTML) on the job's run, also when replay is refused."""
     settings = get_settings()
     logger = get_run_logger()
-    out_dir = Path(job.work_dir) / "data"
+    out_dir = Path(checked.data_dir)
     client = tracking.client(settings)
     hp = job.spec.hyperparameters
     try:
-        data = ingest_dataset(
-            job.spec.dataset, out_dir, seed=hp.seed, settings=settings,
-            lengths=_length_check(job.config, base.path, job.spec.data),
-            method=hp.training_type,
-        )
         # General examples mixed into the training split against forgetting (data.replay).
-        data = add_replay(data, out_dir, job.spec.data.replay, hp.seed, method=hp.training_type, config=job.config, model=base, settings=settings)
+        data = add_replay(
+            checked.dataset, out_dir, job.spec.data.replay, hp.seed, method=hp.training_type, config=job.config,
+            model=checked.base, settings=settings,
+        )
     except DatasetError:
-        _log_report(client, job.run_id, out_dir)
+        log_ingest_report(client, job.run_id, out_dir)
         raise
     for warning in data.warnings:
         logger.warning(warning)
     logger.info("Dataset %s: sha256 %s, %s (dropped %s, truncated %s)", job.spec.dataset, data.sha256[:16], data.counts, data.dropped or 0, data.truncated or 0)
-    client.set_tag(job.run_id, "customizer.dataset.sha256", data.sha256)
-    client.set_tag(job.run_id, "customizer.dataset.uri", data.source)
+    client.set_tag(job.run_id, tag.DATASET_SHA256, data.sha256)
+    client.set_tag(job.run_id, tag.DATASET_URI, data.source)
     for name, value in replay_tags(data.replay).items():  # replay has its own digest: the dataset's stays the user's data
         client.set_tag(job.run_id, name, value)
     if data.replay:
         logger.info("Replay: %d example(s) from %s mixed into training (sha256 %s)", data.replay.examples, data.replay.source, (data.replay.sha256 or "-")[:16])
-    _log_report(client, job.run_id, out_dir)
+    log_ingest_report(client, job.run_id, out_dir)
     return data
-
-
-def _log_report(client, run_id: str, out_dir: Path) -> None:
-    """Attach ``ingest/report.json`` and ``ingest/report.html`` to the run (when ingest got to write them)."""
-    for name in ("report.json", "report.html"):
-        if (out_dir / name).is_file():
-            client.log_artifact(run_id, str(out_dir / name), "ingest")
 
 
 @task(name="resolve-config-model")
@@ -82,15 +69,13 @@ def check_dataset(dataset: str, config_urn: str | None, base: ResolvedModel | No
     settings = get_settings()
     run_id = runtime.flow_run.id
     out_dir = settings.root / "ingest" / (prefixed_id("ingest", run_id) if run_id else prefixed_id("ingest"))
-    lengths = _length_check(get_config(config_urn, settings), base.path, options) if config_urn and base else None
+    config = get_config(config_urn, settings) if config_urn and base else None
+    lengths = length_check(config, base, options.long_examples) if config and base else None
     logger = get_run_logger()
     try:
         data = ingest_dataset(dataset, out_dir, seed=seed, lengths=lengths, settings=settings)
         if options.replay.ratio > 0 and options.replay.source != "self":  # self-rehearsal answers are generated by the job
-            data = add_replay(
-                data, out_dir, options.replay, seed, settings=settings,
-                config=get_config(config_urn, settings) if config_urn and base else None, model=base if config_urn else None,
-            )
+            data = add_replay(data, out_dir, options.replay, seed, settings=settings, config=config, model=base if config else None)
     except DatasetError:
         logger.error("Report: %s", out_dir / "report.html")
         raise

@@ -8,23 +8,23 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from core import __version__
+from core import __version__, tracking
+from core import tags as tag
 from core.settings import get_settings
-from serving import handoff
+from data.ingest import IngestedDataset
 from deploy import registry
-from core import tracking
-from serving.compat import CompatError, check_serving
 from deploy.notify import notify
 from deploy.registry import RegisteredVersion
 from deploy.store import Published, publish, publishable_files, verify_published
 from evaluation.gate import ApprovalRecord, Decision
 from evaluation.runner import StageScores
+from serving import handoff
+from serving.compat import CompatError, check_serving
 from tasks.approval import approval_tags
 from tasks.job import Job
 from training.base_model import ResolvedModel
-from data.ingest import IngestedDataset
-from training.replay import replay_tags
 from training.common import TrainResult
+from training.replay import replay_tags
 
 TRANSIENT = ("ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "Throttling", "SlowDown")
 
@@ -58,28 +58,28 @@ def register(
     settings = get_settings()
     source = tracking.log_artifacts(settings, job.run_id, trained.output_dir, trained.artifact)
     tags = {
-        "customizer.job_id": job.job_id,
-        "customizer.dataset.sha256": data.sha256,
-        "customizer.dataset.uri": data.source,
+        tag.JOB_ID: job.job_id,
+        tag.DATASET_SHA256: data.sha256,
+        tag.DATASET_URI: data.source,
         **replay_tags(data.replay),  # general examples mixed into training (data.replay), with their own digest
-        "customizer.base_model": job.config.target.name,
-        "customizer.base_model.digest": base.digest,
-        "customizer.config": job.spec.config,
-        "customizer.training_type": job.spec.hyperparameters.training_type,
-        "customizer.finetuning_type": job.spec.hyperparameters.finetuning_type,
-        "customizer.hyperparameters": job.spec.hyperparameters.model_dump_json(),
+        tag.BASE_MODEL: job.config.target.name,
+        tag.BASE_MODEL_DIGEST: base.digest,
+        tag.CONFIG: job.spec.config,
+        tag.TRAINING_TYPE: job.spec.hyperparameters.training_type,
+        tag.FINETUNING_TYPE: job.spec.hyperparameters.finetuning_type,
+        tag.HYPERPARAMETERS: job.spec.hyperparameters.model_dump_json(),
         # The whole job, so a retrain can repeat it on new data (sealed secrets stay with the job).
-        "customizer.spec": job.spec.model_dump_json(exclude={"secrets"}),
-        "customizer.scores.baseline": _scores_tag(baseline),
-        "customizer.scores.candidate": _scores_tag(candidate),
-        "customizer.task_metric": candidate.task_metric,
-        "customizer.artifact": trained.artifact,
-        "customizer.stop_reason": trained.stop_reason,
-        "customizer.decision": decision.action,
-        "customizer.decision.reasons": json.dumps(decision.reasons),
-        "customizer.code_version": __version__,
-        "customizer.benchmark_versions": json.dumps(candidate.versions),
-        "customizer.policy": job.policy_source,
+        tag.SPEC: job.spec.model_dump_json(exclude={"secrets"}),
+        tag.SCORES_BASELINE: _scores_tag(baseline),
+        tag.SCORES_CANDIDATE: _scores_tag(candidate),
+        tag.TASK_METRIC: candidate.task_metric,
+        tag.ARTIFACT: trained.artifact,
+        tag.STOP_REASON: trained.stop_reason,
+        tag.DECISION: decision.action,
+        tag.DECISION_REASONS: json.dumps(decision.reasons),
+        tag.CODE_VERSION: __version__,
+        tag.BENCHMARK_VERSIONS: json.dumps(candidate.versions),
+        tag.POLICY: job.policy_source,
         **approval_tags(approvals or []),
     }
     version = registry.register_version(
@@ -97,7 +97,7 @@ def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, traine
     try:
         check = check_serving(folder, base_dir, job.config.target.name, settings.serving_allow_embedding_targets)
     except CompatError as exc:  # nothing is published; the version says why
-        registry.set_version_tags(settings, job.spec.output_model, version.version, {"customizer.serving_check": f"failed: {exc}"[:5000]})
+        registry.set_version_tags(settings, job.spec.output_model, version.version, {tag.SERVING_CHECK: f"failed: {exc}"[:5000]})
         raise
     get_run_logger().info("Serving check %s", check.summary())
     lineage = {
@@ -115,9 +115,9 @@ def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, traine
     )
     registry.set_version_tags(
         settings, job.spec.output_model, version.version,
-        {"customizer.published_uri": published.uri, "customizer.serving_check": check.summary()},
+        {tag.PUBLISHED_URI: published.uri, tag.SERVING_CHECK: check.summary()},
     )
-    tracking.client(settings).set_tag(job.run_id, "customizer.published_uri", published.uri)
+    tracking.client(settings).set_tag(job.run_id, tag.PUBLISHED_URI, published.uri)
     return published
 
 
@@ -154,9 +154,9 @@ def go_live(job: Job, version: RegisteredVersion, published: Published, artifact
         logger.info("Version %s was not promoted: not loaded into %s", version.version, settings.serving_endpoint)
         return None
     result = handoff.go_live(job.spec.output_model, version.version, published.uri, settings)
-    tags = {"customizer.serving.endpoint": result.endpoint, "customizer.serving.live_as": ", ".join(result.loaded)}
+    tags = {tag.SERVING_ENDPOINT: result.endpoint, tag.SERVING_LIVE_AS: ", ".join(result.loaded)}
     if result.warning:
-        tags["customizer.serving.warning"] = result.warning[:5000]
+        tags[tag.SERVING_WARNING] = result.warning[:5000]
         logger.warning(result.warning)
     else:
         logger.info("Live on %s as %s", result.endpoint, ", ".join(result.loaded))

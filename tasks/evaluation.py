@@ -10,17 +10,25 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from core.settings import get_settings
-from deploy import registry
+from core import tags as tag
 from core import tracking
+from core.catalog import get_config
+from core.settings import get_settings
+from data.ingest import IngestedDataset
+from deploy import registry
 from evaluation.gate import Decision, Power, decide, plan_power, prompting_suffices
 from evaluation.report import write_report
-from evaluation.runner import StageScores, cache_key, evaluate_model, few_shot_benchmark, observed_spreads, task_benchmark
+from evaluation.runner import (
+    StageScores,
+    cache_key,
+    evaluate_model,
+    few_shot_benchmark,
+    observed_spreads,
+    task_benchmark,
+)
 from tasks.job import Job
 from training.base_model import ResolvedModel, resolve_base_model
-from core.catalog import get_config
 from training.common import TrainResult
-from data.ingest import IngestedDataset
 
 
 @task(name="build-task-benchmark")
@@ -84,7 +92,7 @@ def check_prompt_baseline(job: Job, baseline: StageScores) -> str | None:
         logger.info("%s, but the job forces training", enough)
         return None
     logger.info("No fine-tuning needed: %s", enough)
-    tracking.client(get_settings()).set_tag(job.run_id, "customizer.decision", "no fine-tuning needed")
+    tracking.client(get_settings()).set_tag(job.run_id, tag.DECISION, "no fine-tuning needed")
     return enough
 
 
@@ -98,7 +106,7 @@ def power(job: Job, baseline: StageScores) -> list[Power]:
         (logger.info if row.can_decide else logger.warning)("Power, %s: %s", row.benchmark, row.describe())
     summary = [row.model_dump() | {"can_decide": row.can_decide, "describe": row.describe()} for row in rows]
     settings = get_settings()
-    tracking.client(settings).set_tag(job.run_id, "customizer.power", json.dumps(summary))
+    tracking.client(settings).set_tag(job.run_id, tag.POWER, json.dumps(summary))
     tracking.log_dict(settings, job.run_id, summary, "power.json")
     return rows
 
@@ -114,17 +122,17 @@ def champion_scores(
     ((_, version, tags),) = registry.champions(settings, [job.spec.output_model])
     if version is None:
         return None
-    if tags.get("customizer.dataset.sha256") == data.sha256:
-        scores = json.loads(tags["customizer.scores.candidate"])
+    if tags.get(tag.DATASET_SHA256) == data.sha256:
+        scores = json.loads(tags[tag.SCORES_CANDIDATE])
         return {"task": scores["task"], "general": scores["general"]}
     logger = get_run_logger()
     logger.info("The champion (version %s) was scored on other data: scoring it on this job's benchmarks", version)
     folder = Path(job.work_dir) / "eval" / "champion"
     local = registry.download_version(settings, job.spec.output_model, version, Path(job.work_dir) / "champion")
-    if tags.get("customizer.artifact", "adapter") == "adapter":
+    if tags.get(tag.ARTIFACT, "adapter") == "adapter":
         # An adapter applies to the base of the config it was trained with.
-        champion_base = base.path if tags.get("customizer.config") == job.spec.config else resolve_base_model(
-            get_config(tags["customizer.config"], settings).target, settings).path
+        champion_base = base.path if tags.get(tag.CONFIG) == job.spec.config else resolve_base_model(
+            get_config(tags[tag.CONFIG], settings).target, settings).path
         model_dir, adapter_dir = champion_base, local
     else:
         model_dir, adapter_dir = local, None
@@ -151,8 +159,8 @@ def gate(
         method=(hp.training_type, hp.finetuning_type),
     )
     client = tracking.client(settings)
-    client.set_tag(job.run_id, "customizer.decision", decision.action)
-    client.set_tag(job.run_id, "customizer.forgetting", json.dumps([
+    client.set_tag(job.run_id, tag.DECISION, decision.action)
+    client.set_tag(job.run_id, tag.FORGETTING, json.dumps([
         {"benchmark": d.benchmark, "measure": d.measure, "items": d.items, "delta": d.delta, "ci": [d.ci_low, d.ci_high],
          "bound": d.bound, "limit": d.limit, "verdict": d.verdict} for d in decision.deltas
     ]))

@@ -7,16 +7,25 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from prefect import get_run_logger, runtime, task
 from pydantic import BaseModel
 
+from core import objects, tracking
+from core import tags as tag
+from core.catalog import get_config
 from core.ids import prefixed_id
 from core.settings import Settings, get_settings
-from core import tracking
-from evaluation.custom import EvaluationRequest, endpoint_generator, local_generator, model_kind, run_custom_task, run_lm_eval
+from evaluation.custom import (
+    EvaluationRequest,
+    endpoint_generator,
+    local_generator,
+    model_kind,
+    run_custom_task,
+    run_lm_eval,
+)
 from training.base_model import resolve_base_model
-from core.catalog import get_config
 
 RESULTS = "results.json"
 
@@ -52,27 +61,21 @@ def open_evaluation(request: EvaluationRequest) -> EvaluationJob:
     work_dir = settings.root / "evaluations" / job_id
     work_dir.mkdir(parents=True, exist_ok=True)
     run_id = tracking.start_run(
-        settings, job_id, tags={"customizer.kind": "evaluation", "customizer.flow_run_id": str(flow_run_id or "")},
+        settings, job_id, tags={tag.KIND: "evaluation", tag.FLOW_RUN_ID: str(flow_run_id or "")},
         params={"type": request.config.get("type"), "model": request.model.model_dump_json(exclude_none=True)},
     )
     return EvaluationJob(job_id=job_id, work_dir=str(work_dir), run_id=run_id, request=request)
 
 
 def _download(uri: str, dest: Path, settings: Settings) -> Path:
-    from urllib.parse import urlparse
-
-    from data.datastore import S3Files, safe_path
-
+    """A model's folder: the folder itself for ``file://``, else a copy of ``s3://bucket/prefix``."""
     parsed = urlparse(uri)
     if parsed.scheme in ("file", ""):
         return Path(parsed.path)
     if parsed.scheme != "s3":
         raise ValueError(f"model {uri}: use a folder, file:// or s3://")
-    files = S3Files(parsed.netloc, parsed.path, settings.s3_endpoint_url)
-    for key in files.list(""):
-        target = dest / safe_path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(files.get(key) or b"")
+    if not objects.download_prefix(objects.s3_client(settings), parsed.netloc, parsed.path, dest, settings=settings):
+        raise ValueError(f"model {uri}: no objects under that prefix")
     return dest
 
 
@@ -105,7 +108,7 @@ def run_benchmarks(job: EvaluationJob, model: LoadedModel) -> dict[str, Any]:
     if model_kind(config) == "lm-eval":
         if not model.model_dir:
             raise ValueError(f"benchmark {config['type']!r} runs through lm-eval on a local model; an endpoint cannot be scored this way")
-        client.set_tag(job.run_id, "customizer.progress", json.dumps({"task_status": {config["type"]: "running"}, "progress": 0.0}))
+        client.set_tag(job.run_id, tag.PROGRESS, json.dumps({"task_status": {config["type"]: "running"}, "progress": 0.0}))
         return {"tasks": run_lm_eval(config["type"], model.model_dir, model.adapter_dir, params), "groups": {}}
     generate = endpoint_generator(model.api_url, model.model_id or "") if model.api_url else local_generator(model.model_dir, model.adapter_dir)
     task_status = {name: "pending" for name in config["tasks"]}
@@ -117,7 +120,7 @@ def run_benchmarks(job: EvaluationJob, model: LoadedModel) -> dict[str, Any]:
             return
         last[0] = time.monotonic()
         share = (len(done) + update["samples_processed"] / max(update["samples_total"], 1)) / len(task_status)
-        client.set_tag(job.run_id, "customizer.progress", json.dumps(
+        client.set_tag(job.run_id, tag.PROGRESS, json.dumps(
             {"task_status": task_status, "progress": round(100 * share, 2), "samples_processed": update["samples_processed"]}))
 
     for name, task_config in config["tasks"].items():
@@ -125,7 +128,7 @@ def run_benchmarks(job: EvaluationJob, model: LoadedModel) -> dict[str, Any]:
         done[name] = run_custom_task(name, task_config, job.request.data_files[name], generate, params | (task_config.get("params") or {}), progress)
         task_status[name] = "completed"
         logger.info("Task %s: %s", name, {k: {s: v["value"] for s, v in r["scores"].items()} for k, r in done[name]["metrics"].items()})
-    client.set_tag(job.run_id, "customizer.progress", json.dumps({"task_status": task_status, "progress": 100.0}))
+    client.set_tag(job.run_id, tag.PROGRESS, json.dumps({"task_status": task_status, "progress": 100.0}))
     return {"tasks": done, "groups": {}}
 
 

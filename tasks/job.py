@@ -1,30 +1,30 @@
-"""Opening and closing a job: config check, work folder, MLflow run, base model, final result."""
+"""Opening and closing a job: work folder, MLflow run, final result, and the flow's hooks."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+from pathlib import Path
 from typing import Literal
 
 from prefect import get_run_logger, runtime, task
-from pydantic import BaseModel
+from prefect.client.orchestration import get_client
+from pydantic import BaseModel, ValidationError
 
-from core import __version__
-from core.ids import prefixed_id
-from core.settings import get_settings
-from core import tracking
+from core import __version__, tracking
+from core import tags as tag
+from core.catalog import CustomizationConfig
+from core.settings import Settings, get_settings
+from core.specs import CustomizationSpec, PromotionPolicy
+from data.ingest import IngestedDataset
 from deploy.notify import notify
 from deploy.registry import CHAMPION, RegisteredVersion
 from deploy.store import Published
 from evaluation.gate import ApprovalRecord, Decision, Power
-from evaluation.policy import effective_policy
 from evaluation.runner import StageScores
-from training.base_model import ResolvedModel, resolve_base_model
-from core.catalog import CustomizationConfig, get_config
-from data.ingest import IngestedDataset
+from tasks.check import CheckedJob, job_folder
 from training.common import TrainResult
-from core.specs import CustomizationSpec, PromotionPolicy
 
 
 class Job(BaseModel):
@@ -76,43 +76,47 @@ def _flatten(prefix: str, value: object) -> dict[str, object]:
     return {prefix: json.dumps(value) if isinstance(value, list) else value}
 
 
-@task(name="open-job")
-def open_job(spec: CustomizationSpec) -> Job:
-    """Check the config allows the method, create the work folder and the job's MLflow run."""
-    settings = get_settings()
-    config = get_config(spec.config, settings)
-    config.option_for(spec.hyperparameters.training_type, spec.hyperparameters.finetuning_type)
-    policy, policy_source = effective_policy(spec, settings)
-    flow_run_id = runtime.flow_run.id
-    job_id = prefixed_id("cust", flow_run_id) if flow_run_id else prefixed_id("cust")
-    work_dir = settings.jobs_dir / job_id
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
-    run_id = tracking.start_run(
+def _open_run(settings: Settings, job_id: str, spec: CustomizationSpec, flow_run_id: object) -> str:
+    """Open (or reopen) the job's MLflow run, tagged with what identifies the job."""
+    return tracking.start_run(
         settings,
         job_id,
         tags={
-            "customizer.config": spec.config,
-            "customizer.output_model": spec.output_model,
-            "customizer.flow_run_id": str(flow_run_id or ""),
-            "customizer.code_version": __version__,
+            tag.CONFIG: spec.config,
+            tag.OUTPUT_MODEL: spec.output_model,
+            tag.FLOW_RUN_ID: str(flow_run_id or ""),
+            tag.CODE_VERSION: __version__,
         },
         params=_flatten("", spec.hyperparameters.model_dump()) | {"config": spec.config, "dataset": spec.dataset},
     )
-    tracking.client(settings).set_tag(run_id, "customizer.policy", json.dumps({"source": policy_source, **policy.model_dump()}))
-    get_run_logger().info("Job %s: work folder %s, MLflow run %s, policy from %s", job_id, work_dir, run_id, policy_source)
-    return Job(job_id=job_id, work_dir=str(work_dir), run_id=run_id, spec=spec, config=config, policy=policy, policy_source=policy_source)
 
 
-@task(name="resolve-base-model")
-def base_model(job: Job) -> ResolvedModel:
-    """Find (or convert once into the cache) the config's base model."""
+def log_ingest_report(client, run_id: str, data_dir: Path) -> None:
+    """Attach ``ingest/report.json`` and ``ingest/report.html`` to the run (when ingest got to write them)."""
+    for name in ("report.json", "report.html"):
+        if (data_dir / name).is_file():
+            client.log_artifact(run_id, str(data_dir / name), "ingest")
+
+
+@task(name="open-job")
+def open_job(checked: CheckedJob) -> Job:
+    """Create the job's work folder and MLflow run, with what the pre-flight resolved (policy, base model)."""
     settings = get_settings()
-    resolved = resolve_base_model(job.config.target, settings)
+    spec = checked.spec
+    job_id, work_dir = job_folder(settings)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
+    run_id = _open_run(settings, job_id, spec, runtime.flow_run.id)
     client = tracking.client(settings)
-    client.set_tag(job.run_id, "customizer.base_model", job.config.target.name)
-    client.set_tag(job.run_id, "customizer.base_model.digest", resolved.digest)
-    return resolved
+    client.set_tag(run_id, tag.POLICY, json.dumps({"source": checked.policy_source, **checked.policy.model_dump()}))
+    if checked.base is not None:
+        client.set_tag(run_id, tag.BASE_MODEL, checked.config.target.name)
+        client.set_tag(run_id, tag.BASE_MODEL_DIGEST, checked.base.digest)
+    get_run_logger().info("Job %s: work folder %s, MLflow run %s, policy from %s", job_id, work_dir, run_id, checked.policy_source)
+    return Job(
+        job_id=job_id, work_dir=str(work_dir), run_id=run_id, spec=spec, config=checked.config,
+        policy=checked.policy, policy_source=checked.policy_source,
+    )
 
 
 @task(name="finish-job")
@@ -171,19 +175,26 @@ def finish_job(
 
 
 def mark_failed(flow, flow_run, state) -> None:
-    """Flow failure hook: say so on the webhook, close the job's MLflow run as FAILED so no run is left dangling."""
+    """Flow failure hook: say so on the webhook and close the job's MLflow run as FAILED, so no run is
+    left dangling. A job its pre-flight refused has no run yet: it gets one, with the dataset report
+    when ingest wrote one, so every job that ran leaves its record."""
     settings = get_settings()
-    job_id = prefixed_id("cust", flow_run.id)
-    spec = flow_run.parameters.get("spec")
-    output_model = spec.get("output_model") if isinstance(spec, dict) else getattr(spec, "output_model", None)
+    job_id, work_dir = job_folder(settings, flow_run.id)
+    raw = flow_run.parameters.get("spec")
+    output_model = raw.get("output_model") if isinstance(raw, dict) else getattr(raw, "output_model", None)
     notify(settings, f"customize job {job_id} for {output_model or 'an unknown model'} failed: {state.message}"[:3000])
+    try:
+        spec = raw if isinstance(raw, CustomizationSpec) else CustomizationSpec.model_validate(raw)
+    except ValidationError:
+        spec = None  # the flow refused its parameter before any task ran: nothing to record but the notice
+    if spec is not None:
+        run_id = _open_run(settings, job_id, spec, flow_run.id)  # the job's run, or the refused job's new one
+        log_ingest_report(tracking.client(settings), run_id, work_dir / "data")
     tracking.fail_job_runs(settings, job_id, str(state.message))
 
 
 def record_process(flow, flow_run, state) -> None:
     """Flow running hook: record where the run's process is (``host:pid``) on the flow run, so a
     worker starting after a crash tells a run whose process is gone from one still running."""
-    from prefect.client.orchestration import get_client
-
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run.id, infrastructure_pid=f"{socket.gethostname()}:{os.getpid()}")

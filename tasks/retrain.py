@@ -11,12 +11,13 @@ from typing import Literal
 from prefect import get_run_logger, runtime, task
 from pydantic import BaseModel
 
+from core import tags as tag
 from core.settings import get_settings
+from core.specs import CustomizationSpec
+from data.ingest import ingest_dataset
 from deploy import registry
 from tasks.deploy import transient_io_error
 from tasks.job import CustomizationResult
-from data.ingest import ingest_dataset
-from core.specs import CustomizationSpec
 
 RETRAIN_FLOW = "retrain"
 
@@ -50,16 +51,16 @@ def champion_spec(output_model: str, tags: dict[str, str]) -> CustomizationSpec:
     Raises:
         ValueError: the version carries neither the spec nor the tags to rebuild it.
     """
-    if "customizer.spec" in tags:
-        return CustomizationSpec.model_validate_json(tags["customizer.spec"])
-    missing = [k for k in ("customizer.config", "customizer.dataset.uri", "customizer.hyperparameters") if k not in tags]
+    if tag.SPEC in tags:
+        return CustomizationSpec.model_validate_json(tags[tag.SPEC])
+    missing = [k for k in (tag.CONFIG, tag.DATASET_URI, tag.HYPERPARAMETERS) if k not in tags]
     if missing:
         raise ValueError(f"{output_model}: the champion has no `customizer.spec` tag and lacks {', '.join(missing)} to rebuild it")
     return CustomizationSpec(
-        config=tags["customizer.config"],
-        dataset=tags["customizer.dataset.uri"],
+        config=tags[tag.CONFIG],
+        dataset=tags[tag.DATASET_URI],
         output_model=output_model,
-        hyperparameters=json.loads(tags["customizer.hyperparameters"]),
+        hyperparameters=json.loads(tags[tag.HYPERPARAMETERS]),
     )
 
 
@@ -78,8 +79,8 @@ def find_champions(output_models: list[str] | None) -> tuple[list[Champion], lis
             skipped.append(RetrainOutcome(output_model=output_model, action="skipped", reason="no champion to retrain"))
             continue
         champions.append(Champion(
-            output_model=output_model, version=version, dataset_uri=tags["customizer.dataset.uri"],
-            dataset_sha256=tags["customizer.dataset.sha256"], spec=champion_spec(output_model, tags),
+            output_model=output_model, version=version, dataset_uri=tags[tag.DATASET_URI],
+            dataset_sha256=tags[tag.DATASET_SHA256], spec=champion_spec(output_model, tags),
         ))
     get_run_logger().info("Champions: %s", ", ".join(f"{c.output_model}@{c.version}" for c in champions) or "none")
     return champions, skipped
@@ -90,7 +91,12 @@ def other_retrain(output_model: str) -> str | None:
     """Why this model must be skipped because another retrain of it is still going, or None."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
 

@@ -1,4 +1,4 @@
-"""Training as tasks: a plan (guidance, estimate, budget) and the training run itself.
+"""Training as tasks: the plan (the pre-flight's guidance and estimate, the budget) and the training run itself.
 
 Training is not retried: a re-run of the job resumes from its last checkpoint instead.
 """
@@ -9,21 +9,23 @@ import json
 import time
 
 from prefect import get_run_logger, runtime, task
+from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import Abort
+from prefect.states import Cancelled
 from pydantic import BaseModel
 
+from core import tags as tag
+from core import tracking
 from core.secrets import unsealed_environment
 from core.settings import get_settings
-from core import tracking
+from data.ingest import IngestedDataset
+from tasks.check import CheckedJob
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.common import Hooks, TrainingCancelled, TrainResult
-from data.ingest import IngestedDataset, read_examples
-from training.guidance import Estimate, JobWarning, check_budget, estimate, guidance
+from training.guidance import Estimate, JobWarning, check_budget
 from training.launch import TrainingRequest, launch
-from data.preference import reward_row
-from data.prompts import render
 
 
 class TrainingPlan(BaseModel):
@@ -31,54 +33,22 @@ class TrainingPlan(BaseModel):
     estimate: Estimate
 
 
-def _tokens_per_epoch(job: Job, base: ResolvedModel, data: IngestedDataset) -> int:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    total = 0
-    for example in read_examples(data.files["training"]):
-        record = example.record
-        if "chosen_response" in record:
-            text = str(record["prompt"]) + record["chosen_response"] + record["rejected_response"]
-        elif "completion" in record or "messages" in record:
-            sample = render(record, job.config, tokenizer)
-            text = sample.prompt + sample.target
-        else:
-            text = reward_row(record, job.config, tokenizer)["prompt"]
-        total += len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return total
-
-
 @task(name="plan-training")
-def plan_training(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainingPlan:
-    """Warn about risky settings, estimate the cost, and refuse a job over its budget."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+def plan_training(job: Job, checked: CheckedJob) -> TrainingPlan:
+    """Record the pre-flight's warnings and cost estimate on the job's run, and refuse a job over its
+    budget (here, after the baseline: a job that prompting satisfies trains nothing and costs nothing)."""
     settings = get_settings()
-    hp = job.spec.hyperparameters
-    examples = data.counts["training"]
-    parameters = job.config.target.num_parameters
-    if parameters is None:  # count them without allocating weights
-        import torch
-
-        with torch.device("meta"):
-            parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base.path)).parameters())
-    cost = estimate(hp, job.config, examples, _tokens_per_epoch(job, base, data), parameters, job.spec.budget.utilisation)
-    plan = TrainingPlan(warnings=guidance(hp, job.config, examples), estimate=cost)
-    logger = get_run_logger()
-    for warning in plan.warnings:
-        logger.warning("%s: %s", warning.message, warning.explanation)
-    logger.info("Estimate: %s", cost.describe())
+    if checked.estimate is None:  # the flow's pre-flight always resolves the base model, so it always estimates
+        raise ValueError(f"job {job.job_id}: the pre-flight made no cost estimate (its base model was not resolved)")
+    plan = TrainingPlan(warnings=checked.warnings, estimate=checked.estimate)  # the check task logged both
     tracking.log_dict(settings, job.run_id, plan.model_dump(), "plan.json")
-    tracking.client(settings).set_tag(job.run_id, "customizer.warnings", json.dumps([w.model_dump() for w in plan.warnings]))
-    check_budget(cost, job.spec.budget.max_device_hours)
+    tracking.client(settings).set_tag(job.run_id, tag.WARNINGS, json.dumps([w.model_dump() for w in plan.warnings]))
+    check_budget(plan.estimate, job.spec.budget.max_device_hours)
     return plan
 
 
 def _cancel_requested() -> bool:
     """True once this flow run is being cancelled through Prefect (the UI, the API or the CLI)."""
-    from prefect.client.orchestration import get_client
-
     flow_run_id = runtime.flow_run.id
     if not flow_run_id:
         return False
@@ -89,12 +59,9 @@ def _cancel_requested() -> bool:
 
 def _mark_cancelled(job: Job, message: str) -> None:
     """Finish the cancellation the user asked for: the flow run ends Cancelled, the MLflow run KILLED."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled
-
     settings = get_settings()
     client = tracking.client(settings)
-    client.set_tag(job.run_id, "customizer.stop_reason", message)
+    client.set_tag(job.run_id, tag.STOP_REASON, message)
     client.set_terminated(job.run_id, status="KILLED")
     if runtime.flow_run.id:
         with get_client(sync_client=True) as prefect:
@@ -128,7 +95,7 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
         now = time.monotonic()
         if snapshot["phase"] != "running" or now - last_progress[0] > 5:
             last_progress[0] = now
-            client.set_tag(job.run_id, "customizer.progress", json.dumps(snapshot))
+            client.set_tag(job.run_id, tag.PROGRESS, json.dumps(snapshot))
 
     hooks = Hooks(sink=buffer.add, progress=progress, should_stop=_cancel_requested)
     request = TrainingRequest(
@@ -149,7 +116,7 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
         raise Abort(str(exc)) from exc
     finally:
         buffer.flush()
-    client.set_tag(job.run_id, "customizer.stop_reason", result.stop_reason)
+    client.set_tag(job.run_id, tag.STOP_REASON, result.stop_reason)
     get_run_logger().info(
         "Trained %d steps (%.1f epochs) in %.0f s: %s; val_loss %s; forgetting_kl %s",
         result.steps, result.epochs_completed, result.train_seconds, result.stop_reason,

@@ -102,14 +102,15 @@ def ok_rows(count: int, start: int = 0) -> list[dict]:
 
 def canonical_dataset(folder: Path, training: list[dict], validation: list[dict], testing: list[dict] | None = None):
     """An ingested dataset written directly (for training tests that do not exercise ingest)."""
+    from data.formats import detect_format
     from data.ingest import IngestedDataset
 
-    files, counts = {}, {}
+    files, counts, formats = {}, {}, {}
     for split, rows in (("training", training), ("validation", validation), ("testing", testing or validation)):
         path = write_jsonl(folder / f"{split}.jsonl", [{"loc": f"{split}/data.jsonl:{i + 1}", "record": r} for i, r in enumerate(rows)])
-        files[split], counts[split] = str(path), len(rows)
+        files[split], counts[split], formats[split] = str(path), len(rows), detect_format(rows[0])
     return IngestedDataset(
-        source=str(folder), sha256="0" * 64, files=files, counts=counts, formats={s: "test" for s in files},
+        source=str(folder), sha256="0" * 64, files=files, counts=counts, formats=formats,
         validation_source="validation", testing_source="testing",
     )
 
@@ -138,3 +139,59 @@ def ok_dataset(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(tiny_config_dir: Path):
     return get_settings()
+
+
+# --- test kinds ------------------------------------------------------------------------------------
+# Every test carries exactly one kind, so `pytest -m unit` (make test-fast) runs in minutes and the
+# rest can be run by what they need. A test or module marked explicitly keeps its mark; otherwise
+# the kind follows from its folder, then from the fixtures it uses.
+
+KINDS = ("unit", "flow", "platform", "faults", "browser")
+TESTS_DIR = Path(__file__).resolve().parent
+# Fixtures that start a real service: the whole platform (`customizer up`) and what drives it, moto's
+# S3 server, an MLflow server, serve-models on uvicorn, a Prefect server.
+SERVICE_FIXTURES = frozenset({
+    "platform", "nemo", "http", "hf_api", "email_dataset", "example_jobs",
+    "s3_endpoint", "counted_s3", "s3_store", "s3", "held_s3", "mlflow_server", "served",
+    "prefect_server", "services", "faulty", "faulty_settings",
+})
+
+
+def _kind(item: pytest.Item) -> str:
+    """The kind a test gets from where it lives and what it uses, when it is not marked itself."""
+    path = Path(item.path).resolve()
+    folder = path.relative_to(TESTS_DIR).parts[0] if path.is_relative_to(TESTS_DIR) else ""
+    if folder == "faults":
+        return "faults"
+    if path.name == "test_prefect_ui.py":
+        return "browser"
+    if folder == "flows":
+        return "flow"
+    if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return "platform"
+    return "unit"
+
+
+@pytest.fixture(autouse=True)
+def _no_prefect_server_for_unit_tests(request: pytest.FixtureRequest):
+    """A unit test starts no service: where it would reach Prefect without a server to talk to,
+    Prefect fails saying no API URL is set instead of starting a temporary server (which would
+    then run, and take CPU from every later test, until the session ends)."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    # delayed: Prefect is heavy (start-up time), and only unit tests need this
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_ENABLED: False}):
+        yield
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test exactly one kind; a test marked with two is a collection error naming both."""
+    for item in items:
+        marked = sorted({mark.name for mark in item.iter_markers() if mark.name in KINDS})
+        if len(marked) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked with more than one kind: {', '.join(marked)}")
+        if not marked:
+            item.add_marker(getattr(pytest.mark, _kind(item)))

@@ -2,7 +2,8 @@
 
 import json
 
-from customizer.cli import DEMO_CONFIG, main
+from customizer.cli import main
+from customizer.commands import DEMO_CONFIG
 from tests.conftest import TINY_CONFIG_URN, ok_rows, write_jsonl
 
 
@@ -35,6 +36,20 @@ def test_check_reports_bad_dataset_lines(tmp_path, capsys, tiny_config_dir):
     spec.write_text(json.dumps({"config": TINY_CONFIG_URN, "dataset": str(root), "output_model": "team/m"}))
     assert main(["check", str(spec)]) == 2
     assert "training/t.jsonl:4: `prompt` must be a string, got number" in capsys.readouterr().err
+
+
+def test_check_runs_the_jobs_pre_flight_with_its_method_and_lengths(tmp_path, capsys, tiny_config_dir):
+    root = tmp_path / "ds"
+    write_jsonl(root / "training" / "t.jsonl", ok_rows(9) + [{"prompt": "word " * 300, "completion": "ok"}])
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"config": TINY_CONFIG_URN, "dataset": str(root), "output_model": "team/m"}))
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "training/t.jsonl:10: " in err and "longer than the config's max_seq_length 128" in err and "Traceback" not in err
+    spec.write_text(json.dumps({"config": TINY_CONFIG_URN, "dataset": str(root), "output_model": "team/m",
+                                "data": {"long_examples": "drop"}, "hyperparameters": {"training_type": "dpo"}}))
+    assert main(["check", str(spec)]) == 2
+    assert "training/ holds completion records; training_type dpo reads preference records" in capsys.readouterr().err
 
 
 def test_unreadable_spec_files_are_reported(tmp_path, capsys):

@@ -30,8 +30,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
-from core.settings import Settings
+from core import objects
 from core.catalog import Target
+from core.settings import Settings
 
 log = logging.getLogger("customizer.base_model")
 MARKER = "customizer-model.json"
@@ -140,7 +141,7 @@ def _locked_build(dest: Path, build) -> None:
 
 
 def _builtin(name: str, target: Target, settings: Settings) -> ResolvedModel:
-    from training.tiny import build_tiny_model
+    from training.tiny import build_tiny_model  # delayed: it imports torch and transformers (start-up time)
 
     if name != "tiny-llama":
         raise BaseModelError(f"base model builtin://{name}: unknown built-in model (known: tiny-llama)")
@@ -155,26 +156,21 @@ def _builtin(name: str, target: Target, settings: Settings) -> ResolvedModel:
 
 
 def _from_s3(uri: str, target: Target, settings: Settings) -> ResolvedModel:
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import (  # delayed: boto3 is heavy (start-up time)
+        BotoCoreError,
+        ClientError,
+    )
 
     parsed = urlparse(uri)
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     dest = settings.models_dir / f"{_slug(target.name)}-s3-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
 
     def build(tmp: Path) -> None:
-        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
         try:
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
-            keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-            if not keys:
+            if not objects.download_prefix(objects.s3_client(settings), bucket, prefix, tmp, settings=settings):
                 raise BaseModelError(f"base model {uri}: no objects under that prefix")
-            for key in keys:
-                relative = key[len(prefix):].lstrip("/") if prefix else key
-                if not relative or ".." in Path(relative).parts:
-                    continue
-                (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, key, str(tmp / relative))
+        except objects.PathRefused as exc:
+            raise BaseModelError(f"base model {uri}: {exc}") from exc
         except (BotoCoreError, ClientError) as exc:
             raise BaseModelError(f"base model {uri}: download failed: {exc}") from exc
         if not (tmp / "config.json").exists():

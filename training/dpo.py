@@ -12,8 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from core.settings import Settings
 from core.catalog import CustomizationConfig
+from core.settings import Settings
+from core.specs import Hyperparameters
+from data.formats import METHOD_FORMATS
+from data.ingest import IngestedDataset, read_examples
+from data.preference import preference_row
 from training.common import (
     Hooks,
     TrainingError,
@@ -26,16 +30,13 @@ from training.common import (
     run_trainer,
     save_output,
 )
-from data.ingest import IngestedDataset, read_examples
-from data.preference import preference_row
-from core.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
 
 
 def dpo_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Path, train_examples: int) -> Any:
     """The one place a TRL ``DPOConfig`` is built from a job's hyperparameters."""
-    from trl import DPOConfig
+    from trl import DPOConfig  # delayed: trl is heavy (start-up time)
 
     losses, weights = ["sigmoid"], [hp.dpo.preference_loss_weight]
     if hp.dpo.sft_loss_weight > 0:
@@ -55,8 +56,6 @@ def dpo_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Pat
 def _rows(path: str, config: CustomizationConfig, tokenizer: Any, split: str) -> tuple[list[dict[str, str]], float]:
     rows, too_long, total = [], [], 0
     for example in read_examples(path):
-        if "chosen_response" not in example.record:
-            raise TrainingError(f"{example.loc}: DPO needs preference records (prompt, chosen_response, rejected_response)")
         row = preference_row(example.record, config, tokenizer)
         longest = max(len(tokenizer(row["prompt"] + row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
         total += longest
@@ -88,10 +87,15 @@ def train_dpo(
         TrainingError: not preference data, pairs too long, or a batch size that does not fit.
         TrainingCancelled: the job was cancelled.
     """
+    # delayed: datasets, transformers and trl are heavy (start-up time)
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOTrainer
 
+    for split in ("training", "validation"):
+        fmt = dataset.formats[split]
+        if fmt not in METHOD_FORMATS["dpo"]:
+            raise TrainingError(f"{split}/ holds {fmt} records; DPO needs preference records (prompt, chosen_response, rejected_response)")
     prepare_process(settings, hp)
     hooks = hooks or Hooks()
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)

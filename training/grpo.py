@@ -12,13 +12,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from core.settings import Settings
 from core.catalog import CustomizationConfig
-from training.common import Hooks, TrainingError, TrainResult, common_args, lora_config, parameter_counts, prepare_process, run_trainer, save_output
+from core.settings import Settings
+from core.specs import EarlyStopping, Hyperparameters
+from data.formats import METHOD_FORMATS
 from data.ingest import IngestedDataset, read_examples
 from data.preference import reward_row
+from training.common import (
+    Hooks,
+    TrainingError,
+    TrainResult,
+    common_args,
+    lora_config,
+    parameter_counts,
+    prepare_process,
+    run_trainer,
+    save_output,
+)
 from training.rewards import resolve_reward
-from core.specs import EarlyStopping, Hyperparameters
 
 log = logging.getLogger("customizer.training")
 
@@ -29,7 +40,7 @@ def grpo_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Pa
     NeMo's GRPO ignores ``batch_size``: a step is ``num_prompts_per_step`` prompts times
     ``num_generations_per_prompt`` completions.
     """
-    from trl import GRPOConfig
+    from trl import GRPOConfig  # delayed: trl is heavy (start-up time)
 
     g = hp.grpo
     completions = g.num_prompts_per_step * g.num_generations_per_prompt
@@ -55,6 +66,28 @@ def grpo_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Pa
     )
 
 
+def _columns_dataset(rows: list[dict[str, Any]]) -> Any:
+    """The rows as a ``datasets.Dataset`` whose columns are the union of every row's (None where a
+    row lacks one): a ``Dataset`` built from a list takes its columns from the first row alone, and
+    a record with ``solution`` after one with ``answer`` must still hand its answer to the rewards.
+
+    Raises:
+        TrainingError: a column holding values of different types across records.
+    """
+    # delayed: datasets and pyarrow are heavy (start-up time)
+    import pyarrow
+    from datasets import Dataset
+
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    try:
+        return Dataset.from_list([{name: row.get(name) for name in names} for row in rows])
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as exc:
+        raise TrainingError(
+            f"the reward records' columns cannot be passed to the rewards: each column must hold one type "
+            f"across records (text, numbers, lists...): {exc}"
+        ) from None
+
+
 def train_grpo(
     base_model_dir: str,
     dataset: IngestedDataset,
@@ -74,18 +107,19 @@ def train_grpo(
         RewardError: a reward name that does not resolve.
         TrainingCancelled: the job was cancelled.
     """
-    from datasets import Dataset
+    # delayed: transformers and trl are heavy (start-up time)
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
+    fmt = dataset.formats["training"]
+    if fmt not in METHOD_FORMATS["grpo"]:
+        raise TrainingError(f"training/ holds {fmt} records; GRPO needs reward records (a prompt plus answer columns)")
     prepare_process(settings, hp)
     hooks = hooks or Hooks()
     rewards = [resolve_reward(name) for name in hp.grpo.rewards]
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     rows, total = [], 0
     for example in read_examples(dataset.files["training"]):
-        if "prompt" not in example.record or "completion" in example.record or "chosen_response" in example.record:
-            raise TrainingError(f"{example.loc}: GRPO needs reward records (a prompt plus answer columns)")
         row = reward_row(example.record, config, tokenizer)
         length = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]) + hp.grpo.max_new_tokens
         if length > config.max_seq_length:
@@ -98,7 +132,7 @@ def train_grpo(
         model=base_model_dir,
         reward_funcs=rewards,
         args=grpo_config(hp, config, checkpoints, len(rows)),
-        train_dataset=Dataset.from_list(rows),
+        train_dataset=_columns_dataset(rows),
         processing_class=tokenizer,
         peft_config=lora_config(hp, config) if hp.uses_lora else None,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,13 +19,20 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from core.settings import Settings, get_settings
+from core import tags as tag
 from core.catalog import CustomizationConfig
-from training.common import Hooks, TrainingCancelled, TrainingError, TrainResult
-from data.ingest import IngestedDataset
+from core.processes import stop_processes
+from core.settings import Settings, apply_environment, get_settings
 from core.specs import Hyperparameters
+from core.tracking import MetricBuffer, client
+from data.ingest import IngestedDataset
+from training.common import Hooks, TrainingCancelled, TrainingError, TrainResult
+from training.dpo import train_dpo
+from training.grpo import train_grpo
+from training.sft import train_sft
 
 log = logging.getLogger("customizer.training")
+STOP_GRACE_S = 10.0  # seconds the training processes have to exit after SIGTERM before SIGKILL
 
 
 class TrainingRequest(BaseModel):
@@ -43,10 +49,6 @@ class TrainingRequest(BaseModel):
 
 
 def methods() -> dict[str, Callable[..., TrainResult]]:
-    from training.dpo import train_dpo
-    from training.grpo import train_grpo
-    from training.sft import train_sft
-
     return {"sft": train_sft, "dpo": train_dpo, "grpo": train_grpo}
 
 
@@ -100,11 +102,11 @@ def launch(
         try:
             while process.poll() is None:
                 if should_stop is not None and should_stop():
-                    _stop(process)
+                    stop_processes(process, grace=STOP_GRACE_S)
                     raise TrainingCancelled("cancelled while training; the training processes were stopped")
                 time.sleep(1.0)
         except BaseException:
-            _stop(process)
+            stop_processes(process, grace=STOP_GRACE_S)
             raise
     if process.returncode != 0 or not result_path.exists():
         tail = log_path.read_text(errors="replace")[-3000:]
@@ -112,21 +114,7 @@ def launch(
     return TrainResult.model_validate_json(result_path.read_text())
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a process group: SIGTERM, then SIGKILL after a grace period."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def _mlflow_hooks(settings: Settings, run_id: str) -> tuple[Hooks, Callable[[], None]]:
-    from core.tracking import MetricBuffer, client
-
     buffer = MetricBuffer(settings, run_id)
     mlflow = client(settings)
     last = [0.0]
@@ -135,15 +123,13 @@ def _mlflow_hooks(settings: Settings, run_id: str) -> tuple[Hooks, Callable[[], 
         now = time.monotonic()
         if snapshot["phase"] != "running" or now - last[0] > 5:
             last[0] = now
-            mlflow.set_tag(run_id, "customizer.progress", json.dumps(snapshot))
+            mlflow.set_tag(run_id, tag.PROGRESS, json.dumps(snapshot))
 
     return Hooks(sink=buffer.add, progress=progress), buffer.flush
 
 
 def main(argv: list[str] | None = None) -> int:
     """Per-process entry point under ``torchrun`` (or alone)."""
-    from core.settings import apply_environment
-
     settings = get_settings()
     apply_environment(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(levelname)s %(message)s")

@@ -39,29 +39,25 @@ from typing import Any
 
 import numpy as np
 
-from core.settings import Settings
-from training.base_model import ResolvedModel, file_sha256
+from core import tags as tag
 from core.catalog import CustomizationConfig
-from data.ingest import (
-    BOM,
-    DatasetError,
-    IngestedDataset,
-    LineError,
-    _BadLine,
-    _has_float,
-    _lines,
-    _parse,
-    _parse_exactly,
-    _Problems,
-    _split_files,
-    _write_report,
+from core.settings import Settings, get_settings
+from core.specs import Replay
+from data.canonical import (
+    BadLine,
     canonical_bytes,
+    has_float,
+    parse_exactly,
+    parse_line,
 )
+from data.chunks import BOM, numbered_lines
+from data.formats import METHOD_FORMATS, Format, Record, check_record
+from data.ingest import DatasetError, IngestedDataset, write_report
+from data.layout import LineError, Problems, split_files
+from data.prompts import render, stop_sequences, tokenize
 from data.report import DataReport, ReplayGeneration, ReplayReport
 from data.sources import SourceError, resolve_dataset
-from data.formats import METHOD_FORMATS, Record, check_record
-from data.prompts import render, stop_sequences, tokenize
-from core.specs import Replay
+from training.base_model import ResolvedModel, file_sha256
 
 log = logging.getLogger("customizer.replay")
 
@@ -98,24 +94,29 @@ def replay_tags(replay: ReplayReport | None) -> dict[str, str]:
     """The lineage tags of a job's replay examples (none when the job has none)."""
     if replay is None:
         return {}
-    tags = {"customizer.replay.source": replay.source, "customizer.replay.examples": str(replay.examples)}
+    tags = {tag.REPLAY_SOURCE: replay.source, tag.REPLAY_EXAMPLES: str(replay.examples)}
     if replay.sha256:
-        tags["customizer.replay.sha256"] = replay.sha256
+        tags[tag.REPLAY_SHA256] = replay.sha256
     if replay.generation:
-        tags["customizer.replay.prompts_sha256"] = replay.generation.prompts_sha256
+        tags[tag.REPLAY_PROMPTS_SHA256] = replay.generation.prompts_sha256
     return tags
 
 
 # --- records in the user's format ------------------------------------------------------------
 
 
-def as_format(record: Record, fmt: str) -> tuple[Record | None, str | None]:
+def as_format(record: Record, found: Format, fmt: str) -> tuple[Record | None, str | None]:
     """A completion or chat record written in ``fmt`` (the user's training format), content only.
+
+    Args:
+        record: a valid completion or chat record.
+        found: its format, as ``check_record`` found it.
+        fmt: the format to write it in.
 
     Returns:
         ``(record, None)``, or ``(None, reason)`` when the record cannot be written in ``fmt``.
     """
-    if "messages" in record:
+    if found == "chat":
         if fmt == "chat":
             return {k: record[k] for k in ("messages", "tools") if k in record}, None
         messages = record["messages"]
@@ -132,7 +133,7 @@ def as_format(record: Record, fmt: str) -> tuple[Record | None, str | None]:
 
 
 def _with_answer(prompt: str, answer: str, fmt: str) -> Record:
-    return as_format({"prompt": prompt, "completion": answer}, fmt)[0]
+    return as_format({"prompt": prompt, "completion": answer}, "completion", fmt)[0]
 
 
 # --- selection -------------------------------------------------------------------------------
@@ -187,6 +188,7 @@ def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
 
 def generation_dtype() -> str:
     """bfloat16 where the hardware runs it natively, else float32 (no config opt-in: generation only)."""
+    # delayed: training.common imports torch, transformers and peft at import time (start-up time)
     from training.common import native_bf16
 
     return "bfloat16" if native_bf16() else "float32"
@@ -196,6 +198,7 @@ def generate_answers(model_dir: str, prompts: list[str], stop_ids: list[int], dt
     """Greedy answers of the model to rendered prompts, a batch at a time (left-padded), each cut
     at the first stop token: ``(answer, finished)``, finished when it stopped before MAX_NEW_TOKENS.
     Prompts are tokenized as training tokenizes them (``data.prompts.tokenize``)."""
+    # delayed: torch and transformers are heavy (start-up time)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -318,10 +321,10 @@ def _self_rehearsal(
 # --- a folder of examples --------------------------------------------------------------------
 
 
-def _folder_files(root: Path, problems: _Problems, warnings: list[str]) -> list[tuple[Path, str]]:
+def _folder_files(root: Path, problems: Problems, warnings: list[str]) -> list[tuple[Path, str]]:
     if (root / "training").is_dir():
-        return _split_files(root, "training", problems, warnings)
-    return _split_files(root.parent, root.name, problems, warnings)
+        return split_files(root, "training", problems, warnings)
+    return split_files(root.parent, root.name, problems, warnings)
 
 
 def read_folder(source: str, download_dir: Path, fmt: str, settings: Settings | None = None) -> tuple[list[tuple[str, Record]], list[str]]:
@@ -335,7 +338,7 @@ def read_folder(source: str, download_dir: Path, fmt: str, settings: Settings | 
         root = resolve_dataset(source, download_dir, settings)
     except SourceError as exc:
         raise DatasetError(f"data.replay.source {source}", [LineError(source, 0, str(exc))]) from None
-    problems, warnings = _Problems(), []
+    problems, warnings = Problems(), []
     files = _folder_files(root, problems, warnings)
     if not files and not problems.total:
         problems.add(source, 0, "no .jsonl files (put JSONL records in the folder, or in its training/ folder)")
@@ -348,7 +351,7 @@ def read_folder(source: str, download_dir: Path, fmt: str, settings: Settings | 
     return records, warnings
 
 
-def _read_file(path: Path, display: str, fmt: str, problems: _Problems, warnings: list[str]) -> Iterator[tuple[str, Record]]:
+def _read_file(path: Path, display: str, fmt: str, problems: Problems, warnings: list[str]) -> Iterator[tuple[str, Record]]:
     file_format, first_line = None, 0
     try:
         fh = open(path, "rb")
@@ -356,7 +359,7 @@ def _read_file(path: Path, display: str, fmt: str, problems: _Problems, warnings
         problems.add(display, 0, f"cannot be read: {exc.strerror}")
         return
     with fh:
-        for number, raw in _lines(fh):
+        for number, raw in numbered_lines(fh):
             if raw is None:
                 problems.add(display, number, "line is too long")
                 continue
@@ -365,15 +368,15 @@ def _read_file(path: Path, display: str, fmt: str, problems: _Problems, warnings
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM) :]
             try:
-                record, exact = _parse(raw)
-            except _BadLine as exc:
+                record, exact = parse_line(raw)
+            except BadLine as exc:
                 problems.add(display, number, str(exc))
                 if exc.binary and number == 1:
                     return
                 continue
             found, reason = check_record(record, file_format)
-            if not reason and not exact and _has_float(record):  # as ingest: floats are parsed exactly
-                record = _parse_exactly(raw)
+            if not reason and not exact and has_float(record):  # as ingest: floats are parsed exactly
+                record = parse_exactly(raw)
                 found, reason = check_record(record, file_format)
             if reason:
                 problems.add(display, number, reason)
@@ -394,7 +397,7 @@ def _read_file(path: Path, display: str, fmt: str, problems: _Problems, warnings
             except RecursionError:
                 problems.add(display, number, "not valid JSON: nested too deeply")
                 continue
-            written, reason = as_format(record, fmt)
+            written, reason = as_format(record, found, fmt)
             if reason:
                 problems.add(display, number, reason)
                 continue
@@ -437,15 +440,15 @@ def add_replay(
     if replay.ratio <= 0:
         return data
     check_method(method, replay)
-    from core.settings import get_settings
-
     settings = settings or get_settings()
     fmt = data.formats["training"]
     user_examples = data.counts["training"]
     wanted = round(replay.ratio * user_examples)
     tokenizer = None
     if model is not None:
-        from transformers import AutoTokenizer
+        from transformers import (
+            AutoTokenizer,  # delayed: transformers is heavy (start-up time)
+        )
 
         tokenizer = AutoTokenizer.from_pretrained(model.path)
     fit = _Fit(config, tokenizer)
@@ -491,6 +494,6 @@ def add_replay(
     report_files = data.report_files
     if "json" in report_files and Path(report_files["json"]).is_file():
         report = DataReport.model_validate_json(Path(report_files["json"]).read_text(encoding="utf-8"))
-        report_files = _write_report(report.model_copy(update={"replay": summary}), out_dir)
+        report_files = write_report(report.model_copy(update={"replay": summary}), out_dir)
     counts = dict(data.counts) | {"training": user_examples + len(picked)}
     return data.model_copy(update={"counts": counts, "replay": summary, "report_files": report_files})

@@ -14,8 +14,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from core.settings import Settings
 from core.catalog import CustomizationConfig
+from core.settings import Settings
+from core.specs import Hyperparameters
+from data.ingest import Example, IngestedDataset, read_examples
+from data.prompts import render, tokenize
 from training.common import (
     Hooks,
     TrainingError,
@@ -28,16 +31,13 @@ from training.common import (
     run_trainer,
     save_output,
 )
-from data.ingest import Example, IngestedDataset, read_examples
-from data.prompts import render, tokenize
-from core.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
 
 
 def sft_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Path, train_examples: int) -> Any:
     """The one place a TRL ``SFTConfig`` is built from a job's hyperparameters."""
-    from trl import SFTConfig
+    from trl import SFTConfig  # delayed: trl is heavy (start-up time)
 
     return SFTConfig(
         **common_args(hp, config, output_dir, train_examples, micro_batch_size(hp, config)),
@@ -110,6 +110,7 @@ def train_sft(
         TrainingError: examples too long, or a batch size that does not fit the config.
         TrainingCancelled: the job was cancelled.
     """
+    # delayed: datasets, transformers and trl are heavy (start-up time)
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTTrainer

@@ -11,11 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api import customization as logic
 from api import orchestrator
-from api.db import iso, now
+from api.db import JobRun, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import BadRequest, Conflict, NotFound
 from api.refresh import Answers
 from api.schemas import ApprovalAnswer, ConfigCreate, ConfigUpdate, JobCreate, JobLogs, JobPublic, JobStatusPublic, Page, TargetCreate, TargetUpdate
+from api.status import customization_jobs as jobs_status, job_logs as logs_of
 
 router = APIRouter(prefix="/v1/customization", tags=["customizer"])
 _JOB_FILTERS = {"status", "namespace", "project", "config", "dataset", "output_model", "training_type", "finetuning_type", "name", "created_at"}
@@ -57,7 +58,7 @@ def create_job(
 
 def _listed(store, settings, caller) -> list[dict[str, Any]]:
     jobs = [j for j in store.all(logic.JOB) if caller.sees(j.get("namespace"))]
-    return logic.refresh_jobs(store, settings, jobs)
+    return jobs_status.refresh(store, settings, jobs)
 
 
 @router.get("/jobs", summary="List customization jobs", response_model=Page)
@@ -73,11 +74,11 @@ async def list_jobs(request: Request, store: StoreDep, settings: SettingsDep, ca
 
 
 def _refreshed_job(store, settings, caller, job_id: str) -> dict[str, Any]:
-    return logic.refresh_jobs(store, settings, [_job(store, caller, job_id)], detailed=True)[0]
+    return jobs_status.refresh(store, settings, [_job(store, caller, job_id)], detailed=True)[0]
 
 
 async def _polled_job(store, settings, caller, job_id: str) -> dict[str, Any]:
-    job = logic.shared.recent(job_id, detailed=True)
+    job = jobs_status.recent(job_id, detailed=True)
     if job is None or not caller.sees(job.get("namespace")):
         job = await run_in_threadpool(_refreshed_job, store, settings, caller, job_id)
     return job
@@ -96,12 +97,12 @@ async def get_job_status(job_id: str, store: StoreDep, settings: SettingsDep, ca
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a customization job", response_model=JobPublic)
 def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    job = logic.refresh_jobs(store, settings, [_job(store, caller, job_id)])[0]
+    job = jobs_status.refresh(store, settings, [_job(store, caller, job_id)])[0]
     if job["status"] in orchestrator.FINAL:
         raise Conflict(f"customization job {job_id} is already {job['status']}; only a pending or running job can be cancelled")
-    orchestrator.cancel(job["_flow_run_id"])
-    logic.shared.forget(job_id)
-    return logic.public(logic.refresh_jobs(store, settings, [job], detailed=True)[0])
+    orchestrator.cancel(JobRun.of(job).flow_run_id)
+    jobs_status.forget(job_id)
+    return logic.public(jobs_status.refresh(store, settings, [job], detailed=True)[0])
 
 
 @router.post("/jobs/{job_id}/approval", summary="Approve or reject a job that waits for a reviewer", response_model=JobPublic)
@@ -112,17 +113,17 @@ def answer_approval(job_id: str, body: ApprovalAnswer, store: StoreDep, settings
     job is not waiting for an answer."""
     job = _job(store, caller, job_id)
     try:
-        orchestrator.answer(job["_flow_run_id"], body.model_dump())
+        orchestrator.answer(JobRun.of(job).flow_run_id, body.model_dump())
     except orchestrator.NotWaiting as exc:
         raise Conflict(f"customization job {job_id} is not waiting for an approval (its run is {exc})") from exc
-    logic.shared.forget(job_id)
-    return logic.public(logic.refresh_jobs(store, settings, [job], detailed=True)[0])
+    jobs_status.forget(job_id)
+    return logic.public(jobs_status.refresh(store, settings, [job], detailed=True)[0])
 
 
 @router.get("/jobs/{job_id}/container-logs", summary="Get a job's logs", response_model=JobLogs)
 def job_logs(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    job = logic.refresh_jobs(store, settings, [_job(store, caller, job_id)], detailed=True)[0]
-    return logic.job_logs(job)
+    job = jobs_status.refresh(store, settings, [_job(store, caller, job_id)], detailed=True)[0]
+    return logs_of(job)
 
 
 # ---------------------------------------------------------------- configs

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.customization import DATASET, MODEL, public, refresh_jobs, JOB
+from api.customization import DATASET, JOB, MODEL, public
 from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import Conflict, NotFound
@@ -16,6 +16,7 @@ from api.schemas import (
     DatasetCreate, DatasetUpdate, DeleteResponse, ModelCreate, ModelUpdate, NamespaceCreate, NamespaceUpdate, Page,
     ProjectCreate, ProjectUpdate,
 )
+from api.status import customization_jobs
 from core.ids import prefixed_id
 
 router = APIRouter(prefix="/v1", tags=["entity store"])
@@ -162,7 +163,7 @@ def _fresh_models(store, settings, models: list[dict[str, Any]]) -> list[dict[st
     if not waiting:
         return models
     jobs = [j for j in (store.get(JOB, m["custom_fields"]["customization_job"]) for m in waiting) if j is not None]
-    refresh_jobs(store, settings, jobs)
+    customization_jobs.refresh(store, settings, jobs)
     return [store.get(MODEL, m["id"]) or m for m in models]
 
 

@@ -14,13 +14,14 @@ from starlette.concurrency import run_in_threadpool
 from api import evaluation as logic
 from api import orchestrator
 from api.customization import public
-from api.db import Duplicate, iso, now
+from api.db import Duplicate, JobRun, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import BadRequest, Conflict, NotFound
 from api.schemas import (
     DeleteResponse, EvaluationConfigCreate, EvaluationConfigUpdate, EvaluationJobCreate, EvaluationTargetCreate,
     EvaluationTargetUpdate, Page,
 )
+from api.status import evaluation_jobs as jobs_status, result_of
 from evaluation.custom import ConfigProblem, check_config
 
 router = APIRouter(prefix="/v1/evaluation", tags=["evaluator"])
@@ -127,7 +128,7 @@ def _job(store, settings, caller, job_id: str) -> dict[str, Any]:
     job = store.get(logic.JOB, job_id)
     if job is None or not caller.sees(job.get("namespace")):  # another namespace's job is not there for this key
         raise NotFound(f"evaluation job {job_id} does not exist")
-    return logic.refresh_jobs(store, settings, [job])[0]
+    return jobs_status.refresh(store, settings, [job], detailed=True)[0]
 
 
 @router.post("/jobs", summary="Create an evaluation job")
@@ -141,13 +142,13 @@ _JOB_GETTERS = {"config": lambda j: j["config"].get("name") or j["config"].get("
 
 @router.get("/jobs", summary="List evaluation jobs", response_model=Page)
 def list_jobs(store: StoreDep, settings: SettingsDep, caller: CallerDep, params: ListDep) -> dict[str, Any]:
-    jobs = logic.refresh_jobs(store, settings, [j for j in store.all(logic.JOB) if caller.sees(j.get("namespace"))])
+    jobs = jobs_status.refresh(store, settings, [j for j in store.all(logic.JOB) if caller.sees(j.get("namespace"))], detailed=True)
     return paginate([public(j) for j in jobs], params, caller, {"config", "target", "status", "namespace", "project", "created_at"}, _SORT | {"status"}, _JOB_GETTERS)
 
 
 async def _polled_job(store, settings, caller, job_id: str) -> dict[str, Any]:
     """A job refreshed within the last few seconds is answered from memory, in the event loop."""
-    job = logic.shared.recent(job_id)
+    job = jobs_status.recent(job_id, detailed=True)
     if job is None or not caller.sees(job.get("namespace")):
         job = await run_in_threadpool(_job, store, settings, caller, job_id)
     return job
@@ -162,9 +163,9 @@ async def get_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: C
 def delete_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     job = _job(store, settings, caller, job_id)
     if job["status"] not in orchestrator.FINAL:
-        orchestrator.cancel(job["_flow_run_id"])
+        orchestrator.cancel(JobRun.of(job).flow_run_id)
     store.remove(logic.JOB, job_id)
-    logic.shared.forget(job_id)
+    jobs_status.forget(job_id)
     return _deleted(job_id, "evaluation job")
 
 
@@ -179,19 +180,19 @@ def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: Call
     job = _job(store, settings, caller, job_id)
     if job["status"] in orchestrator.FINAL:
         raise Conflict(f"evaluation job {job_id} is already {job['status']}")
-    orchestrator.cancel(job["_flow_run_id"])
-    logic.shared.forget(job_id)
-    return public(logic.refresh_jobs(store, settings, [job])[0])
+    orchestrator.cancel(JobRun.of(job).flow_run_id)
+    jobs_status.forget(job_id)
+    return public(jobs_status.refresh(store, settings, [job], detailed=True)[0])
 
 
 @router.get("/jobs/{job_id}/results", summary="Get an evaluation job's results")
 def job_results(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    return logic.result_of(settings, _job(store, settings, caller, job_id))
+    return result_of(settings, _job(store, settings, caller, job_id))
 
 
 @router.get("/jobs/{job_id}/download-results", summary="Download the results as a zip")
 def download_results(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> Response:
-    result = logic.result_of(settings, _job(store, settings, caller, job_id))
+    result = result_of(settings, _job(store, settings, caller, job_id))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("results.json", json.dumps(result, indent=2))
@@ -201,4 +202,4 @@ def download_results(job_id: str, store: StoreDep, settings: SettingsDep, caller
 @router.get("/jobs/{job_id}/logs", summary="Get an evaluation job's logs")
 def job_logs(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     job = _job(store, settings, caller, job_id)
-    return {"id": job_id, "logs": orchestrator.logs(job["_flow_run_id"])}
+    return {"id": job_id, "logs": orchestrator.logs(JobRun.of(job).flow_run_id)}

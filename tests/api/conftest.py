@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.processes import stop_processes
 from tests.conftest import SESSION_DIR, ok_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,13 +49,7 @@ class Platform:
         self.__dict__.update(fresh.__dict__)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_processes(self.process, grace=60, kill_wait=10)  # `up` stops its own services on SIGTERM
 
 
 def start_platform(data_dir: Path, mlflow_ui: bool = True) -> Platform:
@@ -78,8 +72,7 @@ def start_platform(data_dir: Path, mlflow_ui: bool = True) -> Platform:
     deadline = time.monotonic() + 420
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+            stop_processes(process, grace=60)
             logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in (data_dir / "logs").glob("*.log"))
             raise RuntimeError(f"customizer up did not start:\n{output.read_text(errors='replace')}\n{logs}")
         time.sleep(0.5)

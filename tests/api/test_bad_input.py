@@ -217,6 +217,33 @@ def test_a_dataset_folder_with_a_link_out_of_it_is_refused(client, tmp_path):
     assert snapshot_dataset(folder.as_uri(), client.app.state.settings) == folder
 
 
+def _job_on(client, tmp_path, rows: list[bytes], **hyperparameters):
+    """Create a job on the shipped tiny config over a dataset folder holding ``rows``."""
+    folder = tmp_path / "data" / "sets" / "fit"
+    (folder / "training").mkdir(parents=True)
+    (folder / "training" / "a.jsonl").write_bytes(b"".join(rows))
+    assert client.post("/v1/datasets", json={"name": "fit", "files_url": folder.as_uri()}).status_code == 200
+    return client.post("/v1/customization/jobs", json={"config": "customizer/tiny-llama@v1.0.0+cpu", "dataset": "fit",
+                                                       "hyperparameters": {"finetuning_type": "lora"} | hyperparameters})
+
+
+def test_a_dpo_job_on_sft_records_is_unprocessable_at_creation(client, tmp_path):
+    response = _job_on(client, tmp_path, [ROW] * 6, training_type="dpo")
+    assert response.status_code == 422, response.text
+    assert response.headers["x-should-retry"] == "false"
+    detail = response.json()["detail"]
+    assert "`dataset` default/fit" in detail and "does not fit this job" in detail
+    assert "training/ holds completion records; training_type dpo reads preference records" in detail
+
+
+def test_examples_over_max_seq_length_are_unprocessable_at_creation_naming_file_and_line(client, tmp_path):
+    long = json.dumps({"prompt": "word " * 600, "completion": "c"}).encode() + b"\n"
+    response = _job_on(client, tmp_path, [ROW] * 4 + [long])
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "training/a.jsonl:5: " in detail and "longer than the config's max_seq_length 256" in detail
+
+
 # ---------------------------------------------------------------- URLs the server reads or calls
 
 

@@ -152,6 +152,26 @@ def test_a_dataset_with_bad_lines_is_refused_with_file_and_line(http, hf_api, ne
     assert "training/train.jsonl:4: not valid JSON" in detail and "training/train.jsonl:5: missing field `completion`" in detail
 
 
+def test_a_dataset_that_does_not_fit_the_job_is_a_422_at_creation(nemo, hf_api, email_dataset):
+    """The job's pre-flight runs at creation: a DPO job on SFT records, and examples longer than the
+    config's max_seq_length (data.long_examples: error), are refused before any run starts."""
+    from nemo_microservices import UnprocessableEntityError
+
+    from tests.api.conftest import upload_dataset
+
+    upload_dataset(hf_api, nemo, "api-tests", "too-long", {"training/train.jsonl": ok_rows(9) + [{"prompt": "word " * 600, "completion": "ok"}]})
+    jobs_before = {j.id for j in nemo.customization.jobs.list()}
+    with pytest.raises(UnprocessableEntityError) as raised:
+        nemo.customization.jobs.create(**(NEMO_EXAMPLE | {"config": TINY_CONFIG, "dataset": "api-tests/too-long"}))
+    detail = str(raised.value.body["detail"])
+    assert "training/train.jsonl:10: " in detail and "longer than the config's max_seq_length 256" in detail
+    with pytest.raises(UnprocessableEntityError) as raised:
+        nemo.customization.jobs.create(**(NEMO_EXAMPLE | {"config": TINY_CONFIG, "dataset": "email-assist-dataset",
+                                                          "hyperparameters": {"training_type": "dpo", "finetuning_type": "lora"}}))
+    assert "training_type dpo reads preference records" in str(raised.value.body["detail"])
+    assert {j.id for j in nemo.customization.jobs.list()} == jobs_before  # nothing was recorded or started
+
+
 def test_cancel_and_secrets_never_echoed(nemo, email_dataset, platform):
     secret = "wandb-secret-3f9a7c"
     job = nemo.customization.jobs.create(**(NEMO_EXAMPLE | {"config": TINY_CONFIG}), wandb_api_key=secret,

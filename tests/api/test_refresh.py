@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from api import customization as logic
-from api import orchestrator
+from api import orchestrator, status
 from api.db import Store, open_database
 from api.refresh import SharedRefresh
 from core.settings import Settings
@@ -36,13 +36,14 @@ def polled(tmp_path, monkeypatch):
                                          timestamp=at, started=at, history=[("running", "Running", at, None)]) for i in ids}
 
     monkeypatch.setattr(orchestrator, "states", states)
-    monkeypatch.setattr(logic, "training_metrics", lambda settings, job_id: ({"steps_completed": len(asked)}, {}))
-    monkeypatch.setattr(logic, "shared", SharedRefresh(logic._refresh, orchestrator.FINAL))
+    monkeypatch.setattr(status, "training_metrics", lambda settings, job_id: ({"steps_completed": len(asked)}, {}))
+    jobs = status.customization_jobs
+    monkeypatch.setattr(jobs, "shared", SharedRefresh(jobs._refresh, orchestrator.FINAL))
     return store, job, asked, gate
 
 
 def poll(store, job_id):
-    return logic.refresh_jobs(store, Settings(), [store.get(logic.JOB, job_id)], detailed=True)[0]
+    return status.customization_jobs.refresh(store, Settings(), [store.get(logic.JOB, job_id)], detailed=True)[0]
 
 
 def test_concurrent_polls_share_one_refresh(polled, monkeypatch):
@@ -56,7 +57,7 @@ def test_concurrent_polls_share_one_refresh(polled, monkeypatch):
     assert poll(store, job["id"])["status_details"]["steps_completed"] == 1  # still fresh: not asked again
     assert len(asked) == 1
 
-    monkeypatch.setattr(logic.shared, "seconds", 0.0)  # the interval passed
+    monkeypatch.setattr(status.customization_jobs.shared, "seconds", 0.0)  # the interval passed
     assert poll(store, job["id"])["status_details"]["steps_completed"] == 2
     assert len(asked) == 2
 
@@ -65,7 +66,7 @@ def test_an_action_on_a_job_is_seen_at_once(polled):
     store, job, asked, gate = polled
     gate.set()
     poll(store, job["id"])
-    logic.shared.forget(job["id"])  # what cancel and approval do after acting
+    status.customization_jobs.forget(job["id"])  # what cancel and approval do after acting
     assert poll(store, job["id"])["status_details"]["steps_completed"] == 2
     assert len(asked) == 2
 
@@ -112,10 +113,11 @@ def test_evaluation_polls_share_one_refresh(tmp_path, monkeypatch):
                                          timestamp=at, started=at, history=[]) for i in ids}
 
     monkeypatch.setattr(orchestrator, "states", states)
-    monkeypatch.setattr(evaluation, "_evaluation_run", lambda settings, job_id: (None, None))
-    monkeypatch.setattr(evaluation, "shared", SharedRefresh(evaluation._refresh, orchestrator.FINAL))
+    monkeypatch.setattr(status, "tracked_run", lambda settings, job_id: (None, None))
+    jobs = status.evaluation_jobs
+    monkeypatch.setattr(jobs, "shared", SharedRefresh(jobs._refresh, orchestrator.FINAL))
     with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(lambda _: evaluation.refresh_jobs(store, Settings(), [store.get(evaluation.JOB, job["id"])])[0], range(20)))
+        answers = list(pool.map(lambda _: jobs.refresh(store, Settings(), [store.get(evaluation.JOB, job["id"])], detailed=True)[0], range(20)))
     assert len(asked) == 1
     assert {a["status_details"]["message"] for a in answers} == {"Running"}
 

@@ -4,6 +4,7 @@ it restarts the platform.)"""
 
 from __future__ import annotations
 
+import pytest
 from nemo_microservices import NeMoMicroservices
 
 from tests.api.conftest import wait_for
@@ -23,6 +24,7 @@ def test_services_run_below_the_workers_priority(platform):
     assert niceness == {"uvicorn": {niced}, "prefect": {niced}, "mlflow": {niced}, "worker": {base}}
 
 
+@pytest.mark.faults  # stops and starts the service it depends on
 def test_state_survives_a_restart(platform, example_jobs):
     before = NeMoMicroservices(base_url=platform.api, max_retries=0)
     llama_id, tiny_id = (r.json()["id"] for r in example_jobs)

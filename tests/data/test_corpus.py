@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import data.ingest as data_module
+import data.chunks as chunks_module
+from data.canonical import canonical_bytes
+from data.formats import CONTENT_FIELDS, check_record, plain_canonical_lines
 from data.ingest import DatasetError, ingest_dataset
 
 OK = b'{"prompt": "Reply ok.", "completion": "ok"}'
@@ -211,7 +213,7 @@ def test_the_corpus_covers_at_least_25_distinct_defects():
 
 
 def test_a_line_longer_than_the_limit_is_skipped_without_being_held(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(data_module, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(chunks_module, "MAX_LINE_BYTES", 1000)
     long_line = b'{"prompt": "' + b"x" * 5000 + b'", "completion": "a"}'
     root = build(tmp_path / "ds", {"training/t.jsonl": jsonl(OK, long_line, OK, OK)})
     with pytest.raises(DatasetError) as info:
@@ -219,10 +221,10 @@ def test_a_line_longer_than_the_limit_is_skipped_without_being_held(tmp_path: Pa
     assert [str(e) for e in info.value.errors] == ["training/t.jsonl:2: line is longer than 1,000 bytes; no example is that long"]
     # Long lines across read chunks, and at the end of a file without a newline, count as one line each.
     with open(root / "training" / "t.jsonl", "rb") as fh:
-        assert [(n, raw is None) for n, raw in data_module._lines(fh, chunk_size=64)] == [(1, False), (2, True), (3, False), (4, False)]
+        assert [(n, raw is None) for n, raw in chunks_module.numbered_lines(fh, chunk_size=64)] == [(1, False), (2, True), (3, False), (4, False)]
     (root / "training" / "t.jsonl").write_bytes(jsonl(OK, OK) + long_line)
     with open(root / "training" / "t.jsonl", "rb") as fh:
-        assert [(n, raw is None) for n, raw in data_module._lines(fh, chunk_size=64)] == [(1, False), (2, False), (3, True)]
+        assert [(n, raw is None) for n, raw in chunks_module.numbered_lines(fh, chunk_size=64)] == [(1, False), (2, False), (3, True)]
 
 
 def test_links_are_followed_to_files_but_not_to_folders(tmp_path: Path):
@@ -372,9 +374,6 @@ def test_the_typed_path_writes_what_the_dict_path_writes():
     every line it accepts, the parsed record is valid, plain, and its canonical JSON is the same
     bytes (so a dataset's sha256 does not depend on which path read it)."""
     import orjson
-
-    from data.ingest import canonical_bytes
-    from data.formats import CONTENT_FIELDS, check_record, plain_canonical_lines
 
     rng = random.Random(11)
     texts = ["Reply ok.", "ok", "caf\u00e9 \u2028 \U0001F600", "\\u00e9", "tab\tnew\nline", "\x00\x1f\x7f", "q\"uote\\", "  padded  ", "\ud83d\ude00"]

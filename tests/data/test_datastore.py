@@ -52,6 +52,7 @@ def test_download_dataset_by_url(tmp_path):
         parse_hf_url("s3://bucket/x")
 
 
+@pytest.mark.platform  # starts a service in the test itself
 def test_the_data_store_on_s3(tmp_path, monkeypatch):
     """The same files API on an S3 endpoint served over HTTP (moto's server)."""
     import boto3

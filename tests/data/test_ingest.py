@@ -1,3 +1,4 @@
+import doctest
 import hashlib
 import json
 import random
@@ -5,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
+import data.canonical as canonical_module
+import data.chunks as chunks_module
+import data.formats as formats_module
+from data.canonical import canonical_bytes, canonical_line
+from data.ingest import DatasetError, ingest_dataset, read_examples
+from data.layout import MAX_LISTED_ERRORS
+from data.reader import IngestPass
 from tests.conftest import ok_rows, write_jsonl
-from data.ingest import MAX_LISTED_ERRORS, DatasetError, canonical_bytes, canonical_line, ingest_dataset, read_examples
 
 
 def chat(user: str, answer: str) -> dict:
@@ -205,8 +212,6 @@ def test_the_fast_canonical_encoding_is_the_standard_one():
 def test_the_batched_path_and_the_line_by_line_path_agree(tmp_path: Path, monkeypatch):
     """Plain chunks are read in batches; any chunk with something to look at closely, line by
     line. Both must write the same splits, identity and report."""
-    from data.ingest import _Pass
-
     root = tmp_path / "ds"
     write_jsonl(root / "training" / "a.jsonl", ok_rows(3000) + ok_rows(20))  # with duplicates, and a holdout
     write_jsonl(root / "training" / "b.jsonl", [r | {"id": i} for i, r in enumerate(ok_rows(40))] + ["", {"prompt": "p", "completion": "c", "score": 1e-05}])
@@ -217,10 +222,16 @@ def test_the_batched_path_and_the_line_by_line_path_agree(tmp_path: Path, monkey
         return data.sha256, files, json.loads(Path(data.report_files["json"]).read_text())
 
     batched = outputs(tmp_path / "batched")
-    monkeypatch.setattr(_Pass, "_read_plain_chunk", lambda *args: False)
+    monkeypatch.setattr(IngestPass, "_read_plain_chunk", lambda *args: False)
     line_by_line = outputs(tmp_path / "lines")
     assert batched == line_by_line
     report = batched[2]
     assert report["splits"]["validation"]["examples"] == 306 and report["blank_lines"] == 1
     copies = sum(report["duplicates"]["exact_copies"].values()) + report["duplicates"]["leaked"].get("validation", 0)
     assert copies >= 60  # items 0-19 three times, 20-39 twice (an id does not make a copy different)
+
+
+def test_module_doctests_pass():
+    for module in (canonical_module, chunks_module, formats_module):
+        failures, tried = doctest.testmod(module)
+        assert tried > 0 and failures == 0, module.__name__

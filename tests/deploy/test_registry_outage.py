@@ -187,6 +187,7 @@ def mlflow_server(tmp_path: Path):
     server.stop()
 
 
+@pytest.mark.faults  # stops and starts the service it depends on
 def test_outage_during_the_champion_read_fails_and_leaves_the_champion(mlflow_server: MlflowServer, tmp_path: Path, monkeypatch):
     for key in tracking.HTTP_DEFAULTS:  # the defaults client() sets, not whatever the environment holds
         monkeypatch.delenv(key, raising=False)

@@ -18,6 +18,8 @@ from core.catalog import get_config
 from data.ingest import ingest_dataset
 from core.specs import EvaluationPlan
 
+pytestmark = pytest.mark.platform  # serve-models on uvicorn, started in the test
+
 
 def _samples(folder, name):
     return [json.loads(line) for line in (folder / "samples" / f"{name}.jsonl").read_text().splitlines()]

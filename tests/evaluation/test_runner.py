@@ -1,6 +1,7 @@
 """lm-eval runner on the tiny model: the task benchmark uses the training prompt; the shipped general
 benchmarks load and score; per-item results are kept for paired comparisons."""
 
+import doctest
 import json
 from pathlib import Path
 
@@ -9,12 +10,19 @@ import yaml
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evaluation.runner import GENERAL_DIR, EvaluationError, evaluate_model, general_benchmark, task_benchmark
-from tests.conftest import TINY_CONFIG_URN
+import evaluation.runner as runner_module
 from core.catalog import get_config
+from core.specs import EvaluationPlan
 from data.ingest import ingest_dataset
 from data.prompts import render
-from core.specs import EvaluationPlan
+from evaluation.general import GENERAL_DIR, EvaluationError, general_benchmark
+from evaluation.runner import (
+    cache_key,
+    evaluate_model,
+    few_shot_benchmark,
+    task_benchmark,
+)
+from tests.conftest import TINY_CONFIG_URN, write_jsonl
 
 SHIPPED = sorted(p.stem for p in GENERAL_DIR.glob("*.yaml"))
 
@@ -70,8 +78,6 @@ def test_base_and_adapter_are_scored_on_every_benchmark_in_one_call(tmp_path, se
 
 
 def test_the_baseline_cache_key_is_the_content_not_the_job_folder(tmp_path, settings, ok_dataset, tiny_model_dir):
-    from evaluation.runner import cache_key, few_shot_benchmark
-
     config = get_config(TINY_CONFIG_URN, settings)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = ingest_dataset(str(ok_dataset), tmp_path / "data", seed=0)
@@ -85,3 +91,33 @@ def test_the_baseline_cache_key_is_the_content_not_the_job_folder(tmp_path, sett
     task = task_benchmark(data, config, tokenizer, fewer, tmp_path / "job-3")
     assert cache_key("base", None, task, fewer, "float32", few_shot_benchmark(data, config, tokenizer, fewer, task, tmp_path / "job-3")) != keys[0]
     assert cache_key("base", None, task, plan, "bfloat16") != cache_key("base", None, task, plan, "float32")
+
+
+def test_module_doctests_pass():
+    failures, tried = doctest.testmod(runner_module)
+    assert tried > 0 and failures == 0
+    assert runner_module.GENERAL_DIR == GENERAL_DIR and runner_module.general_benchmark is general_benchmark  # callers import them from the runner too
+
+
+def test_a_reward_task_benchmark_reads_the_format_ingest_found_and_every_answer_column(tmp_path, settings, tiny_model_dir):
+    root = tmp_path / "ds"
+    records = [
+        {"prompt": "Capital of Italy?", "choices": ["Paris", "Rome"], "label": "Rome"},
+        {"prompt": "Solve x+1=2", "solution": "x = 1"},
+        {"prompt": "2+2?", "ground_truth": 4},
+        {"prompt": "Capital of France?", "answer": "Paris"},
+    ]
+    write_jsonl(root / "training" / "t.jsonl", records)
+    write_jsonl(root / "validation" / "v.jsonl", records)
+    data = ingest_dataset(str(root), tmp_path / "data", seed=0, method="grpo")
+    assert data.formats == {"training": "reward", "validation": "reward", "testing": "reward"}
+    config = get_config(TINY_CONFIG_URN, settings)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    benchmark = task_benchmark(data, config, tokenizer, EvaluationPlan(), tmp_path / "bench", ["exact_answer", "multiple_choice"])
+    assert benchmark["metadata"]["kind"] == "reward" and benchmark["metadata"]["metrics"] == ["exact_answer", "multiple_choice"]
+    rows = [json.loads(line) for line in (tmp_path / "bench" / "task.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in rows] == ["Rome", "x = 1", "4", "Paris"]
+    score = benchmark["process_results"]
+    assert score(rows[0], ["B"]) == {"exact_answer": 0.0, "multiple_choice": 1.0}
+    assert score(rows[1], ["X = 1."]) == {"exact_answer": 1.0, "multiple_choice": 0.0}
+    assert score(rows[2], ["4"])["exact_answer"] == 1.0

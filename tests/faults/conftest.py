@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from customizer.up import free_port
+from core.processes import free_port, stop_processes
 from tests.conftest import SESSION_DIR, TINY_CONFIG_URN, ok_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,11 +43,8 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
 
 def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL a process group (no clean-up runs: nothing gets to say it is stopping)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
+    left = stop_processes(process, grace=0, kill_wait=30)
+    assert not left, f"process {process.pid} survived SIGKILL"
 
 
 def healthy(url: str) -> bool:

@@ -8,6 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.settings import Settings
+from serving.model import ModelServer
+from serving.server import create_app, serve_in_thread
+from tests.conftest import TINY_CONFIG_URN
 
 TINY_BASE_NAME = "test/tiny-llama"
 
@@ -29,11 +32,8 @@ def make_adapter(folder: Path, base_dir: Path, seed: int = 0, **lora) -> Path:
 
 
 @contextmanager
-def running_server(settings: Settings, base_dir: Path, max_adapters: int = 8) -> Iterator[tuple[object, str]]:
+def running_server(settings: Settings, base_dir: Path, max_adapters: int = 8) -> Iterator[tuple[ModelServer, str]]:
     """serve-models on the tiny model, in this process on a free port: yields (ModelServer, base URL)."""
-    from serving.server import ModelServer, create_app, serve_in_thread
-    from tests.conftest import TINY_CONFIG_URN
-
     server = ModelServer(settings, base_dir, TINY_BASE_NAME, (TINY_CONFIG_URN,), max_adapters=max_adapters)
     with serve_in_thread(create_app(server)) as url:
         yield server, url

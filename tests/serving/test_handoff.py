@@ -20,6 +20,7 @@ FILES = ["adapter_config.json", "adapter_model.safetensors"]
 PROMPT = "Reply with the word ok. Item 7"
 
 
+@pytest.mark.platform  # starts a service in the test itself
 def test_a_promoted_version_goes_live_under_both_names(tmp_path, tiny_model_dir):
     settings = Settings(data_dir=tmp_path, store_uri=(tmp_path / "store").as_uri())
     first = make_adapter(tmp_path / "v1", tiny_model_dir, seed=1)

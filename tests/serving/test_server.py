@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,10 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.processes import free_port, stop_processes
 from core.settings import Settings
 from deploy.store import publish
 from tests.conftest import TINY_CONFIG_URN
 from tests.serving import TINY_BASE_NAME, make_adapter, reference_chat, running_server
+
+pytestmark = pytest.mark.platform  # serve-models on uvicorn: in this process, and as a command
 
 PROMPT = "Reply with the word ok. Item 7"
 FILES = ["adapter_config.json", "adapter_model.safetensors"]
@@ -190,15 +191,9 @@ def test_streamed_chat_matches_the_whole_answer(served, expected):
     assert text == expected["team/beta"] and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_serve_models_command_serves_published_adapters(published, expected, tiny_config_dir, tmp_path):
     settings, _ = published
-    port = _free_port()
+    port = free_port()
     env = os.environ | {"CUSTOMIZER_DATA_DIR": str(settings.data_dir), "CUSTOMIZER_STORE_URI": settings.publish_uri}
     command = [sys.executable, "-m", "customizer.cli", "serve-models", "--config", TINY_CONFIG_URN, "--port", str(port), "--max-adapters", "1"]
     log = open(tmp_path / "serve.log", "w")
@@ -220,12 +215,7 @@ def test_the_serve_models_command_serves_published_adapters(published, expected,
             assert answer(client, "team/gamma@1") == expected["team/gamma"]
             assert answer(client, TINY_CONFIG_URN) == expected[TINY_BASE_NAME]  # the config URN names the base too
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_processes(process, grace=30)
         log.close()
 
 

@@ -46,6 +46,7 @@ def test_same_seed_same_loss_curve(tmp_path, settings, ok_dataset, tiny_model_di
     assert other_seed.train_loss != first.train_loss
 
 
+@pytest.mark.faults  # kills the training process mid-epoch and recovers from what it left
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, settings, ok_dataset, tiny_model_dir):
     reference = run(request_for(tmp_path, settings, ok_dataset, tiny_model_dir, "reference"), settings)
 

@@ -1,0 +1,55 @@
+"""The names of the MLflow tags customizer writes and reads, on a job's run and on a registered model
+version. One module, so a writer and its readers cannot drift apart; the values are the wire
+contract (runs and versions already in a registry carry them).
+
+>>> CONFIG
+'customizer.config'
+>>> approval("training")
+'customizer.approval.training'
+"""
+
+# A job's run (and the version registered from it).
+JOB_ID = "customizer.job_id"
+FLOW_RUN_ID = "customizer.flow_run_id"
+KIND = "customizer.kind"  # "evaluation" for evaluation jobs
+CODE_VERSION = "customizer.code_version"
+CONFIG = "customizer.config"
+OUTPUT_MODEL = "customizer.output_model"
+SPEC = "customizer.spec"
+HYPERPARAMETERS = "customizer.hyperparameters"
+TRAINING_TYPE = "customizer.training_type"
+FINETUNING_TYPE = "customizer.finetuning_type"
+BASE_MODEL = "customizer.base_model"
+BASE_MODEL_DIGEST = "customizer.base_model.digest"
+DATASET_URI = "customizer.dataset.uri"
+DATASET_SHA256 = "customizer.dataset.sha256"
+REPLAY_SOURCE = "customizer.replay.source"
+REPLAY_EXAMPLES = "customizer.replay.examples"
+REPLAY_SHA256 = "customizer.replay.sha256"
+REPLAY_PROMPTS_SHA256 = "customizer.replay.prompts_sha256"
+POLICY = "customizer.policy"
+WARNINGS = "customizer.warnings"
+PROGRESS = "customizer.progress"
+STOP_REASON = "customizer.stop_reason"
+FAILURE = "customizer.failure"
+POWER = "customizer.power"
+FORGETTING = "customizer.forgetting"
+SCORES_BASELINE = "customizer.scores.baseline"
+SCORES_CANDIDATE = "customizer.scores.candidate"
+TASK_METRIC = "customizer.task_metric"
+BENCHMARK_VERSIONS = "customizer.benchmark_versions"
+DECISION = "customizer.decision"
+DECISION_REASONS = "customizer.decision.reasons"
+ARTIFACT = "customizer.artifact"  # "adapter" or the weights' kind
+
+# Publication and serving.
+PUBLISHED_URI = "customizer.published_uri"
+SERVING_CHECK = "customizer.serving_check"
+SERVING_ENDPOINT = "customizer.serving.endpoint"
+SERVING_LIVE_AS = "customizer.serving.live_as"
+SERVING_WARNING = "customizer.serving.warning"
+
+
+def approval(stage: str) -> str:
+    """The tag of a stage's approval record (``training`` or ``promotion``)."""
+    return f"customizer.approval.{stage}"

@@ -1,0 +1,206 @@
+"""The pre-flight of a customization job: everything that can refuse a job, checked once before any
+work starts.
+
+``check`` finds the config and the training option the method needs, the promotion policy that
+governs the job, the base model (for its tokenizer), then ingests the dataset with the job's method
+and measures every example against the config's ``max_seq_length``; it adds the guidance warnings
+and the cost estimate. The REST API (job creation), ``customizer check`` and the ``customize``
+flow's first task (``check_job``) all call it, so a job is refused for the same reasons, with the
+same words, whichever door it came in by; the flow's later tasks reuse what it measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from prefect import get_run_logger, runtime, task
+from pydantic import BaseModel
+
+from core.catalog import CatalogError, CustomizationConfig, TrainingOption, get_config
+from core.ids import prefixed_id
+from core.settings import Settings, get_settings
+from core.specs import CustomizationSpec, PromotionPolicy
+from data.formats import METHOD_FORMATS
+from data.ingest import DatasetError, IngestedDataset, ingest_dataset
+from data.lengths import LengthCheck, Policy
+from data.report import DataReport
+from evaluation.policy import effective_policy
+from training.base_model import BaseModelError, ResolvedModel, resolve_base_model
+from training.guidance import Estimate, JobWarning, estimate, guidance
+
+Refusal = Literal["config", "method", "dataset", "fit"]
+ModelNeed = Literal["required", "if_available"]
+
+
+class JobRefused(ValueError):
+    """A job the pre-flight refuses. ``reason`` says which check refused it, so each front door
+    answers in its own terms (the API: 404 for ``config``, 400 for ``method`` and ``dataset``, 422
+    for ``fit``); the message says what to fix, naming the field, or the file and line.
+
+    Reasons: ``config`` no config has the URN; ``method`` the config does not allow the training
+    method; ``dataset`` the dataset has errors of its own (bad lines, layout); ``fit`` the dataset is
+    well formed but does not fit this job (records of a format the method does not read, examples
+    longer than the config's max_seq_length under ``data.long_examples: error``).
+    """
+
+    def __init__(self, reason: Refusal, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # pickled across processes by the orchestrator: rebuild from the fields
+        return (JobRefused, (self.reason, str(self)))
+
+
+class CheckedJob(BaseModel):
+    """What the pre-flight found; the flow's tasks read it instead of measuring again."""
+
+    spec: CustomizationSpec
+    config: CustomizationConfig
+    option: TrainingOption
+    policy: PromotionPolicy
+    policy_source: str  # "job", or the namespace's policy file
+    # None only when the caller let an unavailable model wait for the job's own pre-flight (the
+    # API); the flow's check always resolves it.
+    base: ResolvedModel | None
+    dataset: IngestedDataset
+    data_dir: str  # where ingest wrote the canonical splits and the report
+    train_examples: int  # the training split, with the replay examples data.replay will mix in
+    tokens_per_epoch: int | None  # None without a base model (no tokenizer to count with)
+    warnings: list[JobWarning]
+    estimate: Estimate | None  # None without a base model
+
+
+def length_check(config: CustomizationConfig, model: ResolvedModel, policy: Policy) -> LengthCheck:
+    """A length check with the base model's tokenizer, the config's max_seq_length and ``policy``."""
+    # delayed: transformers is heavy (start-up time)
+    from transformers import AutoTokenizer
+
+    return LengthCheck(config, AutoTokenizer.from_pretrained(model.path), policy)
+
+
+def check(spec: CustomizationSpec, settings: Settings, out_dir: Path, *, model: ModelNeed = "required") -> CheckedJob:
+    """Check a job before any work starts: config and option, policy, base model, every example of
+    its dataset (with its method and lengths), guidance and the cost estimate.
+
+    Args:
+        spec: the job.
+        settings: the catalog, the policy folder, the model cache and the S3 endpoint.
+        out_dir: where ingest writes the canonical splits and ``report.json`` / ``report.html``.
+        model: ``required`` refuses a job whose base model cannot be had here; ``if_available``
+            (the API, which may run where the weights are not) uses the model only if it is at hand
+            without a download from the Hugging Face Hub, and otherwise accepts the job with a
+            warning that its lengths and cost are checked when it runs.
+
+    Returns:
+        The checked job.
+
+    Raises:
+        JobRefused: the config, method or dataset refuses the job (see its ``reason``).
+        PolicyError: the namespace's policy file cannot be read.
+        BaseModelError: the base model cannot be resolved (``model="required"``).
+    """
+    hp = spec.hyperparameters
+    try:
+        config = get_config(spec.config, settings)
+    except CatalogError as exc:
+        raise JobRefused("config", str(exc)) from exc
+    try:
+        option = config.option_for(hp.training_type, hp.finetuning_type)
+    except CatalogError as exc:
+        raise JobRefused("method", str(exc)) from exc
+    policy, policy_source = effective_policy(spec, settings)
+    base, deferred = _base_model(config, settings, model)
+    lengths = length_check(config, base, spec.data.long_examples) if base else None
+    try:
+        data = ingest_dataset(spec.dataset, out_dir, seed=hp.seed, lengths=lengths, method=hp.training_type, settings=settings)
+    except DatasetError as exc:
+        raise JobRefused(_refusal(exc, hp.training_type), str(exc)) from exc
+    # Replay examples (data.replay) join the training split later; they count toward its size.
+    examples = data.counts["training"] + round(spec.data.replay.ratio * data.counts["training"])
+    tokens = _tokens_per_epoch(lengths, data, examples) if lengths else None
+    cost = None
+    if base is not None and tokens is not None:
+        cost = estimate(hp, config, examples, tokens, _parameters(config, base), spec.budget.utilisation)
+    return CheckedJob(
+        spec=spec, config=config, option=option, policy=policy, policy_source=policy_source, base=base, dataset=data,
+        data_dir=str(out_dir), train_examples=examples, tokens_per_epoch=tokens,
+        warnings=guidance(hp, config, examples) + deferred, estimate=cost,
+    )
+
+
+def _base_model(config: CustomizationConfig, settings: Settings, need: ModelNeed) -> tuple[ResolvedModel | None, list[JobWarning]]:
+    """The resolved base model (converted or downloaded once into the model cache), or, where the
+    caller allows it, None and the warning that says what was left for the job's own pre-flight."""
+    if need == "required":
+        return resolve_base_model(config.target, settings), []
+    try:
+        # No download at this door: a model that is not here yet is fetched when the job runs.
+        return resolve_base_model(config.target, settings.model_copy(update={"hub_offline": True})), []
+    except BaseModelError as exc:
+        return None, [JobWarning(
+            message=f"base model {config.target.name} is not available here: example lengths not measured yet",
+            explanation=f"{exc}. When the job runs, its pre-flight measures every example against max_seq_length "
+                        f"{config.max_seq_length} and estimates the cost before anything is trained.",
+        )]
+
+
+def _refusal(exc: DatasetError, method: str) -> Refusal:
+    """``fit`` when the dataset's problems include one of fit to this job (records the method does
+    not read, examples over max_seq_length under the ``error`` policy), else ``dataset``."""
+    report: DataReport | None = exc.report
+    if report is None:
+        return "dataset"
+    readable = METHOD_FORMATS.get(method)
+    wrong_format = readable is not None and any(s.format is not None and s.format not in readable for s in report.splits.values())
+    too_long = report.lengths is not None and report.lengths.policy == "error" and any(
+        stats.over_max_seq_length for split, stats in report.lengths.splits.items() if split != "testing"  # testing keeps long prompts
+    )
+    return "fit" if wrong_format or too_long else "dataset"
+
+
+def _tokens_per_epoch(lengths: LengthCheck, data: IngestedDataset, examples: int) -> int | None:
+    """Tokens one epoch trains on, from the lengths ingest measured (replay examples counted at the
+    same mean). A preference pair is two sequences; ingest measured the longer, so twice it bounds
+    the pair. A GRPO prompt is measured alone (the estimate adds what is generated)."""
+    stats = lengths.report().splits.get("training")
+    if stats is None:
+        return None
+    sequences = 2 if data.formats["training"] == "preference" else 1
+    return round(stats.mean * examples * sequences)
+
+
+def _parameters(config: CustomizationConfig, base: ResolvedModel) -> int:
+    """The model's parameter count: the config's, else counted without allocating weights."""
+    if config.target.num_parameters is not None:
+        return config.target.num_parameters
+    # delayed: torch and transformers are heavy (start-up time)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base.path)).parameters())
+
+
+def job_folder(settings: Settings, flow_run_id: object | None = None) -> tuple[str, Path]:
+    """The job's id (its flow run's, the id the API gives the job) and its work folder.
+
+    Args:
+        flow_run_id: the flow run; default: the one this code runs in (a new id outside a flow run).
+    """
+    run_id = flow_run_id if flow_run_id is not None else runtime.flow_run.id
+    job_id = prefixed_id("cust", run_id) if run_id else prefixed_id("cust")
+    return job_id, settings.jobs_dir / job_id
+
+
+@task(name="check")
+def check_job(spec: CustomizationSpec) -> CheckedJob:
+    """Run the job's pre-flight, the one its front door ran, into the job's work folder."""
+    settings = get_settings()
+    checked = check(spec, settings, job_folder(settings)[1] / "data")
+    logger = get_run_logger()
+    for warning in checked.warnings:
+        logger.warning("%s: %s", warning.message, warning.explanation)
+    if checked.estimate is not None:
+        logger.info("Estimate: %s", checked.estimate.describe())
+    return checked

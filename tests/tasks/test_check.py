@@ -1,0 +1,169 @@
+"""The pre-flight every front door runs (``tasks.check``): the plain ``check`` on the tiny model
+and 10-row datasets, its refusals by reason, and the flow's ``check`` task through ``.fn()`` with
+the tasks that reuse what it measured."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from core import tracking
+from core.ids import prefixed_id
+from core.specs import CustomizationSpec
+from tasks.check import CheckedJob, JobRefused, check, check_job, job_folder
+from tasks.data import ingest
+from tasks.job import mark_failed, open_job
+from tasks.training import plan_training
+from tests.conftest import TINY_CONFIG_URN, ok_rows, write_jsonl
+
+LONG = {"prompt": "word " * 300, "completion": "ok"}
+PAIRS = [{"prompt": f"Say ok. {i}", "chosen_response": "ok", "rejected_response": "no"} for i in range(10)]
+
+
+def spec(dataset: Path, **fields) -> CustomizationSpec:
+    return CustomizationSpec.model_validate({"config": TINY_CONFIG_URN, "dataset": str(dataset), "output_model": "team/bot"} | fields)
+
+
+@pytest.fixture
+def settings(job_settings, tiny_config_dir):
+    """The module's data folder, with the tiny model's config in the catalog."""
+    return job_settings
+
+
+def dataset(tmp_path: Path, rows: list) -> Path:
+    write_jsonl(tmp_path / "ds" / "training" / "t.jsonl", rows)
+    return tmp_path / "ds"
+
+
+def test_check_measures_a_job_once_for_every_later_stage(settings, tmp_path):
+    job = spec(dataset(tmp_path, ok_rows(10)), hyperparameters={"learning_rate": 2e-3})
+
+    checked = check(job, settings, tmp_path / "out")
+
+    assert (checked.config.urn, checked.option.training_type, checked.option.finetuning_type) == (TINY_CONFIG_URN, "sft", "lora")
+    assert checked.policy_source == "job" and checked.base is not None
+    assert checked.dataset.counts["training"] == checked.train_examples == 9  # one of ten held out for validation
+    assert checked.dataset.formats["training"] == "completion" and checked.data_dir == str(tmp_path / "out")
+    assert (tmp_path / "out" / "report.json").is_file()
+    # Token counts come from ingest's length check, and the estimate is made from them.
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    mean = report["lengths"]["splits"]["training"]["mean"]
+    assert checked.tokens_per_epoch == round(mean * 9) > 0
+    assert checked.estimate.tokens_per_epoch == checked.tokens_per_epoch and checked.estimate.train_examples == 9
+    assert [w.message for w in checked.warnings] == ["learning_rate 0.002 is high for LoRA"]
+
+
+def test_replay_examples_count_toward_the_training_size(settings, tmp_path):
+    checked = check(spec(dataset(tmp_path, ok_rows(10)), data={"replay": {"ratio": 0.5}}), settings, tmp_path / "out")
+    assert checked.dataset.counts["training"] == 9 and checked.train_examples == 9 + 4  # round(0.5 x 9)
+
+
+def test_a_namespace_policy_file_governs_the_job(settings, tmp_path):
+    settings.policies_dir.mkdir(parents=True, exist_ok=True)
+    (settings.policies_dir / "strict.yaml").write_text("max_general_drop: 0.5\n")
+
+    checked = check(spec(dataset(tmp_path, ok_rows(10)), output_model="strict/bot", policy={"max_general_drop": 9.0}), settings, tmp_path / "out")
+
+    assert checked.policy.max_general_drop == 0.5 and checked.policy_source == str(settings.policies_dir / "strict.yaml")
+
+
+def test_a_dpo_job_on_sft_records_does_not_fit(settings, tmp_path):
+    with pytest.raises(JobRefused) as refused:
+        check(spec(dataset(tmp_path, ok_rows(10)), hyperparameters={"training_type": "dpo"}), settings, tmp_path / "out")
+    assert refused.value.reason == "fit"
+    assert "training/ holds completion records; training_type dpo reads preference records" in str(refused.value)
+
+
+def test_a_dpo_job_on_preference_pairs_counts_both_sequences(settings, tmp_path):
+    checked = check(spec(dataset(tmp_path, PAIRS), hyperparameters={"training_type": "dpo"}), settings, tmp_path / "out")
+    longer = json.loads((tmp_path / "out" / "report.json").read_text())["lengths"]["splits"]["training"]["mean"]
+    assert checked.tokens_per_epoch == round(longer * 9 * 2)
+
+
+def test_examples_over_max_seq_length_do_not_fit_under_the_error_policy(settings, tmp_path):
+    root = dataset(tmp_path, ok_rows(9) + [LONG])
+    with pytest.raises(JobRefused) as refused:
+        check(spec(root), settings, tmp_path / "out")
+    assert refused.value.reason == "fit"
+    assert "training/t.jsonl:10: " in str(refused.value) and "longer than the config's max_seq_length 128" in str(refused.value)
+
+    dropped = check(spec(root, data={"long_examples": "drop"}), settings, tmp_path / "out-drop")
+    assert dropped.dataset.dropped == {"training": 1}
+
+
+@pytest.mark.parametrize(
+    ("fields", "rows", "reason", "words"),
+    [
+        ({"config": "nope/none@v1"}, ok_rows(10), "config", "not in the catalog"),
+        ({"config": "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu", "hyperparameters": {"training_type": "grpo", "finetuning_type": "all_weights"}},
+         ok_rows(10), "method", "does not allow training_type='grpo'"),
+        ({}, ok_rows(3) + ['{"prompt": 1, "completion": "x"}'], "dataset", "training/t.jsonl:4: `prompt` must be a string, got number"),
+    ],
+)
+def test_other_refusals_name_their_reason(settings, tmp_path, fields, rows, reason, words):
+    with pytest.raises(JobRefused) as refused:
+        check(spec(dataset(tmp_path, rows), **fields), settings, tmp_path / "out")
+    assert refused.value.reason == reason and words in str(refused.value)
+    copy = pickle.loads(pickle.dumps(refused.value))  # crosses process boundaries with the orchestrator
+    assert (copy.reason, str(copy)) == (reason, str(refused.value))
+
+
+def test_a_model_that_is_not_here_waits_for_the_job_where_the_caller_allows_it(settings, tmp_path):
+    job = spec(dataset(tmp_path, ok_rows(10)), config="meta/llama-3.2-1b-instruct@v1.0.0+A100")
+
+    checked = check(job, settings, tmp_path / "out", model="if_available")
+
+    assert checked.base is None and checked.tokens_per_epoch is None and checked.estimate is None
+    assert checked.dataset.counts["training"] == 9  # the lines and the method are checked all the same
+    assert "base model meta/llama-3.2-1b-instruct is not available here" in checked.warnings[-1].message
+    with pytest.raises(Exception, match="Hugging Face cache"):
+        check(job, settings, tmp_path / "out")  # a job's own pre-flight needs the model
+
+
+def test_the_flows_check_task_feeds_open_ingest_and_plan(settings, tmp_path):
+    checked = check_job.fn(spec(dataset(tmp_path, ok_rows(10)), budget={"max_device_hours": 100.0}))
+    assert isinstance(checked, CheckedJob) and Path(checked.data_dir).parent.parent == settings.jobs_dir
+
+    job = open_job.fn(checked)
+    tags = tracking.client(settings).get_run(job.run_id).data.tags
+    assert (job.config, job.policy) == (checked.config, checked.policy)
+    assert (tags["customizer.base_model"], tags["customizer.base_model.digest"]) == ("test/tiny-llama", checked.base.digest)
+
+    data = ingest.fn(job, checked)  # records what the pre-flight ingested, without reading it again
+    assert data == checked.dataset
+    assert tags_of(settings, job)["customizer.dataset.sha256"] == checked.dataset.sha256
+    artifacts = {a.path for a in tracking.client(settings).list_artifacts(job.run_id, "ingest")}
+    assert artifacts == {"ingest/report.json", "ingest/report.html"}
+
+    plan = plan_training.fn(job, checked)
+    assert (plan.estimate, plan.warnings) == (checked.estimate, checked.warnings)
+
+
+def test_a_job_its_check_refused_still_leaves_a_failed_run_with_the_report(settings, tmp_path, monkeypatch):
+    from tasks import job as job_tasks
+
+    monkeypatch.setattr(job_tasks, "notify", lambda settings, text: True)
+    flow_run_id = uuid.uuid4()
+    job_id, work_dir = job_folder(settings, flow_run_id)
+    assert job_id == prefixed_id("cust", flow_run_id)
+    refused = spec(dataset(tmp_path, ok_rows(9) + [LONG]))
+    with pytest.raises(JobRefused):
+        check(refused, settings, work_dir / "data")
+
+    mark_failed(None, SimpleNamespace(id=flow_run_id, parameters={"spec": refused.model_dump(mode="json")}),
+                SimpleNamespace(message="longer than the config's max_seq_length 128"))
+
+    client = tracking.client(settings)
+    (run,) = client.search_runs([client.get_experiment_by_name(settings.mlflow_experiment).experiment_id],
+                                filter_string=f"tags.`customizer.job_id` = '{job_id}'")
+    assert run.info.status == "FAILED" and "max_seq_length 128" in run.data.tags["customizer.failure"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "ingest")} == {"ingest/report.json", "ingest/report.html"}
+
+
+def tags_of(settings, job) -> dict[str, str]:
+    return tracking.client(settings).get_run(job.run_id).data.tags

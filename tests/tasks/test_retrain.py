@@ -1,0 +1,105 @@
+"""Retraining as tasks through ``.fn()``: the spec a champion is retrained with, which models have a
+champion (a real MLflow SQLite registry), a dataset's identity now, and what each model's retrain did."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from core import tracking
+from core.specs import CustomizationSpec
+from data.ingest import ingest_dataset
+from deploy import registry
+from deploy.registry import RegisteredVersion
+from evaluation.gate import Decision
+from tasks.job import CustomizationResult
+from tasks.retrain import Champion, champion_spec, dataset_identity, find_champions, outcome
+from tests.conftest import ok_rows, write_jsonl
+from tests.tasks.conftest import CONFIG, stage
+
+SPEC = CustomizationSpec(config=CONFIG, dataset="/data/ok", output_model="team/bot", hyperparameters={"epochs": 2})
+
+
+def champion(dataset: str = "/data/ok", sha256: str = "a" * 64) -> Champion:
+    return Champion(output_model="team/bot", version="2", dataset_uri=dataset, dataset_sha256=sha256,
+                    spec=SPEC.model_copy(update={"dataset": dataset}))
+
+
+def test_the_spec_tag_is_the_spec_a_champion_is_retrained_with():
+    tags = {"customizer.spec": SPEC.model_dump_json(), "customizer.config": "other/config@v9"}
+    assert champion_spec("team/bot", tags) == SPEC
+
+
+def test_without_a_spec_tag_the_spec_is_rebuilt_from_the_lineage_tags():
+    tags = {"customizer.config": CONFIG, "customizer.dataset.uri": "/data/ok",
+            "customizer.hyperparameters": SPEC.hyperparameters.model_dump_json()}
+    rebuilt = champion_spec("team/bot", tags)
+    assert (rebuilt.config, rebuilt.dataset, rebuilt.output_model) == (CONFIG, "/data/ok", "team/bot")
+    assert rebuilt.hyperparameters.epochs == 2
+
+
+def test_a_champion_without_the_tags_to_rebuild_it_is_an_error_naming_them():
+    with pytest.raises(ValueError, match=r"team/bot: the champion has no `customizer.spec` tag and lacks "
+                                         r"customizer.dataset.uri, customizer.hyperparameters to rebuild it"):
+        champion_spec("team/bot", {"customizer.config": CONFIG})
+
+
+def test_find_champions_skips_models_without_one(job_settings, tmp_path):
+    crowned, uncrowned = (f"team/{name}-{uuid.uuid4().hex[:8]}" for name in ("crowned", "uncrowned"))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    for model in (crowned, uncrowned):
+        run_id = tracking.start_run(job_settings, f"cust-{uuid.uuid4().hex[:8]}", tags={}, params={})
+        source = tracking.log_artifacts(job_settings, run_id, adapter, "adapter")
+        tags = {"customizer.spec": SPEC.model_copy(update={"output_model": model}).model_dump_json(),
+                "customizer.dataset.uri": "/data/ok", "customizer.dataset.sha256": "f" * 64}
+        registry.register_version(job_settings, model, source, run_id, tags)
+    registry.promote(job_settings, crowned, "1")
+
+    champions, skipped = find_champions.fn([crowned, uncrowned])
+
+    assert [(c.output_model, c.version, c.dataset_uri, c.dataset_sha256) for c in champions] == [(crowned, "1", "/data/ok", "f" * 64)]
+    assert champions[0].spec.output_model == crowned
+    assert [(s.output_model, s.action, s.reason) for s in skipped] == [(uncrowned, "skipped", "no champion to retrain")]
+
+
+def test_the_dataset_identity_is_what_ingest_computes_and_changes_with_the_data(job_settings, tmp_path):
+    folder = tmp_path / "dataset"
+    write_jsonl(folder / "training" / "train.jsonl", ok_rows(12))
+    now = dataset_identity.fn(champion(str(folder)))
+    assert now == ingest_dataset(str(folder), tmp_path / "canonical", seed=0).sha256
+
+    write_jsonl(folder / "training" / "more.jsonl", ok_rows(3, start=50))
+    assert dataset_identity.fn(champion(str(folder))) != now
+    assert list(Path(job_settings.root).glob("retrain-*")) == []  # its work folder is gone
+
+
+def result(promoted: bool) -> CustomizationResult:
+    aliases = ["candidate", "champion"] if promoted else ["candidate"]
+    return CustomizationResult(
+        job_id="cust-1", output_model="team/bot", outcome="trained", dataset_sha256="b" * 64, task_metric="em",
+        baseline=stage(0.2, [1.0, 0.0]), decision=Decision(action="promote" if promoted else "reject", reasons=[]),
+        registered=RegisteredVersion(registered_model="team.bot", version="3", source="s", aliases=aliases),
+        mlflow_run_id="r", tracking_uri="t",
+    )
+
+
+def test_an_unchanged_dataset_keeps_the_champion():
+    done = outcome.fn(champion(), "a" * 64)
+    assert (done.action, done.champion_version, done.promoted, done.result) == ("unchanged", "2", False, None)
+    assert done.reason == f"dataset /data/ok unchanged (sha256 {'a' * 16}): champion version 2 stays"
+
+
+def test_a_retrain_reports_whether_its_version_became_the_champion():
+    won = outcome.fn(champion(), "b" * 64, result(promoted=True))
+    assert (won.action, won.champion_version, won.promoted) == ("retrained", "3", True)
+    assert won.reason == f"dataset changed ({'a' * 16} -> {'b' * 16}): promote; version 3 is the champion"
+
+    lost = outcome.fn(champion(), "b" * 64, result(promoted=False))
+    assert (lost.action, lost.champion_version, lost.promoted) == ("retrained", "2", False)
+    assert lost.reason.endswith("reject; champion version 2 stays")
+    assert json.loads(lost.model_dump_json())["result"]["registered"]["version"] == "3"
