@@ -30,6 +30,8 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import report  # noqa: E402
 
+from core.processes import stop_processes
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -73,12 +75,7 @@ def failure_reason(log: Path, returncode: int | None, timeout: int) -> str:
 def stop(process: subprocess.Popen) -> None:
     """Interrupt a benchmark (Ctrl-C: its clean-up stops the servers it started in their own
     sessions), then kill its process group if it is still there a minute later."""
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop_processes(process, grace=90, first=signal.SIGINT)
 
 
 def run(benchmark: Benchmark, quick: bool, folder: Path) -> tuple[list[report.Row], dict | None, float]:

@@ -217,7 +217,8 @@ def _check_splits(state: IngestPass, files: dict[Split, list], holdout: Holdout 
     if method in METHOD_FORMATS:
         for split, fmt in state.formats.items():
             if fmt not in METHOD_FORMATS[method]:
-                problems.add(split, 0, f"{split}/ holds {fmt} records; training_type {method} reads {' or '.join(METHOD_FORMATS[method])} records")
+                where, line = state.format_at.get(split, (split, 0))  # the record that set the split's format
+                problems.add(where, line, f"{split}/ holds {fmt} records; training_type {method} reads {' or '.join(METHOD_FORMATS[method])} records")
 
 
 def _split_reports(state: IngestPass, files: dict[Split, list], holdout: Holdout | None, seed: int) -> dict[str, SplitReport]:

@@ -110,6 +110,7 @@ class IngestPass:
     writers: dict[str, BinaryIO] = field(default_factory=dict)
     examples: Counter = field(default_factory=Counter)
     formats: dict[Split, Format] = field(default_factory=dict)  # split -> the format its files hold
+    format_at: dict[Split, tuple[str, int]] = field(default_factory=dict)  # split -> (file, line) that set it
     blank_lines: int = 0
 
     def open_writers(self, splits: list[str]) -> None:
@@ -131,6 +132,8 @@ class IngestPass:
         except OSError as exc:
             self.problems.add(display, 0, f"cannot be read: {exc.strerror}")
             return
+        if file.format and split not in self.formats:
+            self.format_at[split] = (display, file.first_line)
         if file.format and self.formats.setdefault(split, file.format) != file.format:
             self.problems.add(display, 0, f"{file.format} records, but {split}/ already holds {self.formats[split]} records")
         if not file.records and not any(e.file == display for e in self.problems.listed):

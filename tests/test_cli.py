@@ -49,7 +49,7 @@ def test_check_runs_the_jobs_pre_flight_with_its_method_and_lengths(tmp_path, ca
     spec.write_text(json.dumps({"config": TINY_CONFIG_URN, "dataset": str(root), "output_model": "team/m",
                                 "data": {"long_examples": "drop"}, "hyperparameters": {"training_type": "dpo"}}))
     assert main(["check", str(spec)]) == 2
-    assert "training/ holds completion records; training_type dpo reads preference records" in capsys.readouterr().err
+    assert "training/t.jsonl:1: training/ holds completion records; training_type dpo reads preference records" in capsys.readouterr().err
 
 
 def test_unreadable_spec_files_are_reported(tmp_path, capsys):

@@ -233,7 +233,7 @@ def test_a_dpo_job_on_sft_records_is_unprocessable_at_creation(client, tmp_path)
     assert response.headers["x-should-retry"] == "false"
     detail = response.json()["detail"]
     assert "`dataset` default/fit" in detail and "does not fit this job" in detail
-    assert "training/ holds completion records; training_type dpo reads preference records" in detail
+    assert "training/a.jsonl:1: training/ holds completion records; training_type dpo reads preference records" in detail
 
 
 def test_examples_over_max_seq_length_are_unprocessable_at_creation_naming_file_and_line(client, tmp_path):

@@ -7,21 +7,18 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from core import objects
 from core.settings import Settings
+from tests.s3server import counting_s3_server
 
 pytestmark = pytest.mark.platform
 
 
 @pytest.fixture(scope="module")
 def endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with counting_s3_server() as server:
+        yield server.endpoint
 
 
 @pytest.mark.parametrize("key", ["../x", "/abs/x", "a/../../b", "a//b", "a\\b", "./a"])

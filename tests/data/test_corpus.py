@@ -274,7 +274,7 @@ def test_the_training_method_must_read_the_dataset_format(tmp_path: Path):
     root = build(tmp_path / "ds", {"training/t.jsonl": jsonl(*[{"prompt": f"q{i}", "chosen_response": "a", "rejected_response": "b"} for i in range(3)])})
     with pytest.raises(DatasetError) as info:
         ingest_dataset(str(root), tmp_path / "out", seed=0, method="sft")
-    assert [str(e) for e in info.value.errors] == ["training: training/ holds preference records; training_type sft reads completion or chat records"]
+    assert [str(e) for e in info.value.errors] == ["training/t.jsonl:1: training/ holds preference records; training_type sft reads completion or chat records"]
     assert ingest_dataset(str(root), tmp_path / "out", seed=0, method="dpo").formats["training"] == "preference"
 
 

@@ -5,7 +5,6 @@ RegistryUnavailable, and the champion alias stays where it was."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,12 +14,17 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    PERMISSION_DENIED,
+    RESOURCE_DOES_NOT_EXIST,
+    TEMPORARILY_UNAVAILABLE,
+)
 
-from core.settings import Settings
-from customizer.up import free_port
-from deploy import registry
 from core import tracking
+from core.processes import free_port, stop_processes
+from core.settings import Settings
+from deploy import registry
 from deploy.registry import RegistryUnavailable
 
 MODEL = "team/bot"
@@ -170,12 +174,7 @@ class MlflowServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+            stop_processes(self.process, grace=30)
 
 
 @pytest.fixture

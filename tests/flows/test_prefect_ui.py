@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from core.processes import free_port, stop_processes
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +28,6 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
                 "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(what: str, check, process: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -54,7 +48,7 @@ def _healthy(url: str) -> bool:
 @pytest.fixture
 def prefect_with_worker(tmp_path):
     """A `prefect server start` (API and UI) and a `customizer worker` serving the deployments."""
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ) | {
         "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -75,13 +69,7 @@ def prefect_with_worker(tmp_path):
         _wait("the customize deployment", lambda: _healthy(f"{api}/deployments/name/customize/customizer"), processes[1], logs[1], 300)
         yield f"http://127.0.0.1:{port}", api, logs
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+        stop_processes(*reversed(processes), grace=30)
 
 
 def test_a_run_submitted_from_the_ui_form_with_a_config_and_a_dataset_runs_the_lifecycle(prefect_with_worker, ok_dataset, tmp_path):

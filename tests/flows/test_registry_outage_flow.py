@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import get_settings
-from customizer.up import free_port
-from deploy import registry
 from core import tracking
+from core.processes import free_port
+from core.settings import get_settings
+from deploy import registry
 from tests.flows.test_customize import OUTPUT, spec_for
 
 
