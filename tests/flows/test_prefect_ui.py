@@ -104,7 +104,13 @@ def test_a_run_submitted_from_the_ui_form_with_a_config_and_a_dataset_runs_the_l
         assert time.monotonic() < deadline, f"still {state['name']}:\n{logs[1].read_text(errors='replace')[-3000:]}"
         time.sleep(2)
     assert state["type"] == "COMPLETED", f"{state['name']}: {state.get('message')}\n{logs[1].read_text(errors='replace')[-3000:]}"
-    result = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}, timeout=10).json()
+    result = []
+    while True:  # the API answers at most 200 lines a page; a whole job logs more
+        page = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200,
+                                                      "offset": len(result), "sort": "TIMESTAMP_ASC"}, timeout=10).json()
+        result += page
+        if len(page) < 200:
+            break
     messages = "\n".join(line["message"] for line in result)
     # The lifecycle ran with defaults: output model named after the config, trained, gated, registered.
     assert "default/tiny-llama" in messages or "default.tiny-llama" in messages, messages[-2000:]
