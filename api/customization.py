@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from api import orchestrator
-from api.db import Duplicate, Store, iso, now
+from api.db import Duplicate, JobRun, Store, iso, now
 from api.deps import Caller
 from api.errors import ApiError, BadRequest, Conflict, NotFound, Unprocessable
 from api.datasets import snapshot_dataset
@@ -413,13 +413,10 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         },
         "config_snapshot": _snapshot(checked.config, checked.option),
         "warnings": warnings,
-        "_flow_run_id": flow_run_id,
-        "_dataset_dir": str(folder),
-        "_dataset_files_url": dataset["files_url"],
-        "_dataset_sha256": checked.dataset.sha256,
-        "_spec_output_model": spec.output_model,
-        "_secrets": sealed,
-    }
+    } | JobRun(
+        flow_run_id=flow_run_id, dataset_dir=str(folder), dataset_files_url=dataset["files_url"],
+        dataset_sha256=checked.dataset.sha256, spec_output_model=spec.output_model, secrets=sealed,
+    ).stored()
     try:
         stored = store.add(JOB, job_id, body.namespace, body.name or job_id, data, stamp)
     except Duplicate as exc:

@@ -29,27 +29,35 @@ def snapshot_dataset(files_url: str, settings: Settings) -> Path:
         raise BadRequest(f"dataset files_url {files_url!r} is refused: {exc}") from exc
     dest = settings.root / "api" / "dataset-snapshots" / uuid.uuid4().hex
     scheme = files_url.split("://", 1)[0] if "://" in files_url else ""
-    try:
-        if scheme == "hf":
-            return datastore.download_dataset(files_url, dest, settings)
-        if scheme == "s3":
-            parsed = urlparse(files_url)
-            if not objects.download_prefix(objects.s3_client(settings), parsed.netloc, parsed.path, dest, settings=settings):
-                raise BadRequest(f"dataset files_url {files_url}: no objects under that prefix")
-            return dest
-    except objects.PathRefused as exc:
-        raise BadRequest(f"dataset files_url {files_url}: {exc}") from exc
-    except datastore.DatastoreError as exc:
-        raise BadRequest(f"dataset: {exc}") from exc
-    except BadRequest:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a store error of any kind is the dataset's URL not being readable
-        raise BadRequest(f"dataset files_url {files_url} cannot be read: {type(exc).__name__}: {exc}") from exc
+    if scheme in ("hf", "s3"):
+        return _copy(files_url, scheme, dest, settings)
     path = local_path(files_url)
     if path is None or not path.is_dir():
         raise BadRequest(f"dataset files_url {files_url}: no such folder on the server")
     _refuse_links_out(path, files_url)
     return path
+
+
+def _copy(files_url: str, scheme: str, dest: Path, settings: Settings) -> Path:
+    """Copy a Data Store (``hf://``) or ``s3://`` dataset into ``dest``.
+
+    Raises:
+        BadRequest: the dataset has no files, a key would land outside ``dest``, or the store
+            refused the request or did not answer.
+    """
+    try:
+        if scheme == "hf":
+            return datastore.download_dataset(files_url, dest, settings)
+        parsed = urlparse(files_url)
+        if not objects.download_prefix(objects.s3_client(settings), parsed.netloc, parsed.path, dest, settings=settings):
+            raise BadRequest(f"dataset files_url {files_url}: no objects under that prefix")
+        return dest
+    except objects.PathRefused as exc:
+        raise BadRequest(f"dataset files_url {files_url}: {exc}") from exc
+    except datastore.DatastoreError as exc:
+        raise BadRequest(f"dataset: {exc}") from exc
+    except objects.store_errors() as exc:
+        raise BadRequest(f"dataset files_url {files_url} cannot be read: {type(exc).__name__}: {exc}") from exc
 
 
 def _refuse_links_out(folder: Path, files_url: str) -> None:

@@ -24,7 +24,11 @@ from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_adapters, moto_server, percentile, prepare_base, serve_models  # noqa: E402
+from common import make_adapters, moto_server, percentile, prepare_base, serve_models
+
+from core import objects  # common puts the repository on the path
+from core.settings import Settings
+from deploy.store import publish
 
 
 def main() -> None:
@@ -40,11 +44,7 @@ def main() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    import boto3
-    import httpx
-
-    from core.settings import Settings
-    from deploy.store import publish
+    import httpx  # delayed: httpx is slow to import (start-up time)
 
     with tempfile.TemporaryDirectory(prefix="bench-hotload-") as tmp:
         work = Path(tmp)
@@ -52,7 +52,7 @@ def main() -> None:
         adapters = make_adapters(base_dir, base_name, work / "adapters", 4, args.rank, ["q_proj", "k_proj", "v_proj", "o_proj"])
         with moto_server(work / "moto.log") if args.store == "s3" else nullcontext() as endpoint:
             if endpoint:
-                boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+                objects.s3_client(Settings(s3_endpoint_url=endpoint)).create_bucket(Bucket="bench")
                 store_env = {"CUSTOMIZER_STORE_URI": "s3://bench/adapters", "CUSTOMIZER_S3_ENDPOINT_URL": endpoint}
             else:
                 store_env = {"CUSTOMIZER_STORE_URI": (work / "store").as_uri()}

@@ -19,7 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, moto_server  # noqa: E402
+from common import median, moto_server
+
+from core import objects  # common puts the repository on the path
+from core.settings import Settings
+from deploy.store import publish
 
 
 def main() -> None:
@@ -32,11 +36,6 @@ def main() -> None:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-    import boto3
-
-    from core.settings import Settings
-    from deploy.store import publish
 
     with tempfile.TemporaryDirectory(prefix="bench-publish-") as tmp:
         work = Path(tmp)
@@ -53,9 +52,9 @@ def main() -> None:
         total = sum((folder / n).stat().st_size for n in names)
 
         with moto_server(work / "moto.log") as endpoint:
-            s3 = boto3.client("s3", endpoint_url=endpoint)
-            s3.create_bucket(Bucket="bench")
             settings = Settings(data_dir=work / "data", store_uri="s3://bench/published", s3_endpoint_url=endpoint)
+            s3 = objects.s3_client(settings)  # the baseline: the same client, plain upload_file calls
+            s3.create_bucket(Bucket="bench")
             ours, plain, again = [], [], []
             for repeat in range(args.repeats):
                 # Alternate which goes first, so neither always meets a warmer server.

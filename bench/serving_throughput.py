@@ -19,12 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_adapters, median, prepare_base, serve_models  # noqa: E402
+from common import make_adapters, median, prepare_base, serve_models
+
+from core.settings import Settings  # common puts the repository on the path
+from deploy.store import publish
 
 
 def run_phase(url: str, models: list[str], max_tokens: int, clients: int) -> tuple[float, int]:
     """Send one request per entry of ``models``; returns (seconds, completion tokens)."""
-    import httpx
+    import httpx  # delayed: httpx is slow to import (start-up time)
 
     def one(model: str) -> int:
         body = {"model": model, "messages": [{"role": "user", "content": "Write a short note about the weather."}],
@@ -51,9 +54,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the server")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-
-    from core.settings import Settings
-    from deploy.store import publish
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)

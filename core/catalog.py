@@ -161,11 +161,16 @@ def load_catalog(settings: Settings) -> dict[str, CustomizationConfig]:
 def get_config(urn: str, settings: Settings) -> CustomizationConfig:
     """Look a config up by URN.
 
+    A URN already in its full form (what a validated ``JobSpec.config`` holds) is found without
+    parsing it again; any other spelling is parsed first.
+
     Raises:
         CatalogError: the URN has no version, or no config has that URN (the message lists them).
     """
-    namespace, name = parse_config_urn(urn)
     catalog = load_catalog(settings)
+    if urn in catalog:
+        return catalog[urn]
+    namespace, name = parse_config_urn(urn)
     key = f"{namespace}/{name}"
     if key not in catalog:
         known = ", ".join(sorted(catalog)) or "none"

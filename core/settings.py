@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     s3_max_attempts: int = Field(
         default=5, ge=1, description="Attempts per S3 request; only throttling, 5xx and connection errors are retried."
     )
+    s3_checksums: Literal["when_supported", "when_required"] = Field(
+        default="when_supported",
+        description="When S3 requests carry a checksum and answers are checked against theirs: when_supported "
+        "(every request that can) or when_required (only where S3 demands one; for S3-compatible stores that "
+        "reject the newer checksum headers).",
+    )
     # Serving: the embedded server (`customizer serve-models`) and the hand-off to vLLM / NIM.
     serve_config: str = Field(
         default="huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu",

@@ -173,11 +173,6 @@ def download_s3(source: str, download_dir: Path, settings: Settings | None = Non
     Raises:
         SourceError: no bucket, no objects under the prefix, or the store refused or did not answer.
     """
-    from botocore.exceptions import (  # delayed: boto3 is heavy (start-up time)
-        BotoCoreError,
-        ClientError,
-    )
-
     parsed = urlparse(source)
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     if not bucket:
@@ -195,7 +190,7 @@ def download_s3(source: str, download_dir: Path, settings: Settings | None = Non
         listed = objects.download_prefix(objects.s3_client(settings), bucket, prefix, download_dir, keep=in_layout, settings=settings)
     except objects.PathRefused as exc:
         raise SourceError(f"{exc}: it does not name a file inside the dataset") from exc
-    except (BotoCoreError, ClientError) as exc:
+    except objects.store_errors() as exc:
         raise SourceError(f"cannot read the dataset from the S3 store: {exc}") from exc
     if not listed:
         raise SourceError("no objects under this prefix")

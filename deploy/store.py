@@ -6,8 +6,8 @@ a manifest only exists for a complete upload. Publication is content-addressed: 
 sha256 and size already match is not uploaded again, so re-publishing identical content sends no
 bytes. Downloads verify every file against the manifest.
 
-S3 goes through boto3 (any S3-compatible endpoint; credentials from the AWS chain). Large files go
-up in parts (``s3_multipart_threshold``); botocore's "standard" mode retries connection errors,
+Both stores are ``core.objects`` files (the one client factory and path rule). Large files go up to
+S3 in parts (``s3_multipart_threshold``); botocore's "standard" mode retries connection errors,
 throttling and 5xx answers only, so a missing bucket or a refused credential fails at once with a
 ``StoreError`` that says which.
 
@@ -25,20 +25,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from core import objects
+from core.objects import sha256_file
 from core.settings import Settings
-from deploy.backends import (
-    FileEntry,
-    FileStore,
-    S3Store,
-    StoreError,
-    _check_name,
-    _explain,
-    _store_failures,
-    open_store,
-    sha256_file,  # noqa: F401  (callers import them from here)
-)
 
 log = logging.getLogger("customizer.store")
 MANIFEST = "manifest.json"
@@ -52,6 +43,22 @@ TOKENIZER_FILES = (
 )
 # Keys transformers writes about where a tokenizer was loaded from, not what it is.
 _VOLATILE_TOKENIZER_KEYS = {"is_local", "local_files_only", "name_or_path", "_commit_hash", "cache_dir", "revision"}
+
+
+# S3 error codes that no retry can fix, and those that say "try later".
+_MISSING_BUCKET = {"NoSuchBucket"}
+_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken", "ExpiredToken"}
+Store = objects.FolderFiles | objects.S3Files
+
+
+class StoreError(RuntimeError):
+    """The store is unreachable, misconfigured, or holds something that does not match its manifest."""
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    size: int
 
 
 class Manifest(BaseModel):
@@ -133,6 +140,80 @@ def parse_published_uri(uri: str) -> tuple[str, str, str]:
     return root, f"{parts[-3]}/{parts[-2]}", parts[-1]
 
 
+def open_store(uri: str, settings: Settings) -> Store:
+    """The store behind ``file:///path`` or ``s3://bucket/prefix`` (``core.objects.open_files``).
+
+    Raises:
+        StoreError: any other scheme, or an S3 URI without a bucket.
+    """
+    try:
+        return objects.open_files(uri, settings)
+    except ValueError as exc:
+        raise StoreError(f"store URI {exc}") from exc
+
+
+def _check_name(name: str) -> str:
+    """A published file name: a safe relative path (``core.objects.safe_path``) whose name does not
+    start with a dot (dot names are partial downloads and temporary files).
+
+    Raises:
+        StoreError: naming the file.
+    """
+    try:
+        objects.safe_path(name)
+    except objects.PathRefused as exc:
+        raise StoreError(f"file name {name!r} is not allowed in a published version: {exc}") from exc
+    if any(part.startswith(".") for part in name.split("/")):
+        raise StoreError(f"file name {name!r} is not allowed in a published version: it starts with a dot")
+    return name
+
+
+def _matches(stored: objects.Stored | None, entry: FileEntry) -> bool:
+    return stored is not None and stored == (entry.sha256, entry.size)
+
+
+def _store_failures() -> tuple[type[BaseException], ...]:
+    return (*objects.store_errors(), objects.PathRefused)
+
+
+def _explain(exc: BaseException, store: Store, doing: str) -> StoreError:
+    """Turn a store failure into a StoreError that says whether retrying could help."""
+    # delayed: boto3 is heavy (start-up time)
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
+
+    chain, seen = [], exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    client_error = next((e for e in chain if isinstance(e, ClientError)), None)
+    endpoint = getattr(store, "endpoint", "")
+    bucket = getattr(store, "bucket", "")
+    attempts = getattr(store, "max_attempts", 1)
+    if any(isinstance(e, NoCredentialsError) for e in chain):
+        return StoreError(f"{doing} failed: no AWS credentials found (environment, ~/.aws or an instance role)")
+    if client_error is not None:
+        code = objects.s3_error_code(client_error)
+        # HEAD answers carry no error code, only the status.
+        if code in _MISSING_BUCKET or (code in ("404", "NotFound") and client_error.operation_name == "HeadBucket"):
+            return StoreError(f"{doing} failed: S3 bucket {bucket!r} does not exist at {endpoint} (NoSuchBucket)")
+        if code in _DENIED:
+            return StoreError(
+                f"{doing} failed: access to s3://{bucket} was denied at {endpoint} ({code}); "
+                "check the credentials (AWS chain) and the bucket policy"
+            )
+        status = client_error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if status >= 500 or code in _TRANSIENT:
+            return StoreError(f"{doing} failed: S3 at {endpoint} kept answering {code} (transient; tried {attempts} times)")
+        return StoreError(f"{doing} failed: S3 answered {code}: {client_error}")
+    if any(isinstance(e, EndpointConnectionError) for e in chain):
+        return StoreError(f"{doing} failed: cannot reach the S3 endpoint {endpoint} (tried {attempts} times): {exc}")
+    return StoreError(f"{doing} failed: {exc}")
+
+
 def _hash_all(folder: Path, files: list[str], output_model: str, version: str) -> dict[str, FileEntry]:
     for name in files:
         _check_name(name)
@@ -175,10 +256,10 @@ def publish(
         store.check()
         for name, entry in entries.items():
             key = f"{prefix}/{name}"
-            if store.stored(key) == entry:
+            if _matches(store.stat(key), entry):
                 unchanged.append(name)
                 continue
-            store.put_file(folder / name, key, entry.sha256)
+            store.put_file(key, folder / name, entry.sha256)
             uploaded.append(name)
         manifest = Manifest(
             output_model=output_model, version=version, base_model=base_model,
@@ -188,7 +269,7 @@ def publish(
         if previous is not None and previous.files == manifest.files and previous.base_model == base_model:
             manifest = previous  # identical content: the manifest stays as it was
         else:
-            store.put_bytes(manifest.model_dump_json(indent=2).encode(), f"{prefix}/{MANIFEST}")
+            store.put(f"{prefix}/{MANIFEST}", manifest.model_dump_json(indent=2).encode())
     except _store_failures() as exc:
         raise _explain(exc, store, f"publishing {output_model} v{version} to {settings.publish_uri}") from exc
     log.info(
@@ -200,10 +281,8 @@ def publish(
     )
 
 
-def _stored_manifest(store: FileStore | S3Store, key: str) -> Manifest | None:
-    from pydantic import ValidationError
-
-    data = store.get_bytes(key)
+def _stored_manifest(store: Store, key: str) -> Manifest | None:
+    data = store.get(key)
     try:
         return Manifest.model_validate_json(data) if data is not None else None
     except ValidationError:  # unreadable: publishing rewrites it, fetching refuses it
@@ -265,9 +344,9 @@ def verify_published(output_model: str, version: str, settings: Settings, expect
         if expected is not None and (manifest.files != expected.files or manifest.base_model != expected.base_model):
             raise StoreError(f"{store.uri(prefix)}/{MANIFEST} lists other files than this job published")
         for name, entry in manifest.files.items():
-            stored = store.stored(f"{prefix}/{_check_name(name)}")
-            if stored != entry:
-                found = "missing" if stored is None else f"sha256 {stored.sha256[:12]}..., {stored.size} bytes"
+            stored = store.stat(f"{prefix}/{_check_name(name)}")
+            if not _matches(stored, entry):
+                found = "missing" if stored is None else f"sha256 {(stored.sha256 or 'unrecorded')[:12]}..., {stored.size} bytes"
                 raise StoreError(f"{store.uri(prefix)}/{name} does not match its manifest ({found}; "
                                  f"expected sha256 {entry.sha256[:12]}..., {entry.size} bytes)")
     except _store_failures() as exc:
@@ -289,7 +368,7 @@ def read_published_file(output_model: str, version: str, name: str, settings: Se
         if manifest is None:
             raise StoreError(f"{output_model} v{version} is not published in {store_uri} (no readable manifest)")
         entry = manifest.files.get(name)
-        data = store.get_bytes(f"{prefix}/{_check_name(name)}") if entry else None
+        data = store.get(f"{prefix}/{_check_name(name)}") if entry else None
     except _store_failures() as exc:
         raise _explain(exc, store, f"reading {output_model} v{version} from {store_uri}") from exc
     if entry is None or data is None:
@@ -304,7 +383,7 @@ def list_published(settings: Settings, store_uri: str | None = None) -> list[str
     store_uri = store_uri or settings.publish_uri
     store = open_store(store_uri, settings)
     try:
-        keys = store.list_keys("")
+        keys = store.list("")
     except _store_failures() as exc:
         raise _explain(exc, store, f"listing {store_uri}") from exc
     names = []

@@ -50,12 +50,7 @@ class ResolvedModel(BaseModel):
     source: str
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = objects.sha256_file  # the one file hash; replay records its prompts' hash by this name
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -91,6 +86,7 @@ def _slug(name: str) -> str:
 
 def convert_gguf(gguf: Path, tmp: Path) -> None:
     """Dequantize a GGUF checkpoint into a plain Hugging Face folder at ``tmp``."""
+    # delayed: torch and transformers are heavy (start-up time)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -141,7 +137,8 @@ def _locked_build(dest: Path, build) -> None:
 
 
 def _builtin(name: str, target: Target, settings: Settings) -> ResolvedModel:
-    from training.tiny import build_tiny_model  # delayed: it imports torch and transformers (start-up time)
+    # delayed: training.tiny imports torch and transformers at import time (start-up time)
+    from training.tiny import build_tiny_model
 
     if name != "tiny-llama":
         raise BaseModelError(f"base model builtin://{name}: unknown built-in model (known: tiny-llama)")
@@ -156,11 +153,6 @@ def _builtin(name: str, target: Target, settings: Settings) -> ResolvedModel:
 
 
 def _from_s3(uri: str, target: Target, settings: Settings) -> ResolvedModel:
-    from botocore.exceptions import (  # delayed: boto3 is heavy (start-up time)
-        BotoCoreError,
-        ClientError,
-    )
-
     parsed = urlparse(uri)
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     dest = settings.models_dir / f"{_slug(target.name)}-s3-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
@@ -171,7 +163,7 @@ def _from_s3(uri: str, target: Target, settings: Settings) -> ResolvedModel:
                 raise BaseModelError(f"base model {uri}: no objects under that prefix")
         except objects.PathRefused as exc:
             raise BaseModelError(f"base model {uri}: {exc}") from exc
-        except (BotoCoreError, ClientError) as exc:
+        except objects.store_errors() as exc:
             raise BaseModelError(f"base model {uri}: download failed: {exc}") from exc
         if not (tmp / "config.json").exists():
             raise BaseModelError(f"base model {uri}: no config.json under that prefix (not a model folder)")
@@ -203,6 +195,7 @@ def resolve_base_model(target: Target, settings: Settings) -> ResolvedModel:
             return ResolvedModel(path=str(path), digest=folder_fingerprint(path), source=uri)
         raise BaseModelError(f"base model {uri}: no model folder (with config.json) or .gguf file there")
     if parsed.scheme in ("", "hf"):
+        # delayed: huggingface_hub is slow to import (start-up time)
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -5,8 +5,9 @@ download them; plus ``/v1/datastore/namespaces``.
 Files live in the artifact store (``data.datastore``); the repo's index (paths, sizes, sha256, git
 blob ids, commits) is an entity in the API database. Preupload always answers ``regular``, so the
 client sends file contents inline in the commit (no LFS or Xet transfer is needed). Every path is
-checked before any I/O (``data.datastore.safe_path``): absolute paths, ``..``, control characters,
-over-long names and symlinks are refused, and so are two paths that differ only in case.
+checked before any I/O by the one path rule (``core.objects.safe_path``): absolute paths, ``..``,
+control characters, over-long names and symlinks are refused, and so are two paths that differ only
+in case.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import BadRequest, Conflict, NotFound
+from core import objects
 from data import datastore
 
 router = APIRouter(tags=["data store"])
@@ -39,8 +41,8 @@ _SPOOL_BYTES = 8 << 20  # a commit body larger than this waits on disk, not in m
 
 def _ns(value: str) -> str:
     try:
-        return datastore.safe_path(value) if "/" not in value else _bad(value)
-    except datastore.DatastoreError as exc:
+        return objects.safe_path(value) if "/" not in value else _bad(value)
+    except objects.PathRefused as exc:
         raise BadRequest(str(exc)) from exc
 
 
@@ -62,8 +64,8 @@ def _revision(repo: dict[str, Any], revision: str) -> None:
 
 def _path(value: str, line: int | None = None) -> str:
     try:
-        return datastore.safe_path(value)
-    except datastore.DatastoreError as exc:
+        return objects.safe_path(value)
+    except objects.PathRefused as exc:
         raise BadRequest(f"commit line {line}: {exc}" if line else str(exc)) from exc
 
 
@@ -148,7 +150,10 @@ async def delete_repo(request: Request, store: StoreDep, settings: SettingsDep, 
     repo_type, namespace, name = _repo_body(await _json(request))
     caller.check(namespace)
     repo = _repo(store, repo_type, namespace, name)
-    datastore.open_files(settings).delete_prefix(datastore.repo_prefix(repo_type, namespace, name))
+    try:
+        datastore.open_files(settings).delete_prefix(datastore.repo_prefix(repo_type, namespace, name))
+    except (datastore.DatastoreError, objects.PathRefused) as exc:
+        raise BadRequest(str(exc)) from exc
     store.remove(REPO, repo["id"])
     return {"deleted": f"{namespace}/{name}"}
 
@@ -339,7 +344,7 @@ def _commit(repo_type: str, namespace: str, name: str, revision: str, body: Bina
         try:
             files = datastore.open_files(settings)
             index = _apply_commit(body, files, datastore.repo_prefix(repo_type, namespace, name), repo["files"])
-        except datastore.DatastoreError as exc:
+        except (datastore.DatastoreError, objects.PathRefused) as exc:
             raise BadRequest(str(exc)) from exc
         oid = _new_oid()
         summary = header.get("summary", "")
@@ -377,7 +382,7 @@ def _resolve(repo_type: str, namespace: str, name: str, revision: str, path: str
         return Response(status_code=200, headers=headers)
     try:
         content = datastore.open_files(settings).get(f"{datastore.repo_prefix(repo_type, namespace, name)}/{path}")
-    except datastore.DatastoreError as exc:
+    except (datastore.DatastoreError, objects.PathRefused) as exc:
         raise BadRequest(str(exc)) from exc
     if content is None:
         raise NotFound(f"{path} is indexed in {repo['repo_id']} but missing from the store")

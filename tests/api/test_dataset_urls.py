@@ -45,6 +45,12 @@ def test_s3_datasets_are_copied_under_a_prefix_or_from_the_bucket_root(tmp_path,
     with pytest.raises(BadRequest, match="no objects under that prefix"):
         snapshot_dataset("s3://team/sets/missing", settings)
 
+    s3.put_object(Bucket="team", Key="sets/evil/training/a.jsonl", Body=ROW)
+    s3.put_object(Bucket="team", Key="sets/evil/training/../../../../escape.jsonl", Body=ROW)
+    with pytest.raises(BadRequest, match=r"object key 'sets/evil/training/\.\./\.\./\.\./\.\./escape\.jsonl'.* is refused"):
+        snapshot_dataset("s3://team/sets/evil", settings)
+    assert not list(tmp_path.rglob("escape.jsonl"))
+
 
 def test_file_urls_and_unsupported_schemes(tmp_path):
     settings = Settings(data_dir=tmp_path)

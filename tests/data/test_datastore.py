@@ -7,8 +7,16 @@ import doctest
 import pytest
 
 import data.datastore
+from core.objects import PathRefused
 from core.settings import Settings
-from data.datastore import DatastoreError, FolderFiles, download_dataset, open_files, parse_hf_url, safe_path
+from data.datastore import (
+    DatastoreError,
+    FolderFiles,
+    download_dataset,
+    open_files,
+    parse_hf_url,
+    safe_path,
+)
 
 
 def test_doctests():
@@ -23,15 +31,16 @@ def test_unsafe_paths_are_refused(path):
 
 
 def test_symlinks_are_never_followed(tmp_path):
+    """The Data Store's folder is ``core.objects.FolderFiles``: a link is refused by the one path rule."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_text("s")
     files = FolderFiles(tmp_path / "root")
     files.put("datasets/ns/ds/training/a.jsonl", b"{}\n")
     (tmp_path / "root" / "datasets" / "ns" / "ds" / "evil").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(DatastoreError, match="symbolic link"):
+    with pytest.raises(PathRefused, match="symbolic link"):
         files.get("datasets/ns/ds/evil/secret")
-    with pytest.raises(DatastoreError, match="symbolic link"):
+    with pytest.raises(PathRefused, match="symbolic link"):
         files.put("datasets/ns/ds/evil/new", b"x")
     assert files.list("datasets/ns/ds") == {"training/a.jsonl": 3}
 
@@ -50,6 +59,13 @@ def test_download_dataset_by_url(tmp_path):
         download_dataset("hf://datasets/ns/missing", tmp_path / "none", settings)
     with pytest.raises(DatastoreError, match="not a Data Store URL"):
         parse_hf_url("s3://bucket/x")
+
+
+def test_the_data_store_uri_names_a_folder_or_a_bucket(tmp_path):
+    with pytest.raises(DatastoreError, match="data store URI 'gs://x': unsupported scheme 'gs'"):
+        open_files(Settings(data_dir=tmp_path, datastore_uri="gs://x"))
+    assert isinstance(open_files(Settings(data_dir=tmp_path)), FolderFiles)
+    assert (tmp_path / "datastore").is_dir()
 
 
 @pytest.mark.platform  # starts a service in the test itself
@@ -73,5 +89,13 @@ def test_the_data_store_on_s3(tmp_path, monkeypatch):
         assert (copied / "validation" / "b.jsonl").read_bytes() == b'{"prompt": "q", "completion": "d"}\n'
         files.delete_prefix("datasets/ns/ds")
         assert files.list("datasets/ns/ds") == {} and files.get("datasets/ns/ds/training/a.jsonl") is None
+
+        # A key written to the bucket behind the Data Store's back that climbs out is refused by name.
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.put_object(Bucket="data", Key="store/datasets/ns/bad/training/a.jsonl", Body=b"{}\n")
+        s3.put_object(Bucket="data", Key="store/datasets/ns/bad/training/../../../x.jsonl", Body=b"{}\n")
+        with pytest.raises(DatastoreError, match=r"hf://datasets/ns/bad: object key '.*training/\.\./\.\./\.\./x\.jsonl'"):
+            download_dataset("hf://datasets/ns/bad", tmp_path / "bad", settings)
+        assert not (tmp_path / "x.jsonl").exists()
     finally:
         server.stop()

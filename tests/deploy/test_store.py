@@ -13,7 +13,15 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from core.settings import Settings
-from deploy.store import StoreError, fetch, list_published, parse_published_uri, publish, publishable_files, read_published_file
+from deploy.store import (
+    StoreError,
+    fetch,
+    list_published,
+    parse_published_uri,
+    publish,
+    publishable_files,
+    read_published_file,
+)
 from tests.s3server import counting_s3_server
 
 
@@ -79,6 +87,9 @@ def test_s3_publication_over_http(tmp_path, adapter, s3_endpoint):
 def test_unreachable_or_misnamed_stores_fail_clearly(tmp_path, adapter):
     with pytest.raises(StoreError, match="unsupported scheme 'gs'"):
         publish(adapter, FILES, "t/m", "1", "b", {}, Settings(data_dir=tmp_path, store_uri="gs://bucket"))
+    for name in ("../adapter_model.safetensors", "/abs.safetensors", ".hidden.safetensors"):
+        with pytest.raises(StoreError, match=f"file name {name!r} is not allowed in a published version"):
+            publish(adapter, [name], "t/m", "1", "b", {}, Settings(data_dir=tmp_path, store_uri=(tmp_path / "s").as_uri()))
     with pytest.raises(StoreError, match="adapter_model.bin is missing"):
         publish(adapter, ["adapter_model.bin"], "t/m", "1", "b", {}, Settings(data_dir=tmp_path, store_uri=(tmp_path / "s").as_uri()))
     settings = Settings(data_dir=tmp_path, store_uri="s3://nobucket/x", s3_endpoint_url="http://127.0.0.1:9")
