@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.catalog import get_config  # noqa: E402 (the repository is on the path from here on)
-from core.processes import free_port, stop_processes  # noqa: E402
+from core.processes import free_port, stop_processes, wait_until_healthy  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from training.base_model import resolve_base_model  # noqa: E402
 
@@ -167,8 +167,6 @@ def make_adapters(base_dir: Path, base_name: str, out: Path, count: int, rank: i
 @contextmanager
 def serve_models(config_urn: str, env: dict[str, str], max_adapters: int, threads: int | None, log: Path) -> Iterator[str]:
     """``customizer serve-models`` in its own process group; yields its URL once healthy."""
-    import httpx  # delayed: only the load and health checks need it (start-up time)
-
     port = free_port()
     full_env = os.environ | env | ({"CUSTOMIZER_TORCH_THREADS": str(threads)} if threads else {})
     command = [sys.executable, "-m", "customizer.cli", "serve-models", "--config", config_urn, "--port", str(port), "--max-adapters", str(max_adapters)]
@@ -176,16 +174,7 @@ def serve_models(config_urn: str, env: dict[str, str], max_adapters: int, thread
         process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve-models did not start; see {log}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_healthy(f"{url}/health", process, 600, log, what=f"serve-models (log {log})")
         yield url
     finally:
         stop_processes(process, grace=30)

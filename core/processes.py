@@ -1,4 +1,5 @@
-"""The processes the project starts: how to stop them, and a free port for a server to bind.
+"""The processes the project starts: how to stop them, a free port for a server to bind, and a wait
+for a server's health answer.
 
 Servers, workers and distributed training runs are started with ``start_new_session=True``, so each
 leads a process group holding everything it spawns (flow runs, ``torchrun`` ranks, uvicorn
@@ -13,6 +14,9 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 
 def _signal(process: subprocess.Popen, sig: signal.Signals, group: bool) -> None:
@@ -96,3 +100,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class NotHealthy(RuntimeError):
+    """A server exited, or did not answer its health check in time (the message ends with its log)."""
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None, what: str = "the server") -> None:
+    """Wait until ``GET url`` answers 200, polling every half second.
+
+    Raises:
+        NotHealthy: ``process`` exited first, or ``timeout`` seconds passed; the message names
+            ``what`` and ends with the last 3000 characters of ``log``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            why = f"exited with {process.returncode}" if process.returncode is not None else f"did not answer {url} within {timeout:.0f} s"
+            tail = f":\n{log.read_text(errors='replace')[-3000:]}" if log is not None and log.exists() else ""
+            raise NotHealthy(f"{what} {why}{tail}")
+        time.sleep(0.5)

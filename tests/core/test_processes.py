@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core.processes import free_port, stop_processes
+from core.processes import NotHealthy, free_port, stop_processes, wait_until_healthy
 
 WELL_BEHAVED = "import time; print('ready', flush=True); time.sleep(120)"
 IGNORES_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
@@ -129,3 +129,20 @@ def test_a_free_port_can_be_bound():
     port = free_port("127.0.0.1")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_a_server_is_waited_for_until_it_answers_and_one_that_exits_is_reported_with_its_log(tmp_path):
+    port = free_port()
+    serve = f"import http.server as h; h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler).serve_forever()"
+    server = subprocess.Popen([sys.executable, "-c", serve], cwd=tmp_path, start_new_session=True)
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/", server, 60)
+        assert server.poll() is None
+    finally:
+        stop_processes(server)
+
+    log = tmp_path / "crash.log"
+    log.write_text("boot failed: no model\n")
+    crashed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
+    with pytest.raises(NotHealthy, match=r"(?s)the server exited with 3.*boot failed: no model"):
+        wait_until_healthy(f"http://127.0.0.1:{free_port()}/", crashed, 60, log)

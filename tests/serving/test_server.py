@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from core.processes import free_port, stop_processes
+from core.processes import free_port, stop_processes, wait_until_healthy
 from core.settings import Settings
 from deploy.store import publish
 from tests.conftest import TINY_CONFIG_URN
@@ -200,16 +199,7 @@ def test_the_serve_models_command_serves_published_adapters(published, expected,
     process = subprocess.Popen(command, cwd=Path(__file__).parents[2], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve-models did not become healthy"
-            time.sleep(0.5)
+        wait_until_healthy(f"{url}/health", process, 180, tmp_path / "serve.log", what="serve-models")
         with httpx.Client(base_url=url, timeout=60) as client:
             assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [TINY_BASE_NAME]
             assert answer(client, "team/gamma@1") == expected["team/gamma"]
