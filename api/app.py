@@ -23,8 +23,8 @@ from api.errors import ApiError
 from api.limits import BodyLimit
 from api.orchestrator import OrchestratorUnavailable
 from api.refresh import Answers
-from api.routes import customization, datastore, entities, evaluation
-from core import __version__
+from api.routes import audit, customization, datastore, entities, evaluation, policies, principals
+from core import __version__, auth
 from core.settings import Settings, apply_environment, get_settings
 from core.storage import out_of_room
 
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, settings=settings)
     app.state.store = Store(open_database(settings.api_db_url))
     app.state.answers = Answers()  # job lists answered again within seconds (api.refresh)
-    if not settings.api_keys:
+    if not auth.enabled(settings):  # no bootstrap key and no principal
         log.warning(
             "API AUTHENTICATION IS OFF: anyone who can reach this port can create jobs and read data. "
             "Set CUSTOMIZER_API_KEYS (e.g. '{\"<key>\": [\"*\"]}') before exposing the API."
@@ -108,6 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(entities.router)
     app.include_router(datastore.router)
     app.include_router(evaluation.router)
+    app.include_router(audit.router)
+    app.include_router(policies.router)
+    app.include_router(principals.router)
 
     @app.get("/v1/health", tags=["ops"], summary="Liveness")
     @app.get("/health", tags=["ops"], include_in_schema=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -24,19 +23,21 @@ from api import orchestrator
 from api.db import Duplicate, JobRun, Store, iso, now
 from api.deps import Caller
 from api.errors import ApiError, BadRequest, Conflict, NotFound, Unprocessable
-from api.datasets import snapshot_dataset
-from api.schemas import IGNORED_HYPERPARAMETERS, ConfigCreate, DatasetRef, JobCreate, TargetCreate
+from api.datasets import DATASET, dataset_of, discard_snapshot, snapshot_dataset  # noqa: F401 - DATASET, dataset_of: named from here too
+from api.job_spec import output_model_of, submitter, to_spec
+from api.schemas import IGNORED_HYPERPARAMETERS, ConfigCreate, JobCreate, TargetCreate
 from api.urls import checked_url
+from core import audit
 from core.ids import prefixed_id
 from core.secrets import seal
 from core.settings import Settings
 from core.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
-from core.specs import CustomizationSpec, default_output_model
+from core.specs import CustomizationSpec, method_name
 from tasks.check import CheckedJob, JobRefused, check
 
 log = logging.getLogger("customizer.api")
 
-JOB, CONFIG, TARGET, DATASET, MODEL = "customization_job", "customization_config", "customization_target", "dataset", "model"
+JOB, CONFIG, TARGET, MODEL = "customization_job", "customization_config", "customization_target", "model"
 _PRECISION = {"fp32": "fp32", "bf16": "bf16", "bf16-mixed": "bf16", "fp16": "fp16"}
 _TRAINING_PRECISION = {"fp32": "fp32", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed"}
 
@@ -259,57 +260,13 @@ def delete_config(store: Store, settings: Settings, stored: dict[str, Any]) -> N
     store.remove(CONFIG, stored["id"])
 
 
-# ---------------------------------------------------------------- datasets
-
-
-def dataset_of(store: Store, ref: str | DatasetRef, namespace: str, caller: Caller) -> dict[str, Any]:
-    """The Entity Store dataset a job names (``"ns/name"``, a bare name, or ``{name, namespace}``).
-
-    Raises:
-        NotFound: no such dataset, or one in a namespace ``caller`` may not use.
-    """
-    if isinstance(ref, DatasetRef):
-        d_namespace, d_name = ref.namespace or namespace, ref.name
-    else:
-        d_namespace, d_name = _split(ref) if "/" in ref else (namespace, ref)
-    found = store.find(DATASET, d_namespace, d_name) if caller.sees(d_namespace) else None
-    if found is None and not isinstance(ref, DatasetRef) and "/" not in ref and namespace != "default" and caller.sees("default"):
-        found = store.find(DATASET, "default", d_name)
-    if found is None:
-        raise NotFound(
-            f"`dataset` {d_namespace}/{d_name} does not exist in the Entity Store: upload its files to the Data Store "
-            f"and register it with POST /v1/datasets (files_url hf://datasets/{d_namespace}/{d_name})"
-        )
-    return found
-
-
 # ---------------------------------------------------------------- jobs
 
 
-def to_spec(body: JobCreate, dataset_dir: str, output_model: str) -> CustomizationSpec:
-    """Translate a wire job request into the ``customize`` flow's one parameter (names already match).
+class NotRecorded(ApiError):
+    """The audit record of an act could not be written, so the act was undone: answered 503."""
 
-    Raises:
-        BadRequest: naming the field that does not fit the spec.
-    """
-    try:
-        return CustomizationSpec(
-            config=body.config, dataset=dataset_dir, output_model=output_model, hyperparameters=body.hyperparameters,
-            # Who submitted the job may not also approve it (ownership.created_by, NeMo's field for it).
-            submitted_by=body.ownership.created_by if body.ownership else None,
-        )
-    except ValidationError as exc:
-        problems = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise BadRequest(problems) from exc
-
-
-def _output_model(body: JobCreate) -> tuple[str, str]:
-    """(the spec's ``namespace/name``, the wire's name suffix): NeMo appends ``@<job id>`` unless a version is given."""
-    if body.output_model:
-        base, at, version = body.output_model.strip().partition("@")
-        namespace, _, name = base.rpartition("/")
-        return f"{namespace or body.namespace}/{name}", (f"@{version}" if at else "")
-    return default_output_model(body.config, body.namespace), ""
+    status_code = 503
 
 
 def _snapshot(config: CustomizationConfig, option: TrainingOption) -> dict[str, Any]:
@@ -323,16 +280,11 @@ def _snapshot(config: CustomizationConfig, option: TrainingOption) -> dict[str, 
     }
 
 
-def _discard_snapshot(settings: Settings, folder: Path) -> None:
-    snapshots = settings.root / "api" / "dataset-snapshots"
-    if snapshots in folder.parents:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _refused(exc: JobRefused, dataset: dict[str, Any]) -> ApiError:
     """The HTTP answer to a job the pre-flight refused: an unknown config is not found; a method the
     config does not allow and a dataset with errors are bad requests; a well-formed dataset that does
-    not fit the job (records the method does not read, examples over max_seq_length) is unprocessable."""
+    not fit the job (records the method does not read, examples over max_seq_length) and any other
+    refusal of the job's own fields (e.g. a policy that would loosen the platform's) are unprocessable."""
     if exc.reason == "config":
         return NotFound(str(exc))
     if exc.reason == "method":
@@ -340,7 +292,27 @@ def _refused(exc: JobRefused, dataset: dict[str, Any]) -> ApiError:
     named = f"`dataset` {dataset['namespace']}/{dataset['name']} ({dataset['files_url']})"
     if exc.reason == "fit":
         return Unprocessable(f"{named} does not fit this job: {exc}")
-    return BadRequest(f"{named} is not valid: {exc}")
+    if exc.reason == "dataset":
+        return BadRequest(f"{named} is not valid: {exc}")
+    return Unprocessable(str(exc))
+
+
+def _guidance(body: JobCreate, checked: CheckedJob) -> list[dict[str, Any]]:
+    """The job's warnings: the pre-flight's guidance, what the server ignores, and a cost over the budget."""
+    warnings = [w.model_dump() for w in checked.warnings]
+    warnings += [
+        {"message": f"`hyperparameters.{name}` is ignored", "explanation": _ignored_reason(name)} for name in body.ignored_hyperparameters
+    ]
+    if body.integrations and importlib.util.find_spec("wandb") is None:
+        warnings.append({"message": "`integrations` are recorded but W&B is not installed on this server",
+                         "explanation": "customizer tracks every job in MLflow; install wandb where jobs run to also report to W&B "
+                                        "(the wandb-api-key header is passed to the run)"})
+    ceiling, cost = checked.spec.budget.max_device_hours, checked.estimate
+    if ceiling is not None and cost is not None and cost.device_hours > ceiling:
+        warnings.append({"message": f"the estimate ({cost.device_hours:.2f} device-hours) is over `budget.max_device_hours` ({ceiling:g})",
+                         "explanation": "the job is refused before training unless prompting the base model already reaches "
+                                        "the target score; lower epochs or the dataset's size, or raise the budget"})
+    return warnings
 
 
 def _check_and_start(
@@ -353,15 +325,7 @@ def _check_and_start(
             checked = check(spec, settings, Path(scratch), model="if_available")
         except JobRefused as exc:
             raise _refused(exc, dataset) from exc
-    warnings = [w.model_dump() for w in checked.warnings]
-    warnings += [
-        {"message": f"`hyperparameters.{name}` is ignored", "explanation": _ignored_reason(name)} for name in body.ignored_hyperparameters
-    ]
-    if body.integrations and importlib.util.find_spec("wandb") is None:
-        warnings.append({"message": "`integrations` are recorded but W&B is not installed on this server",
-                         "explanation": "customizer tracks every job in MLflow; install wandb where jobs run to also report to W&B "
-                                        "(the wandb-api-key header is passed to the run)"})
-
+    warnings = _guidance(body, checked)
     flow_run_id = orchestrator.start(
         settings.customize_deployment, {"spec": spec.model_dump(mode="json")}, tags=["customizer-api", f"namespace:{body.namespace}"]
     )
@@ -369,42 +333,51 @@ def _check_and_start(
 
 
 def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[str, str], caller: Caller) -> dict[str, Any]:
-    """Check a job with the pre-flight every front door runs, start its flow run and record it.
+    """Check a job with the pre-flight every front door runs, start its flow run and record it (in
+    the entity store and, as ``job.created``, in the audit trail).
+
+    The job trains on a snapshot of the dataset taken now; its lineage is the dataset's ``files_url``
+    with the sha256 of that snapshot, so a retrain reads the source again and sees it change.
 
     Raises:
         BadRequest: config without a version, method not allowed, dataset invalid, hyperparameters out of range.
         Unprocessable: the dataset does not fit the job (a format the method does not read, examples
-            over the config's max_seq_length), naming the file and line.
+            over the config's max_seq_length), naming the file and line; or the pre-flight refused
+            another of the job's fields.
         Forbidden: the output model is in a namespace ``caller`` may not use.
         NotFound: config or dataset does not exist (or is in a namespace ``caller`` may not use).
         OrchestratorUnavailable: Prefect is not reachable (nothing is recorded then).
+        NotRecorded: the audit record could not be written (the flow run is cancelled, nothing is kept).
     """
     config_namespace, config_name = _split(body.config)
     stored_config = store.find(CONFIG, config_namespace, config_name)
     if stored_config is not None and not caller.sees(stored_config["namespace"]):  # before the pre-flight: it would describe the config
         raise NotFound(f"customization config {body.config} does not exist")
-    spec_model, suffix = _output_model(body)
-    caller.check(spec_model.split("/")[0])
-    hp = body.hyperparameters
     dataset = dataset_of(store, body.dataset, body.namespace, caller)
+    spec_model, suffix = output_model_of(body, dataset)
+    caller.check(spec_model.split("/")[0])
     checked_url(settings, caller, ("body", "dataset"), dataset["files_url"])
     folder = snapshot_dataset(dataset["files_url"], settings)
+    created_by = submitter(body, caller)
     try:
         sealed = {name: seal(settings, value) for name, value in secrets.items()}
-        spec = to_spec(body, str(folder), spec_model).model_copy(update={"secrets": sealed})  # only sealed ones reach Prefect
+        spec = to_spec(body, str(folder), spec_model, dataset["files_url"], created_by).model_copy(update={"secrets": sealed})  # only sealed ones reach Prefect
         checked, warnings, flow_run_id = _check_and_start(settings, body, spec, dataset)
     except BaseException:
-        _discard_snapshot(settings, folder)  # a refused job leaves no copy behind
+        discard_snapshot(settings, folder)  # a refused job leaves no copy behind
         raise
     job_id = prefixed_id("cust", flow_run_id)
     output_model = f"{spec.output_model}{suffix or '@' + job_id}"
     dataset_urn = f"{dataset['namespace']}/{dataset['name']}"
     stamp = now()
     created = iso(stamp)
-    data = public(body.model_dump(mode="json", exclude_none=True, exclude={"ignored_hyperparameters"})) | {
+    wire = public(body.model_dump(mode="json", exclude_none=True, exclude={"ignored_hyperparameters"}))
+    if created_by is not None:
+        wire["ownership"] = wire.get("ownership", {}) | {"created_by": created_by}
+    data = wire | {
         "config": body.config,
         "dataset": dataset_urn,
-        "hyperparameters": hp.model_dump(mode="json"),
+        "hyperparameters": body.hyperparameters.model_dump(mode="json"),
         "output_model": output_model,
         "status": "created",
         "status_details": {
@@ -413,6 +386,7 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         },
         "config_snapshot": _snapshot(checked.config, checked.option),
         "warnings": warnings,
+        "estimate": checked.estimate.model_dump() | {"describe": checked.estimate.describe()} if checked.estimate else None,
     } | JobRun(
         flow_run_id=flow_run_id, dataset_dir=str(folder), dataset_files_url=dataset["files_url"],
         dataset_sha256=checked.dataset.sha256, spec_output_model=spec.output_model, secrets=sealed,
@@ -422,9 +396,55 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
     except Duplicate as exc:
         orchestrator.cancel(flow_run_id)
         raise Conflict(f"a customization job named {body.name!r} already exists in namespace {body.namespace}") from exc
+    _record_creation(store, settings, stored, spec, checked)
     _create_output_model(store, stored, checked.config)
     log.info("Job %s: config %s, dataset %s, flow run %s", job_id, body.config, dataset_urn, flow_run_id)
     return stored
+
+
+def _record_creation(store: Store, settings: Settings, job: dict[str, Any], spec: CustomizationSpec, checked: CheckedJob) -> None:
+    """Append ``job.created``; a job whose creation cannot be recorded does not go ahead.
+
+    Raises:
+        NotRecorded: the record could not be written (the flow run is cancelled, the job removed).
+    """
+    run = JobRun.of(job)
+    hp = spec.hyperparameters
+    summary = {
+        "config": spec.config, "dataset": spec.dataset_uri, "dataset_sha256": run.dataset_sha256,
+        "method": {"training_type": hp.training_type, "finetuning_type": hp.finetuning_type},
+        "estimate": checked.estimate.describe() if checked.estimate else None,
+    }
+    try:
+        audit.record(settings, "job.created", spec.submitted_by, job=job["id"], flow_run=run.flow_run_id, namespace=job["namespace"],
+                     model=spec.output_model, after=summary,
+                     detail=f"{spec.config} on {spec.dataset_uri} (sha256 {(run.dataset_sha256 or '-')[:16]}), {method_name(hp.training_type, hp.finetuning_type)}")
+    except audit.AuditError as exc:  # its message names the database URL, which may hold a password: logged only
+        log.error("Job %s not created: %s", job["id"], exc)
+        orchestrator.cancel(run.flow_run_id)
+        store.remove(JOB, job["id"])
+        discard_snapshot(settings, Path(run.dataset_dir or ""))
+        raise NotRecorded("the job's creation could not be recorded in the audit trail, so it was not created "
+                          "(the server log says why); try again later") from exc
+
+
+def cancel_job(store: Store, settings: Settings, job: dict[str, Any], caller: Caller) -> None:
+    """Ask a job's flow run to stop and append ``job.cancelled`` (who asked, the status it had).
+
+    Raises:
+        NotRecorded: the record could not be written; the run is not asked to stop.
+        OrchestratorUnavailable: Prefect is not reachable.
+    """
+    run = JobRun.of(job)
+    try:
+        audit.record(settings, "job.cancelled", caller.principal, job=job["id"], flow_run=run.flow_run_id, namespace=job.get("namespace"),
+                     model=run.spec_output_model, before={"status": job.get("status")}, after={"status": "cancelling"},
+                     detail=f"cancellation asked while {job.get('status')}")
+    except audit.AuditError as exc:
+        log.error("Job %s not cancelled: %s", job["id"], exc)
+        raise NotRecorded("the cancellation could not be recorded in the audit trail, so the job was not cancelled "
+                          "(the server log says why); try again later") from exc
+    orchestrator.cancel(run.flow_run_id)
 
 
 def _ignored_reason(name: str) -> str:

@@ -1,18 +1,49 @@
-"""A job's dataset as a local folder: the Data Store (``hf://``) and S3 copied under the data folder,
-``file://`` taken in place once it is shown to hold no link out of itself."""
+"""A job's dataset: the Entity Store entry a request names, and its files as a local folder (the
+Data Store's ``hf://`` and S3 copied under the data folder, ``file://`` taken in place once it is
+shown to hold no link out of itself). The job trains on that folder; its lineage is the entry's
+``files_url``."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from api.errors import BadRequest
+from api.db import Store
+from api.deps import Caller
+from api.errors import BadRequest, NotFound
+from api.schemas import DatasetRef
 from core import objects
 from core.settings import Settings
 from data import datastore
 from data.sources import SourceError, check_url, local_path
+
+DATASET = "dataset"
+
+
+def dataset_of(store: Store, ref: str | DatasetRef, namespace: str, caller: Caller) -> dict[str, Any]:
+    """The Entity Store dataset a job names (``"ns/name"``, a bare name, or ``{name, namespace}``).
+
+    Raises:
+        NotFound: no such dataset, or one in a namespace ``caller`` may not use.
+    """
+    if isinstance(ref, DatasetRef):
+        d_namespace, d_name = ref.namespace or namespace, ref.name
+    else:
+        d_namespace, _, d_name = ref.strip().rpartition("/") if "/" in ref else (namespace, "", ref)
+        d_namespace = d_namespace or "default"
+    found = store.find(DATASET, d_namespace, d_name) if caller.sees(d_namespace) else None
+    if found is None and not isinstance(ref, DatasetRef) and "/" not in ref and namespace != "default" and caller.sees("default"):
+        found = store.find(DATASET, "default", d_name)
+    if found is None:
+        raise NotFound(
+            f"`dataset` {d_namespace}/{d_name} does not exist in the Entity Store: upload its files to the Data Store "
+            f"and register it with POST /v1/datasets (files_url hf://datasets/{d_namespace}/{d_name})"
+        )
+    return found
 
 
 def snapshot_dataset(files_url: str, settings: Settings) -> Path:
@@ -27,7 +58,7 @@ def snapshot_dataset(files_url: str, settings: Settings) -> Path:
         check_url(files_url, settings, "dataset")
     except SourceError as exc:
         raise BadRequest(f"dataset files_url {files_url!r} is refused: {exc}") from exc
-    dest = settings.root / "api" / "dataset-snapshots" / uuid.uuid4().hex
+    dest = _snapshots(settings) / uuid.uuid4().hex
     scheme = files_url.split("://", 1)[0] if "://" in files_url else ""
     if scheme in ("hf", "s3"):
         return _copy(files_url, scheme, dest, settings)
@@ -36,6 +67,16 @@ def snapshot_dataset(files_url: str, settings: Settings) -> Path:
         raise BadRequest(f"dataset files_url {files_url}: no such folder on the server")
     _refuse_links_out(path, files_url)
     return path
+
+
+def discard_snapshot(settings: Settings, folder: Path) -> None:
+    """Remove a copy ``snapshot_dataset`` made (a ``file://`` folder taken in place is left alone)."""
+    if _snapshots(settings) in folder.parents:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _snapshots(settings: Settings) -> Path:
+    return settings.root / "api" / "dataset-snapshots"
 
 
 def _copy(files_url: str, scheme: str, dest: Path, settings: Settings) -> Path:

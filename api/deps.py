@@ -1,19 +1,20 @@
-"""Dependencies every route shares: settings, the entity store, the caller's namespaces, list parameters.
+"""Dependencies every route shares: settings, the entity store, the caller (principal, namespaces,
+roles), list parameters.
 
 They are ``async`` because they only read the request: FastAPI runs a plain ``def`` dependency in
 its thread pool, a hop that costs more CPU than the work itself on every request."""
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
 from api.db import Store
-from api.errors import BadRequest, Forbidden, Unauthorized
+from api.errors import ApiError, BadRequest, Forbidden, Unauthorized
 from api.listing import ListError, bracket_params, filtered, page_of, searched, sorted_items
+from api.principals import ROLES, PrincipalsUnreadable, store_for
 from core.settings import Settings
 
 
@@ -27,9 +28,17 @@ async def _store(request: Request) -> Store:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the namespaces its API key may use (None: all)."""
+    """Who is calling: a principal (None with auth off), the namespaces its key may use (None: all)
+    and its roles."""
 
     namespaces: frozenset[str] | None
+    principal: str | None = None
+    roles: frozenset[str] = frozenset(ROLES)
+
+    @property
+    def authenticated(self) -> bool:
+        """Auth is on and the caller proved who it is (with auth off nobody is named)."""
+        return self.principal is not None
 
     def check(self, namespace: str | None) -> None:
         """Raises Forbidden when the key may not use ``namespace``."""
@@ -40,19 +49,46 @@ class Caller:
     def sees(self, namespace: str | None) -> bool:
         return self.namespaces is None or (namespace or "default") in self.namespaces
 
+    def require(self, role: str, namespace: str | None = None) -> None:
+        """Raises Forbidden unless the caller has ``role`` (in ``namespace``, when given)."""
+        if namespace is not None:
+            self.check(namespace)
+        if role not in self.roles:
+            who = f"principal {self.principal!r}" if self.principal else "this API key"
+            raise Forbidden(f"{who} lacks the {role!r} role" + (f" in namespace {namespace!r}" if namespace else ""))
+
+
+class AuthUnavailable(ApiError):
+    """Who the caller is cannot be decided (the principals file cannot be read): answered 503, never
+    "authentication off"."""
+
+    status_code = 503
+
 
 async def _caller(request: Request) -> Caller:
-    keys: dict[str, list[str]] = request.app.state.settings.api_keys
-    if not keys:
-        return Caller(None)  # the embedded default; the app warned at start
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    for key, namespaces in keys.items():
-        if hmac.compare_digest(key.encode(), token.strip().encode()):
-            return Caller(None if "*" in namespaces else frozenset(namespaces))
-    raise Unauthorized("unknown API key")
+    """The caller of ``request``: nobody in particular with authentication off (no bootstrap key and
+    no principal in the file), else the principal whose key the bearer token is.
+
+    Raises:
+        AuthUnavailable: the principals file cannot be read (its name is in the message).
+        Unauthorized: authentication is on and the key is missing, unknown or revoked.
+    """
+    settings = request.app.state.settings
+    principals = store_for(settings)  # one stat per request; the file is read again only when it changed
+    try:
+        if not principals.enabled(settings):
+            return Caller(None)  # the embedded default; the app warned at start
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+        principal = principals.lookup(settings, token.strip())
+    except PrincipalsUnreadable as exc:
+        raise AuthUnavailable(str(exc)) from exc
+    if principal is None:
+        raise Unauthorized("unknown or revoked API key")
+    namespaces = None if "*" in principal.namespaces else frozenset(principal.namespaces)
+    return Caller(namespaces, principal=principal.name, roles=frozenset(principal.roles))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from core.auth import approval_message
+from core.secrets import sign
+from core.settings import get_settings
+
 log = logging.getLogger("customizer.api")
 
 # Prefect state type -> NeMo job status
@@ -178,10 +182,13 @@ def cancel(flow_run_id: str) -> None:
 
 
 def answer(flow_run_id: str, run_input: dict[str, Any]) -> None:
-    """Resume a flow run paused for an approval with the reviewer's answer (the form's fields).
+    """Resume a flow run waiting for an approval with the reviewer's answer (the form's fields),
+    signed with the platform key over (flow run, the wait's key, approved, reviewer): with
+    authentication on, the flow accepts only a signed answer, so one typed into the Prefect UI's
+    form is refused.
 
     Raises:
-        NotWaiting: the run is not paused.
+        NotWaiting: the run is not paused (or suspended) for an answer.
         OrchestratorUnavailable: Prefect cannot be reached.
     """
     # delayed: Prefect is heavy (start-up time)
@@ -195,7 +202,11 @@ def answer(flow_run_id: str, run_input: dict[str, Any]) -> None:
             raise NotWaiting("unknown to Prefect") from None
         if state is None or not state.is_paused():
             raise NotWaiting(state.name if state is not None else "Scheduled")
-        resume_flow_run(UUID(flow_run_id), run_input=run_input)
+    message = approval_message(flow_run_id, state.state_details.pause_key or "", bool(run_input.get("approved")),
+                               str(run_input.get("reviewer", "")))
+    signed = run_input | {"signature": sign(get_settings(), message)}  # outside: a key error is not Prefect's
+    with _asking_prefect():
+        resume_flow_run(UUID(flow_run_id), run_input=signed)
 
 
 def logs(flow_run_id: str, limit: int = 2000) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from core.specs import Hyperparameters
+from core.specs import Budget, EvaluationPlan, Hyperparameters, PromotionPolicy
 
 JobStatus = Literal["created", "pending", "running", "cancelling", "cancelled", "failed", "completed", "ready", "unknown"]
 Precision = Literal["int8", "bf16", "fp16", "fp32", "fp8-mixed", "bf16-mixed"]
@@ -278,11 +278,32 @@ class JobCreate(EntityFields):
     )
     dataset: str | DatasetRef = Field(description='An Entity Store dataset: "namespace/name" or {name, namespace}.')
     hyperparameters: Hyperparameters
-    output_model: str | None = Field(default=None, max_length=512, description="namespace/name; stored as namespace/name@<job id>.")
+    output_model: str | None = Field(
+        default=None, max_length=512,
+        description="namespace/name; stored as namespace/name@<job id>. Default: <job namespace>/<config name without "
+        "its version>-<dataset name>-<method>, e.g. default/llama-3.2-1b-instruct-email-assist-dataset-lora@cust-...",
+    )
     name: str | None = Field(default=None, pattern=_NAME_PATTERN)
     namespace: str = Field(default=DEFAULT_NAMESPACE, pattern=_NAME_PATTERN)
     dataset_parameters: dict[str, Any] | None = None
     integrations: list[dict[str, Any]] | None = None
+    # Customizer extensions: not NeMo's fields (NeMo's SDK sends them with extra_body={...}).
+    evaluation: EvaluationPlan | None = Field(
+        default=None,
+        description="customizer extension: what baseline and candidate are scored on (task metric, general benchmarks, "
+        "few-shot examples) and `target_score`, the task score at which prompting the base model is good enough and "
+        "nothing is trained. Default: the platform's plan.",
+    )
+    budget: Budget | None = Field(
+        default=None,
+        description="customizer extension: `max_device_hours`, the ceiling on the job's estimated training cost; a job "
+        "estimated above it is refused before training. Default: no ceiling.",
+    )
+    policy: PromotionPolicy | None = Field(
+        default=None,
+        description="customizer extension: the job's promotion policy (the gate's margins, forgetting limits, methods "
+        "that need a reviewer). It may only tighten the platform's and the namespace's policy. Default: theirs.",
+    )
     # Filled by the validator below from NeMo hyperparameters customizer ignores (never sent by clients).
     ignored_hyperparameters: SkipJsonSchema[list[str]] = Field(default_factory=list, exclude=True)
 
@@ -348,6 +369,21 @@ class JobStatusPublic(Echo):
     )
 
 
+class JobEstimate(Echo):
+    """The pre-flight's estimate of a job's training cost (customizer extension)."""
+
+    train_examples: int
+    tokens_per_epoch: int = Field(description="Tokens one epoch trains on, counted with the base model's tokenizer.")
+    epochs: int
+    training_flops: float = Field(description="6 x parameters x tokens x epochs.")
+    devices: int
+    device: str
+    peak_tflops: float
+    utilisation: float = Field(description="Share of the device's peak the estimate assumes.")
+    device_hours: float = Field(description="Device-hours (GPU-hours, or CPU-hours on a CPU config).")
+    describe: str | None = None
+
+
 class JobPublic(Echo):
     id: str
     config: str
@@ -357,7 +393,14 @@ class JobPublic(Echo):
     status: JobStatus
     status_details: dict[str, Any] | None = None
     config_snapshot: dict[str, Any] | None = None
-    warnings: list[JobWarning] = []
+    warnings: list[JobWarning] = Field(default=[], description="Guidance on settings that tend to waste a run; what is ignored or deferred.")
+    estimate: JobEstimate | None = Field(
+        default=None, description="customizer extension: the pre-flight's cost estimate (tokens, FLOPs, device-hours); "
+        "null when the base model is not on the server (the job's own pre-flight estimates before training).",
+    )
+    evaluation: dict[str, Any] | None = Field(default=None, description="customizer extension: the evaluation plan sent.")
+    budget: dict[str, Any] | None = Field(default=None, description="customizer extension: the budget sent.")
+    policy: dict[str, Any] | None = Field(default=None, description="customizer extension: the promotion policy sent.")
     created_at: str
     updated_at: str
 
@@ -430,9 +473,16 @@ class DatastoreNamespacePublic(BaseModel):
 
 
 class ApprovalAnswer(Wire):
-    """A reviewer's answer to a job that waits for an approval (before training or before promotion)."""
+    """A reviewer's answer to a job that waits for an approval (before training or before promotion).
 
+    With authentication on the reviewer is the caller's principal: ``reviewer`` may be left out, and
+    when given it must be that principal's name. With authentication off nobody is identified and
+    ``reviewer`` (required) is a free-text name."""
 
     approved: bool = Field(description="Approve (true) or reject (false).")
-    reviewer: str = Field(min_length=1, max_length=200, description="Who decides; must not be the job's submitter.")
+    reviewer: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Who decides; never the job's submitter. With authentication on: the caller's principal (leave it "
+        "out, or give that name); with authentication off: required, a free-text name.",
+    )
     comment: str = Field(default="", max_length=2000, description="Why.")

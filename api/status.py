@@ -185,9 +185,10 @@ def _customization_details(settings: Settings, job: Job, state: orchestrator.Run
                     | ({"detail": _detail(state.message)} if state.status == "failed" else {}))
     if logs[-1]["message"] == "Late":  # Prefect marks a run no worker picked up in time
         logs[-1]["detail"] = "no worker has started this job yet: is `customizer worker` (or `customizer up`) running?"
-    if logs[-1]["message"] == "Paused":  # an approval gate: the job waits for a reviewer
+    if logs[-1]["message"] in ("Paused", "Suspended"):  # an approval gate: the job waits for a reviewer
         logs[-1]["detail"] = (f"waiting for a reviewer: POST /v1/customization/jobs/{job['id']}/approval "
-                              '{"approved": true|false, "reviewer": "...", "comment": "..."} (or the form on the run in the Prefect UI)')
+                              '{"approved": true|false, "comment": "..."} or `customizer approve` (with authentication '
+                              'off, also a "reviewer", or the form on the run in the Prefect UI)')
     details["status_logs"] = logs
     details["status"] = state.status
     details["updated_at"] = iso(state.timestamp or now())

@@ -1,10 +1,16 @@
 """Secrets a client sends with a job (e.g. the ``wandb-api-key`` header): sealed with a key kept in
 the data folder (readable by its owner only) before they are stored or handed to the job's flow
-run; never echoed or logged. The training task unseals them into its environment while it runs."""
+run; never echoed or logged. The training task unseals them into its environment while it runs.
+
+The same key signs what only the platform may say, such as a reviewer's answer to an approval
+(``sign`` / ``verify``): the REST API and ``customizer approve`` sign it, the flow checks it, and an
+answer typed into a form elsewhere carries no valid signature."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 
@@ -39,6 +45,28 @@ def unseal(settings: Settings, token: str) -> str:
     from cryptography.fernet import Fernet
 
     return Fernet(_key(settings)).decrypt(token.encode()).decode()
+
+
+def _signing_key(settings: Settings) -> bytes:
+    """A key for signatures derived from the platform key, so a signature reveals nothing about the
+    key that seals secrets."""
+    return hmac.new(_key(settings), b"customizer signature v1", hashlib.sha256).digest()
+
+
+def sign(settings: Settings, message: str) -> str:
+    """An HMAC-SHA256 signature (hex) of ``message`` that only a process holding the platform key can make.
+
+    >>> import tempfile; from pathlib import Path
+    >>> settings = Settings(data_dir=Path(tempfile.mkdtemp()))
+    >>> verify(settings, "approve job 1", sign(settings, "approve job 1")), verify(settings, "approve job 2", sign(settings, "approve job 1"))
+    (True, False)
+    """
+    return hmac.new(_signing_key(settings), message.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(settings: Settings, message: str, signature: str) -> bool:
+    """Whether ``signature`` is the platform's signature of ``message`` (compared in constant time)."""
+    return bool(signature) and hmac.compare_digest(sign(settings, message), signature)
 
 
 # Secret name (as sent, e.g. the request header) -> the environment variable the run sees.

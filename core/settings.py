@@ -106,8 +106,12 @@ class Settings(BaseSettings):
     )
     api_keys: dict[str, list[str]] = Field(
         default_factory=dict,
-        description='API keys accepted as bearer tokens, each with the namespaces it may use ("*": all), as JSON, '
-        'e.g. {"k1": ["*"], "k2": ["team-a"]}. Empty: no authentication (the embedded default; the API warns at start).',
+        description='Bootstrap API keys accepted as bearer tokens, each with the namespaces it may use ("*": all), as '
+        'JSON, e.g. {"k1": ["*"], "k2": ["team-a"]}. Each is a principal named key-<first 8 hex digits of the key\'s '
+        'sha256> with every role (submit, review, admin) in its namespaces; other principals are added with '
+        '`customizer keys add` or POST /v1/principals (kept hashed in <data folder>/api/principals.json). '
+        'Authentication is on when a bootstrap key or a principal exists. Neither: no authentication, no identities '
+        '(the embedded default, for a laptop only; the API warns at start).',
     )
     datastore_uri: str | None = Field(
         default=None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.catalog import FinetuningType, TrainingType, parse_config_urn
 
@@ -18,22 +18,53 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _NAME_CHARS = re.compile(r"[^a-z0-9._-]+")
 
 
-def default_output_model(config_urn: str, namespace: str = "default") -> str:
-    """The output model a job names when it names none: the config's name without its version.
+def _name_part(text: str) -> str:
+    """``text`` as part of a model name: lowercase, characters a name cannot hold replaced by ``-``."""
+    return _NAME_CHARS.sub("-", text.strip().lower()).strip("-._")
+
+
+def dataset_name(dataset: str) -> str:
+    """A dataset reference's name: the last segment of its folder, path or URI.
+
+    >>> dataset_name("hf://datasets/team-a/Email_Assist"), dataset_name("s3://bucket/data/triage/")
+    ('email_assist', 'triage')
+    """
+    return _name_part(dataset.strip().rstrip("/").rpartition("/")[2])
+
+
+def method_name(training_type: str, finetuning_type: str) -> str:
+    """The method as an output model names it: the finetuning type, prefixed by a training type other than SFT.
+
+    >>> method_name("sft", "lora"), method_name("dpo", "all_weights")
+    ('lora', 'dpo-all_weights')
+    """
+    return finetuning_type if training_type == "sft" else f"{training_type}-{finetuning_type}"
+
+
+def default_output_model(config_urn: str, dataset: str, method: str, namespace: str = "default") -> str:
+    """The output model a job names when it names none, NeMo Customizer's pattern
+    ``<namespace>/<base model>-<dataset>-<method>``: jobs on unrelated datasets never share a champion.
 
     Args:
-        config_urn: the job's config, ``namespace/name@version``.
+        config_urn: the job's config, ``namespace/name@version``; its name without the version
+            names the base model.
+        dataset: the dataset's name (the API: its Entity Store name), or a folder or URI whose
+            last segment names it.
+        method: ``method_name(training_type, finetuning_type)``.
         namespace: where the model goes (the API: the job's namespace).
 
     Returns:
-        ``namespace/name``, lowercase, with characters a model name cannot hold replaced by ``-``.
+        ``namespace/name``, lowercase, with characters a model name cannot hold replaced by ``-``,
+        the name cut to 63 characters.
 
-    >>> default_output_model("meta/Llama-3.2-1B@v1")
-    'default/llama-3.2-1b'
-    >>> default_output_model("customizer/tiny-llama@v1.0.0+cpu", "team")
-    'team/tiny-llama'
+    >>> default_output_model("meta/Llama-3.2-1B@v1", "/data/Email Assist", "lora")
+    'default/llama-3.2-1b-email-assist-lora'
+    >>> default_output_model("customizer/tiny-llama@v1.0.0+cpu", "hf://datasets/team/triage", "dpo-lora", "team")
+    'team/tiny-llama-triage-dpo-lora'
     """
-    return f"{namespace}/" + _NAME_CHARS.sub("-", config_urn.strip().rpartition("/")[2].partition("@")[0].lower())
+    base = _name_part(config_urn.strip().rpartition("/")[2].partition("@")[0])
+    name = "-".join(part for part in (base, dataset_name(dataset), _name_part(method)) if part)
+    return f"{namespace}/{name[:63].rstrip('-._') or 'model'}"
 
 
 class LoraParams(BaseModel):
@@ -194,8 +225,14 @@ class EvaluationPlan(BaseModel):
 class PromotionPolicy(BaseModel):
     """When a candidate becomes the champion, and when a person must agree first.
 
-    A namespace can fix its policy in ``<policy folder>/<namespace>.yaml``; that file then governs
-    every job of the namespace and a job's own ``policy`` is ignored.
+    The policy that governs a job comes in layers (``evaluation.policy``): these defaults, then the
+    operator's files in the policy folder (``_global.yaml`` for every namespace, ``<namespace>.yaml``
+    over it; each sets only the fields it names), then the job's own ``policy``, which may only
+    tighten what is below it: a larger ``min_task_gain``; smaller limits, ``forgetting_alpha`` and
+    ``approval_timeout_hours``; more ``review_methods``; a stricter ``diverging_curves`` (ignore <
+    hold < reject); more counted ``benchmarks``. A job that would loosen a field is refused at
+    creation, naming the field, the value, the bound and the layer that set it. A job's field counts
+    when it differs from the default here (a spec that travelled as JSON carries every field).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -308,12 +345,19 @@ class CustomizationSpec(BaseModel):
         description="Config URN namespace/name@version, e.g. huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu."
     )
     dataset: str = Field(
-        description="Dataset with training/ (and optional validation/, testing/): a folder, file:// or s3://bucket/prefix."
+        description="Dataset with training/ (and optional validation/, testing/): a folder, file://, s3://bucket/prefix "
+        "or hf://datasets/<namespace>/<name> (the Data Store)."
+    )
+    dataset_source: str | None = Field(
+        default=None,
+        description="Where the dataset came from, recorded as lineage (when `dataset` is a copy of it, e.g. the "
+        "API's snapshot of a Data Store dataset); a retrain re-reads it. Default: `dataset`.",
     )
     output_model: str = Field(
         default="",
         validate_default=True,
-        description="Output model name, namespace/name. Default: default/<the config's name, without its version>.",
+        description="Output model name, namespace/name. Default: default/<config name without its version>-<dataset "
+        "name>-<method>, e.g. default/tiny-llama-email-lora.",
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     data: DataOptions = Field(default_factory=DataOptions)
@@ -339,17 +383,28 @@ class CustomizationSpec(BaseModel):
 
     @field_validator("output_model")
     @classmethod
-    def _namespaced(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():  # defaulted from the config: meta/llama-3.2-1b@v1 -> default/llama-3.2-1b
-            if "config" not in info.data:
-                return value  # the config is invalid and says so; no second error about a name derived from it
-            value = default_output_model(info.data["config"])
+    def _namespaced(cls, value: str) -> str:
+        if not value.strip():
+            return ""  # defaulted once the config, dataset and method are known (_default_output_model)
         namespace, slash, name = value.strip().partition("/")
         if not slash or not _NAME.match(namespace) or not _NAME.match(name):
             raise ValueError(
                 f"`output_model` must be namespace/name in lowercase letters, digits, '.', '_' or '-', got {value!r}"
             )
         return f"{namespace}/{name}"
+
+    @model_validator(mode="after")
+    def _default_output_model(self) -> CustomizationSpec:
+        # meta/llama-3.2-1b@v1 on /data/email with LoRA SFT -> default/llama-3.2-1b-email-lora
+        if not self.output_model:
+            hp = self.hyperparameters
+            self.output_model = default_output_model(self.config, self.dataset_uri, method_name(hp.training_type, hp.finetuning_type))
+        return self
+
+    @property
+    def dataset_uri(self) -> str:
+        """The dataset's lineage: where it came from (``dataset_source``), else ``dataset``."""
+        return self.dataset_source or self.dataset
 
     @model_validator(mode="after")
     def _replay_is_for_sft(self) -> CustomizationSpec:

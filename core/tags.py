@@ -41,6 +41,7 @@ BENCHMARK_VERSIONS = "customizer.benchmark_versions"
 DECISION = "customizer.decision"
 DECISION_REASONS = "customizer.decision.reasons"
 ARTIFACT = "customizer.artifact"  # "adapter" or the weights' kind
+AUDIT = "customizer.audit"  # on a version: its job's audit trail, one line per record (core.audit.summary)
 
 # Publication and serving.
 PUBLISHED_URI = "customizer.published_uri"

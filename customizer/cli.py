@@ -5,8 +5,11 @@
     customizer check SPEC.yaml      validate a spec, its config and its dataset without training
     customizer configs              list the config catalog
     customizer prepare-model [URN]  convert/cache a config's base model ahead of time
-    customizer approve JOB_ID --reviewer NAME [--reject] [--comment TEXT]
-                                    answer a job that waits for a reviewer
+    customizer approve JOB_ID [--reviewer NAME] [--reject] [--comment TEXT] [--api-url URL] [--api-key KEY]
+                                    answer a job that waits for a reviewer (with authentication on,
+                                    through the REST API as the principal of the API key)
+    customizer keys add NAME --namespace NS --role ROLE   add a principal (prints its API key once)
+    customizer keys list | revoke NAME                    list or revoke principals (no keys shown)
     customizer generate MODEL PROMPT [--version V]
                                     load a registered version from MLflow and generate
     customizer serve-models         serve the base model and published adapters (OpenAI-compatible API)
@@ -53,9 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("config", nargs="?", help="config URN (default: the embedded model's config)")
     approve = sub.add_parser("approve", help="approve (or reject) a job that waits for a reviewer")
     approve.add_argument("job_id", help="the job id, cust-...")
-    approve.add_argument("--reviewer", required=True, help="who decides (not the job's submitter)")
+    approve.add_argument("--reviewer", help="who decides, not the job's submitter (required with authentication off; with "
+                         "it on, the principal of the API key decides and this may only repeat its name)")
     approve.add_argument("--reject", action="store_true", help="reject instead of approving")
     approve.add_argument("--comment", default="", help="why")
+    approve.add_argument("--api-url", help="the REST API, with authentication on (default: $CUSTOMIZER_API_URL, else "
+                         "http://127.0.0.1:8000)")
+    approve.add_argument("--api-key", help="your API key, with authentication on (default: $CUSTOMIZER_API_KEY, which "
+                         "keeps it out of the shell history)")
+    keys = sub.add_parser("keys", help="manage the API's principals and their keys in this data folder (on the server)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    add = keys_sub.add_parser("add", help="add a principal and print its API key (shown once)")
+    add.add_argument("name", help="lower-case name, e.g. alice or ci-bot")
+    add.add_argument("--namespace", action="append", required=True, metavar="NS", help='a namespace the key may use ("*": all); repeatable')
+    add.add_argument("--role", action="append", required=True, metavar="ROLE",
+                     help="submit (create and cancel jobs), review (answer approvals) or admin; repeatable")
+    keys_sub.add_parser("list", help="list the principals and bootstrap keys (never a key)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a principal: its key stops working at the API's next request")
+    revoke.add_argument("name")
     generate = sub.add_parser("generate", help="generate with a registered model version")
     generate.add_argument("model", help="output model name, namespace/name")
     generate.add_argument("prompt")
@@ -108,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {
             "configs": run.cmd_configs, "prepare-model": run.cmd_prepare_model, "approve": run.cmd_approve,
             "generate": run.cmd_generate, "serve-models": run.cmd_serve_models, "serving": run.cmd_vllm_args,
-            "data": run.cmd_data_validate, "up": run.cmd_up, "api": run.cmd_api, "worker": run.cmd_worker,
+            "data": run.cmd_data_validate, "up": run.cmd_up, "api": run.cmd_api, "worker": run.cmd_worker, "keys": run.cmd_keys,
         }
         if args.command in chosen:
             return chosen[args.command](args, settings)

@@ -7,7 +7,9 @@ what it imports (Prefect, MLflow, transformers) reads the environment when impor
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -15,11 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import yaml
 from pydantic import ValidationError
 
 from api import orchestrator
 from api.app import create_app
+from api.principals import (
+    PrincipalError, PrincipalSpec, PrincipalsUnreadable, add_principal, bootstrap_principals, revoke_principal, store_for,
+)
+from core import auth, audit
 from core import tags as tag
 from core import tracking
 from core.catalog import CatalogError, get_config, load_catalog
@@ -39,6 +46,7 @@ from evaluation.policy import PolicyError
 from flows.customize import customize
 from serving.handoff import HandOffError, vllm_args
 from serving.server import run_server
+from tasks.approval import watch_deadlines
 from tasks.check import JobRefused, check
 from training.base_model import BaseModelError, resolve_base_model
 
@@ -131,13 +139,23 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+DEFAULT_API_URL = "http://127.0.0.1:8000"  # where `customizer up` and `customizer api` listen by default
+
+
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
-    """Answer the approval a paused customize job waits for (the Prefect UI's form, from a shell)."""
+    """Answer the approval a paused customize job waits for. With authentication on (a bootstrap key
+    or a principal in this data folder) the answer goes through the REST API with the caller's API
+    key, so it is given in the key's principal's name and checked like any other; with it off it goes
+    straight to Prefect with the free-text ``--reviewer``."""
 
     try:
         flow_run_id = uuid_from_id(args.job_id)
     except ValueError as exc:
         raise UsageError(f"job id: {exc}") from exc
+    if auth.enabled(settings):
+        return _approve_through_api(args)
+    if not args.reviewer:
+        raise UsageError("--reviewer is required: with authentication off the answer names who decides")
     try:
         orchestrator.answer(str(flow_run_id), {"approved": not args.reject, "reviewer": args.reviewer, "comment": args.comment})
     except orchestrator.NotWaiting as exc:
@@ -145,6 +163,92 @@ def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     except orchestrator.OrchestratorUnavailable as exc:
         raise UsageError(str(exc)) from exc
     print(f"job {args.job_id}: {'rejected' if args.reject else 'approved'} by {args.reviewer}")
+    return 0
+
+
+def _approve_through_api(args: argparse.Namespace) -> int:
+    """``customizer approve`` with authentication on: ``POST .../approval`` with the caller's key.
+
+    Raises:
+        UsageError: no key, the API cannot be reached, or it refused the answer (with its reason).
+    """
+    key = args.api_key or os.environ.get("CUSTOMIZER_API_KEY")
+    if not key:
+        raise UsageError("authentication is on in this data folder (API keys or principals are configured): "
+                         "`customizer approve` answers through the REST API as the principal of your API key; "
+                         "set CUSTOMIZER_API_KEY (or pass --api-key)")
+    url = (args.api_url or os.environ.get("CUSTOMIZER_API_URL") or DEFAULT_API_URL).rstrip("/")
+    body = {"approved": not args.reject, "comment": args.comment} | ({"reviewer": args.reviewer} if args.reviewer else {})
+    try:
+        response = httpx.post(f"{url}/v1/customization/jobs/{args.job_id}/approval", json=body,
+                              headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach the REST API at {url} ({type(exc).__name__}: {exc}); start it (`customizer up`), "
+                         "or pass --api-url (or set CUSTOMIZER_API_URL)") from exc
+    if response.status_code != 200:
+        raise UsageError(f"the REST API at {url} refused the answer ({response.status_code}): {_detail(response)}")
+    print(f"job {args.job_id}: {'rejected' if args.reject else 'approved'} through the REST API at {url}")
+    return 0
+
+
+def _detail(response: httpx.Response) -> str:
+    """The ``detail`` of an API error answer, readable on one line."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:500] or response.reason_phrase
+    if isinstance(detail, list):  # a schema error: FastAPI's list of {loc, msg}
+        return "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in detail if isinstance(e, dict))
+    return str(detail)
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """``customizer keys add|list|revoke``: the principals file of this data folder, edited directly
+    (the operator's tool on the server; the REST API sees each change at its next request)."""
+    try:
+        return {"add": _keys_add, "list": _keys_list, "revoke": _keys_revoke}[args.keys_command](args, settings)
+    except (PrincipalError, PrincipalsUnreadable) as exc:
+        raise UsageError(str(exc)) from exc
+    except audit.AuditError as exc:
+        raise UsageError(f"nothing changed: the audit record could not be written ({exc})") from exc
+
+
+def _operator() -> str:
+    """Who runs ``customizer keys``, for the audit trail: the operating-system user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in this environment (e.g. a container's bare uid)
+        return f"uid-{os.getuid()}"
+
+
+def _keys_add(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        spec = PrincipalSpec(name=args.name, namespaces=args.namespace, roles=args.role)
+    except ValidationError as exc:
+        fields = {"name": "NAME", "namespaces": "--namespace", "roles": "--role"}
+        problems = "; ".join(f"{fields.get(str(e['loc'][0]), e['loc'][0])}: {e['msg'].removeprefix('Value error, ')}"
+                             + ("" if e["type"] == "value_error" else f" (got {e.get('input')!r})") for e in exc.errors())
+        raise UsageError(f"invalid principal: {problems}") from exc
+    key, principal = add_principal(settings, spec, _operator(), "customizer keys")
+    print(f"principal {principal.name} added (namespaces {', '.join(principal.namespaces)}; roles {', '.join(principal.roles)}). "
+          "Its API key follows; it is not shown again:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    listed = sorted(store_for(settings).principals() + [p for _, p in bootstrap_principals(settings)], key=lambda p: p.name)
+    if not listed:
+        print("no principals and no api_keys: authentication is off (anyone who can reach the API can do anything)")
+    for principal in listed:
+        source = "api_keys setting" if principal.source == "setting" else f"added {principal.created_at}"
+        print(f"{principal.name:30} namespaces {','.join(principal.namespaces):30} roles {','.join(principal.roles):20} {source}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    principal = revoke_principal(settings, args.name, _operator(), "customizer keys")
+    print(f"principal {principal.name} revoked: its key is refused from the API's next request on")
     return 0
 
 
@@ -247,6 +351,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             print(f"customizer worker: flow run {flow_run_id} lost its worker: {what}", flush=True)
     except ObjectNotFound:
         pass  # the deployment does not exist yet: nothing was left behind
+    watch_deadlines(settings.customize_deployment, settings.approval_poll_seconds)  # suspended runs cannot see their own
     serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
 

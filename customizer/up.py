@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import auth
 from core.processes import free_port, stop_processes
 from core.settings import Settings
 
@@ -225,9 +226,9 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
         for name, url in urls.items():
             print(f"  {name:11} {url}", flush=True)
         print(f"  data       {root}  (logs in {logs})", flush=True)
-        if not settings.api_keys:
+        if not auth.enabled(settings):
             print("  WARNING    API authentication is off: anyone who can reach the API can use it "
-                  "(set CUSTOMIZER_API_KEYS to require keys)", flush=True)
+                  "(add keys with `customizer keys add`, or set CUSTOMIZER_API_KEYS)", flush=True)
         if ready_file is not None:
             ready_file.write_text(f"http://{host}:{api_port}\n{prefect_api}\n{mlflow_url or ''}\n")
         while (dead := platform.dead()) is None:

@@ -9,6 +9,10 @@ alias is absent) reads as "no champion". Any other error (the server down, a loc
 a timeout, HTTP 5xx/429) is retried a few times within a bounded time when it is transient, then
 raised as :class:`RegistryUnavailable`, so nothing is judged or promoted against a champion that
 could not be read.
+
+Every alias move goes through one function (``_move_alias``), which writes an ``alias.moved``
+record to the audit trail (``core.audit``) with the version before and after. A move whose record
+cannot be written is undone and the ``AuditError`` raised: no alias points anywhere unrecorded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from core import audit
 from core import tags as tag
 from core.catalog import get_config
 from core.settings import Settings
@@ -29,6 +34,7 @@ from training.base_model import resolve_base_model
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"
+PLATFORM = "customizer"  # the principal of what the platform does by itself, in the audit trail
 
 log = logging.getLogger("customizer.registry")
 T = TypeVar("T")
@@ -167,14 +173,20 @@ def registered_name(output_model: str) -> str:
 
 
 def register_version(
-    settings: Settings, output_model: str, source: str, run_id: str, tags: dict[str, str], description: str = ""
+    settings: Settings, output_model: str, source: str, run_id: str, tags: dict[str, str], description: str = "",
+    *, principal: str | None = PLATFORM, job: str | None = None, flow_run: str | None = None,
 ) -> RegisteredVersion:
     """Create a model version for an adapter logged in ``run_id`` and mark it ``candidate``.
 
     Re-running the same job (same run id) returns the version it already created.
 
+    Args:
+        principal, job, flow_run: who moves the ``candidate`` alias and for which job, for its
+            audit record (default: the platform itself, no job).
+
     Raises:
-        RegistryUnavailable: whether the model is registered could not be read.
+        RegistryUnavailable: whether the model is registered, or where its alias points, could not be read.
+        AuditError: the alias move could not be recorded (the alias stays where it was).
     """
     mlflow_client = client(settings)
     name = registered_name(output_model)
@@ -187,7 +199,7 @@ def register_version(
         version = existing[0]
     else:
         version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description)
-    mlflow_client.set_registered_model_alias(name, CANDIDATE, str(version.version))
+    _move_alias(settings, output_model, CANDIDATE, str(version.version), principal=principal, job=job, flow_run=flow_run)
     return describe(settings, output_model, str(version.version))
 
 
@@ -197,10 +209,64 @@ def set_version_tags(settings: Settings, output_model: str, version: str, tags: 
         mlflow_client.set_model_version_tag(registered_name(output_model), version, key, value)
 
 
-def promote(settings: Settings, output_model: str, version: str) -> RegisteredVersion:
-    """Point the ``champion`` alias at ``version``."""
-    client(settings).set_registered_model_alias(registered_name(output_model), CHAMPION, version)
+def promote(
+    settings: Settings, output_model: str, version: str,
+    *, principal: str | None = PLATFORM, job: str | None = None, flow_run: str | None = None,
+) -> RegisteredVersion:
+    """Point the ``champion`` alias at ``version`` (recorded in the audit trail).
+
+    Raises:
+        RegistryUnavailable: where the alias points now could not be read.
+        AuditError: the move could not be recorded (the champion stays where it was).
+    """
+    _move_alias(settings, output_model, CHAMPION, str(version), principal=principal, job=job, flow_run=flow_run)
     return describe(settings, output_model, version)
+
+
+def _move_alias(
+    settings: Settings, output_model: str, alias: str, version: str, *, principal: str | None, job: str | None, flow_run: str | None
+) -> str | None:
+    """Point ``alias`` at ``version`` and append an ``alias.moved`` record; returns the version it
+    pointed at before (None when it pointed nowhere). An alias already on ``version`` does not move
+    and nothing is recorded.
+
+    The move comes first and its record second, so the trail never tells of a move that failed; a
+    record that cannot be written undoes the move before the ``AuditError`` is raised.
+
+    Raises:
+        RegistryUnavailable: where the alias points now could not be read.
+        AuditError: the record could not be written (the alias is back where it was).
+    """
+    mlflow_client = client(settings)
+    name = registered_name(output_model)
+    try:
+        before = _read(settings, f"the {alias} alias of {output_model}", lambda: mlflow_client.get_registered_model(name).aliases.get(alias))
+    except _Absent:
+        before = None
+    before = None if before is None else str(before)
+    if before == version:
+        return before
+    mlflow_client.set_registered_model_alias(name, alias, version)
+    try:
+        audit.record(
+            settings, "alias.moved", principal, job=job, flow_run=flow_run, model=f"{output_model}@{version}",
+            before={"alias": alias, "version": before}, after={"alias": alias, "version": version},
+            detail=f"{alias} of {output_model}: {'v' + before if before else 'none'} -> v{version}",
+        )
+    except audit.AuditError as exc:
+        try:
+            if before is None:
+                mlflow_client.delete_registered_model_alias(name, alias)
+            else:
+                mlflow_client.set_registered_model_alias(name, alias, before)
+        except Exception as undo:  # noqa: BLE001 - reported in the error raised, never swallowed
+            raise audit.AuditError(
+                f"{exc}; moving the {alias} alias of {output_model} back failed too ({_short(undo)}): "
+                f"it points at version {version} without an audit record"
+            ) from exc
+        raise
+    log.info("Moved the %s alias of %s from %s to version %s", alias, output_model, before or "nowhere", version)
+    return before
 
 
 def _champion(settings: Settings, mlflow_client, output_model: str):

@@ -6,6 +6,10 @@ a manifest only exists for a complete upload. Publication is content-addressed: 
 sha256 and size already match is not uploaded again, so re-publishing identical content sends no
 bytes. Downloads verify every file against the manifest.
 
+A published version is immutable: once its manifest is written, publishing other content under the
+same model and version is refused (``VersionExists``), and publishing the same content again is a
+no-op that returns the existing publication. A version without a manifest was never published.
+
 Both stores are ``core.objects`` files (the one client factory and path rule). Large files go up to
 S3 in parts (``s3_multipart_threshold``); botocore's "standard" mode retries connection errors,
 throttling and 5xx answers only, so a missing bucket or a refused credential fails at once with a
@@ -54,6 +58,16 @@ Store = objects.FolderFiles | objects.S3Files
 
 class StoreError(RuntimeError):
     """The store is unreachable, misconfigured, or holds something that does not match its manifest."""
+
+
+class NotPublished(StoreError):
+    """The version has no readable manifest in the store: it was never (completely) published."""
+
+
+class VersionExists(ValueError):
+    """A version that is already published was asked to hold other content. Published versions never
+    change (serving, fetches and the registry's lineage all trust them), so no retry can succeed: the
+    content goes out as a new version."""
 
 
 class FileEntry(BaseModel):
@@ -238,14 +252,32 @@ def publish(
     lineage: dict[str, Any],
     settings: Settings,
 ) -> Published:
-    """Publish ``files`` from ``folder`` as ``output_model`` version ``version``.
+    """Publish ``files`` from ``folder`` as ``output_model`` version ``version``, once.
+
+    A version whose manifest is in the store is published and never changes:
+
+    - the same files (names, sha256 and sizes) for the same base model: nothing is written and the
+      existing publication is returned, its manifest (and lineage) as first written. A re-run after
+      a crash between publishing and registering reuses it. A stored file that no longer matches the
+      manifest is uploaded again from these identical bytes, which repairs it without changing
+      what was published;
+    - anything else (a file added, left out or with other bytes, another base model) is refused
+      with ``VersionExists``, naming the first differing file and both sha256.
+
+    A version with files but no manifest is what an upload that stopped half-way leaves behind. It
+    was never published (fetching, verifying and listing all ignore it), so it is completed here
+    with whatever content this call brings: matching files are kept, others replaced, files this
+    publication does not list are deleted, and the manifest is written last. Publishing assumes one
+    writer per version (the registry gives every job its own version number).
 
     Returns:
         Where it was published, its manifest, which files were uploaded or already there, and how
         many bytes went to the store.
 
     Raises:
-        StoreError: a listed file is missing, or the store rejects the upload (the message says
+        VersionExists: the version is published with other content.
+        StoreError: a listed file is missing, the stored manifest cannot be read (a version that may
+            be published is not overwritten), or the store rejects the upload (the message says
             whether the bucket is missing, access was denied, or the endpoint was unreachable).
     """
     store = open_store(settings.publish_uri, settings)
@@ -254,6 +286,11 @@ def publish(
     uploaded, unchanged = [], []
     try:
         store.check()
+        previous = _published_manifest(store, prefix)
+        if previous is not None:
+            _refuse_other_content(previous, entries, base_model, store.uri(prefix))
+        else:
+            _clear_strays(store, prefix, entries)
         for name, entry in entries.items():
             key = f"{prefix}/{name}"
             if _matches(store.stat(key), entry):
@@ -261,32 +298,86 @@ def publish(
                 continue
             store.put_file(key, folder / name, entry.sha256)
             uploaded.append(name)
-        manifest = Manifest(
-            output_model=output_model, version=version, base_model=base_model,
-            files=entries, lineage=lineage, created_at=time.time(),
-        )
-        previous = _stored_manifest(store, f"{prefix}/{MANIFEST}")
-        if previous is not None and previous.files == manifest.files and previous.base_model == base_model:
-            manifest = previous  # identical content: the manifest stays as it was
+        if previous is not None:
+            manifest = previous  # identical content: the publication stays as it was
         else:
+            manifest = Manifest(
+                output_model=output_model, version=version, base_model=base_model,
+                files=entries, lineage=lineage, created_at=time.time(),
+            )
             store.put(f"{prefix}/{MANIFEST}", manifest.model_dump_json(indent=2).encode())
     except _store_failures() as exc:
         raise _explain(exc, store, f"publishing {output_model} v{version} to {settings.publish_uri}") from exc
     log.info(
-        "Published %s v%s to %s (%d uploaded, %d unchanged, %d bytes sent)",
-        output_model, version, store.uri(prefix), len(uploaded), len(unchanged), store.bytes_sent,
+        "%s %s v%s to %s (%d uploaded, %d unchanged, %d bytes sent)",
+        "Already published:" if previous is not None else "Published", output_model, version, store.uri(prefix),
+        len(uploaded), len(unchanged), store.bytes_sent,
     )
     return Published(
         uri=store.uri(prefix) + "/", manifest=manifest, uploaded=uploaded, unchanged=unchanged, bytes_uploaded=store.bytes_sent
     )
 
 
+def _published_manifest(store: Store, prefix: str) -> Manifest | None:
+    """The manifest of a published version, or None when the version has none (never published).
+
+    Raises:
+        StoreError: a manifest is there but cannot be read: the version may be published, so it is
+            neither overwritten nor taken for unpublished.
+    """
+    data = store.get(f"{prefix}/{MANIFEST}")
+    if data is None:
+        return None
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise StoreError(
+            f"{store.uri(prefix)}/{MANIFEST} cannot be read ({exc.error_count()} errors), so the version is not "
+            "overwritten; publish as a new version, or remove the version from the store if it was never used"
+        ) from exc
+
+
+def _refuse_other_content(previous: Manifest, entries: dict[str, FileEntry], base_model: str, where: str) -> None:
+    """Raises VersionExists unless ``entries`` for ``base_model`` are exactly what ``previous`` published."""
+    head = f"{previous.output_model} v{previous.version} is already published at {where}/ with other content"
+    tail = "a published version never changes: publish this content as a new version"
+    for name in sorted(previous.files.keys() | entries.keys()):
+        published, offered = previous.files.get(name), entries.get(name)
+        if published != offered:
+            was = published.sha256 if published else "none (not in the published version)"
+            now = offered.sha256 if offered else "none (not in this publication)"
+            raise VersionExists(f"{head}: {name} has sha256 {was} there and {now} here; {tail}")
+    if previous.base_model != base_model:
+        raise VersionExists(f"{head}: it was published for base model {previous.base_model!r}, not {base_model!r}; {tail}")
+
+
+def _clear_strays(store: Store, prefix: str, entries: dict[str, FileEntry]) -> None:
+    """Delete what an upload that stopped half-way left under an unpublished version and this
+    publication does not list, so the version holds exactly what its manifest will list."""
+    for name in store.list(prefix):
+        if name not in entries and name != MANIFEST:
+            log.info("Removing %s/%s: left by an unfinished upload, not part of this publication", store.uri(prefix), name)
+            store.delete(f"{prefix}/{name}")
+
+
 def _stored_manifest(store: Store, key: str) -> Manifest | None:
     data = store.get(key)
     try:
         return Manifest.model_validate_json(data) if data is not None else None
-    except ValidationError:  # unreadable: publishing rewrites it, fetching refuses it
+    except ValidationError:  # unreadable: fetching and verifying refuse it, publishing never overwrites it
         return None
+
+
+def _readable_manifest(store: Store, output_model: str, version: str, store_uri: str) -> Manifest:
+    """The manifest of a published version, which every reader verifies files against.
+
+    Raises:
+        NotPublished: it has none, or none that can be read.
+    """
+    manifest = _stored_manifest(store, f"{output_model}/{version}/{MANIFEST}")
+    if manifest is None:
+        raise NotPublished(f"{output_model} v{version} is not published in {store_uri} (no readable manifest)")
+    return manifest
 
 
 def fetch(output_model: str, version: str, dest: Path, settings: Settings, store_uri: str | None = None) -> Manifest:
@@ -306,9 +397,7 @@ def fetch(output_model: str, version: str, dest: Path, settings: Settings, store
     store = open_store(store_uri, settings)
     prefix = f"{output_model}/{version}"
     try:
-        manifest = _stored_manifest(store, f"{prefix}/{MANIFEST}")
-        if manifest is None:
-            raise StoreError(f"{output_model} v{version} is not published in {store_uri} (no readable manifest)")
+        manifest = _readable_manifest(store, output_model, version, store_uri)
         dest.mkdir(parents=True, exist_ok=True)
         for name, entry in manifest.files.items():
             target = dest / _check_name(name)
@@ -338,9 +427,7 @@ def verify_published(output_model: str, version: str, settings: Settings, expect
     store = open_store(settings.publish_uri, settings)
     prefix = f"{output_model}/{version}"
     try:
-        manifest = _stored_manifest(store, f"{prefix}/{MANIFEST}")
-        if manifest is None:
-            raise StoreError(f"{output_model} v{version} is not completely published in {settings.publish_uri}: it has no readable manifest")
+        manifest = _readable_manifest(store, output_model, version, settings.publish_uri)
         if expected is not None and (manifest.files != expected.files or manifest.base_model != expected.base_model):
             raise StoreError(f"{store.uri(prefix)}/{MANIFEST} lists other files than this job published")
         for name, entry in manifest.files.items():
@@ -364,9 +451,7 @@ def read_published_file(output_model: str, version: str, name: str, settings: Se
     store = open_store(store_uri, settings)
     prefix = f"{output_model}/{version}"
     try:
-        manifest = _stored_manifest(store, f"{prefix}/{MANIFEST}")
-        if manifest is None:
-            raise StoreError(f"{output_model} v{version} is not published in {store_uri} (no readable manifest)")
+        manifest = _readable_manifest(store, output_model, version, store_uri)
         entry = manifest.files.get(name)
         data = store.get(f"{prefix}/{_check_name(name)}") if entry else None
     except _store_failures() as exc:

@@ -30,7 +30,9 @@ from tasks.job import (
 from tasks.training import plan_training, train
 
 
-@flow(name="customize", on_running=[record_process], on_failure=[mark_failed], on_crashed=[mark_failed])
+# Results persist so a run resumed after an approval (or after losing its worker) reuses every task
+# that completed instead of running it again: Prefect's default cache key holds the flow run id.
+@flow(name="customize", on_running=[record_process], on_failure=[mark_failed], on_crashed=[mark_failed], persist_result=True)
 def customize(spec: CustomizationSpec) -> CustomizationResult:
     """Fine-tune a base model (SFT, DPO or GRPO) and promote the result only if it beats the base
     model on the task without forgetting general skills."""

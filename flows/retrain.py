@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.customize import customize
-from tasks.retrain import RetrainOutcome, dataset_identity, find_champions, other_retrain, outcome
+from tasks.retrain import RetrainOutcome, dataset_now, discard, find_champions, other_retrain, outcome, retrain_spec
 
 
 @flow(name="retrain")
@@ -20,11 +20,12 @@ def retrain(output_models: list[str] | None = None) -> list[RetrainOutcome]:
             outcomes.append(RetrainOutcome(output_model=champion.output_model, action="skipped", reason=busy,
                                            champion_version=champion.version))
             continue
-        sha256 = dataset_identity(champion)
-        if sha256 == champion.dataset_sha256:
-            outcomes.append(outcome(champion, sha256))
+        now = dataset_now(champion)  # a fresh snapshot of where the data came from, and its sha256
+        if now.sha256 == champion.dataset_sha256:
+            discard(now)
+            outcomes.append(outcome(champion, now.sha256))
             continue
-        # The champion's job again, on the new data: the gate compares the result with the champion too.
-        result = customize(champion.spec)
-        outcomes.append(outcome(champion, sha256, result))
+        # The champion's job again, on the snapshot: the gate compares the result with the champion too.
+        result = customize(retrain_spec(champion, now))
+        outcomes.append(outcome(champion, now.sha256, result))
     return outcomes

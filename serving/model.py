@@ -33,7 +33,7 @@ from typing import Any
 
 from core.settings import Settings
 from deploy.registry import RegistryUnavailable, champion_version
-from deploy.store import MANIFEST, TOKENIZER_FILES, StoreError, fetch, list_published, parse_published_uri
+from deploy.store import MANIFEST, TOKENIZER_FILES, NotPublished, StoreError, fetch, list_published, parse_published_uri
 from serving.generation import Generated, decode, first_stop, score_logprobs
 from serving.schemas import ServingError
 
@@ -173,9 +173,9 @@ class ModelServer:
             with self._fetch_lock(str(dest)):
                 try:
                     manifest = fetch(output_model, version, dest, self.settings, store_uri=store_uri)
+                except NotPublished as exc:
+                    raise self._unknown(adapter.name, f" ({output_model} v{version} is not published in {store_uri})") from exc
                 except StoreError as exc:
-                    if "no readable manifest" in str(exc):
-                        raise self._unknown(adapter.name, f" ({output_model} v{version} is not published in {store_uri})") from exc
                     raise ServingError(502, f"cannot fetch {adapter.name}: {exc}", kind="store_error") from exc
             if manifest.base_model.lower() != self.base_name.lower():
                 raise ServingError(400, f"{adapter.name} was trained on {manifest.base_model}, this server serves {self.base_name}", param="model")

@@ -25,23 +25,24 @@ from data.formats import METHOD_FORMATS
 from data.ingest import DatasetError, IngestedDataset, ingest_dataset
 from data.lengths import LengthCheck, Policy
 from data.report import DataReport
-from evaluation.policy import effective_policy
+from evaluation.policy import PolicyLoosened, effective_policy
 from training.base_model import BaseModelError, ResolvedModel, resolve_base_model
 from training.guidance import Estimate, JobWarning, estimate, guidance
 
-Refusal = Literal["config", "method", "dataset", "fit"]
+Refusal = Literal["config", "method", "dataset", "fit", "policy"]
 ModelNeed = Literal["required", "if_available"]
 
 
 class JobRefused(ValueError):
     """A job the pre-flight refuses. ``reason`` says which check refused it, so each front door
     answers in its own terms (the API: 404 for ``config``, 400 for ``method`` and ``dataset``, 422
-    for ``fit``); the message says what to fix, naming the field, or the file and line.
+    for ``fit`` and ``policy``); the message says what to fix, naming the field, or the file and line.
 
     Reasons: ``config`` no config has the URN; ``method`` the config does not allow the training
     method; ``dataset`` the dataset has errors of its own (bad lines, layout); ``fit`` the dataset is
     well formed but does not fit this job (records of a format the method does not read, examples
-    longer than the config's max_seq_length under ``data.long_examples: error``).
+    longer than the config's max_seq_length under ``data.long_examples: error``); ``policy`` the job's
+    own policy would loosen the operator's or the built-in one (a job may only tighten it).
     """
 
     def __init__(self, reason: Refusal, message: str):
@@ -59,7 +60,7 @@ class CheckedJob(BaseModel):
     config: CustomizationConfig
     option: TrainingOption
     policy: PromotionPolicy
-    policy_source: str  # "job", or the namespace's policy file
+    policy_source: str  # its layers, lowest first: "built-in default < <policy files> < job" (evaluation.policy)
     # None only when the caller let an unavailable model wait for the job's own pre-flight (the
     # API); the flow's check always resolves it.
     base: ResolvedModel | None
@@ -96,8 +97,8 @@ def check(spec: CustomizationSpec, settings: Settings, out_dir: Path, *, model: 
         The checked job.
 
     Raises:
-        JobRefused: the config, method or dataset refuses the job (see its ``reason``).
-        PolicyError: the namespace's policy file cannot be read.
+        JobRefused: the config, method, policy or dataset refuses the job (see its ``reason``).
+        PolicyError: an operator's policy file (global or the namespace's) cannot be read.
         BaseModelError: the base model cannot be resolved (``model="required"``).
     """
     hp = spec.hyperparameters
@@ -109,7 +110,10 @@ def check(spec: CustomizationSpec, settings: Settings, out_dir: Path, *, model: 
         option = config.option_for(hp.training_type, hp.finetuning_type)
     except CatalogError as exc:
         raise JobRefused("method", str(exc)) from exc
-    policy, policy_source = effective_policy(spec, settings)
+    try:
+        policy, policy_source = effective_policy(spec, settings)
+    except PolicyLoosened as exc:
+        raise JobRefused("policy", str(exc)) from exc
     base, deferred = _base_model(config, settings, model)
     lengths = length_check(config, base, spec.data.long_examples) if base else None
     try:

@@ -39,6 +39,7 @@ def ingest(job: Job, checked: CheckedJob) -> IngestedDataset:
     except DatasetError:
         log_ingest_report(client, job.run_id, out_dir)
         raise
+    data = data.model_copy(update={"source": job.spec.dataset_uri})  # lineage: where the data came from, not the API's copy
     for warning in data.warnings:
         logger.warning(warning)
     logger.info("Dataset %s: sha256 %s, %s (dropped %s, truncated %s)", job.spec.dataset, data.sha256[:16], data.counts, data.dropped or 0, data.truncated or 0)

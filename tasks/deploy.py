@@ -1,21 +1,25 @@
 """Registration, publication (after the serving check), promotion and the hand-off to serving as
-tasks. Only store and registry I/O is retried, and only for transient errors."""
+tasks. Only store and registry I/O is retried, and only for transient errors.
+
+Registration and promotion are written to the audit trail (``core.audit``) as the platform's own
+acts for the job, and each time the version's ``customizer.audit`` tag is set to the job's trail so
+far. A record that cannot be written fails the task with the reason."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger, runtime, task
 
-from core import __version__, tracking
+from core import __version__, audit, tracking
 from core import tags as tag
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from data.ingest import IngestedDataset
 from deploy import registry
 from deploy.notify import notify
 from deploy.registry import RegisteredVersion
-from deploy.store import Published, publish, publishable_files, verify_published
+from deploy.store import Published, VersionExists, publish, publishable_files, verify_published
 from evaluation.gate import ApprovalRecord, Decision
 from evaluation.runner import StageScores
 from serving import handoff
@@ -33,6 +37,8 @@ def transient_io_error(task, task_run, state) -> bool:
     """Retry condition: only connection failures, timeouts and throttling are worth a retry."""
     try:
         state.result()
+    except VersionExists:  # a published version never takes other bytes, however often it is asked
+        return False
     except Exception as exc:  # noqa: BLE001 - inspecting the task's own failure
         chain = [exc, exc.__cause__, exc.__context__]
         return any(e is not None and any(t in type(e).__name__ or t in str(e) for t in TRANSIENT) for e in chain)
@@ -41,6 +47,18 @@ def transient_io_error(task, task_run, state) -> bool:
 
 def _scores_tag(scores: StageScores) -> str:
     return json.dumps({"task": scores.task, "general": scores.general, "versions": scores.versions})
+
+
+def _flow_run() -> str | None:
+    """The Prefect flow run the task runs in (None when called outside a flow)."""
+    run_id = runtime.flow_run.id
+    return str(run_id) if run_id else None
+
+
+def _tag_audit(settings: Settings, job: Job, version: str) -> None:
+    """Set the version's audit tag to the job's trail so far (REST records of its flow run included)."""
+    trail = audit.summary(audit.records(settings, job=job.job_id))
+    registry.set_version_tags(settings, job.spec.output_model, version, {tag.AUDIT: trail})
 
 
 @task(name="register", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
@@ -82,9 +100,21 @@ def register(
         tag.POLICY: job.policy_source,
         **approval_tags(approvals or []),
     }
+    flow_run = _flow_run()
     version = registry.register_version(
-        settings, job.spec.output_model, source, job.run_id, tags, description=f"customize job {job.job_id}"
+        settings, job.spec.output_model, source, job.run_id, tags, description=f"customize job {job.job_id}",
+        principal=registry.PLATFORM, job=job.job_id, flow_run=flow_run,
     )
+    model = f"{job.spec.output_model}@{version.version}"
+    # A re-run returns the version the job already registered: that registration is on record once.
+    if not audit.records(settings, job=job.job_id, model=model, action="model.registered"):
+        audit.record(
+            settings, "model.registered", registry.PLATFORM, job=job.job_id, flow_run=flow_run, model=model,
+            after={"registered_model": version.registered_model, "version": version.version, "run_id": job.run_id,
+                   "decision": decision.action},
+            detail=f"{model} registered from run {job.run_id} (gate: {decision.action})",
+        )
+    _tag_audit(settings, job, version.version)
     get_run_logger().info("Registered %s version %s (aliases: %s)", version.registered_model, version.version, version.aliases)
     return version
 
@@ -109,16 +139,39 @@ def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, traine
         "mlflow": {"registered_model": version.registered_model, "version": version.version, "run_id": job.run_id},
     }
     # Full weights carry their tokenizer (engines load the folder alone); an adapter only a changed one.
-    published = publish(
-        folder, publishable_files(folder, base_dir if trained.artifact == "adapter" else None), job.spec.output_model,
-        version.version, job.config.target.name, lineage, settings,
-    )
+    try:
+        published = publish(
+            folder, publishable_files(folder, base_dir if trained.artifact == "adapter" else None), job.spec.output_model,
+            version.version, job.config.target.name, lineage, settings,
+        )
+    except VersionExists as exc:  # the job fails with the reason; transient_io_error never retries it
+        get_run_logger().error("Not published: %s", exc)
+        raise
     registry.set_version_tags(
         settings, job.spec.output_model, version.version,
         {tag.PUBLISHED_URI: published.uri, tag.SERVING_CHECK: check.summary()},
     )
     tracking.client(settings).set_tag(job.run_id, tag.PUBLISHED_URI, published.uri)
     return published
+
+
+def _record_promotion(settings: Settings, job: Job, version: str, previous: str | None, flow_run: str | None, decision: Decision) -> None:
+    """Append ``model.promoted`` once per job and version. A retry finds the alias already moved, so
+    the champion it replaced is taken from the job's own ``alias.moved`` record; a version that was
+    champion before this job touched it was not promoted here."""
+    model = f"{job.spec.output_model}@{version}"
+    if audit.records(settings, job=job.job_id, model=model, action="model.promoted"):
+        return
+    moves = [r for r in audit.records(settings, job=job.job_id, model=model, action="alias.moved")
+             if (r["after"] or {}).get("alias") == registry.CHAMPION]
+    if previous == version and not moves:
+        return
+    before = moves[-1]["before"]["version"] if moves else previous
+    audit.record(
+        settings, "model.promoted", registry.PLATFORM, job=job.job_id, flow_run=flow_run, model=model,
+        before={"champion": before}, after={"champion": version},
+        detail=f"{model} is the champion (was {'v' + before if before else 'none'}; gate: {decision.action})",
+    )
 
 
 @task(name="promote", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
@@ -130,7 +183,12 @@ def promote(job: Job, version: RegisteredVersion, published: Published, decision
         get_run_logger().info("Not promoted: %s stays candidate", version.version)
         return registry.describe(settings, job.spec.output_model, version.version)
     verify_published(job.spec.output_model, version.version, settings, expected=published.manifest)
-    promoted = registry.promote(settings, job.spec.output_model, version.version)
+    flow_run = _flow_run()
+    previous = registry.champion_version(settings, job.spec.output_model)
+    promoted = registry.promote(settings, job.spec.output_model, version.version,
+                                principal=registry.PLATFORM, job=job.job_id, flow_run=flow_run)
+    _record_promotion(settings, job, promoted.version, previous, flow_run, decision)
+    _tag_audit(settings, job, promoted.version)
     get_run_logger().info("%s version %s is now the champion", promoted.registered_model, promoted.version)
     notify(settings, f"{job.spec.output_model} version {promoted.version} is the champion (job {job.job_id}), published at {published.uri}")
     return promoted

@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
+from core import audit, tracking
 from core import tags as tag
-from core import tracking
 from core.catalog import get_config
 from core.settings import get_settings
 from data.ingest import IngestedDataset
@@ -142,11 +142,18 @@ def champion_scores(
     return {"task": scores.task, "general": scores.general}
 
 
+def _one_line(decision: Decision, limit: int = 400) -> str:
+    """The decision and its reasons on one line, for the audit trail's summary."""
+    text = " ".join(f"{decision.action}: {'; '.join(decision.reasons) or 'no reasons given'}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @task(name="gate")
 def gate(
     job: Job, baseline: StageScores, candidate: StageScores, champion: dict[str, dict[str, float]] | None, trained: TrainResult
 ) -> Decision:
-    """Apply the promotion policy (a pure function) and record the decision on the run."""
+    """Apply the promotion policy (a pure function) and record the decision in the audit trail
+    (first: a decision that cannot be kept on record fails the job) and on the run."""
     settings = get_settings()
     hp = job.spec.hyperparameters
     decision = decide(
@@ -157,6 +164,11 @@ def gate(
         candidate.task_metric,
         curves={"train_loss": trained.train_loss, "val_loss": trained.val_loss},
         method=(hp.training_type, hp.finetuning_type),
+    )
+    flow_run = runtime.flow_run.id
+    audit.record(
+        settings, "gate.decided", registry.PLATFORM, job=job.job_id, flow_run=str(flow_run) if flow_run else None,
+        model=job.spec.output_model, after=decision, detail=_one_line(decision),
     )
     client = tracking.client(settings)
     client.set_tag(job.run_id, tag.DECISION, decision.action)

@@ -1,10 +1,17 @@
 """Retraining as tasks: find the champions, guard against overlapping retrains, and check whether a
-champion's dataset changed since it was trained."""
+champion's dataset changed since it was trained.
+
+A champion's dataset is read again from its lineage (``customizer.dataset.uri``: where the data came
+from, e.g. the Data Store's ``hf://datasets/<namespace>/<name>`` for a job created through the API),
+into a fresh snapshot; its identity is compared with the champion's, and a retrain trains on that
+very snapshot, so what is trained is what was compared."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +22,7 @@ from core import tags as tag
 from core.settings import get_settings
 from core.specs import CustomizationSpec
 from data.ingest import ingest_dataset
+from data.sources import SourceError, resolve_dataset
 from deploy import registry
 from tasks.deploy import transient_io_error
 from tasks.job import CustomizationResult
@@ -30,6 +38,15 @@ class Champion(BaseModel):
     dataset_uri: str
     dataset_sha256: str
     spec: CustomizationSpec
+
+
+class DatasetNow(BaseModel):
+    """A champion's dataset as it is now: the folder to train on and its identity."""
+
+    source: str  # the champion's lineage, where the folder was read from
+    folder: str
+    sha256: str
+    copied: bool  # a snapshot made for this retrain (a local folder is read in place)
 
 
 class RetrainOutcome(BaseModel):
@@ -120,19 +137,43 @@ def other_retrain(output_model: str) -> str | None:
 
 
 @task(name="dataset-identity", retries=2, retry_delay_seconds=5, retry_condition_fn=transient_io_error)
-def dataset_identity(champion: Champion) -> str:
-    """The sha256 of the dataset at the champion's URI now, as ingest computes it (the identity
-    does not depend on the tokenizer or the split seed, so none is loaded).
+def dataset_now(champion: Champion) -> DatasetNow:
+    """Snapshot the dataset at the champion's lineage URI (a local folder is read in place) and
+    compute its sha256 as ingest does (the identity does not depend on the tokenizer or the split
+    seed, so none is loaded).
 
     Raises:
+        SourceError: the source cannot be read, naming it.
         DatasetError: the dataset there no longer validates.
     """
     settings = get_settings()
     settings.root.mkdir(parents=True, exist_ok=True)  # a fresh worker may not have its data folder yet
-    with tempfile.TemporaryDirectory(prefix="retrain-", dir=settings.root) as folder:
-        data = ingest_dataset(champion.dataset_uri, Path(folder), seed=champion.spec.hyperparameters.seed,
-                              method=champion.spec.hyperparameters.training_type, settings=settings)
-    return data.sha256
+    dest = settings.root / "retrain" / "dataset-snapshots" / uuid.uuid4().hex
+    try:
+        folder = resolve_dataset(champion.dataset_uri, dest, settings)
+    except SourceError as exc:
+        raise SourceError(f"dataset {champion.dataset_uri} of {champion.output_model}: {exc}") from exc
+    now = DatasetNow(source=champion.dataset_uri, folder=str(folder), sha256="", copied=folder == dest)
+    try:
+        with tempfile.TemporaryDirectory(prefix="retrain-", dir=settings.root) as out:
+            data = ingest_dataset(str(folder), Path(out), seed=champion.spec.hyperparameters.seed,
+                                  method=champion.spec.hyperparameters.training_type, settings=settings)
+    except BaseException:
+        discard(now)
+        raise
+    return now.model_copy(update={"sha256": data.sha256})
+
+
+def discard(now: DatasetNow) -> None:
+    """Remove a snapshot no retrain will train on (a folder read in place is left alone)."""
+    if now.copied:
+        shutil.rmtree(now.folder, ignore_errors=True)
+
+
+def retrain_spec(champion: Champion, now: DatasetNow) -> CustomizationSpec:
+    """The champion's job again, on the snapshot of its dataset, with the same lineage."""
+    source = None if now.folder == now.source else now.source
+    return champion.spec.model_copy(update={"dataset": now.folder, "dataset_source": source})
 
 
 @task(name="retrain-outcome")

@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from api import customization as logic
 from api import orchestrator
 from api.db import JobRun, iso, now
-from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
-from api.errors import BadRequest, Conflict, NotFound
+from api.deps import Caller, CallerDep, ListDep, SettingsDep, StoreDep, paginate
+from api.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from api.refresh import Answers
 from api.schemas import ApprovalAnswer, ConfigCreate, ConfigUpdate, JobCreate, JobLogs, JobPublic, JobStatusPublic, Page, TargetCreate, TargetUpdate
 from api.status import customization_jobs as jobs_status, job_logs as logs_of
@@ -45,8 +45,9 @@ def create_job(
     wandb_api_key: Annotated[str | None, Header(alias="wandb-api-key", include_in_schema=False)] = None,
 ) -> dict[str, Any]:
     """Validates the config (it must carry a version), the method, the dataset (every line) and the
-    hyperparameters, then starts the job's flow run. Answers 200 with the job, status ``created``."""
-    caller.check(body.namespace)
+    hyperparameters, then starts the job's flow run. Answers 200 with the job, status ``created``.
+    Needs the ``submit`` role in the job's namespace."""
+    caller.require("submit", body.namespace or "default")
     secrets = {"wandb-api-key": wandb_api_key} if wandb_api_key else {}
     return logic.public(logic.create_job(store, settings, body, secrets, caller))
 
@@ -97,23 +98,52 @@ async def get_job_status(job_id: str, store: StoreDep, settings: SettingsDep, ca
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a customization job", response_model=JobPublic)
 def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    job = jobs_status.refresh(store, settings, [_job(store, caller, job_id)])[0]
+    """Needs the ``submit`` role in the job's namespace."""
+    job = _job(store, caller, job_id)
+    caller.require("submit", job.get("namespace") or "default")
+    job = jobs_status.refresh(store, settings, [job])[0]
     if job["status"] in orchestrator.FINAL:
         raise Conflict(f"customization job {job_id} is already {job['status']}; only a pending or running job can be cancelled")
-    orchestrator.cancel(JobRun.of(job).flow_run_id)
+    logic.cancel_job(store, settings, job, caller)  # asks the run to stop, on the audit trail
     jobs_status.forget(job_id)
     return logic.public(jobs_status.refresh(store, settings, [job], detailed=True)[0])
+
+
+def _reviewer(job: dict[str, Any], body: ApprovalAnswer, caller: Caller) -> str:
+    """Who answers the approval: with authentication on, the caller's principal (a body cannot speak
+    for someone else), never the job's submitter; with it off, the body's free-text ``reviewer``
+    (the flow refuses the submitter's name and keeps waiting, as it does for any answer).
+
+    Raises:
+        Forbidden: the caller lacks the ``review`` role in the job's namespace, names another reviewer
+            than itself, or submitted the job.
+        Unprocessable: authentication is off and the body names no reviewer.
+    """
+    caller.require("review", job.get("namespace") or "default")
+    if not caller.authenticated:
+        if body.reviewer is None or not body.reviewer.strip():
+            raise Unprocessable("`reviewer` is required: with authentication off the answer names who decides")
+        return body.reviewer.strip()
+    if body.reviewer is not None and body.reviewer.strip() != caller.principal:
+        raise Forbidden(f"`reviewer` {body.reviewer!r} is not the caller (principal {caller.principal!r}): an answer is "
+                        "given in the caller's own name; leave `reviewer` out")
+    submitter = ((job.get("ownership") or {}).get("created_by") or "").strip()
+    if submitter.lower() == caller.principal.lower():
+        raise Forbidden(f"principal {caller.principal!r} submitted customization job {job['id']} and cannot also approve it; "
+                        "another principal with the 'review' role in its namespace must answer")
+    return caller.principal
 
 
 @router.post("/jobs/{job_id}/approval", summary="Approve or reject a job that waits for a reviewer", response_model=JobPublic)
 def answer_approval(job_id: str, body: ApprovalAnswer, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     """A job whose method or gate decision needs a reviewer waits (status ``running``, last status log
-    ``Paused``) until this answer arrives; the same form is shown on the paused run in the Prefect UI.
-    A reviewer who is also the job's submitter is not accepted and the job keeps waiting. 409 when the
-    job is not waiting for an answer."""
+    ``Suspended``, or ``Paused`` for a run started outside a deployment) until this answer arrives. Needs the ``review`` role in the job's namespace; the
+    reviewer is the caller's principal (with authentication off, the body's free-text ``reviewer``).
+    403 when the caller submitted the job, 409 when the job is not waiting for an answer."""
     job = _job(store, caller, job_id)
+    reviewer = _reviewer(job, body, caller)
     try:
-        orchestrator.answer(JobRun.of(job).flow_run_id, body.model_dump())
+        orchestrator.answer(JobRun.of(job).flow_run_id, {"approved": body.approved, "reviewer": reviewer, "comment": body.comment})
     except orchestrator.NotWaiting as exc:
         raise Conflict(f"customization job {job_id} is not waiting for an approval (its run is {exc})") from exc
     jobs_status.forget(job_id)

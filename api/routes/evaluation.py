@@ -133,7 +133,8 @@ def _job(store, settings, caller, job_id: str) -> dict[str, Any]:
 
 @router.post("/jobs", summary="Create an evaluation job")
 def create_job(body: EvaluationJobCreate, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
-    caller.check(body.namespace)
+    """Needs the ``submit`` role in the job's namespace."""
+    caller.require("submit", body.namespace or "default")
     return public(logic.create_job(store, settings, body, caller))
 
 
@@ -161,7 +162,9 @@ async def get_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: C
 
 @router.delete("/jobs/{job_id}", summary="Delete an evaluation job (cancelling it if it runs)", status_code=200)
 def delete_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
+    """Needs the ``submit`` role in the job's namespace (a running job is cancelled)."""
     job = _job(store, settings, caller, job_id)
+    caller.require("submit", job.get("namespace") or "default")
     if job["status"] not in orchestrator.FINAL:
         orchestrator.cancel(JobRun.of(job).flow_run_id)
     store.remove(logic.JOB, job_id)
@@ -177,7 +180,9 @@ async def job_status(job_id: str, store: StoreDep, settings: SettingsDep, caller
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel an evaluation job")
 def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
+    """Needs the ``submit`` role in the job's namespace."""
     job = _job(store, settings, caller, job_id)
+    caller.require("submit", job.get("namespace") or "default")
     if job["status"] in orchestrator.FINAL:
         raise Conflict(f"evaluation job {job_id} is already {job['status']}")
     orchestrator.cancel(JobRun.of(job).flow_run_id)

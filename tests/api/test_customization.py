@@ -26,7 +26,7 @@ def test_nemo_example_is_accepted_as_it_stands(nemo, example_jobs):
     # defaults filled
     assert hp["lora"] == {"adapter_dim": 8, "adapter_dropout": 0.1, "alpha": 16, "target_modules": None}
     assert hp["warmup_steps"] == 2 and hp["seed"] == 42 and hp["sequence_packing_enabled"] is False
-    assert job["output_model"] == f"default/llama-3.2-1b-instruct@{job['id']}"
+    assert job["output_model"] == f"default/llama-3.2-1b-instruct-email-assist-dataset-lora@{job['id']}"
     assert job["config_snapshot"]["base_model"] == "meta/llama-3.2-1b-instruct"
     assert job["config_snapshot"]["training_option"]["num_gpus"] == 1
     assert job["status_details"]["status_logs"] == [{"updated_at": job["created_at"], "message": "created"}]
@@ -34,7 +34,7 @@ def test_nemo_example_is_accepted_as_it_stands(nemo, example_jobs):
     assert "T" in job["created_at"] and "+" not in job["created_at"] and not job["created_at"].endswith("Z")
     assert not any(key.startswith("_") for key in job)
     # The output model's Entity Store entry exists from creation, before anything is published.
-    model = nemo.models.retrieve(f"llama-3.2-1b-instruct@{job['id']}", namespace="default")
+    model = nemo.models.retrieve(f"llama-3.2-1b-instruct-email-assist-dataset-lora@{job['id']}", namespace="default")
     assert model.base_model == "meta/llama-3.2-1b-instruct" and model.artifact.status in ("created", "upload_failed")
 
 
@@ -54,7 +54,7 @@ def test_llama_job_fails_saying_the_base_model_cannot_be_fetched(nemo, example_j
     assert any("BaseModelError" in line for line in entry.logs["customize"]), entry.logs["customize"][-20:]
     assert logs.error.message == detail
     # The output model entry existed from creation; it records that nothing was uploaded.
-    model = nemo.models.retrieve(f"llama-3.2-1b-instruct@{job_id}", namespace="default")
+    model = nemo.models.retrieve(f"llama-3.2-1b-instruct-email-assist-dataset-lora@{job_id}", namespace="default")
     assert model.artifact.status == "upload_failed"
 
 
@@ -85,11 +85,11 @@ def test_tiny_job_completes_and_reports_metrics(nemo, http, example_jobs):
     assert [log.message for log in status.status_logs][0] == "created" and status.status_logs[-1].message == "Completed"
 
     job = nemo.customization.jobs.retrieve(job_id)
-    assert job.status == "completed" and job.output_model == f"default/tiny-llama@{job_id}"
+    assert job.status == "completed" and job.output_model == f"default/tiny-llama-email-assist-dataset-lora@{job_id}"
     # The output model was published: its Entity Store entry says where.
-    model = nemo.models.retrieve(f"tiny-llama@{job_id}", namespace="default")
+    model = nemo.models.retrieve(f"tiny-llama-email-assist-dataset-lora@{job_id}", namespace="default")
     assert model.artifact.status == "upload_completed"
-    assert model.artifact.files_url.startswith("file://") and model.artifact.files_url.endswith("/default/tiny-llama/1/")
+    assert model.artifact.files_url.startswith("file://") and model.artifact.files_url.endswith("/default/tiny-llama-email-assist-dataset-lora/1/")
     assert model.base_model == "customizer/tiny-llama" and model.peft.finetuning_type == "lora"
 
     # The SDK's auto-pagination walks pages until an empty one: every job comes back once.
@@ -218,7 +218,7 @@ def test_a_reviewed_job_waits_for_an_approval_given_through_the_api(nemo, http, 
     while (status := nemo.customization.jobs.status(job_id)).status not in ("completed", "failed", "cancelled"):
         assert time.monotonic() < deadline, status.status_logs
         pause = len(status.status_logs)  # each pause is a new entry in the status history
-        if status.status_logs[-1].message == "Paused" and pause not in seen:
+        if status.status_logs[-1].message in ("Suspended", "Paused") and pause not in seen:
             assert f"/v1/customization/jobs/{job_id}/approval" in status.status_logs[-1].detail
             reviewer = "alice" if not answered else "bob"  # the submitter's own answer is not accepted
             response = http.post(f"/v1/customization/jobs/{job_id}/approval", json={"approved": True, "reviewer": reviewer, "comment": "ok"})
@@ -230,7 +230,37 @@ def test_a_reviewed_job_waits_for_an_approval_given_through_the_api(nemo, http, 
     lines = nemo.customization.jobs.container_logs(job_id).entries[job_id].logs["customize"]
     assert any("alice submitted this job and cannot also approve it" in line for line in lines)
     assert answered == ["alice", "bob", "bob"], lines  # training (alice refused, then bob), promotion (bob)
+    # The job's whole story, in order, with who acted: the API's records and the flow's, joined by the run.
+    trail = http.get("/v1/audit", params={"filter[job]": job_id, "page_size": 100}).json()["data"]
+    actions = [r["action"] for r in trail]
+    assert actions[0] == "job.created" and trail[0]["principal"] == "alice", trail
+    assert [(r["action"], r["principal"]) for r in trail if r["action"].startswith("approval.")] == [("approval.approved", "bob")] * 2
+    assert actions.index("gate.decided") < actions.index("model.registered") < actions.index("model.promoted"), actions
+    assert "alias.moved" in actions and all(r["principal"] for r in trail)
+    assert [r["at"] for r in trail] == sorted(r["at"] for r in trail)
     refused = http.post(f"/v1/customization/jobs/{job_id}/approval", json={"approved": True, "reviewer": "bob"})
     assert refused.status_code == 409 and "not waiting for an approval" in refused.text
     bad = http.post(f"/v1/customization/jobs/{job_id}/approval", json={"approved": True})
     assert bad.status_code == 422 and "reviewer" in bad.text
+
+
+def test_customizer_extensions_ride_on_the_sdks_extra_body(nemo, email_dataset, platform):
+    """NeMo's SDK does not know customizer's `evaluation`, `budget` and `policy`: it sends them as plain
+    JSON with `extra_body`, and they reach the flow run's spec; the answer carries the estimate."""
+    import httpx
+    from nemo_microservices import UnprocessableEntityError
+
+    from core.ids import uuid_from_id
+
+    extensions = {"evaluation": {"target_score": 75.0, "few_shot": 1}, "budget": {"max_device_hours": 3.0}, "policy": {"min_task_gain": 0.5}}
+    job = nemo.customization.jobs.create(**(NEMO_EXAMPLE | {"config": TINY_CONFIG}), extra_body=extensions)
+    nemo.customization.jobs.cancel(job.id)  # what was asked is all this test reads
+    spec = httpx.get(f"{platform.prefect_api}/flow_runs/{uuid_from_id(job.id)}", timeout=30).json()["parameters"]["spec"]
+    assert (spec["evaluation"]["target_score"], spec["evaluation"]["few_shot"]) == (75.0, 1)
+    assert spec["budget"]["max_device_hours"] == 3.0 and spec["policy"]["min_task_gain"] == 0.5
+    assert spec["dataset_source"] == "hf://datasets/default/email-assist-dataset"
+    answer = job.model_dump()
+    assert answer["estimate"]["device_hours"] > 0 and answer["budget"] == {"max_device_hours": 3.0, "utilisation": 0.4}
+    with pytest.raises(UnprocessableEntityError) as raised:
+        nemo.customization.jobs.create(**(NEMO_EXAMPLE | {"config": TINY_CONFIG}), extra_body={"budget": {"max_device_hours": -1}})
+    assert ["body", "budget", "max_device_hours"] in [e["loc"] for e in raised.value.body["detail"]]

@@ -49,7 +49,7 @@ def test_custom_and_lm_eval_benchmarks(nemo, hf_api, example_jobs):
     # The adapter the tiny customization job published, through its Entity Store model.
     tiny_id = example_jobs[1].json()["id"]
     assert wait_for(nemo, tiny_id, {"completed", "failed", "cancelled"}, timeout=900).status == "completed"
-    target = nemo.evaluation.targets.create(type="model", name="tiny-tuned", namespace="eval-tests", model=f"default/tiny-llama@{tiny_id}")
+    target = nemo.evaluation.targets.create(type="model", name="tiny-tuned", namespace="eval-tests", model=f"default/tiny-llama-email-assist-dataset-lora@{tiny_id}")
     # The base model alone, through a model entry that names its config.
     nemo.models.create(name="tiny-base", namespace="eval-tests", custom_fields={"config": TINY_CONFIG})
     custom_job = nemo.evaluation.jobs.create(config="eval-tests/ok-benchmark", target="eval-tests/tiny-tuned", namespace="eval-tests")

@@ -54,6 +54,6 @@ def test_the_long_example_policy_defaults_to_error_and_takes_three_values():
 
 def test_a_dataset_and_a_config_are_enough():
     spec = CustomizationSpec.model_validate({"config": "meta/llama-3.2-1b-instruct@v1.0.0+A100", "dataset": "/data/x"})
-    assert spec.output_model == "default/llama-3.2-1b-instruct"
+    assert spec.output_model == "default/llama-3.2-1b-instruct-x-lora"  # <config name>-<dataset>-<method>
     assert spec.hyperparameters.finetuning_type == "lora" and spec.policy.max_general_drop == 2.0
     assert list(CustomizationSpec.model_json_schema()["required"]) == ["config", "dataset"]

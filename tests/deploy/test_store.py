@@ -15,6 +15,7 @@ from moto.server import ThreadedMotoServer
 from core.settings import Settings
 from deploy.store import (
     StoreError,
+    VersionExists,
     fetch,
     list_published,
     parse_published_uri,
@@ -277,3 +278,95 @@ def test_published_uris_split_into_store_model_and_version():
     assert parse_published_uri("file:///srv/store/team/bot/12/") == ("file:///srv/store", "team/bot", "12")
     with pytest.raises(StoreError, match="not a published version"):
         parse_published_uri("https://x/team/bot/1")
+
+
+# --- published versions are immutable ---------------------------------------------------------------
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_published_version_never_takes_other_bytes_and_identical_ones_are_a_no_op(tmp_path, adapter):
+    settings = Settings(data_dir=tmp_path, store_uri=(tmp_path / "store").as_uri())
+    first = publish(adapter, FILES, "team/model", "1", "test/tiny", {"job_id": "cust-1"}, settings)
+    folder = tmp_path / "store" / "team" / "model" / "1"
+    stored = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    # The same bytes again, even from another job: nothing is written, the first publication comes back.
+    again = publish(adapter, FILES, "team/model", "1", "test/tiny", {"job_id": "cust-2"}, settings)
+    assert again.manifest == first.manifest and again.manifest.lineage == {"job_id": "cust-1"}
+    assert again.uploaded == [] and again.bytes_uploaded == 0 and again.uri == first.uri
+
+    weights = adapter / "adapter_model.safetensors"
+    old = weights.read_bytes()
+    weights.write_bytes(old[:-1] + b"\x00")
+    with pytest.raises(VersionExists) as refused:
+        publish(adapter, FILES, "team/model", "1", "test/tiny", {}, settings)
+    message = str(refused.value)
+    assert "team/model v1 is already published" in message and "adapter_model.safetensors" in message
+    assert _sha(old) in message and _sha(weights.read_bytes()) in message
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == stored  # nothing was touched
+
+    # A file more or less, or another base model, is other content too.
+    weights.write_bytes(old)
+    (adapter / "tokenizer.json").write_text("{}")
+    with pytest.raises(VersionExists, match=r"tokenizer.json has sha256 none \(not in the published version\) there and "
+                                            + _sha(b"{}")):
+        publish(adapter, [*FILES, "tokenizer.json"], "team/model", "1", "test/tiny", {}, settings)
+    with pytest.raises(VersionExists, match=r"adapter_model.safetensors has sha256 [0-9a-f]{64} there and none \(not in this publication\)"):
+        publish(adapter, ["adapter_config.json"], "team/model", "1", "test/tiny", {}, settings)
+    with pytest.raises(VersionExists, match="published for base model 'test/tiny', not 'test/other'"):
+        publish(adapter, FILES, "team/model", "1", "test/other", {}, settings)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == stored
+
+    # Other content goes out as a new version; the published one still fetches as it was.
+    weights.write_bytes(b"new weights")
+    assert publish(adapter, FILES, "team/model", "2", "test/tiny", {}, settings).uploaded == FILES
+    fetch("team/model", "1", tmp_path / "dl", settings)
+    assert (tmp_path / "dl" / "adapter_model.safetensors").read_bytes() == old
+
+
+def test_a_half_written_version_is_completed_and_an_unreadable_manifest_is_not_overwritten(tmp_path, adapter):
+    settings = Settings(data_dir=tmp_path, store_uri=(tmp_path / "store").as_uri())
+    folder = tmp_path / "store" / "team" / "model" / "1"
+    # An upload that stopped before its manifest, with other bytes and a file this publication lacks.
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"from the crashed upload")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "adapter_config.json").write_bytes((adapter / "adapter_config.json").read_bytes())
+    assert list_published(settings) == []  # never published
+
+    result = publish(adapter, FILES, "team/model", "1", "test/tiny", {}, settings)
+    assert result.uploaded == ["adapter_model.safetensors"] and result.unchanged == ["adapter_config.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+    assert list_published(settings) == ["team/model@1"]
+    assert fetch("team/model", "1", tmp_path / "dl", settings).files == result.manifest.files
+
+    # A manifest that cannot be read may belong to a published version: it is refused, not rewritten.
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match=r"manifest.json cannot be read .*the version is not overwritten"):
+        publish(adapter, FILES, "team/model", "1", "test/tiny", {}, settings)
+    assert (folder / "manifest.json").read_text() == "{not json"
+
+
+def test_s3_versions_are_immutable_and_half_written_ones_complete(tmp_path, adapter, s3_endpoint):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="immutable")
+    settings = Settings(data_dir=tmp_path, store_uri="s3://immutable/p", s3_endpoint_url=s3_endpoint)
+    # Half-written: one object uploaded, then the crash; another object that the new content drops.
+    s3.put_object(Bucket="immutable", Key="p/team/model/4/adapter_model.safetensors", Body=b"partial")
+    s3.put_object(Bucket="immutable", Key="p/team/model/4/old.safetensors", Body=b"stray")
+    first = publish(adapter, FILES, "team/model", "4", "test/tiny", {}, settings)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="immutable", Prefix="p/team/model/4/")["Contents"])
+    assert keys == [f"p/team/model/4/{n}" for n in ("adapter_config.json", "adapter_model.safetensors", "manifest.json")]
+
+    again = publish(adapter, FILES, "team/model", "4", "test/tiny", {}, settings)
+    assert again.manifest == first.manifest and again.uploaded == [] and again.bytes_uploaded == 0
+
+    published = (adapter / "adapter_model.safetensors").read_bytes()
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
+    with pytest.raises(VersionExists, match=f"adapter_model.safetensors has sha256 {_sha(published)} there and {_sha(b'retrained')} here"):
+        publish(adapter, FILES, "team/model", "4", "test/tiny", {}, settings)
+    body = s3.get_object(Bucket="immutable", Key="p/team/model/4/adapter_model.safetensors")["Body"].read()
+    assert body == published

@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 
 from core.processes import free_port, stop_processes
+from core.settings import Settings
+from core.specs import PromotionPolicy
+from evaluation.policy import write_policy
 from tests.conftest import SESSION_DIR, TINY_CONFIG_URN, ok_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,6 +189,8 @@ def faulty(tiny_config_dir, held_s3):
         "PYTHONPATH": str(ROOT),
     }
     platform = Faulty(root=root, env=env, prefect_url=url, prefect_port=port, s3=held_s3)
+    # The tiny model's general scores are noise: the operator opens the forgetting limit (a job may only tighten it).
+    write_policy(Settings(data_dir=root / "data"), None, PromotionPolicy(max_general_drop=100.0))
     platform.start_prefect()
     try:
         with temporary_settings({PREFECT_API_URL: url}):
@@ -212,7 +217,6 @@ def job_spec(dataset: Path, output_model: str, **hyperparameters) -> dict:
     spec = CustomizationSpec.model_validate({
         "config": TINY_CONFIG_URN, "dataset": str(dataset), "output_model": output_model, "hyperparameters": hp | hyperparameters,
         "evaluation": {"general_benchmarks": ["capitals"], "limit": 8, "max_new_tokens": 4},
-        "policy": {"max_general_drop": 100.0},  # the tiny model's general scores are noise
     })
     return json.loads(spec.model_dump_json())
 

@@ -14,7 +14,7 @@ from core.ids import uuid_from_id
 from core.settings import get_settings
 from core import tracking
 from deploy.registry import registered_name
-from tests.flows.test_customize import OUTPUT, spec_for
+from tests.flows.test_customize import OUTPUT, REVIEW_LORA_TOO, spec_for
 
 
 @pytest.fixture
@@ -63,8 +63,20 @@ def wait_resumed(flow_run_id, timeout: float = 60) -> None:
             time.sleep(0.2)
 
 
+def logged(flow_run_id, text: str, timeout: float = 30) -> bool:
+    """Whether the flow run's log (as Prefect keeps it) shows ``text`` within ``timeout`` seconds."""
+    from api import orchestrator
+
+    deadline = time.monotonic() + timeout
+    while not any(text in line["message"] for line in orchestrator.logs(str(flow_run_id))):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def test_a_reviewed_job_waits_twice_and_records_its_reviewer(services, ok_dataset, fast_approvals):
-    spec = spec_for(ok_dataset, review_methods=["lora"]).model_copy(update={"submitted_by": "alice"})
+    spec = spec_for(ok_dataset, review_methods=REVIEW_LORA_TOO).model_copy(update={"submitted_by": "alice"})
     thread, outcome = start(spec)
 
     first = paused_run(thread, outcome)
@@ -95,7 +107,7 @@ def test_a_rejected_promotion_keeps_the_candidate_out(services, ok_dataset, fast
     from customizer.cli import main
     from core.ids import prefixed_id
 
-    spec = spec_for(ok_dataset, review_methods=["lora"], approval_timeout_hours=1.0)
+    spec = spec_for(ok_dataset, review_methods=REVIEW_LORA_TOO, approval_timeout_hours=1.0)
     thread, outcome = start(spec)
     job_id = prefixed_id("cust", paused_run(thread, outcome).id)
     assert main(["approve", job_id, "--reviewer", "bob"]) == 0
@@ -118,7 +130,45 @@ def test_a_rejected_promotion_keeps_the_candidate_out(services, ok_dataset, fast
 def test_no_answer_in_time_counts_as_a_rejection(services, ok_dataset, fast_approvals):
     from flows.customize import customize
 
-    spec = spec_for(ok_dataset, review_methods=["lora"], approval_timeout_hours=2 / 3600)
+    spec = spec_for(ok_dataset, review_methods=REVIEW_LORA_TOO, approval_timeout_hours=2 / 3600)
     with pytest.raises(Exception, match=r"training was not approved \(nobody: no approval within the timeout\)"):
         customize(spec)
     assert not any(get_settings().jobs_dir.glob("*/checkpoints"))
+
+
+def test_with_authentication_on_only_the_platforms_signed_answer_counts(services, ok_dataset, fast_approvals, monkeypatch):
+    """The Prefect UI's form sends no signature: refused, the job keeps waiting; the REST API's answer
+    (``api.orchestrator.answer``, signed with the platform key) decides, and each decision is audited."""
+    from api import orchestrator
+    from core import audit
+    from core.ids import prefixed_id
+
+    monkeypatch.setenv("CUSTOMIZER_API_KEYS", '{"reviewer-key": ["*"]}')
+    spec = spec_for(ok_dataset, review_methods=REVIEW_LORA_TOO, approval_timeout_hours=1.0).model_copy(update={"submitted_by": "alice"})
+    thread, outcome = start(spec)
+    first = paused_run(thread, outcome)
+    job_id = prefixed_id("cust", first.id)
+    answer(first, approved=True, reviewer="mallory", comment="from the UI form")
+    wait_resumed(first.id)
+    again = paused_run(thread, outcome)
+    assert again.state.state_details.pause_key == "training-approval-1", "the unsigned answer neither approved nor rejected"
+    assert not any(get_settings().jobs_dir.glob("*/checkpoints"))
+    assert logged(first.id, f"refused while authentication is on; approve through the REST API: POST /v1/customization/jobs/{job_id}/approval")
+
+    orchestrator.answer(str(again.id), {"approved": True, "reviewer": "alice", "comment": "signed, but my own job"})
+    wait_resumed(again.id)
+    assert paused_run(thread, outcome).state.state_details.pause_key == "training-approval-2", "the submitter cannot approve"
+    orchestrator.answer(str(again.id), {"approved": True, "reviewer": "bob", "comment": "budget ok"})
+    wait_resumed(again.id)
+    time.sleep(2)
+    paused_run(thread, outcome)  # the promotion
+    orchestrator.answer(str(again.id), {"approved": False, "reviewer": "carol", "comment": "not convinced"})
+    thread.join(timeout=300)
+
+    result = outcome["result"]
+    assert [(a.stage, a.approved, a.reviewer) for a in result.approvals] == [("training", True, "bob"), ("promotion", False, "carol")]
+    assert result.decision.action == "reject"
+    decisions = [(r["action"], r["principal"], r["flow_run"], r["model"], r["after"]["stage"])
+                 for r in audit.records(get_settings(), job=job_id) if r["action"].startswith("approval.")]
+    assert decisions == [("approval.approved", "bob", str(first.id), OUTPUT, "training"),
+                         ("approval.rejected", "carol", str(first.id), OUTPUT, "promotion")]

@@ -3,20 +3,30 @@ MLflow on SQLite, and the store on S3 served over HTTP by moto's server."""
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from core import audit, tracking
 from core.settings import get_settings
-from core import tracking
 from deploy.registry import registered_name
+from deploy.store import VersionExists
 from tests.conftest import TINY_CONFIG_URN, write_jsonl
-from core.specs import CustomizationSpec
+from core.specs import CustomizationSpec, PromotionPolicy
+from evaluation.policy import write_policy
 
 OUTPUT = "team/ok-bot"
+REVIEW_LORA_TOO = ["all_weights", "dpo", "grpo", "lora"]  # LoRA reviewed too: a job may only add to the reviewed methods
 
 
-def spec_for(dataset: Path, hyperparameters: dict | None = None, **policy) -> CustomizationSpec:
+def spec_for(dataset: Path, hyperparameters: dict | None = None, operator: dict | None = None, **policy) -> CustomizationSpec:
+    """A job on the tiny model with its own ``policy`` (which may only tighten the operator's).
+
+    The tiny model is random: its general scores are noise, so the operator opens the forgetting limit
+    (the global policy file in the test's data folder, with ``operator``'s fields) and the gate's
+    forgetting rules are tested on their own in tests/evaluation/test_gate.py."""
+    write_policy(get_settings(), None, PromotionPolicy(max_general_drop=100.0, **(operator or {})))
     hp = {"epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "log_every_n_steps": 1, "lora": {"adapter_dim": 8, "alpha": 16}}
     return CustomizationSpec.model_validate(
         {
@@ -25,14 +35,12 @@ def spec_for(dataset: Path, hyperparameters: dict | None = None, **policy) -> Cu
             "output_model": OUTPUT,
             "hyperparameters": hp | (hyperparameters or {}),
             "evaluation": {"general_benchmarks": ["capitals", "everyday"], "limit": 16, "max_new_tokens": 4},
-            # The tiny model is random: its general scores are noise, so the forgetting limit is opened here
-            # and the gate's forgetting rules are tested on their own in tests/evaluation/test_gate.py.
-            "policy": {"max_general_drop": 100.0} | policy,
+            "policy": policy,
         }
     )
 
 
-def test_customize_registers_publishes_and_promotes(services, ok_dataset, tmp_path):
+def test_customize_registers_publishes_and_promotes(services, ok_dataset, tiny_model_dir, tmp_path):
     from flows.customize import customize
 
     store = services
@@ -80,6 +88,27 @@ def test_customize_registers_publishes_and_promotes(services, ok_dataset, tmp_pa
         assert len(body) == manifest["files"][name]["size"]
     assert manifest["lineage"]["mlflow"]["version"] == "1" and manifest["lineage"]["dataset_sha256"] == result.dataset_sha256
 
+    # The audit trail tells the job's story in order, by the platform, within its flow run; the version carries it.
+    settings = get_settings()
+    trail = [r for r in audit.records(settings, job=result.job_id) if r["action"] in STORY]
+    assert [r["action"] for r in trail] == ["gate.decided", "alias.moved", "model.registered", "alias.moved", "model.promoted"]
+    assert {r["principal"] for r in trail} == {"customizer"} and {r["job"] for r in trail} == {result.job_id}
+    assert {r["flow_run"] for r in trail} == {run.data.tags["customizer.flow_run_id"]}
+    assert [r["at"] for r in trail] == sorted(r["at"] for r in trail)
+    assert trail[0]["model"] == OUTPUT and trail[0]["after"]["action"] == "promote"
+    assert trail[0]["after"]["reasons"] == result.decision.reasons
+    assert (trail[1]["after"], trail[3]["before"], trail[3]["after"]) == (
+        {"alias": "candidate", "version": "1"}, {"alias": "champion", "version": None}, {"alias": "champion", "version": "1"})
+    assert trail[4]["model"] == f"{OUTPUT}@1" and (trail[4]["before"], trail[4]["after"]) == ({"champion": None}, {"champion": "1"})
+    assert version.tags["customizer.audit"] == audit.summary(audit.records(settings, job=result.job_id))
+    assert "model.promoted by customizer: team/ok-bot@1 is the champion" in version.tags["customizer.audit"]
+
+    # Version 1 is published for good: other bytes for it fail the task at once, never retried, and change nothing.
+    published_objects = store.objects(f"{OUTPUT}/1/")
+    with pytest.raises(VersionExists, match=r"team/ok-bot v1 is already published .*adapter_config.json has sha256 [0-9a-f]{64} there"):
+        republish_other_bytes(result, ok_dataset, tiny_model_dir, tmp_path)
+    assert store.objects(f"{OUTPUT}/1/") == published_objects
+
     # A second candidate that does not clear the bar is registered and published, but the champion stays.
     second = customize(spec_for(ok_dataset, min_task_gain=100.0))
     assert second.decision.action == "reject"
@@ -87,6 +116,61 @@ def test_customize_registers_publishes_and_promotes(services, ok_dataset, tmp_pa
     assert str(client.get_model_version_by_alias(registered_name(OUTPUT), "champion").version) == "1"
     assert "vs champion" in " ".join(second.decision.reasons)
     assert "manifest.json" in store.objects(f"{OUTPUT}/2/")
+    second_trail = [(r["action"], r["after"]) for r in audit.records(settings, job=second.job_id) if r["action"] in STORY]
+    assert [action for action, _ in second_trail] == ["gate.decided", "alias.moved", "model.registered"]  # never promoted
+    assert second_trail[0][1]["action"] == "reject" and second_trail[1][1] == {"alias": "candidate", "version": "2"}
+    held = client.get_model_version(registered_name(OUTPUT), "2").tags["customizer.audit"]
+    assert "gate.decided by customizer: reject" in held and "model.promoted" not in held
+
+
+STORY = {"gate.decided", "model.registered", "model.promoted", "alias.moved"}
+
+
+def republish_other_bytes(result, dataset: Path, base_dir: Path, tmp_path: Path) -> None:
+    """Run the publish task, in a flow, for the job's version with its adapter's config rewritten
+    (same settings, other bytes); fails with VersionExists and asserts it was tried only once."""
+    from prefect import flow
+
+    import tasks.deploy
+    from core.catalog import get_config
+    from data.ingest import IngestedDataset
+    from deploy.registry import RegisteredVersion
+    from tasks.job import Job
+    from training.base_model import ResolvedModel
+    from training.common import TrainResult
+
+    settings = get_settings()
+    spec = spec_for(dataset)
+    adapter = tmp_path / "rewritten-adapter"
+    shutil.copytree(settings.jobs_dir / result.job_id / "adapter", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+    job = Job(job_id=result.job_id, work_dir=str(tmp_path), run_id=result.mlflow_run_id, spec=spec,
+              config=get_config(TINY_CONFIG_URN, settings), policy=spec.policy, policy_source="job")
+    base = ResolvedModel(path=str(base_dir), digest="0" * 64, source="test")
+    data = IngestedDataset(source=str(dataset), sha256=result.dataset_sha256, files={}, counts={}, formats={},
+                           validation_source="holdout", testing_source="testing")
+    trained = TrainResult(artifact="adapter", output_dir=str(adapter), steps=1, epochs_completed=1.0, train_loss=[], val_loss=[],
+                          best_val_loss=None, best_step=None, stop_reason="completed", train_seconds=1.0,
+                          tokens_per_second=None, trainable_parameters=1, total_parameters=2)
+    version = RegisteredVersion(registered_model=registered_name(OUTPUT), version="1", source="", aliases=["candidate", "champion"])
+    calls = []
+    real_publish = tasks.deploy.publish
+
+    def counted(*args, **kwargs):
+        calls.append(args[3])
+        return real_publish(*args, **kwargs)
+
+    @flow
+    def republish():
+        return tasks.deploy.publish_adapter(job, base, data, trained, version)
+
+    tasks.deploy.publish = counted
+    try:
+        republish()
+    finally:
+        tasks.deploy.publish = real_publish
+        assert calls == ["1"]  # a refused version is not a transient error: no retry
 
 
 def test_a_bad_dataset_fails_the_flow_and_closes_its_run(services, tmp_path):

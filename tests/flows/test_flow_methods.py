@@ -49,7 +49,7 @@ def test_dpo_through_the_flow_scores_preference_accuracy(services, tmp_path, tin
     root = tmp_path / "pairs"
     write_jsonl(root / "training" / "train.jsonl", rows[:20])
     write_jsonl(root / "testing" / "test.jsonl", rows[100:108])
-    spec = spec_for(root, {"training_type": "dpo", "epochs": 2, "learning_rate": 5e-3}, review_methods=[])
+    spec = spec_for(root, {"training_type": "dpo", "epochs": 2, "learning_rate": 5e-3}, operator={"review_methods": []})
     result = customize(spec)
     assert result.baseline.task_metric == "preference_accuracy" and result.baseline.task["preference_accuracy"] < 0.5
     assert result.candidate.task["preference_accuracy"] > result.baseline.task["preference_accuracy"]
@@ -66,7 +66,7 @@ def test_grpo_through_the_flow_scores_its_rewards(services, tmp_path):
     write_jsonl(root / "training" / "train.jsonl", prompts(12))
     write_jsonl(root / "testing" / "test.jsonl", prompts(4))
     grpo = {"rewards": ["exact_answer"], "num_generations_per_prompt": 4, "num_prompts_per_step": 2, "max_new_tokens": 4}
-    spec = spec_for(root, {"training_type": "grpo", "epochs": 1, "learning_rate": 1e-2, "grpo": grpo}, review_methods=[])
+    spec = spec_for(root, {"training_type": "grpo", "epochs": 1, "learning_rate": 1e-2, "grpo": grpo}, operator={"review_methods": []})
     result = customize(spec)
     assert result.baseline.task_metric == "exact_answer"
     assert set(result.candidate.task) == {"exact_answer"} and 0.0 <= result.candidate.task["exact_answer"] <= 1.0

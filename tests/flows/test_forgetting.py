@@ -75,7 +75,7 @@ def knowledge(tmp_path, tiny_model_dir, monkeypatch):
 def knowing_spec(dataset: Path, benchmark: Path, hyperparameters: dict):
     # 48 facts can rule out drops of about 5 points at best (none lost), ~20 with five lost (what this LoRA
     # loses): the limit fits the data; the over-trained candidate loses most of them.
-    spec = spec_for(dataset, hyperparameters, max_general_drop=25.0, review_methods=[])
+    spec = spec_for(dataset, hyperparameters, operator={"review_methods": []}, max_general_drop=25.0)
     spec.evaluation.general_benchmarks = [str(benchmark)]
     spec.evaluation.limit = None
     return spec.model_copy(update={"config": "test/knowing@v1"})

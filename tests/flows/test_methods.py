@@ -16,7 +16,7 @@ from tests.flows.test_customize import OUTPUT, spec_for
 def test_full_weight_sft_registers_and_publishes_the_model(services, ok_dataset):
     from flows.customize import customize
 
-    spec = spec_for(ok_dataset, {"finetuning_type": "all_weights", "learning_rate": 1e-3, "epochs": 2}, review_methods=[])
+    spec = spec_for(ok_dataset, {"finetuning_type": "all_weights", "learning_rate": 1e-3, "epochs": 2}, operator={"review_methods": []})
     result = customize(spec)
     tags = tracking.client(get_settings()).get_model_version(registered_name(OUTPUT), result.registered.version).tags
     assert tags["customizer.artifact"] == "model" and tags["customizer.finetuning_type"] == "all_weights"

@@ -11,7 +11,7 @@ from core.settings import get_settings
 from deploy.notify import notify
 from tests.conftest import write_jsonl
 from tests.flows.test_approvals import answer, paused_run, start, wait_resumed
-from tests.flows.test_customize import OUTPUT, spec_for
+from tests.flows.test_customize import OUTPUT, REVIEW_LORA_TOO, spec_for
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def webhook(monkeypatch):
 
 def test_a_reviewed_job_notifies_waiting_promoted_and_completed(services, ok_dataset, webhook, monkeypatch):
     monkeypatch.setenv("CUSTOMIZER_APPROVAL_POLL_SECONDS", "1")
-    spec = spec_for(ok_dataset, review_methods=["lora"]).model_copy(update={"submitted_by": "alice"})
+    spec = spec_for(ok_dataset, review_methods=REVIEW_LORA_TOO).model_copy(update={"submitted_by": "alice"})
     thread, outcome = start(spec)
     for _ in ("training", "promotion"):  # a reviewed method waits before training and before promotion
         paused = paused_run(thread, outcome)
@@ -55,7 +55,7 @@ def test_a_reviewed_job_notifies_waiting_promoted_and_completed(services, ok_dat
     job = result.job_id
     assert len(texts) == 4, texts
     assert texts[0].startswith(f"customize job {job} for {OUTPUT} is waiting for approval of training: train sft/lora")
-    assert f"customizer approve {job} --reviewer NAME" in texts[0]
+    assert f"`customizer approve --reviewer NAME {job}`" in texts[0] and f"/v1/customization/jobs/{job}/approval" in texts[0]
     assert texts[1].startswith(f"customize job {job} for {OUTPUT} is waiting for approval of promotion")
     assert texts[2] == f"{OUTPUT} version 1 is the champion (job {job}), published at {result.published_uri}"
     assert texts[3] == f"customize job {job} for {OUTPUT} completed: promote; version 1 is champion"

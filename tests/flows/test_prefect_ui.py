@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.processes import free_port, stop_processes
+from core.processes import free_port, stop_processes, wait_until_healthy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,19 +30,6 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
 
 
-def _wait(what: str, check, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not come up:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture
@@ -65,8 +52,8 @@ def prefect_with_worker(tmp_path):
                 processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
             logs.append(log)
             if name == "server":
-                _wait("the Prefect server", lambda: _healthy(f"{api}/health"), processes[0], log, 300)
-        _wait("the customize deployment", lambda: _healthy(f"{api}/deployments/name/customize/customizer"), processes[1], logs[1], 300)
+                wait_until_healthy(f"{api}/health", processes[0], 300, log, what="the Prefect server")
+        wait_until_healthy(f"{api}/deployments/name/customize/customizer", processes[1], 300, logs[1], what="the customize deployment")
         yield f"http://127.0.0.1:{port}", api, logs
     finally:
         stop_processes(*reversed(processes), grace=30)
@@ -112,6 +99,6 @@ def test_a_run_submitted_from_the_ui_form_with_a_config_and_a_dataset_runs_the_l
         if len(page) < 200:
             break
     messages = "\n".join(line["message"] for line in result)
-    # The lifecycle ran with defaults: output model named after the config, trained, gated, registered.
-    assert "default/tiny-llama" in messages or "default.tiny-llama" in messages, messages[-2000:]
-    assert re.search(r"Registered default\.tiny-llama version 1", messages), messages[-2000:]
+    # The lifecycle ran with defaults: output model named after config, dataset and method, trained, gated, registered.
+    assert "default/tiny-llama-ok-dataset-lora" in messages or "default.tiny-llama-ok-dataset-lora" in messages, messages[-2000:]
+    assert re.search(r"Registered default\.tiny-llama-ok-dataset-lora version 1", messages), messages[-2000:]

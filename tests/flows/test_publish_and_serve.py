@@ -20,7 +20,8 @@ from deploy.store import Manifest, Published, StoreError, fetch, publish, publis
 from tests.conftest import TINY_CONFIG_URN
 from tests.s3server import counting_s3_server
 from tests.serving import TINY_BASE_NAME, running_server
-from core.specs import CustomizationSpec
+from core.specs import CustomizationSpec, PromotionPolicy
+from evaluation.policy import write_policy
 
 OUTPUT = "team/ok-bot"
 QUESTION = "Reply with the word ok. Item 100"
@@ -48,13 +49,14 @@ def services(prefect_server, s3, tiny_config_dir, tmp_path, monkeypatch):
 
 
 def spec_for(dataset: Path, output_model: str = OUTPUT, **lora) -> CustomizationSpec:
+    # The tiny model's general scores are noise: the operator opens the forgetting limit (a job may only tighten it).
+    write_policy(get_settings(), None, PromotionPolicy(max_general_drop=100.0))
     return CustomizationSpec.model_validate({
         "config": TINY_CONFIG_URN,
         "dataset": str(dataset),
         "output_model": output_model,
         "hyperparameters": {"epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "lora": {"adapter_dim": 8, "alpha": 16} | lora},
         "evaluation": {"general_benchmarks": ["capitals"], "limit": 8, "max_new_tokens": 4},
-        "policy": {"max_general_drop": 100.0},  # the tiny model's general scores are noise
     })
 
 

@@ -1,58 +1,51 @@
-"""Approvals without a paused run: Prefect's pause is replaced by a fake that answers as reviewers
-would, so the rules (no self-approval, timeout is a rejection, held decisions settle) are checked."""
+"""Approval rules without a waiting run: which answers count (no self-approval, a signature with
+authentication on), a timeout is a rejection, only reviewed methods and held decisions wait."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import uuid
 
 import pytest
-from prefect.exceptions import FlowPauseTimeout
 
+from core import auth
+from core.secrets import sign
 from evaluation.gate import ApprovalRecord, Decision
 from tasks import approval
-from tasks.approval import Approval, NotApproved, approval_tags, approve_promotion, approve_training, wait_for_approval
-from tests.tasks.conftest import make_job, run_tags
+from tasks.approval import Approval, NotApproved, approval_tags, approve_promotion, approve_training
+from tests.tasks.conftest import make_job
 
 
-class Reviewers:
-    """Stands in for ``pause_flow_run``: hands out the queued answers one pause at a time."""
+def test_the_submitter_cannot_approve_and_with_auth_on_only_a_signed_answer_counts(job_settings):
+    """Which answers count (the waiting itself, suspended or paused in Prefect, is tested in
+    tests/flows/test_approvals.py and test_suspended_approval.py)."""
+    job = make_job(job_settings, tracked=False, submitted_by="Ana", hyperparameters={"training_type": "dpo"})
+    run = uuid.uuid4()
 
-    def __init__(self, *answers: Approval | Exception):
-        self.answers = list(answers)
-        self.pauses: list[dict] = []
+    def answer(reviewer: str, settings=job_settings, signed: bool = False) -> Approval:
+        message = auth.approval_message(run, "training-approval-0", True, reviewer)
+        return Approval(approved=True, reviewer=reviewer, signature=sign(settings, message) if signed else "")
 
-    def __call__(self, wait_for_input, timeout, poll_interval, key):
-        self.pauses.append({"timeout": timeout, "key": key, "description": wait_for_input._description,
-                            "form": wait_for_input})
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+    assert "Ana submitted this job and cannot also approve it" in approval._refusal(job_settings, job, run, "training-approval-0", answer("Ana"))
+    assert "cannot also approve" in approval._refusal(job_settings, job, run, "training-approval-0", answer(" ana "))
+    assert approval._refusal(job_settings, job, run, "training-approval-0", answer("bo")) is None  # auth off: a name is enough
 
-
-def test_the_submitter_cannot_approve_and_the_next_reviewer_decides(job_settings, monkeypatch):
-    job = make_job(job_settings, submitted_by="Ana", hyperparameters={"training_type": "dpo"})
-    reviewers = Reviewers(Approval(approved=True, reviewer=" ana ", comment="mine"),
-                          Approval(approved=True, reviewer="bo", comment="looks fine"))
-    monkeypatch.setattr(approval, "pause_flow_run", reviewers)
-
-    record = wait_for_approval(job, "training", "train dpo/lora")
-
-    assert (record.approved, record.reviewer, record.comment) == (True, "bo", "looks fine")
-    assert [p["key"] for p in reviewers.pauses] == ["training-approval-0", "training-approval-1"]
-    assert "train dpo/lora" in reviewers.pauses[0]["description"]
-    assert 0 < reviewers.pauses[0]["timeout"] <= 72 * 3600
-    assert json.loads(run_tags(job_settings, job)["customizer.approval.training"])["reviewer"] == "bo"
+    secured = job_settings.model_copy(update={"api_keys": {"k": ["*"]}})
+    refused = approval._refusal(secured, job, run, "training-approval-0", answer("bo"))
+    assert "without the platform's signature" in refused and f"/v1/customization/jobs/{job.job_id}/approval" in refused
+    assert approval._refusal(secured, job, run, "training-approval-0", answer("bo", secured, signed=True)) is None
+    # A signature covers the run and the wait it answers: replayed on another wait, it does not count.
+    moved = answer("bo", secured, signed=True)
+    assert approval._refusal(secured, job, run, "promotion-approval-0", moved) is not None
+    assert "cannot also approve" in approval._refusal(secured, job, run, "training-approval-0", answer("ana", secured, signed=True))
 
 
-def test_no_answer_within_the_timeout_is_a_rejection(job_settings, monkeypatch):
-    job = make_job(job_settings)
-    monkeypatch.setattr(approval, "pause_flow_run", Reviewers(FlowPauseTimeout("timed out")))
-
-    record = wait_for_approval(job, "promotion", "held")
-
+def test_no_answer_within_the_timeout_is_a_rejection():
+    deadline = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    record = approval._timed_out("promotion", deadline)
     assert (record.approved, record.reviewer, record.comment) == (False, None, "no approval within the timeout")
-    assert json.loads(run_tags(job_settings, job)["customizer.approval.promotion"])["approved"] is False
+    assert record.decided_at.startswith("2026-01-02T03:04:05")
 
 
 def test_lora_sft_trains_without_asking(job_settings, monkeypatch):

@@ -11,10 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from core import tracking
 from core.ids import prefixed_id
-from core.specs import CustomizationSpec
+from core.specs import CustomizationSpec, PromotionPolicy
+from evaluation.policy import PolicyError, policy_file, write_policy
 from tasks.check import CheckedJob, JobRefused, check, check_job, job_folder
 from tasks.data import ingest
 from tasks.job import mark_failed, open_job
@@ -46,7 +48,7 @@ def test_check_measures_a_job_once_for_every_later_stage(settings, tmp_path):
     checked = check(job, settings, tmp_path / "out")
 
     assert (checked.config.urn, checked.option.training_type, checked.option.finetuning_type) == (TINY_CONFIG_URN, "sft", "lora")
-    assert checked.policy_source == "job" and checked.base is not None
+    assert checked.policy_source == "built-in default" and checked.base is not None
     assert checked.dataset.counts["training"] == checked.train_examples == 9  # one of ten held out for validation
     assert checked.dataset.formats["training"] == "completion" and checked.data_dir == str(tmp_path / "out")
     assert (tmp_path / "out" / "report.json").is_file()
@@ -63,13 +65,65 @@ def test_replay_examples_count_toward_the_training_size(settings, tmp_path):
     assert checked.dataset.counts["training"] == 9 and checked.train_examples == 9 + 4  # round(0.5 x 9)
 
 
-def test_a_namespace_policy_file_governs_the_job(settings, tmp_path):
-    settings.policies_dir.mkdir(parents=True, exist_ok=True)
-    (settings.policies_dir / "strict.yaml").write_text("max_general_drop: 0.5\n")
+@pytest.fixture
+def operator(settings, tmp_path):
+    """Settings whose policy folder is the test's own, with the operator's policy for namespace
+    ``strict``: a forgetting limit of 0.5 points, LoRA reviewed too."""
+    own = settings.model_copy(update={"policy_dir": tmp_path / "policies"})
+    write_policy(own, "strict", PromotionPolicy(max_general_drop=0.5, review_methods=["all_weights", "dpo", "grpo", "lora"]))
+    return own
 
-    checked = check(spec(dataset(tmp_path, ok_rows(10)), output_model="strict/bot", policy={"max_general_drop": 9.0}), settings, tmp_path / "out")
 
-    assert checked.policy.max_general_drop == 0.5 and checked.policy_source == str(settings.policies_dir / "strict.yaml")
+def test_a_job_that_loosens_its_namespaces_policy_is_refused_before_any_work(operator, tmp_path):
+    loose = spec(dataset(tmp_path, ok_rows(10)), output_model="strict/bot", policy={"max_general_drop": 9.0, "review_methods": []})
+
+    with pytest.raises(JobRefused) as refused:
+        check(loose, operator, tmp_path / "out")
+
+    path = policy_file(operator, "strict")
+    assert refused.value.reason == "policy"
+    assert str(refused.value) == (
+        f"`policy.max_general_drop`: 9.0 loosens the bound 0.5 set by {path} (ask for 0.5 or less); "
+        f'`policy.review_methods`: [] loosens the bound ["all_weights", "dpo", "grpo", "lora"] set by {path} '
+        '(keep ["all_weights", "dpo", "grpo", "lora"]; you may add methods); a job may only tighten its policy'
+    )
+    assert not (tmp_path / "out").exists()  # refused before ingest wrote anything
+    copy = pickle.loads(pickle.dumps(refused.value))
+    assert (copy.reason, str(copy)) == ("policy", str(refused.value))
+
+
+def test_a_job_that_tightens_its_namespaces_policy_runs_with_the_tighter_values(operator, tmp_path):
+    tight = spec(dataset(tmp_path, ok_rows(10)), output_model="strict/bot", policy={"max_general_drop": 0.25, "min_task_gain": 1.0})
+
+    checked = check(tight, operator, tmp_path / "out")
+
+    assert (checked.policy.max_general_drop, checked.policy.min_task_gain) == (0.25, 1.0)
+    assert checked.policy.review_methods == ["all_weights", "dpo", "grpo", "lora"]  # not stated by the job: the operator's
+    assert checked.policy_source == f"built-in default < {policy_file(operator, 'strict')} < job"
+    # The flow's check reads the spec after it travelled as JSON (every field at its value): the same policy.
+    travelled = check(CustomizationSpec.model_validate_json(tight.model_dump_json()), operator, tmp_path / "out-2")
+    assert (travelled.policy, travelled.policy_source) == (checked.policy, checked.policy_source)
+
+
+def test_a_broken_global_policy_file_stops_every_job(operator, tmp_path):
+    policy_file(operator, None).write_text("max_general_drop: [\n")
+    with pytest.raises(PolicyError, match="_global.yaml: not valid YAML"):
+        check(spec(dataset(tmp_path, ok_rows(10))), operator, tmp_path / "out")
+
+
+def test_the_cli_refuses_a_spec_that_loosens_the_policy_without_training(operator, tmp_path, capsys, monkeypatch):
+    from customizer.cli import main
+
+    monkeypatch.setenv("CUSTOMIZER_POLICY_DIR", str(operator.policies_dir))
+    file = tmp_path / "spec.yaml"
+    file.write_text(yaml.safe_dump({"config": TINY_CONFIG_URN, "dataset": str(dataset(tmp_path, ok_rows(10))),
+                                    "output_model": "strict/bot", "policy": {"max_general_drop": 100.0}}))
+    for command in ("check", "run"):  # `run` checks first: nothing is trained
+        assert main([command, str(file)]) == 2
+        err = capsys.readouterr().err
+        assert (f"customizer: error: `policy.max_general_drop`: 100.0 loosens the bound 0.5 set by {policy_file(operator, 'strict')} "
+                "(ask for 0.5 or less); a job may only tighten its policy") in err
+        assert "Traceback" not in err
 
 
 def test_a_dpo_job_on_sft_records_does_not_fit(settings, tmp_path):

@@ -1,5 +1,6 @@
 """Retraining as tasks through ``.fn()``: the spec a champion is retrained with, which models have a
-champion (a real MLflow SQLite registry), a dataset's identity now, and what each model's retrain did."""
+champion (a real MLflow SQLite registry), a dataset's identity now (a folder, or a fresh snapshot of
+a Data Store dataset), and what each model's retrain did."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from deploy import registry
 from deploy.registry import RegisteredVersion
 from evaluation.gate import Decision
 from tasks.job import CustomizationResult
-from tasks.retrain import Champion, champion_spec, dataset_identity, find_champions, outcome
+from data.datastore import open_files
+from tasks.retrain import Champion, champion_spec, dataset_now, discard, find_champions, outcome, retrain_spec
 from tests.conftest import ok_rows, write_jsonl
 from tests.tasks.conftest import CONFIG, stage
 
@@ -70,12 +72,44 @@ def test_find_champions_skips_models_without_one(job_settings, tmp_path):
 def test_the_dataset_identity_is_what_ingest_computes_and_changes_with_the_data(job_settings, tmp_path):
     folder = tmp_path / "dataset"
     write_jsonl(folder / "training" / "train.jsonl", ok_rows(12))
-    now = dataset_identity.fn(champion(str(folder)))
-    assert now == ingest_dataset(str(folder), tmp_path / "canonical", seed=0).sha256
+    now = dataset_now.fn(champion(str(folder)))
+    assert now.sha256 == ingest_dataset(str(folder), tmp_path / "canonical", seed=0).sha256
+    assert (now.folder, now.copied) == (str(folder), False)  # a local folder is read in place
+    assert retrain_spec(champion(str(folder)), now) == SPEC.model_copy(update={"dataset": str(folder)})
 
     write_jsonl(folder / "training" / "more.jsonl", ok_rows(3, start=50))
-    assert dataset_identity.fn(champion(str(folder))) != now
+    assert dataset_now.fn(champion(str(folder))).sha256 != now.sha256
     assert list(Path(job_settings.root).glob("retrain-*")) == []  # its work folder is gone
+    discard(now)
+    assert folder.is_dir()  # never removed: it is the user's
+
+
+def test_a_data_store_dataset_is_snapshotted_and_retrained_from_the_snapshot_with_its_lineage(job_settings, tmp_path):
+    files = open_files(job_settings)
+    repo = f"datasets/team/{uuid.uuid4().hex[:8]}"
+    source = f"hf://{repo}"
+    files.put(f"{repo}/training/train.jsonl", "".join(json.dumps(r) + "\n" for r in ok_rows(12)).encode())
+    trained = champion(source).model_copy(update={"spec": SPEC.model_copy(update={"dataset": "/api/snapshot", "dataset_source": source})})
+
+    now = dataset_now.fn(trained)
+    assert now.copied and now.source == source and Path(now.folder).is_relative_to(job_settings.root)
+    assert (Path(now.folder) / "training" / "train.jsonl").read_text().count("\n") == 12
+    spec = retrain_spec(trained, now)
+    assert (spec.dataset, spec.dataset_source, spec.dataset_uri, spec.output_model) == (now.folder, source, source, "team/bot")
+
+    files.put(f"{repo}/training/more.jsonl", "".join(json.dumps(r) + "\n" for r in ok_rows(3, start=50)).encode())
+    changed = dataset_now.fn(trained)
+    assert changed.sha256 != now.sha256 and changed.folder != now.folder
+    assert (Path(now.folder) / "training" / "train.jsonl").is_file() and not (Path(now.folder) / "training" / "more.jsonl").exists()
+    discard(now)
+    assert not Path(now.folder).exists() and Path(changed.folder).is_dir()
+
+
+def test_a_data_store_dataset_that_is_gone_is_an_error_naming_it(job_settings):
+    from data.sources import SourceError
+
+    with pytest.raises(SourceError, match=r"dataset hf://datasets/team/gone of team/bot: .*no files"):
+        dataset_now.fn(champion("hf://datasets/team/gone"))
 
 
 def result(promoted: bool) -> CustomizationResult:
