@@ -4,6 +4,7 @@ that drive it the way NeMo clients do: the official SDK and huggingface_hub.HfAp
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -164,3 +165,16 @@ def wait_for(nemo, job_id: str, statuses: set[str], timeout: float = 600) -> obj
         if time.monotonic() > deadline:
             raise AssertionError(f"{job_id} still {status.status} after {timeout:.0f} s: {status.status_logs}")
         time.sleep(2)
+
+
+def add_dataset(client, namespace: str, name: str, rows: list[dict]) -> None:
+    """Commit ``rows`` as ``training/train.jsonl`` of a new Data Store repo and register the dataset
+    (files_url ``hf://datasets/<namespace>/<name>``) through the API ``client`` (a TestClient)."""
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    assert client.post("/v1/hf/api/repos/create", json={"name": name, "organization": namespace, "type": "dataset"}).status_code == 200
+    commit = [{"key": "header", "value": {"summary": "data"}},
+              {"key": "file", "value": {"path": "training/train.jsonl", "content": base64.b64encode(data).decode(), "encoding": "base64"}}]
+    answer = client.post(f"/v1/hf/api/datasets/{namespace}/{name}/commit/main", content="\n".join(json.dumps(c) for c in commit).encode())
+    assert answer.status_code == 200, answer.text
+    created = client.post("/v1/datasets", json={"name": name, "namespace": namespace, "files_url": f"hf://datasets/{namespace}/{name}"})
+    assert created.status_code == 200, created.text

@@ -7,8 +7,6 @@ creation and cancellation are on the audit trail."""
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from api.deps import Caller, CallerDep
 from core import audit
 from core.ids import prefixed_id
 from core.settings import Settings
+from tests.api.conftest import add_dataset
 from tests.conftest import ok_rows
 
 pytestmark = pytest.mark.unit
@@ -53,13 +52,7 @@ def in_process_api(tmp_path_factory):
         patch.setattr(orchestrator, "cancel", runs.cancelled.append)
         patch.setattr(orchestrator, "states", lambda ids, history=False: {})
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            rows = "".join(json.dumps(r) + "\n" for r in ok_rows(12)).encode()
-            assert client.post("/v1/hf/api/repos/create", json={"name": "triage", "organization": "team-a", "type": "dataset"}).status_code == 200
-            commit = [{"key": "header", "value": {"summary": "data"}},
-                      {"key": "file", "value": {"path": "training/train.jsonl", "content": base64.b64encode(rows).decode(), "encoding": "base64"}}]
-            answer = client.post("/v1/hf/api/datasets/team-a/triage/commit/main", content="\n".join(json.dumps(c) for c in commit).encode())
-            assert answer.status_code == 200, answer.text
-            assert client.post("/v1/datasets", json={"name": "triage", "namespace": "team-a", "files_url": SOURCE}).status_code == 200
+            add_dataset(client, "team-a", "triage", ok_rows(12))
             yield client, runs, settings
 
 

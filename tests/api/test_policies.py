@@ -5,8 +5,6 @@ with a 422 naming the field, the value and the bound (nothing is started)."""
 
 from __future__ import annotations
 
-import base64
-import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +15,7 @@ from api.principals import PrincipalSpec, store_for
 from core import audit
 from core.settings import Settings
 from evaluation.policy import BUILT_IN, policy_file, read_policy_file
+from tests.api.conftest import add_dataset
 from tests.conftest import ok_rows
 
 pytestmark = pytest.mark.unit
@@ -36,14 +35,7 @@ def api(tmp_path, monkeypatch):
     started = []
     monkeypatch.setattr(orchestrator, "start", lambda *args, **kwargs: started.append(args) or "not-started")
     with TestClient(create_app(settings), raise_server_exceptions=False, headers={"Authorization": "Bearer root-key"}) as client:
-        rows = "".join(json.dumps(r) + "\n" for r in ok_rows(12)).encode()
-        assert client.post("/v1/hf/api/repos/create", json={"name": "triage", "organization": "team-a", "type": "dataset"}).status_code == 200
-        commit = [{"key": "header", "value": {"summary": "data"}},
-                  {"key": "file", "value": {"path": "training/train.jsonl", "content": base64.b64encode(rows).decode(), "encoding": "base64"}}]
-        answer = client.post("/v1/hf/api/datasets/team-a/triage/commit/main", content="\n".join(json.dumps(c) for c in commit).encode())
-        assert answer.status_code == 200, answer.text
-        created = client.post("/v1/datasets", json={"name": "triage", "namespace": "team-a", "files_url": "hf://datasets/team-a/triage"})
-        assert created.status_code == 200, created.text
+        add_dataset(client, "team-a", "triage", ok_rows(12))
         yield client, settings, keys
     assert started == []  # no test here starts a job
 
