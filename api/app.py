@@ -4,7 +4,9 @@
 Every error is JSON ``{"detail": ...}``: the logic's errors map to their status codes, schema errors
 and refused URLs are 422 (FastAPI's list of ``{loc, msg, type}``), bodies over the configured limits
 are 413 (``api.limits``), duplicates are 409 with ``x-should-retry: false``, and anything unexpected
-is logged with its traceback and answered with a short 500 message, never the trace.
+is logged with its traceback and answered with a short 500 message and a reference id, never the trace.
+Every detail passes ``api.errors.for_caller`` on its way out: no traceback and no server folder reaches
+a caller.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,14 +22,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.db import Store, open_database
-from api.errors import ApiError
+from api.errors import ApiError, for_caller
 from api.limits import BodyLimit
 from api.orchestrator import OrchestratorUnavailable
+from api.principals import FailedKeys
 from api.refresh import Answers
 from api.routes import audit, customization, datastore, entities, evaluation, policies, principals
 from core import __version__, auth
 from core.settings import Settings, apply_environment, get_settings
-from core.storage import out_of_room
+from core.storage import NotPrivate, make_private, out_of_room, private_umask
 
 log = logging.getLogger("customizer.api")
 
@@ -47,6 +51,17 @@ def _json_safe(errors: list) -> list:
     return safe
 
 
+def _shown(detail: Any, settings: Settings) -> Any:
+    """``detail`` with every text in it as a caller may see it (``api.errors.for_caller``)."""
+    if isinstance(detail, str):
+        return for_caller(detail, settings)
+    if isinstance(detail, list):
+        return [_shown(item, settings) for item in detail]
+    if isinstance(detail, dict):
+        return {key: _shown(value, settings) for key, value in detail.items()}
+    return detail
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API app for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
@@ -60,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, settings=settings)
     app.state.store = Store(open_database(settings.api_db_url))
     app.state.answers = Answers()  # job lists answered again within seconds (api.refresh)
+    app.state.failed_keys = FailedKeys()  # unknown keys per client address: 10 a minute, then 429
     if not auth.enabled(settings):  # no bootstrap key and no principal
         log.warning(
             "API AUTHENTICATION IS OFF: anyone who can reach this port can create jobs and read data. "
@@ -70,20 +86,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=_no_retry(exc.status_code))
+        return JSONResponse({"detail": _shown(exc.detail, settings)}, status_code=exc.status_code,
+                            headers=exc.headers | _no_retry(exc.status_code))
 
     @app.exception_handler(OrchestratorUnavailable)
     async def _orchestrator(request: Request, exc: OrchestratorUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+        return JSONResponse({"detail": for_caller(str(exc), settings)}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _json_safe(exc.errors())}, status_code=422, headers=_no_retry(422))
+        return JSONResponse({"detail": _shown(_json_safe(exc.errors()), settings)}, status_code=422, headers=_no_retry(422))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else f"no such endpoint: {request.method} {request.url.path}"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=(exc.headers or {}) | _no_retry(exc.status_code))
+        return JSONResponse({"detail": _shown(detail, settings)}, status_code=exc.status_code,
+                            headers=(exc.headers or {}) | _no_retry(exc.status_code))
 
     @app.exception_handler(OSError)
     async def _storage(request: Request, exc: OSError) -> JSONResponse:
@@ -123,6 +141,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def app_from_environment() -> FastAPI:
     """Uvicorn factory (``uvicorn --factory api.app:app_from_environment``)."""
     settings = get_settings()
+    try:  # the API is started alone too: what it and its threads create is the platform user's alone
+        private_umask()
+        make_private(settings.root)
+    except NotPrivate as exc:
+        raise SystemExit(f"customizer api: {exc}") from None
     apply_environment(settings)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the API log
     return create_app(settings)

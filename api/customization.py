@@ -30,6 +30,7 @@ from api.urls import checked_url
 from core import audit
 from core.ids import prefixed_id
 from core.secrets import seal
+from core.submission import signed
 from core.settings import Settings
 from core.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
 from core.specs import CustomizationSpec, method_name
@@ -151,9 +152,16 @@ def list_configs(store: Store, settings: Settings) -> list[dict[str, Any]]:
     return [config_to_wire(config, stored.get(urn)) for urn, config in load_catalog(settings).items()]
 
 
-def find_config(store: Store, settings: Settings, namespace: str, name: str) -> tuple[CustomizationConfig, dict[str, Any] | None]:
+def find_config(store: Store, settings: Settings, namespace: str, name: str,
+                caller: Caller | None = None) -> tuple[CustomizationConfig, dict[str, Any] | None]:
+    """A config and its stored entry (None for a shipped one).
+
+    Raises:
+        NotFound: no such config; the message lists only those ``caller`` may use (without a caller:
+            the shipped and operator ones).
+    """
     try:
-        config = get_config(f"{namespace}/{name}", settings)
+        config = get_config(f"{namespace}/{name}", settings, caller.namespaces if caller else ())
     except CatalogError as exc:
         raise NotFound(str(exc)) from exc
     return config, store.find(CONFIG, namespace, name)
@@ -353,15 +361,20 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
     stored_config = store.find(CONFIG, config_namespace, config_name)
     if stored_config is not None and not caller.sees(stored_config["namespace"]):  # before the pre-flight: it would describe the config
         raise NotFound(f"customization config {body.config} does not exist")
+    try:  # before the pre-flight, whose message would list every namespace's configs
+        get_config(body.config, settings, caller.namespaces)
+    except CatalogError as exc:
+        raise NotFound(str(exc)) from exc
     dataset = dataset_of(store, body.dataset, body.namespace, caller)
     spec_model, suffix = output_model_of(body, dataset)
     caller.check(spec_model.split("/")[0])
     checked_url(settings, caller, ("body", "dataset"), dataset["files_url"])
-    folder = snapshot_dataset(dataset["files_url"], settings)
+    folder = snapshot_dataset(dataset["files_url"], settings, caller.namespaces)
     created_by = submitter(body, caller)
     try:
         sealed = {name: seal(settings, value) for name, value in secrets.items()}
         spec = to_spec(body, str(folder), spec_model, dataset["files_url"], created_by).model_copy(update={"secrets": sealed})  # only sealed ones reach Prefect
+        spec = signed(spec, settings, caller.principal, caller.namespaces, caller.roles)  # the flow runs it only signed (with auth on)
         checked, warnings, flow_run_id = _check_and_start(settings, body, spec, dataset)
     except BaseException:
         discard_snapshot(settings, folder)  # a refused job leaves no copy behind

@@ -8,18 +8,19 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from api.db import Store
 from api.deps import Caller
-from api.errors import BadRequest, NotFound
+from api.errors import BadRequest, NotFound, Unprocessable
 from api.schemas import DatasetRef
 from core import objects
 from core.settings import Settings
 from data import datastore
-from data.sources import SourceError, check_url, local_path
+from data.sources import SourceError, check_access, checked_files, local_path
 
 DATASET = "dataset"
 
@@ -29,6 +30,7 @@ def dataset_of(store: Store, ref: str | DatasetRef, namespace: str, caller: Call
 
     Raises:
         NotFound: no such dataset, or one in a namespace ``caller`` may not use.
+        Unprocessable: ``dataset.files_url`` is given and is not the files of the dataset named.
     """
     if isinstance(ref, DatasetRef):
         d_namespace, d_name = ref.namespace or namespace, ref.name
@@ -43,19 +45,29 @@ def dataset_of(store: Store, ref: str | DatasetRef, namespace: str, caller: Call
             f"`dataset` {d_namespace}/{d_name} does not exist in the Entity Store: upload its files to the Data Store "
             f"and register it with POST /v1/datasets (files_url hf://datasets/{d_namespace}/{d_name})"
         )
+    if isinstance(ref, DatasetRef) and ref.files_url is not None and ref.files_url != found["files_url"]:
+        # The job trains on the named dataset's files: a different URL beside it would be silently ignored.
+        raise Unprocessable(
+            f"`dataset.files_url` {ref.files_url!r} is not the files of dataset {found['namespace']}/{found['name']} "
+            f"({found['files_url']}): leave it out, or register those files as a dataset and name that one"
+        )
     return found
 
 
-def snapshot_dataset(files_url: str, settings: Settings) -> Path:
+def snapshot_dataset(files_url: str, settings: Settings, namespaces: Collection[str] | None = None) -> Path:
     """A local folder with a dataset's files: a copy under the data folder for the Data Store and S3,
     the folder itself for ``file://`` (what the job trains on).
 
+    Args:
+        namespaces: those the caller may use (None: every namespace); a ``file://`` folder's files
+            are each checked against them (``data.sources.checked_files``).
+
     Raises:
-        BadRequest: the URL is not allowed (``data.sources.check_url``) or cannot be read, or a
-            folder holds a symbolic link that leads out of it.
+        BadRequest: the URL is not allowed (``data.sources.check_access``) or cannot be read, or a
+            folder holds a file it may not read or a symbolic link that leads out of it.
     """
     try:
-        check_url(files_url, settings, "dataset")
+        check_access(files_url, settings, namespaces, "dataset")
     except SourceError as exc:
         raise BadRequest(f"dataset files_url {files_url!r} is refused: {exc}") from exc
     dest = _snapshots(settings) / uuid.uuid4().hex
@@ -66,6 +78,10 @@ def snapshot_dataset(files_url: str, settings: Settings) -> Path:
     if path is None or not path.is_dir():
         raise BadRequest(f"dataset files_url {files_url}: no such folder on the server")
     _refuse_links_out(path, files_url)
+    try:
+        checked_files(path, settings, namespaces)
+    except SourceError as exc:
+        raise BadRequest(f"dataset files_url {files_url}: {exc}") from exc
     return path
 
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 
 from api.db import Store
-from api.errors import ApiError, BadRequest, Forbidden, Unauthorized
-from api.listing import ListError, bracket_params, filtered, page_of, searched, sorted_items
-from api.principals import ROLES, PrincipalsUnreadable, store_for
+from api.errors import ApiError, BadRequest, Forbidden, TooManyRequests, Unauthorized
+from api.listing import ListError, QueryError, bracket_params, filtered, page_of, searched, sorted_items
+from api.principals import ROLES, FailedKeys, PrincipalsUnreadable, store_for
 from core.settings import Settings
 
 
@@ -71,13 +72,18 @@ async def _caller(request: Request) -> Caller:
 
     Raises:
         AuthUnavailable: the principals file cannot be read (its name is in the message).
+        TooManyRequests: this client address presented too many unknown keys lately (``FailedKeys``).
         Unauthorized: authentication is on and the key is missing, unknown or revoked.
     """
     settings = request.app.state.settings
     principals = store_for(settings)  # one stat per request; the file is read again only when it changed
+    failed_keys: FailedKeys = request.app.state.failed_keys
+    client = request.client.host if request.client else "unknown"
     try:
         if not principals.enabled(settings):
             return Caller(None)  # the embedded default; the app warned at start
+        if wait := failed_keys.wait(client):
+            raise TooManyRequests(f"too many unknown API keys from this address: try again in {wait} s", retry_after=wait)
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -86,6 +92,7 @@ async def _caller(request: Request) -> Caller:
     except PrincipalsUnreadable as exc:
         raise AuthUnavailable(str(exc)) from exc
     if principal is None:
+        failed_keys.failed(client)
         raise Unauthorized("unknown or revoked API key")
     namespaces = None if "*" in principal.namespaces else frozenset(principal.namespaces)
     return Caller(namespaces, principal=principal.name, roles=frozenset(principal.roles))
@@ -104,10 +111,13 @@ async def _list_params(
     request: Request,
     page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1.")] = 1,
     page_size: Annotated[int, Query(ge=1, le=1000, description="Items per page.")] = 10,
-    sort: Annotated[str | None, Query(max_length=64, description="Field to sort by; a leading - sorts descending.")] = None,
+    sort: Annotated[str | None, Query(max_length=64, pattern=r"^-?[A-Za-z0-9_.]{1,63}$",
+                                      description="Field to sort by; a leading - sorts descending.")] = None,
 ) -> ListParams:
     try:
         return ListParams(page, page_size, sort, bracket_params(request.query_params, "filter"), bracket_params(request.query_params, "search"))
+    except QueryError as exc:  # answered like FastAPI's own refusal of a query parameter: 422 naming it
+        raise RequestValidationError([{"loc": ("query", exc.key), "msg": exc.reason, "type": "value_error"}]) from exc
     except ListError as exc:
         raise BadRequest(str(exc)) from exc
 

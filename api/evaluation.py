@@ -11,15 +11,19 @@ import logging
 from typing import Any
 
 from api import orchestrator
+from api.customization import CONFIG as CUSTOMIZATION_CONFIG
 from api.customization import MODEL, dataset_of, public
 from api.datasets import snapshot_dataset
 from api.db import Duplicate, JobRun, Store
 from api.deps import Caller
 from api.errors import BadRequest, Conflict, NotFound
 from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
-from api.urls import checked_url
+from api.urls import checked_url, refuse
+from core.catalog import CatalogError, get_config, parse_config_urn
 from core.ids import prefixed_id
 from core.settings import Settings
+from core.submission import signed
+from data.sources import SourceError, checked_files, local_path
 from evaluation.custom import ConfigProblem, EvaluationRequest, ModelSpec, check_config
 
 log = logging.getLogger("customizer.api")
@@ -112,11 +116,32 @@ def _model_spec(store: Store, settings: Settings, target: dict[str, Any], namesp
     if not files_url and not custom.get("config"):
         raise BadRequest(f"model {urn} has neither artifact.files_url nor custom_fields.config (a config URN naming its base model)")
     checked_url(settings, caller, ("body", "target", "model"), files_url, kind="model")
+    if custom.get("config"):
+        _check_base_config(store, settings, urn, custom["config"], caller)
     return ModelSpec(config=custom.get("config"), model_uri=files_url)
 
 
+def _check_base_config(store: Store, settings: Settings, model_urn: str, config_urn: Any, caller: Caller) -> None:
+    """Refuse a model whose ``custom_fields.config`` names a config ``caller`` may not use (as if it did not exist).
+
+    Raises:
+        NotFound: the config does not exist, or is another namespace's.
+    """
+    try:
+        if not isinstance(config_urn, str):
+            raise CatalogError(f"`config` must be a config URN namespace/name@version, got {config_urn!r}")
+        namespace, name = parse_config_urn(config_urn)
+        stored = store.find(CUSTOMIZATION_CONFIG, namespace, name)
+        if stored is not None and not caller.sees(stored["namespace"]):
+            raise CatalogError(f"`config` {config_urn!r} is not in the catalog")
+        get_config(config_urn, settings, caller.namespaces)
+    except CatalogError as exc:
+        raise NotFound(f"model {model_urn}: `custom_fields.{str(exc).removeprefix('`')}") from exc
+
+
 def _task_file(store: Store, settings: Settings, task_name: str, dataset: Any, namespace: str, caller: Caller) -> str:
-    """A local copy of a task's data file."""
+    """A task's data file: the first .jsonl/.json/.csv file of its dataset, in place for a server path
+    (every file below it checked where it really lies: ``data.sources.checked_files``), else in a copy."""
     if isinstance(dataset, dict) and dataset.get("files_url"):
         files_url = dataset["files_url"]
     elif isinstance(dataset, (str, dict)):
@@ -124,11 +149,20 @@ def _task_file(store: Store, settings: Settings, task_name: str, dataset: Any, n
         files_url = dataset_of(store, ref, namespace, caller)["files_url"]
     else:
         raise BadRequest(f"`tasks.{task_name}.dataset` must be {{\"files_url\": ...}} or \"namespace/name\"")
-    checked_url(settings, caller, ("body", "config", "tasks", task_name, "dataset", "files_url"), files_url)
-    folder = snapshot_dataset(files_url, settings)
-    if folder.is_file():
-        return str(folder)
-    candidates = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+    loc = ("body", "config", "tasks", task_name, "dataset", "files_url")
+    checked_url(settings, caller, loc, files_url)
+    path = local_path(files_url)
+    if path is not None:
+        if not path.exists():
+            raise BadRequest(f"`tasks.{task_name}.dataset` {files_url}: no such file or folder on the server")
+        try:
+            files = checked_files(path, settings, caller.namespaces)
+        except SourceError as exc:
+            raise refuse(loc, files_url, str(exc)) from exc
+    else:
+        folder = snapshot_dataset(files_url, settings, caller.namespaces)
+        files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    candidates = [p for p in files if p.suffix in DATA_SUFFIXES]
     if not candidates:
         raise BadRequest(f"`tasks.{task_name}.dataset` {files_url}: no .jsonl, .json or .csv file there")
     return str(candidates[0])
@@ -145,10 +179,11 @@ def create_job(store: Store, settings: Settings, body: EvaluationJobCreate, call
         config = public(_by_urn(store, CONFIG, body.config, body.namespace, caller))
     else:
         config = body.config.model_dump(mode="json", exclude_none=True)
-        try:
-            check_config(config)
-        except ConfigProblem as exc:
-            raise BadRequest(f"config: {exc}") from exc
+    try:  # a stored config too: one stored before a rule was added must not run
+        check_config(config)
+    except ConfigProblem as exc:
+        message = str(exc)  # it names the field inside the config: `type`, `tasks.<name>...`
+        raise BadRequest("`config." + message[1:] if message.startswith("`") else f"config: {message}") from exc
     target = public(_by_urn(store, TARGET, body.target, body.namespace, caller)) if isinstance(body.target, str) else body.target.model_dump(mode="json", exclude_none=True)
     spec = _model_spec(store, settings, target, body.namespace, caller)
     if config.get("type") != "custom" and spec.api_url:
@@ -157,6 +192,7 @@ def create_job(store: Store, settings: Settings, body: EvaluationJobCreate, call
         name: _task_file(store, settings, name, task.get("dataset"), body.namespace, caller) for name, task in (config.get("tasks") or {}).items()
     } if config.get("type") == "custom" else {}
     request = EvaluationRequest(config={k: config[k] for k in ("type", "tasks", "groups", "params") if k in config}, model=spec, data_files=data_files)
+    request = signed(request, settings, caller.principal, caller.namespaces, caller.roles)  # the flow runs it only signed (with auth on)
     flow_run_id = orchestrator.start(settings.evaluate_deployment, {"request": request.model_dump(mode="json")},
                                      tags=["customizer-api", f"namespace:{body.namespace}"])
     job_id = prefixed_id("eval", flow_run_id)

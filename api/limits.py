@@ -2,6 +2,12 @@
 refused before anything is read, and a body that grows past it (chunked, or lying about its length) is
 cut off at the limit. Data Store commits carry file contents and get the upload limit; every other
 request gets the JSON limit. The answer is 413 in the API's error shape, naming the limit.
+
+A Data Store commit is NDJSON, one operation a line, each file's contents inline in its line (what
+``huggingface_hub.HfApi`` sends). It is read as a stream, line by line, and one line is at most
+``MAX_COMMIT_LINE_BYTES``, so the server never holds more than one bounded line whatever the upload's
+size: a file in a commit is at most ``MAX_COMMIT_FILE_BYTES`` (its base64 fills the line), and a
+commit adds at most ``MAX_COMMIT_FILES`` files. Larger data goes in several files.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.settings import Settings
 
+MAX_COMMIT_LINE_BYTES = 32 << 20
+MAX_COMMIT_FILE_BYTES = 23 << 20  # its base64 (4/3 of it, under 31 MiB) and the line's JSON around it fit in a line
+MAX_COMMIT_FILES = 10_000
 _UPLOAD = re.compile(r"^/v1/hf/api/(datasets|models)/[^/]+/[^/]+/commit/")
 
 
@@ -26,6 +35,15 @@ def _size(value: int) -> str:
 
 def too_large(limit: int, setting: str) -> str:
     return f"request body too large: the limit is {_size(limit)} ({limit} bytes; setting CUSTOMIZER_{setting.upper()})"
+
+
+def line_too_long(number: int) -> str:
+    return (f"commit line {number} is over the {_size(MAX_COMMIT_LINE_BYTES)} line limit: a file in a commit is at most "
+            f"{_size(MAX_COMMIT_FILE_BYTES)}; split larger files (e.g. training/part-1.jsonl, training/part-2.jsonl)")
+
+
+def too_many_files(number: int) -> str:
+    return f"commit line {number}: a commit adds at most {MAX_COMMIT_FILES} files; upload the rest in another commit"
 
 
 class BodyLimit:

@@ -4,6 +4,10 @@
 Query encoding follows NeMo's SDK: nested keys in brackets (``filter[peft][lora]=true``), booleans
 as ``true``/``false``, lists comma-joined, a leading ``-`` in ``sort`` for descending. A page past
 the end is an empty page, not an error: the SDK's auto-pagination stops on it.
+
+``filter[...]``/``search[...]`` parameters are bounded like every other input: at most
+``MAX_PARAMS`` of them, ``MAX_KEY_DEPTH`` brackets deep, values of at most ``MAX_VALUE_CHARS``
+characters, no NUL or other control characters.
 """
 
 from __future__ import annotations
@@ -15,10 +19,20 @@ from typing import Any
 
 _KEY = re.compile(r"^(filter|search)((?:\[[^\[\]]*\])+)$")
 _OPERATORS = {"eq", "neq", "gt", "gte", "lt", "lte"}
+MAX_PARAMS, MAX_KEY_DEPTH, MAX_VALUE_CHARS = 32, 4, 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ListError(ValueError):
     """A ``filter``/``sort`` parameter that cannot be applied (the message names it)."""
+
+
+class QueryError(ListError):
+    """A malformed or out-of-bounds ``filter[...]``/``search[...]`` query parameter; ``key`` names it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"`{key}`: {message}")
+        self.key, self.reason = key, message
 
 
 def _scalar(text: str) -> Any:
@@ -28,18 +42,26 @@ def _scalar(text: str) -> Any:
 def bracket_params(query: Mapping[str, str] | Any, root: str) -> dict[str, Any]:
     """``filter[a][b]=x`` query parameters as ``{"a": {"b": "x"}}`` (booleans parsed)."""
     out: dict[str, Any] = {}
+    count = 0
     for key, value in query.multi_items() if hasattr(query, "multi_items") else query.items():
         match = _KEY.match(key)
         if not match or match.group(1) != root:
             continue
+        count += 1
         parts = re.findall(r"\[([^\[\]]*)\]", match.group(2))
+        if count > MAX_PARAMS:
+            raise QueryError(key, f"more than {MAX_PARAMS} {root}[...] parameters; send fewer")
+        if len(parts) > MAX_KEY_DEPTH or len(key) > 256:
+            raise QueryError(key[:256], f"more than {MAX_KEY_DEPTH} brackets or 256 characters; use a shorter key")
         if any(not p for p in parts):
-            raise ListError(f"`{key}`: empty key in brackets")
+            raise QueryError(key, "empty key in brackets")
+        if len(value) > MAX_VALUE_CHARS or _CONTROL.search(key + value):
+            raise QueryError(key, f"values are at most {MAX_VALUE_CHARS} characters, without control characters")
         node = out
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ListError(f"`{key}` conflicts with another {root} parameter")
+                raise QueryError(key, f"conflicts with another {root} parameter")
             node = child
         node[parts[-1]] = _scalar(value)
     return out

@@ -162,23 +162,27 @@ def states(flow_run_ids: list[str], history: bool = False) -> dict[str, RunState
 
 
 def cancel(flow_run_id: str) -> None:
-    """Ask a flow run to stop: a run not started yet is cancelled at once, a running one is set
-    Cancelling (the worker stops it; training checks for it between steps).
+    """Ask a flow run to stop; it is reported ``cancelled`` only once it can no longer start.
+
+    The state is proposed, not forced, so Prefect's server decides against the run's state at that very
+    moment: a run not started (Scheduled, or Suspended for an approval) becomes Cancelled, which no
+    worker may move to Pending again; a run being submitted (Pending) or running becomes Cancelling,
+    which it cannot leave for Running: its worker stops it and marks it Cancelled. (Forcing Cancelled
+    onto a Pending run let the process its worker was starting move it to Running and train; every flow
+    also ends at once, Cancelled, when its history holds a cancellation: ``tasks.job.cancelled_before_start``.)
 
     Raises:
         OrchestratorUnavailable: Prefect cannot be reached.
     """
     # delayed: Prefect is heavy (start-up time)
-    from prefect.states import Cancelled, Cancelling
+    from prefect.states import Cancelling
 
     with _asking_prefect():
         client = _client()
         run = client.read_flow_run(UUID(flow_run_id))
         kind = run.state.type.value if run.state else "SCHEDULED"
-        if kind in ("SCHEDULED", "PENDING"):
-            client.set_flow_run_state(UUID(flow_run_id), Cancelled(message="Cancelled through the API before it started"), force=True)
-        elif kind in ("RUNNING", "PAUSED"):
-            client.set_flow_run_state(UUID(flow_run_id), Cancelling(message="Cancellation requested through the API"), force=True)
+        if kind in ("SCHEDULED", "PENDING", "RUNNING", "PAUSED"):
+            client.set_flow_run_state(UUID(flow_run_id), Cancelling(message="Cancellation requested through the API"))
 
 
 def answer(flow_run_id: str, run_input: dict[str, Any]) -> None:

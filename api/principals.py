@@ -30,8 +30,11 @@ import os
 import re
 import secrets
 import tempfile
+import math
 import threading
-from collections.abc import Iterator
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -354,3 +357,44 @@ def revoke_principal(settings: Settings, name: str, actor: str | None, via: str)
         store._put_back(name, entry)
         raise
     return principal
+
+
+class FailedKeys:
+    """Failed key checks per client address, so that keys cannot be guessed at speed: after ``limit``
+    failures within ``window`` seconds an address waits until the oldest of them is ``window`` old.
+
+    Only failures are counted; while an address waits its keys are not checked at all (else a guess
+    would still be answered). At most ``clients`` addresses are remembered, the least recently failed
+    forgotten first, so the memory is bounded whatever an attacker sends.
+
+    >>> clock = iter([0.0, 1.0, 2.0, 60.5]).__next__
+    >>> keys = FailedKeys(limit=2, window=60.0, clock=clock)
+    >>> keys.failed("10.0.0.9"); keys.failed("10.0.0.9"); keys.wait("10.0.0.9"), keys.wait("10.0.0.8")
+    (58, 0)
+    >>> keys.wait("10.0.0.9")
+    0
+    """
+
+    def __init__(self, limit: int = 10, window: float = 60.0, clients: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window, self.clients, self._clock = limit, window, clients, clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def wait(self, client: str) -> int:
+        """Whole seconds until ``client`` may present a key again (0: now)."""
+        with self._lock:
+            times = self._failures.get(client)
+            if times is None or len(times) < self.limit:
+                return 0
+            left = times[0] + self.window - self._clock()
+            return math.ceil(left) if left > 0 else 0
+
+    def failed(self, client: str) -> None:
+        """Count a failed key check from ``client``."""
+        with self._lock:
+            now = self._clock()
+            times = self._failures.pop(client, None) or deque(maxlen=self.limit)
+            times.append(now)
+            self._failures[client] = times  # the most recently failed last
+            while len(self._failures) > self.clients:
+                self._failures.popitem(last=False)

@@ -4,7 +4,8 @@ bodies, in families ``XCreate`` (request), ``XUpdate`` (PATCH), ``XPublic`` (one
 names already are NeMo's.
 
 Requests forbid unknown fields (a typo is a 422 naming it), except where NeMo clients send optional
-extras. Responses allow extra fields: they echo what was stored.
+extras, and are ``api.bounds.Bounded``: every number finite and in range, every text valid Unicode
+without NUL, free-form objects included. Responses allow extra fields: they echo what was stored.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from api.bounds import Bounded, Positive
 from core.specs import Budget, EvaluationPlan, Hyperparameters, PromotionPolicy
 
 JobStatus = Literal["created", "pending", "running", "cancelling", "cancelled", "failed", "completed", "ready", "unknown"]
@@ -30,10 +32,13 @@ IGNORED_HYPERPARAMETERS = {
 }
 IGNORED_DPO = {"preference_average_log_probs", "sft_average_log_probs"}
 
+# ASCII only, starting with a letter or digit: no control or format (bidi, zero-width) characters, and
+# never the Data Store's reserved names (its temporary files start with ".tmp-").
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+:-]{0,254}$"
+MAX_PARAMETERS = 10**15  # a model's parameter count: above 2^31 for most models, far below 2^63
 
 
-class Wire(BaseModel):
+class Wire(Bounded):
     """A request body: unknown fields are an error that names them."""
 
     model_config = ConfigDict(extra="forbid")
@@ -45,7 +50,7 @@ class Echo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class Ownership(BaseModel):
+class Ownership(Bounded):
     model_config = ConfigDict(extra="allow")
 
     created_by: str | None = None
@@ -115,7 +120,7 @@ class DatasetCreate(EntityFields):
     namespace: str = Field(default=DEFAULT_NAMESPACE, pattern=_NAME_PATTERN)
     format: str | None = None
     hf_endpoint: str | None = None
-    limit: int | None = Field(default=None, ge=1)
+    limit: Positive | None = None
     split: str | None = None
 
 
@@ -123,11 +128,11 @@ class DatasetUpdate(EntityFields):
     files_url: str | None = Field(default=None, min_length=1, max_length=2048)
     format: str | None = None
     hf_endpoint: str | None = None
-    limit: int | None = Field(default=None, ge=1)
+    limit: Positive | None = None
     split: str | None = None
 
 
-class ModelArtifact(BaseModel):
+class ModelArtifact(Bounded):
     model_config = ConfigDict(extra="allow")
 
     files_url: str
@@ -135,10 +140,10 @@ class ModelArtifact(BaseModel):
     backend_engine: str | None = None
     gpu_arch: str | None = None
     precision: str | None = None
-    tensor_parallelism: int | None = None
+    tensor_parallelism: Positive | None = None
 
 
-class ApiEndpoint(BaseModel):
+class ApiEndpoint(Bounded):
     model_config = ConfigDict(extra="allow")
 
     url: str
@@ -176,7 +181,7 @@ class ModelUpdate(EntityFields):
 # ---------------------------------------------------------------- Customizer
 
 
-class TrainingOption(BaseModel):
+class TrainingOption(Bounded):
     """NeMo's training option; parallelism fields customizer does not use are kept and echoed."""
 
     model_config = ConfigDict(extra="forbid")
@@ -201,7 +206,7 @@ class TrainingOptionKey(Wire):
 class TargetCreate(EntityFields):
     name: str | None = Field(default=None, pattern=_NAME_PATTERN)
     namespace: str = Field(default=DEFAULT_NAMESPACE, pattern=_NAME_PATTERN)
-    num_parameters: int = Field(ge=1)
+    num_parameters: int = Field(ge=1, le=MAX_PARAMETERS)
     precision: Precision
     base_model: str | None = Field(default=None, max_length=512, description="Model name as served; default namespace/name.")
     enabled: bool = True
@@ -224,7 +229,7 @@ class TargetCreate(EntityFields):
 
 
 class TargetUpdate(EntityFields):
-    num_parameters: int | None = Field(default=None, ge=1)
+    num_parameters: int | None = Field(default=None, ge=1, le=MAX_PARAMETERS)
     precision: Precision | None = None
     base_model: str | None = Field(default=None, max_length=512)
     enabled: bool | None = None
@@ -261,7 +266,7 @@ class ConfigUpdate(EntityFields):
     name: str | None = Field(default=None, pattern=_NAME_PATTERN)
 
 
-class DatasetRef(BaseModel):
+class DatasetRef(Bounded):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=_NAME_PATTERN)

@@ -26,7 +26,7 @@ from typing import Any
 
 from api import customization, evaluation, orchestrator
 from api.db import JobRun, Store, iso, now
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, NotFound, for_caller
 from api.refresh import SharedRefresh
 from core import tags as tag
 from core import tracking
@@ -114,10 +114,12 @@ def tracked_run(settings: Settings, job_id: str) -> tuple[Any, Any]:
     return client, (runs[0] if runs else None)
 
 
-def _detail(message: str | None) -> str | None:
+def _detail(message: str | None, settings: Settings, flow_run_id: str) -> str | None:
+    """A run state's message as the job's caller sees it: without Prefect's preamble, tracebacks or server
+    folders (the run's log keeps the full text)."""
     if not message:
         return None
-    return message.removeprefix("Flow run encountered an exception: ").strip()
+    return for_caller(message.removeprefix("Flow run encountered an exception: ").strip(), settings, f"flow run {flow_run_id}")
 
 
 # ---------------------------------------------------------------- customization jobs
@@ -178,11 +180,11 @@ def _customization_details(settings: Settings, job: Job, state: orchestrator.Run
     for status, name, at, message in state.history:
         entry = {"updated_at": iso(at) if at else iso(now()), "message": name}
         if status in ("failed", "cancelled") and message:
-            entry["detail"] = _detail(message)
+            entry["detail"] = _detail(message, settings, state.flow_run_id)
         logs.append(entry)
     if not state.history:
         logs.append({"updated_at": iso(state.timestamp or now()), "message": state.state_name}
-                    | ({"detail": _detail(state.message)} if state.status == "failed" else {}))
+                    | ({"detail": _detail(state.message, settings, state.flow_run_id)} if state.status == "failed" else {}))
     if logs[-1]["message"] == "Late":  # Prefect marks a run no worker picked up in time
         logs[-1]["detail"] = "no worker has started this job yet: is `customizer worker` (or `customizer up`) running?"
     if logs[-1]["message"] in ("Paused", "Suspended"):  # an approval gate: the job waits for a reviewer
@@ -227,21 +229,23 @@ def _finish_customization(store: Store, settings: Settings, job: Job, tags: Tags
 customization_jobs = JobStatus(customization.JOB, "Job", _customization_details, _finish_customization, history=True)
 
 
-def job_logs(job: Job) -> dict[str, Any]:
-    """The flow run's log in NeMo's ``JobLogs`` shape: one entry for the job's run.
+def job_logs(job: Job, settings: Settings) -> dict[str, Any]:
+    """The flow run's log in NeMo's ``JobLogs`` shape: one entry for the job's run, each line as a
+    caller may see it (``run_log``).
 
     Raises:
         OrchestratorUnavailable: Prefect cannot be reached.
     """
     flow_run_id = JobRun.of(job).flow_run_id
-    lines = orchestrator.logs(flow_run_id)
+    lines = run_log(flow_run_id, settings)
     failed = job["status"] == "failed"
     last = job["status_details"]["status_logs"][-1]
     entry = {
         "object": f"flow-run/{flow_run_id}",
         "status": {"phase": job["status"]},
         "events": [
-            {"count": 1, "first_seen": log["updated_at"], "last_seen": log["updated_at"], "message": log.get("detail") or log["message"],
+            {"count": 1, "first_seen": log["updated_at"], "last_seen": log["updated_at"],
+             "message": for_caller(log.get("detail") or log["message"], settings, f"flow run {flow_run_id}"),
              "reason": log["message"], "type": "Warning" if log.get("detail") else "Normal"}
             for log in job["status_details"]["status_logs"]
         ],
@@ -249,9 +253,20 @@ def job_logs(job: Job) -> dict[str, Any]:
     }
     error = None
     if failed:
-        error = {"message": last.get("detail") or "the job failed", "timestamp": last["updated_at"],
+        error = {"message": for_caller(last.get("detail") or "the job failed", settings, f"flow run {flow_run_id}"), "timestamp": last["updated_at"],
                  "exception_type": (last.get("detail") or "").split(":", 1)[0] or None}
     return {"entries": {job["id"]: entry}, "error": error}
+
+
+def run_log(flow_run_id: str, settings: Settings) -> list[dict[str, Any]]:
+    """A flow run's log lines (``orchestrator.logs``) as a caller may see them: each message without
+    tracebacks or server folders (``api.errors.for_caller``; the run's own log keeps the full text).
+
+    Raises:
+        OrchestratorUnavailable: Prefect cannot be reached.
+    """
+    where = f"flow run {flow_run_id}"
+    return [line | {"message": for_caller(str(line["message"] or ""), settings, where)} for line in orchestrator.logs(flow_run_id)]
 
 
 # ---------------------------------------------------------------- evaluation jobs
@@ -282,7 +297,7 @@ def _evaluation_details(settings: Settings, job: Job, state: orchestrator.RunSta
     """A message for the run's state and, with ``with_progress``, the progress the evaluation reports."""
     details = dict(job["status_details"])
     if state.status == "failed":
-        details["message"] = _detail(state.message) or "failed"
+        details["message"] = _detail(state.message, settings, state.flow_run_id) or "failed"
     elif state.status == "completed":
         details["message"] = "Job completed successfully"
     else:

@@ -1,23 +1,19 @@
-"""The URLs a caller may hand the service: the configured schemes, folders and hosts
-(``data.sources.check_url``), and whatever lies in the platform's own stores (the Data Store,
-published adapters) only in namespaces the caller's key may use, whichever way it is named (``hf://``,
-``file://`` or ``s3://``).
+"""The URLs a caller may hand the service, as 422s: ``data.sources.check_access`` decides (the
+configured schemes, folders and hosts; the platform's own stores only in the namespaces the caller's
+key may use, whichever way they are named), this module names the field.
 
 A refused URL is a 422 in FastAPI's usual shape, naming the field and the allowed set.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import Caller
 from core.settings import Settings
-from data.datastore import DatastoreError, parse_hf_url
-from data.sources import SourceError, UrlKind, check_url, local_path
+from data.sources import SourceError, UrlKind, check_access
 
 
 def refuse(loc: tuple[str | int, ...], url: Any, message: str) -> RequestValidationError:
@@ -27,7 +23,7 @@ def refuse(loc: tuple[str | int, ...], url: Any, message: str) -> RequestValidat
 
 
 def checked_url(settings: Settings, caller: Caller, loc: tuple[str | int, ...], url: Any, kind: UrlKind = "dataset") -> None:
-    """Refuse a URL the server may not read or call, or a Data Store dataset outside the caller's namespaces.
+    """Refuse a URL the server may not read or call for ``caller`` (``data.sources.check_access``).
 
     Raises:
         RequestValidationError: naming the field at ``loc`` and why.
@@ -37,42 +33,6 @@ def checked_url(settings: Settings, caller: Caller, loc: tuple[str | int, ...], 
     if not isinstance(url, str):
         raise refuse(loc, url, "expected a URL")
     try:
-        check_url(url, settings, kind)
+        check_access(url, settings, caller.namespaces, kind)
     except SourceError as exc:
         raise refuse(loc, url, str(exc)) from exc
-    if kind == "dataset" and url.startswith("hf://"):
-        try:
-            _, namespace, _, _ = parse_hf_url(url)
-        except DatastoreError as exc:
-            raise refuse(loc, url, str(exc)) from exc
-        if not caller.sees(namespace):
-            raise refuse(loc, url, f"names Data Store namespace {namespace!r}, which this API key may not use")
-    namespace = store_namespace(url, settings)
-    if namespace is not None and not caller.sees(namespace):
-        shown = repr(namespace) if namespace else "every namespace"
-        raise refuse(loc, url, f"lies in the platform's store under {shown}, which this API key may not use")
-
-
-def store_namespace(url: str, settings: Settings) -> str | None:
-    """The namespace a URL inside the store or the Data Store belongs to ("" for their roots, which
-    span namespaces), or None for a URL outside both.
-
-    The store keeps ``<namespace>/<name>/<version>``; the Data Store ``<datasets|models>/<namespace>/<name>``.
-    """
-    path = local_path(url)
-    for root_uri, depth in ((settings.publish_uri, 0), (settings.datastore_root_uri, 1)):
-        root = urlparse(root_uri)
-        if root.scheme == "file" and path is not None:
-            base, resolved = Path(root.path).resolve(), path.resolve()
-            if resolved != base and base not in resolved.parents:
-                continue
-            parts = resolved.relative_to(base).parts
-        elif root.scheme == "s3" and url.startswith("s3://"):
-            base, target = f"{root.netloc}/{root.path.strip('/')}".strip("/"), url.removeprefix("s3://").strip("/")
-            if target != base and not target.startswith(base + "/"):
-                continue
-            parts = tuple(p for p in target[len(base):].split("/") if p)
-        else:
-            continue
-        return parts[depth] if len(parts) > depth else ""
-    return None

@@ -33,6 +33,7 @@ from core.settings import Settings
 ACTIONS = (
     "job.created", "job.cancelled", "approval.approved", "approval.rejected", "gate.decided",
     "model.registered", "model.promoted", "alias.moved", "policy.changed", "principal.added", "principal.revoked",
+    "champion.refused", "decision.signed",
 )
 
 metadata = MetaData()

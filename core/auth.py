@@ -21,7 +21,7 @@ def principals_file(settings: Settings) -> Path:
 
 
 def enabled(settings: Settings) -> bool:
-    """True when callers are authenticated: API keys are set, or the principals file has an entry.
+    """True when callers are authenticated: API keys are set, ``auth_required`` is, or the principals file has an entry.
 
     A principals file that exists but cannot be read, parsed, or is not a mapping counts as on (fail closed: an answer
     then needs the platform's signature, which the platform's own front doors always give).
@@ -37,7 +37,7 @@ def enabled(settings: Settings) -> bool:
     >>> enabled(settings)
     True
     """
-    if settings.api_keys:
+    if settings.api_keys or settings.auth_required:
         return True
     path = principals_file(settings)
     if not path.exists():

@@ -8,11 +8,13 @@ full URN; a URN without ``@version`` is refused.
 
 from __future__ import annotations
 
+import string
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.settings import Settings
 
@@ -111,6 +113,28 @@ class CustomizationConfig(BaseModel):
     )
     training_options: list[TrainingOption] = Field(min_length=1)
 
+    @field_validator("prompt_template")
+    @classmethod
+    def _plain_fields(cls, value: str) -> str:
+        """Only ``{prompt}`` and ``{completion}``: a template is text, so no attribute, index or format
+        spec can reach into the values it is filled with.
+
+        >>> CustomizationConfig._plain_fields("Q: {prompt} A: {completion} {{x}}")
+        'Q: {prompt} A: {completion} {{x}}'
+        >>> CustomizationConfig._plain_fields("{prompt.__class__}")
+        Traceback (most recent call last):
+        ValueError: `prompt_template` may hold only {prompt} and {completion} (write {{ and }} for braces), not {prompt.__class__}
+        """
+        try:
+            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"`prompt_template` is not a valid template: {exc} (write {{{{ and }}}} for braces)") from exc
+        for name, spec, conversion in fields:
+            if name not in ("prompt", "completion") or spec or conversion:
+                shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(f"`prompt_template` may hold only {{prompt}} and {{completion}} (write {{{{ and }}}} for braces), not {shown}")
+        return value
+
     @property
     def urn(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -149,8 +173,12 @@ def _read_config_file(path: Path) -> list[CustomizationConfig]:
 def load_catalog(settings: Settings) -> dict[str, CustomizationConfig]:
     """All configs by URN: the built-in ones, then those in ``settings.config_dirs`` (which may override),
     then those created through the API (``settings.api_configs_dir``)."""
+    return _load([BUILTIN_DIR, *settings.config_dirs, settings.api_configs_dir])
+
+
+def _load(folders: list[Path]) -> dict[str, CustomizationConfig]:
     catalog: dict[str, CustomizationConfig] = {}
-    for folder in [BUILTIN_DIR, *settings.config_dirs, settings.api_configs_dir]:
+    for folder in folders:
         for path in sorted(Path(folder).glob("*.yaml")):
             for config in _read_config_file(path):
                 parse_config_urn(config.urn)  # every config must carry a version too
@@ -158,14 +186,32 @@ def load_catalog(settings: Settings) -> dict[str, CustomizationConfig]:
     return catalog
 
 
-def get_config(urn: str, settings: Settings) -> CustomizationConfig:
+def usable_configs(settings: Settings, namespaces: Collection[str] | None = ()) -> list[str]:
+    """The URNs a caller of ``namespaces`` may use: every shipped and operator config (``core/configs``,
+    ``config_dirs``) and the API-created ones of those namespaces (None or ``*``: every namespace).
+
+    >>> from core.settings import Settings
+    >>> "customizer/tiny-llama@v1.0.0+cpu" in usable_configs(Settings(data_dir="/nonexistent"))
+    True
+    """
+    shared = _load([BUILTIN_DIR, *settings.config_dirs])
+    created = _load([settings.api_configs_dir])
+    everyone = namespaces is None or "*" in namespaces
+    return sorted(set(shared) | {urn for urn, config in created.items() if everyone or config.namespace in namespaces})
+
+
+def get_config(urn: str, settings: Settings, namespaces: Collection[str] | None = ()) -> CustomizationConfig:
     """Look a config up by URN.
 
     A URN already in its full form (what a validated ``JobSpec.config`` holds) is found without
     parsing it again; any other spelling is parsed first.
 
+    Args:
+        namespaces: whose configs an unknown URN's message may list (``usable_configs``); by default
+            only the shipped and operator ones, as the asker's namespaces are not known here.
+
     Raises:
-        CatalogError: the URN has no version, or no config has that URN (the message lists them).
+        CatalogError: the URN has no version, or no config has that URN (the message lists those usable).
     """
     catalog = load_catalog(settings)
     if urn in catalog:
@@ -173,6 +219,6 @@ def get_config(urn: str, settings: Settings) -> CustomizationConfig:
     namespace, name = parse_config_urn(urn)
     key = f"{namespace}/{name}"
     if key not in catalog:
-        known = ", ".join(sorted(catalog)) or "none"
+        known = ", ".join(usable_configs(settings, namespaces)) or "none"
         raise CatalogError(f"`config` {urn!r} is not in the catalog; available configs: {known}")
     return catalog[key]

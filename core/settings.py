@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         'Authentication is on when a bootstrap key or a principal exists. Neither: no authentication, no identities '
         '(the embedded default, for a laptop only; the API warns at start).',
     )
+    auth_required: bool = Field(
+        default=False,
+        description="Authentication is on even when no key or principal is visible to this process: `customizer up` "
+        "sets it for the worker, which is not given the API's keys.",
+    )
     datastore_uri: str | None = Field(
         default=None,
         description="Where the Data Store keeps dataset and model repo files: file:///path or s3://bucket/prefix. "

@@ -7,14 +7,68 @@ request into a spec without renaming. Defaults live here and nowhere else.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.catalog import FinetuningType, TrainingType, parse_config_urn
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# The largest integer any spec field takes: what Prefect's run parameters, SQLite, PostgreSQL and torch all hold.
+INT32_MAX = 2**31 - 1
+INT64_MAX, MAX_DEPTH, MAX_VALUES = 2**63 - 1, 32, 100_000  # any integer; nesting levels and values in one input
+
+
+def check_value(value: Any) -> None:
+    """Refuse decoded JSON holding a number that is not finite, an integer outside 64 bits, text that is not
+    valid Unicode or holds NUL, or more than ``MAX_DEPTH`` levels or ``MAX_VALUES`` values; the ValueError
+    names the dotted path. It runs before fields are read: a refusal that echoed such a value could not be sent.
+
+    >>> check_value({"a": [1, float("nan")]})
+    Traceback (most recent call last):
+    ...
+    ValueError: `a.1` is not a finite number: send a number (NaN and Infinity are refused)
+    """
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    for seen in range(1, MAX_VALUES + 2):
+        if not stack:
+            return
+        item, path = stack.pop()
+        where = ".".join(map(str, path)) or "the body"
+        if seen > MAX_VALUES or len(path) > MAX_DEPTH:
+            where = ".".join(map(str, path[:3])) + "..."
+            raise ValueError(f"`{where}` is nested over {MAX_DEPTH} levels deep or holds over {MAX_VALUES} values: send less")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"`{where}` is not a finite number: send a number (NaN and Infinity are refused)")
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > INT64_MAX:
+            raise ValueError(f"`{where}` is an integer outside 64 bits: send one between -2^63 and 2^63-1")
+        texts = [item] if isinstance(item, str) else [k for k in item if isinstance(k, str)] if isinstance(item, dict) else []
+        if any("\x00" in text or not text.isascii() and not _encodable(text) for text in texts):
+            raise ValueError(f"`{where}` holds NUL or text that is not valid Unicode: send valid UTF-8 text without NUL")
+        children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, (list, tuple)) else ()
+        stack.extend((child, (*path, key)) for key, child in children)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a "\ud800" JSON escape
+        return False
+    return True
+
+
+class _Bounded(BaseModel):
+    """A spec model: raw input passes ``check_value``; unknown fields and NaN or Infinity are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        check_value(data)
+        return data
 _NAME_CHARS = re.compile(r"[^a-z0-9._-]+")
 
 
@@ -67,16 +121,14 @@ def default_output_model(config_urn: str, dataset: str, method: str, namespace: 
     return f"{namespace}/{name[:63].rstrip('-._') or 'model'}"
 
 
-class LoraParams(BaseModel):
+class LoraParams(_Bounded):
     """LoRA adapter shape."""
 
-    model_config = ConfigDict(extra="forbid")
-
     adapter_dim: int = Field(default=8, ge=1, le=1024, description="LoRA rank r (a power of 2).")
-    alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator; the scale is alpha / adapter_dim.")
+    alpha: int = Field(default=16, ge=1, le=16384, description="LoRA scaling numerator; the scale is alpha / adapter_dim.")
     adapter_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     target_modules: list[str] | None = Field(
-        default=None, description="Module names to adapt; default: the config's lora_target_modules."
+        default=None, max_length=256, description="Module names to adapt; default: the config's lora_target_modules."
     )
 
     @field_validator("adapter_dim")
@@ -87,27 +139,24 @@ class LoraParams(BaseModel):
         return value
 
 
-class DpoParams(BaseModel):
+class DpoParams(_Bounded):
     """Direct Preference Optimization settings (NeMo names)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ref_policy_kl_penalty: float = Field(
         default=0.1, gt=0.0, le=10.0, description="beta: how strongly the policy is held to the reference model."
     )
-    preference_loss_weight: float = Field(default=1.0, ge=0.0, description="Weight of the preference (sigmoid) loss.")
-    sft_loss_weight: float = Field(default=0.0, ge=0.0, description="Weight of an SFT loss on the chosen response.")
-    max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradient clipping norm.")
+    preference_loss_weight: float = Field(default=1.0, ge=0.0, le=1000.0, description="Weight of the preference (sigmoid) loss.")
+    sft_loss_weight: float = Field(default=0.0, ge=0.0, le=1000.0, description="Weight of an SFT loss on the chosen response.")
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1e6, description="Gradient clipping norm.")
 
 
-class GrpoParams(BaseModel):
+class GrpoParams(_Bounded):
     """Group Relative Policy Optimization with verifiable rewards."""
-
-    model_config = ConfigDict(extra="forbid")
 
     rewards: list[str] = Field(
         default_factory=lambda: ["exact_answer"],
         min_length=1,
+        max_length=64,
         description="Reward functions: built-in names (exact_answer, multiple_choice, numeric_answer, json_format) "
         "or 'module:function' for your own.",
     )
@@ -116,27 +165,23 @@ class GrpoParams(BaseModel):
     max_new_tokens: int = Field(default=32, ge=1, le=8192, description="Generation budget per completion.")
     generation_temperature: float = Field(default=1.0, gt=0.0, le=2.0)
     generation_top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    ref_policy_kl_penalty: float = Field(default=0.0, ge=0.0, description="beta of the KL term (0: no reference model).")
+    ref_policy_kl_penalty: float = Field(default=0.0, ge=0.0, le=100.0, description="beta of the KL term (0: no reference model).")
     ratio_clip: float = Field(default=0.2, gt=0.0, lt=1.0, description="epsilon of the clipped policy ratio.")
     normalize_rewards: bool = Field(default=True, description="Scale advantages by the group's reward std.")
     overlong_filtering: bool = Field(default=False, description="Exclude truncated completions from the loss.")
-    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1e6)
 
 
-class EarlyStopping(BaseModel):
+class EarlyStopping(_Bounded):
     """Stop when validation loss stops improving (NeMo's defaults)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     enabled: bool = True
-    patience: int = Field(default=10, ge=1, description="Validations without improvement before stopping.")
-    min_delta: float = Field(default=0.001, ge=0.0, description="Smallest decrease of val_loss that counts.")
+    patience: int = Field(default=10, ge=1, le=INT32_MAX, description="Validations without improvement before stopping.")
+    min_delta: float = Field(default=0.001, ge=0.0, le=1e6, description="Smallest decrease of val_loss that counts.")
 
 
-class Hyperparameters(BaseModel):
+class Hyperparameters(_Bounded):
     """Training hyperparameters (NeMo Customizer names)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     training_type: TrainingType = Field(default="sft", description="Training objective: sft, dpo or grpo.")
     finetuning_type: FinetuningType = Field(
@@ -146,18 +191,19 @@ class Hyperparameters(BaseModel):
     batch_size: int = Field(default=8, ge=1, le=4096, description="Global batch size (examples per optimizer step).")
     learning_rate: float = Field(default=5e-4, gt=0.0, lt=1.0, description="Peak learning rate.")
     min_learning_rate: float | None = Field(
-        default=None, ge=0.0, description="Floor of the cosine schedule; default 0.1 x learning_rate."
+        default=None, ge=0.0, lt=1.0, description="Floor of the cosine schedule; default 0.1 x learning_rate."
     )
-    warmup_steps: int = Field(default=2, ge=0, description="Linear warm-up steps.")
+    warmup_steps: int = Field(default=2, ge=0, le=INT32_MAX, description="Linear warm-up steps.")
     weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
-    max_steps: int = Field(default=-1, description="Stop after this many steps if > 0.")
+    max_steps: int = Field(default=-1, ge=-1, le=INT32_MAX, description="Stop after this many steps if > 0 (-1: no limit).")
     val_check_interval: float = Field(
         default=1.0,
         gt=0.0,
+        le=INT32_MAX,
         description="Validate (and checkpoint) every this fraction of an epoch if <= 1, else every this many steps.",
     )
-    log_every_n_steps: int = Field(default=2, ge=1, description="Train-loss logging interval, in steps.")
-    seed: int = Field(default=42, description="Seed for data order, holdout split and initialisation.")
+    log_every_n_steps: int = Field(default=2, ge=1, le=INT32_MAX, description="Train-loss logging interval, in steps.")
+    seed: int = Field(default=42, ge=0, le=INT32_MAX, description="Seed for data order, holdout split and initialisation.")
     sequence_packing_enabled: bool = Field(
         default=False, description="Pack examples into full rows without cross-attention between them (SFT)."
     )
@@ -191,24 +237,24 @@ class Hyperparameters(BaseModel):
 DEFAULT_GENERAL_SUITE = ("mmlu_dev", "bb_knowledge", "bb_reasoning", "ifeval_lite", "pydoc_prose")
 
 
-class EvaluationPlan(BaseModel):
+class EvaluationPlan(_Bounded):
     """What baseline and candidate are scored on."""
-
-    model_config = ConfigDict(extra="forbid")
 
     task_metric: str | None = Field(
         default=None,
+        max_length=128,
         description="Task metric the gate uses. Default by data: exact_match (completion/chat; also "
         "json_field_match, f1, rouge_l, bleu, contains), preference_accuracy (preference pairs), the first "
         "GRPO reward (reward data).",
     )
     general_benchmarks: list[str] = Field(
         default_factory=lambda: list(DEFAULT_GENERAL_SUITE),
+        max_length=64,
         description="General benchmarks for the forgetting check: shipped ones (evaluation/benchmarks/general; "
         "the default suite covers knowledge, reasoning, instruction following and language modelling), or "
         "lm-eval:<task> for a task of lm-eval's registry whose data is at hand.",
     )
-    limit: int | None = Field(default=None, ge=1, description="Score at most this many items per benchmark.")
+    limit: int | None = Field(default=None, ge=1, le=INT32_MAX, description="Score at most this many items per benchmark.")
     batch_size: int = Field(default=16, ge=1, le=512, description="Evaluation batch size.")
     max_new_tokens: int = Field(default=48, ge=1, le=4096, description="Generation budget per task item.")
     few_shot: int = Field(
@@ -222,7 +268,7 @@ class EvaluationPlan(BaseModel):
     force_training: bool = Field(default=False, description="Train even when prompting already reaches target_score.")
 
 
-class PromotionPolicy(BaseModel):
+class PromotionPolicy(_Bounded):
     """When a candidate becomes the champion, and when a person must agree first.
 
     The policy that governs a job comes in layers (``evaluation.policy``): these defaults, then the
@@ -235,23 +281,21 @@ class PromotionPolicy(BaseModel):
     when it differs from the default here (a spec that travelled as JSON carries every field).
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     min_task_gain: float = Field(
-        default=0.0, ge=0.0, description="Points (0-100 scale) the task score must gain over the baseline, strictly."
+        default=0.0, ge=0.0, le=100.0, description="Points (0-100 scale) the task score must gain over the baseline, strictly."
     )
     max_general_drop: float = Field(
-        default=2.0, ge=0.0,
+        default=2.0, ge=0.0, le=100.0,
         description="The forgetting limit in points: the candidate must show, with a paired one-sided bound at "
         "`forgetting_alpha`, that its drop over the counted accuracy benchmarks (pooled item by item) is smaller.",
     )
     max_benchmark_drop: float | None = Field(
-        default=None, ge=0.0,
+        default=None, ge=0.0, le=100.0,
         description="Points a single counted benchmark must show it did not lose, however well the pool did "
         "(a large drop on one benchmark blocks). Default: 3 x max_general_drop.",
     )
     max_bpb_increase: float = Field(
-        default=5.0, ge=0.0,
+        default=5.0, ge=0.0, le=1e6,
         description="Percent by which the bits-per-byte of held-out prose (language-modelling benchmarks) may "
         "rise; shown with a paired one-sided bound, like the accuracy limit.",
     )
@@ -263,15 +307,16 @@ class PromotionPolicy(BaseModel):
         "1 - alpha confidence; a drop beyond the limit at that confidence rejects, an undecided one holds.",
     )
     max_forgetting_kl: float | None = Field(
-        default=None, gt=0.0,
+        default=None, gt=0.0, le=1e6,
         description="Stop training at the first validation whose forgetting_kl (KL divergence of the model "
         "from the base on fixed general prompts, nats per token) exceeds this; the best checkpoint under it is kept.",
     )
     benchmarks: list[str] | None = Field(
-        default=None, description="General benchmarks that count for forgetting; default: every one scored."
+        default=None, max_length=64, description="General benchmarks that count for forgetting; default: every one scored."
     )
     review_methods: list[str] = Field(
         default_factory=lambda: ["all_weights", "dpo", "grpo"],
+        max_length=16,
         description="Methods (training or finetuning types) that need a reviewer's approval before training "
         "and before promotion. LoRA SFT is self-service by default.",
     )
@@ -279,7 +324,7 @@ class PromotionPolicy(BaseModel):
         default="hold", description="What a validation loss that rose while training loss fell leads to."
     )
     approval_timeout_hours: float = Field(
-        default=72.0, gt=0, description="An approval not given within this time counts as a rejection."
+        default=72.0, gt=0, le=87_600, description="An approval not given within this time counts as a rejection."
     )
 
     def needs_review(self, training_type: str, finetuning_type: str) -> bool:
@@ -291,21 +336,17 @@ class PromotionPolicy(BaseModel):
         return self.max_benchmark_drop if self.max_benchmark_drop is not None else 3 * self.max_general_drop
 
 
-class Budget(BaseModel):
+class Budget(_Bounded):
     """A ceiling on the estimated training cost; a job above it is refused before training."""
 
-    model_config = ConfigDict(extra="forbid")
-
     max_device_hours: float | None = Field(
-        default=None, gt=0, description="GPU-hours (CPU-hours on a CPU config) the estimate may not exceed."
+        default=None, gt=0, le=1e9, description="GPU-hours (CPU-hours on a CPU config) the estimate may not exceed."
     )
     utilisation: float = Field(default=0.4, gt=0, le=1, description="Share of the device's peak assumed by the estimate.")
 
 
-class Replay(BaseModel):
+class Replay(_Bounded):
     """General examples mixed into the training split, so the model rehearses what it already knew."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ratio: float = Field(
         default=0.0, ge=0.0, le=1.0,
@@ -313,15 +354,14 @@ class Replay(BaseModel):
     )
     source: str = Field(
         default="self",
+        max_length=2048,
         description="self: answers the base model generates to shipped general prompts (self-rehearsal); or a "
         "dataset folder (JSONL records in the training format) whose examples are mixed in.",
     )
 
 
-class DataOptions(BaseModel):
+class DataOptions(_Bounded):
     """How ingest treats examples that do not fit the config."""
-
-    model_config = ConfigDict(extra="forbid")
 
     long_examples: Literal["error", "drop", "truncate"] = Field(
         default="error",
@@ -334,6 +374,29 @@ class DataOptions(BaseModel):
         default_factory=lambda: Replay(),
         description="General examples mixed into training against forgetting (SFT only).",
     )
+
+
+class Submission(BaseModel):
+    """Who submitted a flow run through the platform, and the platform's signature over the run's
+    parameters and these fields (``core.submission``). The REST API and the CLI sign what they submit;
+    a run created or edited anywhere else (Prefect's API or UI) carries no signature that verifies, and
+    with authentication on its flow stops at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    principal: str | None = Field(
+        default=None, description="Who submitted it: the API key's principal (None with authentication off), operator for the CLI."
+    )
+    namespaces: list[str] = Field(
+        default_factory=lambda: ["*"], description='Namespaces the submitter may use; ["*"]: every namespace.'
+    )
+    roles: list[str] = Field(default_factory=list, description="The submitter's roles (submit, review, admin).")
+    door: Literal["api", "cli"] = Field(
+        default="api",
+        description="Where it was signed: the REST API (which checked every location against the caller's namespaces "
+        "and the allowed folders), or the operator's CLI on the server (the operator's own files).",
+    )
+    signature: str = Field(default="", description="The platform's signature (core.submission); empty: unsigned.")
 
 
 class CustomizationSpec(BaseModel):
@@ -371,6 +434,11 @@ class CustomizationSpec(BaseModel):
         default_factory=dict,
         description="Secrets for the run, sealed with the platform's key (the API seals what clients send); "
         "the training task unseals them into its environment, e.g. wandb-api-key as WANDB_API_KEY.",
+    )
+    submission: Submission | None = Field(
+        default=None,
+        description="Who submitted the job, signed by the platform (the REST API and the CLI set it); checked when the job "
+        "starts: with authentication on, a job without a valid one does not run.",
     )
 
     @field_validator("config")

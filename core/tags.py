@@ -40,6 +40,10 @@ TASK_METRIC = "customizer.task_metric"
 BENCHMARK_VERSIONS = "customizer.benchmark_versions"
 DECISION = "customizer.decision"
 DECISION_REASONS = "customizer.decision.reasons"
+# The platform's signature (core.secrets.sign) of a version's decision, its approvals, its run and
+# ARTIFACT_SHA256: only a version whose signature matches can be trusted as champion (deploy.trust).
+DECISION_SIGNATURE = "customizer.decision.signature"
+ARTIFACT_SHA256 = "customizer.artifact.sha256"  # digest of the published files' sha256 (deploy.trust.files_digest)
 ARTIFACT = "customizer.artifact"  # "adapter" or the weights' kind
 AUDIT = "customizer.audit"  # on a version: its job's audit trail, one line per record (core.audit.summary)
 

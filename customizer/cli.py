@@ -10,6 +10,7 @@
                                     through the REST API as the principal of the API key)
     customizer keys add NAME --namespace NS --role ROLE   add a principal (prints its API key once)
     customizer keys list | revoke NAME                    list or revoke principals (no keys shown)
+    customizer services [--password]                      the user and password of the Prefect and MLflow UIs of `up`
     customizer generate MODEL PROMPT [--version V]
                                     load a registered version from MLflow and generate
     customizer serve-models         serve the base model and published adapters (OpenAI-compatible API)
@@ -28,7 +29,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from core.services import default_prefect_auth
 from core.settings import apply_environment, get_settings
+from core.storage import NotPrivate, make_private, private_umask
 
 
 def quiet_libraries() -> None:
@@ -74,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     keys_sub.add_parser("list", help="list the principals and bootstrap keys (never a key)")
     revoke = keys_sub.add_parser("revoke", help="revoke a principal: its key stops working at the API's next request")
     revoke.add_argument("name")
+    services = sub.add_parser("services", help="print the user and password that sign in to the Prefect and MLflow UIs of "
+                              "`customizer up` on this data folder")
+    services.add_argument("--password", action="store_true", help="print the password alone (for scripts)")
+    reapprove = sub.add_parser("reapprove", help="sign, as a reviewer's approval, the gate decision of a version registered "
+                               "before decisions were signed, so serving and retraining trust it as champion")
+    reapprove.add_argument("model", help="output model, namespace/name")
+    reapprove.add_argument("version")
+    reapprove.add_argument("--reviewer", required=True, help="who confirms the decision (recorded in the audit trail)")
+    reapprove.add_argument("--comment", default="")
     generate = sub.add_parser("generate", help="generate with a registered model version")
     generate.add_argument("model", help="output model name, namespace/name")
     generate.add_argument("prompt")
@@ -116,7 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
+    try:  # before any command: what this process and those it starts create is the platform user's alone
+        private_umask()
+        make_private(settings.root)
+    except NotPrivate as exc:
+        print(f"customizer: error: {exc}", file=sys.stderr)
+        return 2
     apply_environment(settings)
+    default_prefect_auth(settings)  # a platform's Prefect server asks for the service account
     quiet_libraries()
     # The commands import Prefect, MLflow and transformers, which read the environment when imported.
     # delayed: until the settings are in the environment (and so `--help` stays fast)
@@ -127,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "configs": run.cmd_configs, "prepare-model": run.cmd_prepare_model, "approve": run.cmd_approve,
             "generate": run.cmd_generate, "serve-models": run.cmd_serve_models, "serving": run.cmd_vllm_args,
             "data": run.cmd_data_validate, "up": run.cmd_up, "api": run.cmd_api, "worker": run.cmd_worker, "keys": run.cmd_keys,
+            "services": run.cmd_services, "reapprove": run.cmd_reapprove,
         }
         if args.command in chosen:
             return chosen[args.command](args, settings)

@@ -24,15 +24,16 @@ from pydantic import ValidationError
 from api import orchestrator
 from api.app import create_app
 from api.principals import (
-    PrincipalError, PrincipalSpec, PrincipalsUnreadable, add_principal, bootstrap_principals, revoke_principal, store_for,
+    ROLES, PrincipalError, PrincipalSpec, PrincipalsUnreadable, add_principal, bootstrap_principals, revoke_principal, store_for,
 )
-from core import auth, audit
+from core import auth, audit, services
 from core import tags as tag
 from core import tracking
 from core.catalog import CatalogError, get_config, load_catalog
 from core.ids import uuid_from_id
 from core.settings import Settings
 from core.specs import CustomizationSpec
+from core.submission import EVERY, signed
 from customizer.summary import render_summary
 from customizer.up import resume_orphaned_runs, up
 from customizer.worker import DeploymentsError, runner_deployments
@@ -40,8 +41,9 @@ from data.ingest import DatasetError, ingest_dataset
 from data.lengths import LengthCheck
 from data.preference import render_with_answer
 from data.report import DataReport, render_text
-from deploy.registry import VersionNotFound, load_version
+from deploy.registry import CHAMPION, RegistryUnavailable, VersionNotFound, load_version
 from deploy.store import StoreError
+from deploy.trust import UntrustedChampion, re_approve, trusted_champion
 from evaluation.policy import PolicyError
 from flows.customize import customize
 from serving.handoff import HandOffError, vllm_args
@@ -83,6 +85,9 @@ def load_spec_file(path: Path) -> dict:
         raise UsageError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from exc
 
 
+OPERATOR = "operator"  # the principal the CLI's own submissions are signed for
+
+
 class UsageError(Exception):
     """A user error: printed as one clear message, exit status 2."""
 
@@ -115,7 +120,8 @@ def run_flow(spec, settings: Settings) -> int:
 
     started = time.monotonic()
     print(f"customizer: data folder {settings.root}; store {settings.publish_uri}", flush=True)
-    result = customize(spec)
+    # The operator's own submission, on this server: every namespace, the operator's files.
+    result = customize(signed(spec, settings, OPERATOR, [EVERY], ROLES, door="cli"))
     print(render_summary(result, time.monotonic() - started))
     return 0
 
@@ -213,6 +219,18 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"nothing changed: the audit record could not be written ({exc})") from exc
 
 
+def cmd_services(args: argparse.Namespace, settings: Settings) -> int:
+    """``customizer services``: the service account that signs in to the Prefect and MLflow UIs of
+    ``customizer up`` on this data folder (the password is derived from the platform key, on the server)."""
+    user, password = services.credentials(settings)
+    if args.password:
+        print(password)
+        return 0
+    print(f"user      {user}\npassword  {password}")
+    print("(the Prefect and MLflow servers of `customizer up` on this data folder; keep the password to operators)", file=sys.stderr)
+    return 0
+
+
 def _operator() -> str:
     """Who runs ``customizer keys``, for the audit trail: the operating-system user."""
     try:
@@ -253,11 +271,18 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
-    """Generate with a registered version, loaded back from MLflow (adapter applied to its base)."""
+    """Generate with a registered version, loaded back from MLflow (adapter applied to its base).
+    The champion is the version its alias points at only when the platform's signed decision allows it."""
 
+    ref = args.version
     try:
-        model, tokenizer, version = load_version(settings, args.model, args.version)
-    except VersionNotFound as exc:
+        if ref == CHAMPION:
+            champion = trusted_champion(settings, args.model, principal=_operator(), purpose="customizer generate")
+            if champion is None:
+                raise UsageError(f"{args.model} has no champion; name a version with --version")
+            ref = champion.version  # the very version that was checked, even if the alias moves meanwhile
+        model, tokenizer, version = load_version(settings, args.model, ref)
+    except (VersionNotFound, UntrustedChampion, RegistryUnavailable) as exc:
         raise UsageError(str(exc)) from exc
     # The prompt exactly as training and evaluation rendered it (chat template or the config's template).
     config_urn = tracking.client(settings).get_model_version(version.registered_model, version.version).tags[tag.CONFIG]
@@ -266,6 +291,17 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     print(f"# {args.model} version {version.version} ({', '.join(version.aliases) or 'no alias'})", file=sys.stderr)
     print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return 0
+
+
+def cmd_reapprove(args: argparse.Namespace, settings: Settings) -> int:
+    """Sign again, as ``args.reviewer``'s approval, the decision of a version registered before
+    decisions were signed, so it can be trusted as champion (``deploy.trust.re_approve``)."""
+    try:
+        trusted = re_approve(settings, args.model, args.version, args.reviewer or "", args.comment)
+    except (ValueError, StoreError, RegistryUnavailable) as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"{trusted.output_model} version {trusted.version}: decision signed, approved by {args.reviewer}")
     return 0
 
 
@@ -290,7 +326,7 @@ def cmd_vllm_args(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         arguments = vllm_args(args.namespace, settings)
-    except (HandOffError, StoreError) as exc:
+    except (HandOffError, StoreError, UntrustedChampion) as exc:
         raise UsageError(str(exc)) from exc
     if not settings.serving_lora_root:
         print("# adapter paths are store URIs; set CUSTOMIZER_SERVING_LORA_ROOT to where vLLM sees the store", file=sys.stderr)

@@ -1,10 +1,17 @@
 """``customizer up``: a whole local platform from one command.
 
 Starts, each in its own process group so it can be stopped with everything it spawned:
-1. the Prefect API and UI (``prefect server start``, SQLite under the data folder);
+1. the Prefect API and UI (``customizer.prefect_server``: ``prefect server start``'s app, SQLite under the data folder);
 2. the worker that runs the ``customize``, ``evaluate``, ``ingest`` and ``retrain`` deployments (``customizer worker``);
 3. the MLflow UI (``mlflow server`` on the same SQLite store, job execution off), unless disabled;
 4. the REST API (uvicorn).
+
+The Prefect and MLflow servers admit only the platform (``core.services``): both ask for the service
+account ``customizer`` (HTTP basic auth; MLflow grants nobody else anything), answer only their own
+address in the Host header and their own origin in CORS. The worker, the runs it starts and the REST API
+get the Prefect credentials; MLflow's are needed by no process of the platform, which reads and writes the
+registry's SQLite store directly. The worker is not given the API's keys (``CUSTOMIZER_API_KEYS``), only
+``CUSTOMIZER_AUTH_REQUIRED`` when authentication is on.
 
 The API, the Prefect server and the MLflow UI run at ``services_nice`` (default 10), below the
 worker and the jobs it runs: polling clients then take the CPU that training leaves, not the reverse.
@@ -19,6 +26,7 @@ from its last checkpoint), up to ``RESUME_LIMIT`` times, then it is marked crash
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import signal
@@ -31,7 +39,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import auth
+from core import auth, services
 from core.processes import free_port, stop_processes
 from core.settings import Settings
 
@@ -75,14 +83,14 @@ class Platform:
         return next((c for c in self.children if c.process.poll() is not None), None)
 
 
-def wait_healthy(url: str, child: Child, timeout: float) -> None:
-    """Poll ``url`` until it answers 200; fail early if the child exits."""
+def wait_healthy(url: str, child: Child, timeout: float, headers: dict[str, str] | None = None) -> None:
+    """Poll ``url`` (sending ``headers``) until it answers 200; fail early if the child exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.process.poll() is not None:
             raise StartError(f"{child.name} exited with status {child.process.returncode}; see {child.log_path}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -91,9 +99,10 @@ def wait_healthy(url: str, child: Child, timeout: float) -> None:
     raise StartError(f"{child.name} did not answer {url} within {timeout:.0f} s; see {child.log_path}")
 
 
-def _wait_for_deployments(prefect_api: str, names: list[str], child: Child, timeout: float) -> None:
+def _wait_for_deployments(prefect_api: str, names: list[str], child: Child, timeout: float, auth_string: str) -> None:
+    headers = {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
     for name in names:
-        wait_healthy(f"{prefect_api}/deployments/name/{name}", child, timeout)
+        wait_healthy(f"{prefect_api}/deployments/name/{name}", child, timeout, headers)
 
 
 RESUME_LIMIT = 5  # a run lost this many times is crashed for good, not resumed again
@@ -179,7 +188,7 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
     logs = root / "logs"
     prefect_port = prefect_port or free_port(host)
     api_port = api_port or free_port(host)
-    prefect_api = f"http://{host}:{prefect_port}/api"
+    prefect_api = f"{services.origin(host, prefect_port)}/api"
     env = dict(os.environ) | {
         "CUSTOMIZER_DATA_DIR": str(root),
         "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(settings.prefect_home)),
@@ -189,6 +198,12 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
         "PREFECT_UI_API_URL": prefect_api,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else mlflow starts ~10 worker processes
     }
+    # Each process gets the secrets it needs: every principal's key only the REST API, the Prefect
+    # credentials only Prefect's clients, the MLflow admin's only MLflow.
+    api_keys = {"CUSTOMIZER_API_KEYS": env.pop("CUSTOMIZER_API_KEYS")} if "CUSTOMIZER_API_KEYS" in env else {}
+    prefect_client = env | services.prefect_client_environment(settings)
+    worker_env = prefect_client | ({"CUSTOMIZER_AUTH_REQUIRED": "true"} if auth.enabled(settings) else {})
+    user, _ = services.credentials(settings)
     python = sys.executable
     platform = Platform()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -201,26 +216,30 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
     try:
         # The services that answer clients run below the worker's priority: training gets the CPU first.
         nice = settings.services_nice
-        prefect = platform.start("prefect", [python, "-m", "prefect", "server", "start", "--host", host, "--port", str(prefect_port),
-                                             "--analytics-off"], env, logs, nice)
+        prefect = platform.start("prefect", [python, "-m", "customizer.prefect_server", "--host", host, "--port", str(prefect_port)],
+                                 env | services.prefect_server_environment(settings, host, prefect_port), logs, nice)
         wait_healthy(f"{prefect_api}/health", prefect, timeout=180)
-        worker = platform.start("worker", [python, "-m", "customizer.cli", "worker", "--limit", str(worker_limit)], env, logs)
-        _wait_for_deployments(prefect_api, [settings.customize_deployment, settings.evaluate_deployment], worker, timeout=180)
+        worker = platform.start("worker", [python, "-m", "customizer.cli", "worker", "--limit", str(worker_limit)], worker_env, logs)
+        _wait_for_deployments(prefect_api, [settings.customize_deployment, settings.evaluate_deployment], worker, timeout=180,
+                              auth_string=services.prefect_auth_string(settings))
         mlflow_url = None
         if mlflow_ui:
             mlflow_port = mlflow_port or free_port(host)
             artifacts = ["--default-artifact-root", settings.mlflow_artifact_root.as_uri()] if settings.mlflow_tracking_uri is None else []
             mlflow = platform.start("mlflow", [python, "-m", "mlflow", "server", "--backend-store-uri", settings.tracking_uri, *artifacts,
-                                               "--host", host, "--port", str(mlflow_port), "--workers", "1"], env, logs, nice)
-            wait_healthy(f"http://{host}:{mlflow_port}/health", mlflow, timeout=180)
-            mlflow_url = f"http://{host}:{mlflow_port}"
+                                               "--host", host, "--port", str(mlflow_port), "--workers", "1",
+                                               *services.mlflow_server_arguments(host, mlflow_port)],
+                                    env | services.mlflow_server_environment(settings), logs, nice)
+            mlflow_url = services.origin(host, mlflow_port)
+            wait_healthy(f"{mlflow_url}/health", mlflow, timeout=180)
         api = platform.start("api", [python, "-m", "uvicorn", "--factory", "api.app:app_from_environment", "--host", host,
-                                     "--port", str(api_port), "--log-level", "warning"], env, logs, nice)
+                                     "--port", str(api_port), "--log-level", "warning", "--no-proxy-headers"], prefect_client | api_keys, logs, nice)
         wait_healthy(f"http://{host}:{api_port}/v1/health", api, timeout=120)
+        sign_in = f"(sign in as {user}; password: `customizer services`)"
         urls = {
             "API": f"http://{host}:{api_port}  (docs: http://{host}:{api_port}/docs)",
-            "Prefect UI": f"http://{host}:{prefect_port}",
-            "MLflow UI": mlflow_url or f"run: mlflow ui --backend-store-uri {settings.tracking_uri}",
+            "Prefect UI": f"{services.origin(host, prefect_port)}  {sign_in}",
+            "MLflow UI": f"{mlflow_url}  {sign_in}" if mlflow_url else f"run: mlflow ui --backend-store-uri {settings.tracking_uri}",
         }
         print("customizer is up:", flush=True)
         for name, url in urls.items():

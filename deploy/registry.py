@@ -13,6 +13,11 @@ could not be read.
 Every alias move goes through one function (``_move_alias``), which writes an ``alias.moved``
 record to the audit trail (``core.audit``) with the version before and after. A move whose record
 cannot be written is undone and the ``AuditError`` raised: no alias points anywhere unrecorded.
+
+Where an alias points is not proof that the platform put it there: whoever can write the registry
+can move it. What serves, retrains or sets the gate's bar reads the champion through
+``deploy.trust.trusted_champion``, which checks the version's signed decision; the readers here
+(``champion_version``, ``champion_tags``, ``champions``, ``namespace_champions``) give the raw alias.
 """
 
 from __future__ import annotations

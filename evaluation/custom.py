@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.specs import Submission
 from evaluation import metrics as m
-from evaluation.general import EvaluationError, attach_scorers, general_benchmark
+from evaluation.general import LM_EVAL_PREFIX, EvaluationError, attach_scorers, check_benchmark_name, general_benchmark, shipped_benchmarks
 from evaluation.runner import load_model
 
 log = logging.getLogger("customizer.evaluation")
@@ -55,6 +56,9 @@ class EvaluationRequest(BaseModel):
     config: dict[str, Any]
     model: ModelSpec
     data_files: dict[str, str] = Field(default_factory=dict, description="Task name -> local data file.")
+    submission: Submission | None = Field(
+        default=None, description="Who submitted the evaluation, signed by the platform (core.submission); checked when it starts."
+    )
 
 
 class ConfigProblem(ValueError):
@@ -65,9 +69,14 @@ def check_config(config: dict[str, Any]) -> None:
     """Validate a custom config's tasks and metrics before any work starts.
 
     Raises:
-        ConfigProblem: naming the field, e.g. ``tasks.qa.metrics.acc.type``.
+        ConfigProblem: naming the field, e.g. ``tasks.qa.metrics.acc.type``, or ``type`` when it is not
+            ``custom`` nor a benchmark name (a benchmark YAML file or path is not supported).
     """
     if config.get("type") != "custom":
+        try:
+            check_benchmark_name(config.get("type"), "type")
+        except EvaluationError as exc:
+            raise ConfigProblem(str(exc)) from exc
         return
     tasks = config.get("tasks") or {}
     if not tasks or not isinstance(tasks, dict):
@@ -274,19 +283,23 @@ def endpoint_generator(url: str, model_id: str, api_key: str | None = None, time
 def run_lm_eval(benchmark: str, model_dir: str, adapter_dir: str | None, params: dict[str, Any]) -> dict[str, Any]:
     """An lm-eval benchmark by name: a shipped one (``evaluation/benchmarks/general``) or any lm-eval task.
 
+    Raises:
+        EvaluationError: ``benchmark`` is a file or path rather than a name (``check_benchmark_name``).
+
     Returns NeMo's task result: every numeric lm-eval metric as ``metrics.<metric>.scores.<metric>.value``.
     """
+    check_benchmark_name(benchmark)  # again here: a request that skipped the API must not name a file either
     # delayed: lm_eval and torch are heavy (start-up time)
     import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    try:
+    if benchmark in shipped_benchmarks():
         task: Any = attach_scorers(general_benchmark(benchmark))
         manager = TaskManager(include_defaults=False)
-    except EvaluationError:
-        task, manager = benchmark, TaskManager()
+    else:  # a task of lm-eval's own registry, by name only (no include_path)
+        task, manager = benchmark.removeprefix(LM_EVAL_PREFIX), TaskManager()
     extra = params.get("extra") or {}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(model_dir, adapter_dir, device)

@@ -1,11 +1,17 @@
 """General benchmarks (the forgetting check): shipped as versioned lm-eval YAML under
-``evaluation/benchmarks/general``, a user's own benchmark YAML, or a task of lm-eval's registry;
-loaded as lm-eval task configs with absolute data paths, with the customizer scorer they name
-attached and the churn they record read for the power figures.
+``evaluation/benchmarks/general``, or a task of lm-eval's registry by name; loaded as lm-eval task
+configs with absolute data paths, with the customizer scorer they name attached and the churn they
+record read for the power figures.
+
+A benchmark is named, never given as a file: lm-eval renders a task YAML's templates with an
+unsandboxed Jinja and runs its ``!function`` code, so a YAML from outside the package would be code
+run by the worker. ``check_benchmark_name`` is that rule, checked by the API and again right before
+lm-eval is called.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +28,57 @@ class EvaluationError(ValueError):
 
 
 LM_EVAL_PREFIX = "lm-eval:"
+# A shipped benchmark's or an lm-eval registry task's name: letters, digits, `_`, `-` and inner dots.
+_BENCHMARK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*")
+
+
+def check_benchmark_name(name: Any, field: str = "config.type") -> str:
+    """Refuse a benchmark name that is, or could be, a file: lm-eval would load it as a task YAML.
+
+    >>> check_benchmark_name("lm-eval:arc_easy")
+    'lm-eval:arc_easy'
+
+    Returns:
+        ``name``, a shipped benchmark's name or ``[lm-eval:]<registry task>``.
+
+    Raises:
+        EvaluationError: naming ``field``: a path, a ``.yaml``/``.yml`` name, a path separator, a name
+            that is an existing file, or any other character outside a task name.
+    """
+    if not isinstance(name, str) or not name:
+        raise EvaluationError(f"`{field}` must name a benchmark, got {name!r}")
+    bare = name.removeprefix(LM_EVAL_PREFIX)
+    as_file = bare.lower().endswith((".yaml", ".yml")) or any(sep in bare for sep in ("/", "\\", ":")) or bare.startswith(("~", "."))
+    if as_file or not _BENCHMARK_NAME.fullmatch(bare) or Path(bare).exists():
+        raise EvaluationError(
+            f"`{field}` {name!r} is not a benchmark name: use a shipped benchmark ({', '.join(shipped_benchmarks())}), "
+            "an lm-eval task name (e.g. arc_easy), or `custom` with tasks; a benchmark YAML file or path is not supported"
+        )
+    return name
+
+
+def shipped_benchmarks() -> list[str]:
+    return sorted(p.stem for p in GENERAL_DIR.glob("*.yaml"))
 
 
 def general_benchmark(name: str) -> dict[str, Any]:
     """Load a general benchmark as an lm-eval task config with absolute data paths.
 
-    ``name`` is a shipped benchmark (``capitals``), the path of your own benchmark YAML (its data
-    files relative to it), or ``lm-eval:<task>`` for a task of lm-eval's registry (``mmlu``,
-    ``arc_easy``, ...), which needs that task's data in the local Hugging Face cache.
+    ``name`` is a shipped benchmark (``capitals``) or ``lm-eval:<task>`` for a task of lm-eval's
+    registry (``mmlu``, ``arc_easy``, ...), which needs that task's data in the local Hugging Face cache.
 
     Raises:
-        EvaluationError: no such benchmark (the message lists the shipped ones).
+        EvaluationError: a name that is a file (``check_benchmark_name``), or no such benchmark (the
+            message lists the shipped ones).
     """
+    check_benchmark_name(name, "general_benchmarks")
     if name.startswith(LM_EVAL_PREFIX):
         return {"task": name.removeprefix(LM_EVAL_PREFIX), "registry": True}
-    path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else GENERAL_DIR / f"{name}.yaml"
+    path = GENERAL_DIR / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in GENERAL_DIR.glob("*.yaml")))
         raise EvaluationError(
-            f"general benchmark {name!r} does not exist; shipped benchmarks: {known} "
-            f"(or give a path to a benchmark YAML, or lm-eval:<task>)"
+            f"general benchmark {name!r} does not exist; shipped benchmarks: {', '.join(shipped_benchmarks())} "
+            f"(or lm-eval:<task>; a benchmark YAML file is not supported)"
         )
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     files = config.get("dataset_kwargs", {}).get("data_files", {})

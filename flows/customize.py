@@ -22,6 +22,7 @@ from tasks.evaluation import (
 )
 from tasks.job import (
     CustomizationResult,
+    cancelled_before_start,
     finish_job,
     mark_failed,
     open_job,
@@ -36,7 +37,10 @@ from tasks.training import plan_training, train
 def customize(spec: CustomizationSpec) -> CustomizationResult:
     """Fine-tune a base model (SFT, DPO or GRPO) and promote the result only if it beats the base
     model on the task without forgetting general skills."""
-    # The pre-flight every front door runs: config and method, policy, base model, every example, cost.
+    if cancelled := cancelled_before_start():  # a job cancelled before it started stays cancelled
+        return cancelled
+    # Who submitted it and what it names (its signature, namespaces, folders), then the pre-flight
+    # every front door runs: config and method, policy (recomputed), base model, every example, cost.
     checked = check_job(spec)
     job = open_job(checked)  # work folder and MLflow run
     base = checked.base  # resolved by the check: its tokenizer measured the examples

@@ -6,17 +6,26 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.customize import customize
-from tasks.retrain import RetrainOutcome, dataset_now, discard, find_champions, other_retrain, outcome, retrain_spec
+from core.specs import Submission
+from tasks.check import check_retrain
+from tasks.job import cancelled_before_start
+from tasks.retrain import (
+    RetrainOutcome, dataset_now, discard, find_champions, not_resubmittable, other_retrain, outcome, retrain_spec,
+)
 
 
 @flow(name="retrain")
-def retrain(output_models: list[str] | None = None) -> list[RetrainOutcome]:
+def retrain(output_models: list[str] | None = None, submission: Submission | None = None) -> list[RetrainOutcome]:
     """Retrain the given output models (default: every registered one) whose champion's dataset
     changed since it was trained; unchanged ones are left alone."""
+    if cancelled := cancelled_before_start():  # a retrain cancelled before it started stays cancelled
+        return cancelled
+    namespaces = check_retrain(output_models, submission)  # the schedule's run, or a signed one: whose models it may retrain
     champions, outcomes = find_champions(output_models)  # models without a champion are skipped
     for champion in champions:
-        # A retrain still going (a slow one, or one waiting for approval) keeps the model to itself.
-        if busy := other_retrain(champion.output_model):
+        # A retrain still going (a slow one, or one waiting for approval) keeps the model to itself; a champion
+        # is retrained only for its own job's submitter, in a namespace this retrain may use.
+        if busy := other_retrain(champion.output_model) or not_resubmittable(champion, namespaces):
             outcomes.append(RetrainOutcome(output_model=champion.output_model, action="skipped", reason=busy,
                                            champion_version=champion.version))
             continue

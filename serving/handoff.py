@@ -23,6 +23,7 @@ from core import tags as tag
 from core.settings import Settings
 from deploy.registry import namespace_champions
 from deploy.store import parse_published_uri, read_published_file
+from deploy.trust import trusted_champion
 from serving.compat import required_max_lora_rank
 
 log = logging.getLogger("customizer.handoff")
@@ -117,17 +118,25 @@ def vllm_args(namespace: str, settings: Settings) -> list[str]:
     smallest vLLM choice that holds the largest rank; ``--max-loras`` lets them share a batch.
 
     Raises:
-        HandOffError: the namespace has no published champion.
+        HandOffError: the namespace has no published champion, or a champion's published URI names
+            another model or version.
+        deploy.trust.UntrustedChampion: a champion's signed decision does not allow it (none is left out silently).
         deploy.store.StoreError: a champion's adapter_config.json cannot be read from the store.
         deploy.registry.RegistryUnavailable: the registry could not be read (no champion is left out for it).
     """
     modules, ranks = [], []
-    for output_model, version, tags in namespace_champions(settings, namespace):
-        uri = tags.get(tag.PUBLISHED_URI)
+    for output_model, _, _ in namespace_champions(settings, namespace):
+        champion = trusted_champion(settings, output_model, purpose=f"vllm-args for namespace {namespace}")
+        if champion is None:  # its alias was removed meanwhile
+            continue
+        version, uri = champion.version, champion.tags.get(tag.PUBLISHED_URI)
         if not uri:
             log.warning("%s v%s is the champion but was never published; left out", output_model, version)
             continue
         store_uri, model, stored_version = parse_published_uri(uri)
+        if (model, stored_version) != (output_model, version):  # the tag is not signed: it must name the champion itself
+            raise HandOffError(f"{output_model} v{version}: its `{tag.PUBLISHED_URI}` tag points at {model} v{stored_version}; "
+                               "refusing to serve another version under the champion's name")
         config = json.loads(read_published_file(model, stored_version, "adapter_config.json", settings, store_uri=store_uri))
         ranks += [int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
         modules.append(f"{output_model}={lora_path(uri, settings)}")

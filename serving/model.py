@@ -5,7 +5,8 @@ A request's ``model`` names what answers it:
 - a name loaded through ``/v1/load_lora_adapter``;
 - ``namespace/name@version``: that published version, fetched from the store on first use (every
   file verified against its manifest) and kept on local disk;
-- ``namespace/name``: the version the MLflow ``champion`` alias points at.
+- ``namespace/name``: the version the MLflow ``champion`` alias points at, when the platform's
+  signed gate decision allows it (``deploy.trust``; otherwise the request is refused with why).
 
 At most ``serve_max_adapters`` adapters are held in memory; using another evicts the least recently
 used one, which comes back from its verified local copy when asked for again.
@@ -32,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
-from deploy.registry import RegistryUnavailable, champion_version
+from deploy.registry import RegistryUnavailable
 from deploy.store import MANIFEST, TOKENIZER_FILES, NotPublished, StoreError, fetch, list_published, parse_published_uri
+from deploy.trust import UntrustedChampion, trusted_champion
 from serving.generation import Generated, decode, first_stop, score_logprobs
 from serving.schemas import ServingError
 
@@ -131,7 +133,8 @@ class ModelServer:
 
         Raises:
             ServingError: 404 when the name is neither the base, a loaded name, a published version,
-                nor a registered model with a champion; 503 when the registry cannot be read.
+                nor a registered model with a champion; 409 when its champion's signed decision does
+                not allow it; 503 when the registry cannot be read.
         """
         if self.is_base(name):
             return None
@@ -144,14 +147,16 @@ class ModelServer:
             return Adapter(name=name, source=f"{self.settings.publish_uri.rstrip('/')}/{match['model']}/{match['version']}/")
         if _REGISTERED.match(name):
             try:
-                version = champion_version(self.settings, name)
+                champion = trusted_champion(self.settings, name, principal=None, purpose="serving")
+            except UntrustedChampion as exc:  # someone moved the alias or edited its decision: nothing is served for it
+                raise ServingError(409, f"`{name}` is not served: {exc}", kind="untrusted_champion", param="model") from exc
             except RegistryUnavailable as exc:  # an outage is not "no such model": the client may retry
                 log.warning("Cannot resolve %s to its champion: %s", name, exc)
                 raise ServingError(503, f"cannot resolve `{name}` to its champion now: the model registry is unavailable; try again",
                                    kind="registry_unavailable", param="model") from exc
-            if version is None:
+            if champion is None:
                 raise self._unknown(name, " (no published version of it has the champion alias)")
-            return self.lookup(f"{name}@{version}")
+            return self.lookup(f"{name}@{champion.version}")
         raise self._unknown(name)
 
     # fetching and loading ----------------------------------------------------------------------------

@@ -12,19 +12,23 @@ same words, whichever door it came in by; the flow's later tasks reuse what it m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import get_run_logger, runtime, task
+from prefect.client.orchestration import get_client
 from pydantic import BaseModel
 
-from core.catalog import CatalogError, CustomizationConfig, TrainingOption, get_config
+from core.catalog import CatalogError, CustomizationConfig, TrainingOption, get_config, parse_config_urn, usable_configs
 from core.ids import prefixed_id
 from core.settings import Settings, get_settings
-from core.specs import CustomizationSpec, PromotionPolicy
+from core.specs import CustomizationSpec, DataOptions, PromotionPolicy, Submission
+from core.submission import admitted, namespaces_of, verified
 from data.formats import METHOD_FORMATS
 from data.ingest import DatasetError, IngestedDataset, ingest_dataset
 from data.lengths import LengthCheck, Policy
 from data.report import DataReport
+from data.sources import SourceError, UrlKind, check_access, checked_files, local_path
+from evaluation.custom import EvaluationRequest, check_config
 from evaluation.policy import PolicyLoosened, effective_policy
 from training.base_model import BaseModelError, ResolvedModel, resolve_base_model
 from training.guidance import Estimate, JobWarning, estimate, guidance
@@ -199,8 +203,10 @@ def job_folder(settings: Settings, flow_run_id: object | None = None) -> tuple[s
 
 @task(name="check")
 def check_job(spec: CustomizationSpec) -> CheckedJob:
-    """Run the job's pre-flight, the one its front door ran, into the job's work folder."""
+    """Check who submitted the job and what it names, then run its pre-flight, the one its front door
+    ran, into the job's work folder (the policy recomputed from its layers; the job's may only tighten it)."""
     settings = get_settings()
+    check_origin(spec, settings)  # before anything is read
     checked = check(spec, settings, job_folder(settings)[1] / "data")
     logger = get_run_logger()
     for warning in checked.warnings:
@@ -208,3 +214,171 @@ def check_job(spec: CustomizationSpec) -> CheckedJob:
     if checked.estimate is not None:
         logger.info("Estimate: %s", checked.estimate.describe())
     return checked
+
+
+# --- where a run came from ------------------------------------------------------------------------
+# A flow's parameters reach it through Prefect, whose API does not know the platform's callers: every
+# flow checks at its start who submitted it (core.submission) and that everything it names lies in
+# the submitter's namespaces and the allowed folders, as its front door checked when it was submitted.
+
+# Copies the platform makes of a dataset (the API's snapshots, a retrain's): in its own state, so no
+# caller may name them; a signed run may read them, and their source is checked as the run's lineage.
+PLATFORM_COPIES = ("api/dataset-snapshots", "retrain/dataset-snapshots")
+
+
+class AccessRefused(ValueError):
+    """A run names something its submitter may not use; the message names the field and what to do."""
+
+
+def check_namespace(namespace: str, what: str, namespaces: frozenset[str] | None) -> None:
+    """Refuse ``namespace`` (of the field ``what``) outside ``namespaces`` (None: every namespace)."""
+    if namespaces is not None and namespace not in namespaces:
+        raise AccessRefused(f"`{what}` is in namespace {namespace!r}, which the submitter may not use "
+                            f"(allowed: {', '.join(sorted(namespaces))}): submit it with a key of that namespace")
+
+
+def check_read(url: str, what: str, settings: Settings, submission: Submission | None, namespaces: frozenset[str] | None,
+               kind: UrlKind = "dataset") -> None:
+    """Refuse a location a run would read (``data.sources.check_access``; below a local folder, every file
+    where it really lies) that its submitter may not read.
+
+    Not checked: what the operator's CLI submitted (the operator's own files on the server), and, for a
+    signed run, a copy the platform made (``PLATFORM_COPIES``; the run's lineage, its source, is checked).
+
+    Raises:
+        AccessRefused: naming the field and why.
+    """
+    if submission is not None and (submission.door == "cli" or _platform_copy(url, settings)):
+        return
+    try:
+        check_access(url, settings, namespaces, kind)
+        path = local_path(url) if kind != "endpoint" else None
+        if path is not None and path.exists():
+            checked_files(path, settings, namespaces)
+    except SourceError as exc:
+        raise AccessRefused(f"`{what}` {url!r} is refused: {exc}") from exc
+
+
+def _platform_copy(url: str, settings: Settings) -> bool:
+    path = local_path(url)
+    if path is None:
+        return False
+    resolved = path.expanduser().resolve()
+    return any((settings.root / folder) in resolved.parents for folder in PLATFORM_COPIES)
+
+
+def check_config_use(urn: str, what: str, settings: Settings, namespaces: frozenset[str] | None) -> None:
+    """Refuse a config another namespace created (shipped and operator configs are everyone's).
+
+    Raises:
+        AccessRefused: naming the field, or that the URN is not one.
+    """
+    if namespaces is None:
+        return
+    try:
+        namespace, name = parse_config_urn(urn)
+    except CatalogError as exc:
+        raise AccessRefused(f"`{what}`: {exc}") from exc
+    if f"{namespace}/{name}" not in usable_configs(settings, namespaces):
+        raise AccessRefused(f"`{what}` {urn!r} is not a config the submitter may use: name a shipped config or one of "
+                            f"namespace {', '.join(sorted(namespaces))}")
+
+
+def check_origin(spec: CustomizationSpec, settings: Settings) -> Submission | None:
+    """Check a customize run before it reads anything: its submission's signature (required with
+    authentication on), then its output model's and config's namespaces, its dataset, lineage and
+    replay folder against the submitter's namespaces and the allowed folders.
+
+    Returns:
+        The submission (None: none, with authentication off).
+
+    Raises:
+        NotSubmitted: no valid signature where one is needed.
+        AccessRefused: the run names what its submitter may not use.
+    """
+    submission = verified(spec, settings)
+    namespaces = namespaces_of(submission)
+    check_namespace(spec.output_model.partition("/")[0], "output_model", namespaces)
+    check_config_use(spec.config, "config", settings, namespaces)
+    check_read(spec.dataset, "dataset", settings, submission, namespaces)
+    if spec.dataset_source:
+        check_read(spec.dataset_source, "dataset_source", settings, submission, namespaces)
+    if spec.data.replay.source != "self":
+        check_read(spec.data.replay.source, "data.replay.source", settings, submission, namespaces)
+    return submission
+
+
+def ingest_parameters(dataset: str, config: str | None, data: DataOptions | None, seed: int) -> dict[str, Any]:
+    """The ``ingest`` flow's parameters as its submission's signature covers them (``core.submission``, kind ``ingest``)."""
+    return {"dataset": dataset, "config": config, "data": data.model_dump(mode="json") if data else None, "seed": seed}
+
+
+@task(name="check-ingest")
+def check_ingest(dataset: str, config: str | None, data: DataOptions | None, seed: int, submission: Submission | None) -> Submission | None:
+    """Check an ingest run before it reads anything: its signature, its config, its dataset.
+
+    Raises:
+        NotSubmitted, AccessRefused: see ``check_origin``.
+    """
+    settings = get_settings()
+    submission = admitted(settings, "ingest", ingest_parameters(dataset, config, data, seed), submission)
+    namespaces = namespaces_of(submission)
+    if config:
+        check_config_use(config, "config", settings, namespaces)
+    check_read(dataset, "dataset", settings, submission, namespaces)
+    return submission
+
+
+@task(name="check-evaluation")
+def check_evaluation(request: EvaluationRequest) -> Submission | None:
+    """Check an evaluate run before it reads anything: signature, config, the model's config, folder and
+    endpoint, and every task's data file.
+
+    Raises:
+        NotSubmitted, AccessRefused: see ``check_origin``.
+        ConfigProblem: the evaluation config cannot run.
+    """
+    settings = get_settings()
+    submission = verified(request, settings)
+    namespaces = namespaces_of(submission)
+    check_config(request.config)
+    model = request.model
+    if model.config:
+        check_config_use(model.config, "model.config", settings, namespaces)
+    if model.model_uri:
+        check_read(model.model_uri, "model.model_uri", settings, submission, namespaces, kind="model")
+    if model.api_url:
+        check_read(model.api_url, "model.api_url", settings, submission, namespaces, kind="endpoint")
+    for name, path in sorted(request.data_files.items()):
+        check_read(path, f"data_files.{name}", settings, submission, namespaces)
+    return submission
+
+
+@task(name="check-retrain")
+def check_retrain(output_models: list[str] | None, submission: Submission | None) -> list[str] | None:
+    """The namespaces a retrain run may retrain models of (None: every one), checked before it reads anything.
+
+    A run that the deployment's schedule created (Prefect's scheduler marks it; no client can) needs
+    no signature: each retrain is the champion's own job, on its submitter's behalf
+    (``tasks.retrain.retrain_spec``). Any other run needs the platform's signature with authentication
+    on, and may name only models of its submitter's namespaces.
+
+    Raises:
+        NotSubmitted, AccessRefused: see ``check_origin``.
+    """
+    if submission is None and _scheduled():
+        return None
+    submission = admitted(get_settings(), "retrain", {"output_models": output_models}, submission)
+    namespaces = namespaces_of(submission)
+    for output_model in output_models or []:
+        check_namespace(output_model.partition("/")[0], "output_models", namespaces)
+    return sorted(namespaces) if namespaces is not None else None
+
+
+def _scheduled() -> bool:
+    """Whether this flow run was created by its deployment's schedule."""
+    if not runtime.flow_run.id:
+        return False
+    with get_client(sync_client=True) as client:
+        return bool(client.read_flow_run(runtime.flow_run.id).auto_scheduled)
+

@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import get_run_logger, runtime, task
 
 from core import __version__, audit, tracking
+from core.objects import sha256_file
 from core import tags as tag
 from core.settings import Settings, get_settings
 from data.ingest import IngestedDataset
@@ -20,6 +21,7 @@ from deploy import registry
 from deploy.notify import notify
 from deploy.registry import RegisteredVersion
 from deploy.store import Published, VersionExists, publish, publishable_files, verify_published
+from deploy.trust import UntrustedChampion, decision_tags, files_digest, trusted_champion
 from evaluation.gate import ApprovalRecord, Decision
 from evaluation.runner import StageScores
 from serving import handoff
@@ -61,6 +63,13 @@ def _tag_audit(settings: Settings, job: Job, version: str) -> None:
     registry.set_version_tags(settings, job.spec.output_model, version, {tag.AUDIT: trail})
 
 
+def _artifact_digest(base: ResolvedModel, trained: TrainResult) -> str:
+    """The digest of the files ``publish_adapter`` publishes (the manifest's files, by the same rule)."""
+    folder = Path(trained.output_dir)
+    names = publishable_files(folder, Path(base.path) if trained.artifact == "adapter" else None)
+    return files_digest({name: sha256_file(folder / name) for name in names})
+
+
 @task(name="register", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
 def register(
     job: Job,
@@ -92,6 +101,7 @@ def register(
         tag.SCORES_CANDIDATE: _scores_tag(candidate),
         tag.TASK_METRIC: candidate.task_metric,
         tag.ARTIFACT: trained.artifact,
+        tag.ARTIFACT_SHA256: _artifact_digest(base, trained),
         tag.STOP_REASON: trained.stop_reason,
         tag.DECISION: decision.action,
         tag.DECISION_REASONS: json.dumps(decision.reasons),
@@ -105,6 +115,9 @@ def register(
         settings, job.spec.output_model, source, job.run_id, tags, description=f"customize job {job.job_id}",
         principal=registry.PLATFORM, job=job.job_id, flow_run=flow_run,
     )
+    # The decision, its approvals, the run and the files, signed: what makes the version trustable as champion.
+    registry.set_version_tags(settings, job.spec.output_model, version.version,
+                              decision_tags(settings, job.spec.output_model, version.version, job.run_id, tags))
     model = f"{job.spec.output_model}@{version.version}"
     # A re-run returns the version the job already registered: that registration is on record once.
     if not audit.records(settings, job=job.job_id, model=model, action="model.registered"):
@@ -210,6 +223,14 @@ def go_live(job: Job, version: RegisteredVersion, published: Published, artifact
         return None
     if registry.CHAMPION not in version.aliases:
         logger.info("Version %s was not promoted: not loaded into %s", version.version, settings.serving_endpoint)
+        return None
+    try:  # what goes live under the model's plain name is the champion the platform's signed decision allows
+        champion = trusted_champion(settings, job.spec.output_model, purpose=f"go-live of job {job.job_id}")
+    except UntrustedChampion as exc:
+        logger.error("Not loaded into %s: %s", settings.serving_endpoint, exc)
+        return None
+    if champion is None or champion.version != version.version:
+        logger.warning("Version %s is no longer the champion: not loaded into %s", version.version, settings.serving_endpoint)
         return None
     result = handoff.go_live(job.spec.output_model, version.version, published.uri, settings)
     tags = {tag.SERVING_ENDPOINT: result.endpoint, tag.SERVING_LIVE_AS: ", ".join(result.loaded)}

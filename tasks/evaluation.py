@@ -16,6 +16,7 @@ from core.catalog import get_config
 from core.settings import get_settings
 from data.ingest import IngestedDataset
 from deploy import registry
+from deploy.trust import trusted_champion
 from evaluation.gate import Decision, Power, decide, plan_power, prompting_suffices
 from evaluation.report import write_report
 from evaluation.runner import (
@@ -117,11 +118,17 @@ def champion_scores(
 ) -> dict[str, dict[str, float]] | None:
     """The current champion's scores on this job's testing data: from its tags when it was scored on
     the same data, else scored again here on the job's benchmarks, so a candidate is never promoted
-    over a champion it did not beat on the same items."""
+    over a champion it did not beat on the same items.
+
+    Raises:
+        deploy.trust.UntrustedChampion: the champion alias points at a version whose signed decision
+            does not allow it: the bar is neither lowered nor raised by a version nobody promoted.
+    """
     settings = get_settings()
-    ((_, version, tags),) = registry.champions(settings, [job.spec.output_model])
-    if version is None:
+    champion = trusted_champion(settings, job.spec.output_model, purpose=f"gate of job {job.job_id}")
+    if champion is None:
         return None
+    version, tags = champion.version, champion.tags
     if tags.get(tag.DATASET_SHA256) == data.sha256:
         scores = json.loads(tags[tag.SCORES_CANDIDATE])
         return {"task": scores["task"], "general": scores["general"]}

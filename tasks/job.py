@@ -10,6 +10,8 @@ from typing import Literal
 
 from prefect import get_run_logger, runtime, task
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelled, State
 from pydantic import BaseModel, ValidationError
 
 from core import __version__, tracking
@@ -17,13 +19,14 @@ from core import tags as tag
 from core.catalog import CustomizationConfig
 from core.settings import Settings, get_settings
 from core.specs import CustomizationSpec, PromotionPolicy
+from core.submission import NotSubmitted
 from data.ingest import IngestedDataset
 from deploy.notify import notify
 from deploy.registry import CHAMPION, RegisteredVersion
 from deploy.store import Published
 from evaluation.gate import ApprovalRecord, Decision, Power
 from evaluation.runner import StageScores
-from tasks.check import CheckedJob, job_folder
+from tasks.check import AccessRefused, CheckedJob, check_origin, job_folder
 from training.common import TrainResult
 
 
@@ -188,9 +191,38 @@ def mark_failed(flow, flow_run, state) -> None:
     except ValidationError:
         spec = None  # the flow refused its parameter before any task ran: nothing to record but the notice
     if spec is not None:
+        try:
+            check_origin(spec, settings)
+        except (NotSubmitted, AccessRefused):
+            spec = None  # not the platform's job, or one naming what its submitter may not use: nothing recorded under its names
+    if spec is not None:
         run_id = _open_run(settings, job_id, spec, flow_run.id)  # the job's run, or the refused job's new one
         log_ingest_report(tracking.client(settings), run_id, work_dir / "data")
     tracking.fail_job_runs(settings, job_id, str(state.message))
+
+
+def cancelled_before_start() -> State | None:
+    """A Cancelled state to end this flow run with, when its history holds a cancellation (Cancelling or
+    Cancelled): a run cancelled while it was scheduled, pending or being submitted stays cancelled even
+    if a process started it afterwards. Every flow calls this first, before any work; a run that was
+    never cancelled (a new one, one resumed after an approval or after losing its worker) returns None.
+
+    Raises:
+        Any error of Prefect's client: the history cannot be read, so the run does not start (fail closed).
+    """
+    flow_run_id = runtime.flow_run.id
+    if not flow_run_id:
+        return None
+    with get_client(sync_client=True) as client:
+        history = client.read_flow_run_states(flow_run_id)
+    asked = sorted((s for s in history if s.type in (StateType.CANCELLING, StateType.CANCELLED)), key=lambda s: s.timestamp)
+    if not asked:
+        return None
+    first = asked[0]
+    message = (f"cancelled before it started ({first.name} at {first.timestamp.isoformat(timespec='seconds')}"
+               f"{': ' + first.message if first.message else ''}): nothing was run; submit the job again to run it")
+    get_run_logger().warning(message)
+    return Cancelled(message=message)
 
 
 def record_process(flow, flow_run, state) -> None:

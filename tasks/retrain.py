@@ -21,9 +21,12 @@ from pydantic import BaseModel
 from core import tags as tag
 from core.settings import get_settings
 from core.specs import CustomizationSpec
+from core.submission import NotSubmitted, namespaces_of, signed, verified
 from data.ingest import ingest_dataset
 from data.sources import SourceError, resolve_dataset
 from deploy import registry
+from deploy.trust import UntrustedChampion, trusted_champion
+from tasks.check import AccessRefused, check_read
 from tasks.deploy import transient_io_error
 from tasks.job import CustomizationResult
 
@@ -84,17 +87,25 @@ def champion_spec(output_model: str, tags: dict[str, str]) -> CustomizationSpec:
 @task(name="find-champions")
 def find_champions(output_models: list[str] | None) -> tuple[list[Champion], list[RetrainOutcome]]:
     """The champions of the given output models (default: every registered one), and a skip for
-    each model that has no champion to retrain.
+    each model that has no champion to retrain, or whose champion the platform's signed decision
+    does not allow (``deploy.trust``: that refusal is on the audit trail, and nothing is retrained).
 
     Raises:
         RegistryUnavailable: the registry could not be read; the retrain fails rather than skip
             models whose champion it could not see.
     """
+    settings = get_settings()
     champions, skipped = [], []
-    for output_model, version, tags in registry.champions(get_settings(), output_models):
-        if version is None:
+    for output_model, version, _ in registry.champions(settings, output_models):
+        try:
+            trusted = None if version is None else trusted_champion(settings, output_model, purpose="retrain")
+        except UntrustedChampion as exc:
+            skipped.append(RetrainOutcome(output_model=output_model, action="skipped", reason=str(exc), champion_version=version))
+            continue
+        if trusted is None:
             skipped.append(RetrainOutcome(output_model=output_model, action="skipped", reason="no champion to retrain"))
             continue
+        version, tags = trusted.version, trusted.tags
         champions.append(Champion(
             output_model=output_model, version=version, dataset_uri=tags[tag.DATASET_URI],
             dataset_sha256=tags[tag.DATASET_SHA256], spec=champion_spec(output_model, tags),
@@ -170,10 +181,32 @@ def discard(now: DatasetNow) -> None:
         shutil.rmtree(now.folder, ignore_errors=True)
 
 
+def not_resubmittable(champion: Champion, namespaces: list[str] | None) -> str | None:
+    """Why a champion's job may not be retrained by this retrain, or None: its namespace is not one the
+    retrain may use, or its spec carries no valid submission of the platform (with authentication on,
+    or a signature that does not verify), so there is no submitter to retrain it for."""
+    if namespaces is not None and champion.output_model.partition("/")[0] not in namespaces:
+        return f"{champion.output_model} is in a namespace this retrain's submitter may not use: skipped"
+    settings = get_settings()
+    try:
+        submission = verified(champion.spec, settings)
+        # Read before the job's own checks run: the lineage must be the submitter's to read.
+        check_read(champion.dataset_uri, tag.DATASET_URI, settings, submission, namespaces_of(submission))
+    except (NotSubmitted, AccessRefused) as exc:
+        return f"the champion's job cannot be submitted again: {exc}"
+    return None
+
+
 def retrain_spec(champion: Champion, now: DatasetNow) -> CustomizationSpec:
-    """The champion's job again, on the snapshot of its dataset, with the same lineage."""
+    """The champion's job again, on the snapshot of its dataset, with the same lineage, submitted for
+    the champion's own submitter: signed again with the platform key, for the same principal,
+    namespaces and roles (``not_resubmittable`` checked the original signature first)."""
     source = None if now.folder == now.source else now.source
-    return champion.spec.model_copy(update={"dataset": now.folder, "dataset_source": source})
+    spec = champion.spec.model_copy(update={"dataset": now.folder, "dataset_source": source, "submission": None})
+    original = champion.spec.submission
+    if original is None:  # authentication is off: the job runs unsigned, within the allowed folders
+        return spec
+    return signed(spec, get_settings(), original.principal, original.namespaces, original.roles, original.door)
 
 
 @task(name="retrain-outcome")

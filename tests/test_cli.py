@@ -112,3 +112,15 @@ def test_worker_refuses_a_deployment_of_another_flow(capsys, monkeypatch):
     monkeypatch.setenv("CUSTOMIZER_CUSTOMIZE_DEPLOYMENT", "evaluate/x")
     assert main(["worker"]) == 2
     assert "deployment 'evaluate/x' must be customize/<deployment name>" in capsys.readouterr().err
+
+
+def test_services_prints_the_account_of_the_platforms_servers(tmp_path, capsys, monkeypatch):
+    from core.services import credentials
+    from core.settings import Settings
+
+    monkeypatch.setenv("CUSTOMIZER_DATA_DIR", str(tmp_path))
+    user, password = credentials(Settings(data_dir=tmp_path))
+    assert main(["services"]) == 0
+    assert capsys.readouterr().out.split() == ["user", user, "password", password]
+    assert main(["services", "--password"]) == 0
+    assert capsys.readouterr().out == f"{password}\n"

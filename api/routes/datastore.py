@@ -5,9 +5,11 @@ download them; plus ``/v1/datastore/namespaces``.
 Files live in the artifact store (``data.datastore``); the repo's index (paths, sizes, sha256, git
 blob ids, commits) is an entity in the API database. Preupload always answers ``regular``, so the
 client sends file contents inline in the commit (no LFS or Xet transfer is needed). Every path is
-checked before any I/O by the one path rule (``core.objects.safe_path``): absolute paths, ``..``,
-control characters, over-long names and symlinks are refused, and so are two paths that differ only
-in case.
+checked before any I/O by the Data Store's path rule (``data.datastore.safe_path``, over
+``core.objects.safe_path``): absolute paths, ``..``, control and format characters, the store's
+reserved prefix, over-long names and symlinks are refused, and so are two paths that differ only in
+case. A namespace or repo name that the rule refuses is a 422 naming the field. A commit streams in
+and is read line by line under the limits of ``api.limits`` (one line, one file, files per commit).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from collections.abc import Iterator
 from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
-from api.errors import BadRequest, Conflict, NotFound
+from api.errors import ApiError, BadRequest, Conflict, NotFound
+from api.limits import MAX_COMMIT_FILES, MAX_COMMIT_LINE_BYTES, line_too_long, too_many_files
 from core import objects
 from data import datastore
 
@@ -39,19 +43,20 @@ _commit_lock = threading.Lock()  # one commit at a time: a repo's index is read,
 _SPOOL_BYTES = 8 << 20  # a commit body larger than this waits on disk, not in memory
 
 
-def _ns(value: str) -> str:
+class TooLarge(ApiError):
+    status_code = 413
+
+
+def _ns(value: str, field: str = "namespace", where: str = "path") -> str:
+    """``value`` as a namespace or repo name, or a 422 naming ``field`` (in the ``where`` part of the request)."""
     try:
-        return objects.safe_path(value) if "/" not in value else _bad(value)
-    except objects.PathRefused as exc:
-        raise BadRequest(str(exc)) from exc
-
-
-def _bad(value: str) -> str:
-    raise BadRequest(f"{value!r} is not a single path segment")
+        return datastore.safe_name(value, field)
+    except datastore.DatastoreError as exc:
+        raise RequestValidationError([{"loc": (where, field), "msg": str(exc), "type": "value_error"}]) from exc
 
 
 def _repo(store, repo_type: str, namespace: str, name: str) -> dict[str, Any]:
-    found = store.find(REPO, _ns(namespace), f"{repo_type}/{_ns(name)}")
+    found = store.find(REPO, _ns(namespace), f"{repo_type}/{_ns(name, 'name')}")
     if found is None:
         raise NotFound(f"repository {repo_type}/{namespace}/{name} does not exist")
     return found
@@ -64,8 +69,8 @@ def _revision(repo: dict[str, Any], revision: str) -> None:
 
 def _path(value: str, line: int | None = None) -> str:
     try:
-        return objects.safe_path(value)
-    except objects.PathRefused as exc:
+        return datastore.safe_path(value)
+    except datastore.DatastoreError as exc:
         raise BadRequest(f"commit line {line}: {exc}" if line else str(exc)) from exc
 
 
@@ -76,7 +81,7 @@ def _path(value: str, line: int | None = None) -> str:
 def create_namespace(namespace: Annotated[str, Form(min_length=1, max_length=255)], store: StoreDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(namespace)
     try:
-        data = store.add(NAMESPACE, f"datastore-ns-{_ns(namespace)}", "", namespace, {"namespace": namespace})
+        data = store.add(NAMESPACE, f"datastore-ns-{_ns(namespace, where='body')}", "", namespace, {"namespace": namespace})
     except Duplicate as exc:
         raise Conflict(f"namespace {namespace} already exists") from exc
     return {k: data[k] for k in ("namespace", "created_at", "updated_at")}
@@ -127,7 +132,7 @@ def _repo_body(body: Any) -> tuple[str, str, str]:
     organization = body.get("organization")
     if not isinstance(organization, str) or not organization:
         raise BadRequest("`organization` (the namespace) is required: use a repo id of the form namespace/name")
-    return repo_type, _ns(organization), _ns(body["name"])
+    return repo_type, _ns(organization, "organization", "body"), _ns(body["name"], "name", "body")
 
 
 @router.post("/v1/hf/api/repos/create", summary="Create a dataset or model repository")
@@ -241,8 +246,13 @@ def _commit_lines(body: BinaryIO) -> Iterator[tuple[int, str, Any]]:
 
     Raises:
         BadRequest: naming the line that is not a commit operation.
+        TooLarge: a line over ``MAX_COMMIT_LINE_BYTES`` or more than ``MAX_COMMIT_FILES`` files (413, naming the limit).
     """
-    for number, line in enumerate(body, start=1):
+    number, files = 0, 0
+    while line := body.readline(MAX_COMMIT_LINE_BYTES + 1):
+        number += 1
+        if len(line.rstrip(b"\n")) > MAX_COMMIT_LINE_BYTES:  # checked as the body streamed in, and again here
+            raise TooLarge(line_too_long(number))
         if not line.strip():
             continue
         try:
@@ -257,6 +267,9 @@ def _commit_lines(body: BinaryIO) -> Iterator[tuple[int, str, Any]]:
                 raise BadRequest(f"commit line {number}: a file needs `path` and `content`")
             if value.get("encoding", "base64") != "base64":
                 raise BadRequest(f"commit line {number}: encoding {value.get('encoding')!r}; only base64 is supported")
+            files += 1
+            if files > MAX_COMMIT_FILES:
+                raise TooLarge(too_many_files(number))
             try:
                 content = base64.b64decode(value["content"], validate=True)
             except (binascii.Error, ValueError) as exc:
@@ -361,7 +374,17 @@ async def commit(
     line twice, to check every operation and then to apply them, so a bad line changes nothing."""
     caller.check(namespace)
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as body:
+        number, length = 1, 0  # the line being received and its length so far
         async for chunk in request.stream():
+            # A line over the limit is refused as it arrives: nothing waits for the rest of it.
+            first = chunk.find(b"\n")
+            if length + (first if first >= 0 else len(chunk)) > MAX_COMMIT_LINE_BYTES:
+                raise TooLarge(line_too_long(number))
+            if first >= 0:
+                number += chunk.count(b"\n")
+                length = len(chunk) - chunk.rfind(b"\n") - 1
+            else:
+                length += len(chunk)
             body.write(chunk)
         body.seek(0)
         repo, oid = await run_in_threadpool(_commit, repo_type, namespace, name, revision, body, store, settings)

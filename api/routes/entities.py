@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 
 from api.customization import DATASET, JOB, MODEL, public
 from api.db import Duplicate, iso, now
@@ -13,6 +15,7 @@ from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import Conflict, NotFound
 from api.urls import checked_url
 from api.schemas import (
+    _NAME_PATTERN,
     DatasetCreate, DatasetUpdate, DeleteResponse, ModelCreate, ModelUpdate, NamespaceCreate, NamespaceUpdate, Page,
     ProjectCreate, ProjectUpdate,
 )
@@ -123,6 +126,10 @@ def create_dataset(body: DatasetCreate, store: StoreDep, settings: SettingsDep, 
     caller.check(body.namespace)
     checked_url(settings, caller, ("body", "files_url"), body.files_url)
     name = body.name or body.files_url.rstrip("/").rsplit("/", 1)[-1]
+    if not re.fullmatch(_NAME_PATTERN, name):  # a name taken from files_url obeys the rule a sent name does
+        raise RequestValidationError([{"loc": ("body", "name"), "type": "value_error",
+                                       "msg": f"the name taken from files_url, {name[:64]!r}, is not a valid name (letters, digits, "
+                                              ". _ @ + : -, starting with a letter or digit): send `name`"}])
     data = body.model_dump(mode="json", exclude_none=True) | {"name": name}
     return _add(store, DATASET, body.namespace, name, prefixed_id("dataset"), data)
 

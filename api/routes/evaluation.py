@@ -21,7 +21,7 @@ from api.schemas import (
     DeleteResponse, EvaluationConfigCreate, EvaluationConfigUpdate, EvaluationJobCreate, EvaluationTargetCreate,
     EvaluationTargetUpdate, Page,
 )
-from api.status import evaluation_jobs as jobs_status, result_of
+from api.status import evaluation_jobs as jobs_status, result_of, run_log
 from evaluation.custom import ConfigProblem, check_config
 
 router = APIRouter(prefix="/v1/evaluation", tags=["evaluator"])
@@ -207,4 +207,4 @@ def download_results(job_id: str, store: StoreDep, settings: SettingsDep, caller
 @router.get("/jobs/{job_id}/logs", summary="Get an evaluation job's logs")
 def job_logs(job_id: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     job = _job(store, settings, caller, job_id)
-    return {"id": job_id, "logs": orchestrator.logs(JobRun.of(job).flow_run_id)}
+    return {"id": job_id, "logs": run_log(JobRun.of(job).flow_run_id, settings)}  # without tracebacks or server folders

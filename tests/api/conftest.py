@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from core.processes import stop_processes
+from core.services import credentials
+from core.settings import Settings
 from tests.conftest import SESSION_DIR, ok_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +45,11 @@ class Platform:
     process: subprocess.Popen
     output: Path
 
+    @property
+    def services_auth(self) -> tuple[str, str]:
+        """The service account the platform's Prefect and MLflow servers ask for (as httpx's ``auth``)."""
+        return credentials(Settings(data_dir=self.data_dir))
+
     def restart(self, mlflow_ui: bool = True) -> None:
         """Stop `customizer up` and start it again on the same data folder."""
         self.stop()
@@ -53,23 +60,24 @@ class Platform:
         stop_processes(self.process, grace=60, kill_wait=10)  # `up` stops its own services on SIGTERM
 
 
-def start_platform(data_dir: Path, mlflow_ui: bool = True) -> Platform:
-    """Run `customizer up` on free ports and wait until it says it is up."""
+def start_platform(data_dir: Path, mlflow_ui: bool = True, env: dict[str, str] | None = None) -> Platform:
+    """Run `customizer up` on free ports and wait until it says it is up; ``env`` is added to its environment
+    (e.g. ``CUSTOMIZER_API_KEYS``)."""
     ready = data_dir / f"ready-{time.monotonic_ns()}"
     output = data_dir / f"up-{time.monotonic_ns()}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ) | {
+    environment = dict(os.environ) | {
         "CUSTOMIZER_DATA_DIR": str(data_dir),
         "PREFECT_HOME": str(data_dir / "prefect"),
         "PYTHONPATH": str(ROOT),
         "CUSTOMIZER_APPROVAL_POLL_SECONDS": "1",
-    }
+    } | (env or {})
     for leaked in ("PREFECT_API_URL", "CUSTOMIZER_STORE_URI", "CUSTOMIZER_S3_ENDPOINT_URL", "CUSTOMIZER_MLFLOW_TRACKING_URI"):
-        env.pop(leaked, None)
+        environment.pop(leaked, None)
     command = [sys.executable, "-m", "customizer.cli", "up", "--port", "0", "--prefect-port", "0", "--mlflow-port", "0",
                "--poll-seconds", "1", "--ready-file", str(ready)] + ([] if mlflow_ui else ["--no-mlflow-ui"])
     with open(output, "wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 420
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.listing import ListError, bracket_params, filtered
+from api.principals import FailedKeys
 from core.settings import Settings
 
 
@@ -99,3 +100,23 @@ def test_a_job_no_worker_picks_up_says_so(tmp_path, monkeypatch):
         status = client.get(f"/v1/customization/jobs/{job['id']}/status").json()
     assert status["status"] == "pending"
     assert "no worker has started this job yet" in status["status_logs"][-1]["detail"]
+
+
+def test_unknown_keys_from_one_address_are_throttled_and_valid_keys_are_not(tmp_path):
+    app = create_app(Settings(data_dir=tmp_path, api_keys={"team-key": ["team-a"]}))
+    with TestClient(app, client=("10.0.0.7", 5000)) as guesser, TestClient(app, client=("10.0.0.8", 5000)) as other:
+        assert all(guesser.get("/v1/models", headers=_auth("team-key")).status_code == 200 for _ in range(25))  # never counted
+        assert [guesser.get("/v1/models").status_code for _ in range(12)] == [401] * 12  # no key at all is not a guess
+        assert [guesser.get("/v1/models", headers=_auth(f"guess-{n}")).status_code for n in range(10)] == [401] * 10
+        throttled = guesser.get("/v1/models", headers=_auth("guess-10"))
+        assert throttled.status_code == 429 and 0 < int(throttled.headers["Retry-After"]) <= 60, throttled.headers
+        assert "try again in" in throttled.json()["detail"]
+        assert guesser.get("/v1/models", headers=_auth("team-key")).status_code == 429  # while it waits no key is checked
+        assert other.get("/v1/models", headers=_auth("team-key")).status_code == 200  # another address is not slowed
+
+
+def test_the_throttle_forgets_the_oldest_addresses_first():
+    keys = FailedKeys(limit=1, window=60.0, clients=2)
+    for client in ("a", "b", "c"):
+        keys.failed(client)
+    assert keys.wait("a") == 0 and keys.wait("b") > 0 and keys.wait("c") > 0 and len(keys._failures) == 2

@@ -153,10 +153,14 @@ def test_downloads_outside_the_repo_are_refused(client, path):
 
 
 def test_repo_and_namespace_names_must_be_single_safe_segments(client):
-    for body in ({"name": "..", "organization": "ns", "type": "dataset"}, {"name": "a", "organization": "../x", "type": "dataset"},
-                 {"name": "x" * 300, "organization": "ns", "type": "dataset"}, {"name": "a\x00", "organization": "ns", "type": "dataset"}):
-        assert client.post("/v1/hf/api/repos/create", json=body).status_code == 400, body
-    assert client.post("/v1/datastore/namespaces", data={"namespace": "a/b"}).status_code == 400
+    for body, field in (({"name": "..", "organization": "ns", "type": "dataset"}, "name"),
+                        ({"name": "a", "organization": "../x", "type": "dataset"}, "organization"),
+                        ({"name": "x" * 300, "organization": "ns", "type": "dataset"}, "name"),
+                        ({"name": "a\x00", "organization": "ns", "type": "dataset"}, "name")):
+        response = client.post("/v1/hf/api/repos/create", json=body)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", field], (body, response.text)
+    response = client.post("/v1/datastore/namespaces", data={"namespace": "a/b"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "namespace"]
 
 
 def test_paths_differing_only_in_case_or_clashing_with_folders_are_refused(client):
@@ -278,7 +282,7 @@ def test_file_urls_resolve_links_before_the_root_check(client, tmp_path):
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(outside, target_is_directory=True)
     msg = _refused(client.post("/v1/datasets", json={"name": "d", "files_url": link.as_uri()}), "files_url")
-    assert "outside the folders the server may read" in msg and str(tmp_path / "data") in msg
+    assert "outside the folders the server may read" in msg and "under <data>" in msg  # the data folder named, not where it lies
     inside = tmp_path / "data" / "ds"
     (inside / "training").mkdir(parents=True)
     assert client.post("/v1/datasets", json={"name": "d", "files_url": inside.as_uri()}).status_code == 200
@@ -358,3 +362,180 @@ def test_a_full_disk_is_507_not_a_server_error(client, monkeypatch):
     assert response.status_code == 507
     assert response.json()["detail"] == "the server's storage is full (No space left on device): the request did not complete; free space, then try again"
     assert _files(client) == []
+
+
+# ---------------------------------------------------------------- bounds on every input
+
+JOB = '{"config": "customizer/tiny-llama@v1.0.0+cpu", "dataset": "ds", "hyperparameters": {%s}%s}'
+
+
+def _unprocessable(response, field: str) -> str:
+    """The 422 in FastAPI's shape; ``field`` is named by its loc, or (for a value no field may hold) by the message."""
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    named = [e for e in errors if ".".join(str(p) for p in e["loc"][1:]) == field or f"`{field}`" in e["msg"]]
+    assert named, errors
+    return named[0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "extra", "field"),
+    [
+        ('"seed": %d' % 2**80, "", "hyperparameters.seed"),
+        ('"seed": -1', "", "hyperparameters.seed"),
+        ('"seed": 2147483648', "", "hyperparameters.seed"),
+        ('"lora": {"alpha": 1e30}', "", "hyperparameters.lora.alpha"),
+        ('"lora": {"alpha": 100000}', "", "hyperparameters.lora.alpha"),
+        ('"learning_rate": NaN', "", "hyperparameters.learning_rate"),
+        ('"dpo": {"max_grad_norm": Infinity}', "", "hyperparameters.dpo.max_grad_norm"),
+        ('"max_steps": -5', "", "hyperparameters.max_steps"),
+        ("", ', "description": "\\ud800"', "description"),
+        ("", ', "description": "a\\u0000b"', "description"),
+        ("", ', "evaluation": {"limit": 1e999}', "evaluation.limit"),
+        ("", ', "evaluation": {"limit": 4294967296}', "evaluation.limit"),
+        ("", ', "budget": {"max_device_hours": -Infinity}', "budget.max_device_hours"),
+        ("", ', "custom_fields": {"deep": [{"x": NaN}]}', "custom_fields.deep.0.x"),
+        ("", ', "custom_fields": {"\\udfff": 1}', "custom_fields"),
+        ("", ', "custom_fields": {"n": %d}' % 2**64, "custom_fields.n"),
+        ("", ', "custom_fields": ' + "[" * 40 + "]" * 40, "custom_fields.0.0..."),
+        ("", ', "name": "job\\u202egpj"', "name"),
+        ("", ', "namespace": ".tmp-1-x"', "namespace"),
+    ],
+)
+def test_out_of_bounds_job_inputs_are_422_naming_the_field(client, hyperparameters, extra, field):
+    response = client.post("/v1/customization/jobs", content=(JOB % (hyperparameters, extra)).encode(),
+                           headers={"content-type": "application/json"})
+    _unprocessable(response, field)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/datasets", '{"name": "d", "files_url": "hf://datasets/ns/qa", "limit": 1e999}', "limit"),
+        ("/v1/datasets", '{"name": "d", "files_url": "hf://datasets/ns/qa", "limit": 0}', "limit"),
+        ("/v1/models", '{"name": "m", "artifact": {"files_url": "hf://x", "tensor_parallelism": 99999999999}}', "artifact.tensor_parallelism"),
+        ("/v1/models", '{"name": "m", "ownership": {"created_by": "a", "extra": NaN}}', "ownership.extra"),
+        ("/v1/models", '{"name": "m\\u200b"}', "name"),
+        ("/v1/namespaces", '{"id": "team\\u202eb"}', "id"),
+        ("/v1/projects", '{"name": "p", "namespace": "ns\\u0000"}', "namespace"),
+        ("/v1/customization/targets", '{"name": "t@1", "num_parameters": 1e999, "precision": "fp32", "model_uri": "builtin://tiny-llama"}',
+         "num_parameters"),
+    ],
+)
+def test_out_of_bounds_entity_inputs_are_422_naming_the_field(client, path, body, field):
+    _unprocessable(client.post(path, content=body.encode(), headers={"content-type": "application/json"}), field)
+
+
+def test_bounds_are_in_the_openapi_schema(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    seed = schemas["Hyperparameters"]["properties"]["seed"]
+    assert (seed["minimum"], seed["maximum"]) == (0, 2**31 - 1)
+    assert schemas["LoraParams"]["properties"]["alpha"]["maximum"] <= 2**16
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("page=1e999", "page"), ("page_size=1e999", "page_size"), ("page=0", "page"), ("page_size=100000", "page_size"),
+     ("sort=name%00", "sort"), ("filter[name]=a%00b", "filter[name]"), ("filter[a][b][c][d][e]=1", "filter[a][b][c][d][e]"),
+     ("filter[name]=" + "x" * 2000, "filter[name]"), ("&".join(f"filter[f{i}]=1" for i in range(33)), "filter[f32]")],
+)
+def test_list_parameters_are_bounded(client, query, field):
+    for path in ("/v1/models", "/v1/customization/jobs", "/v1/datastore/namespaces"):
+        response = client.get(f"{path}?{query}")
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", field], (path, response.text)
+    assert client.get("/v1/models?limit=1e999&page_size=1000&page=1000000").status_code == 200  # unknown parameters are ignored
+
+
+@pytest.mark.parametrize(("path", "why"), [("training/evil\u202elsonj.jsonl", "U+202E"), ("zero\u200bwidth.jsonl", "U+200B"),
+                                           (".tmp-123-abc", "the store's own"), ("training/.tmp-x.jsonl", "the store's own")])
+def test_data_store_paths_with_hidden_characters_or_the_reserved_prefix_are_refused(client, tmp_path, path, why):
+    response = commit(client, _add("training/good.jsonl"), _add(path))
+    assert response.status_code == 400 and response.json()["detail"].startswith("commit line 3:") and why in response.json()["detail"]
+    assert _files(client) == [] and _stored(tmp_path) == []
+    for body, field in (({"name": "qa\u202e", "organization": "ns", "type": "dataset"}, "name"),
+                        ({"name": "qa", "organization": ".tmp-ns", "type": "dataset"}, "organization")):
+        response = client.post("/v1/hf/api/repos/create", json=body)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", field]
+
+
+def _asgi_commit(app, lines, chunk: int = 64 << 10) -> tuple[int, dict]:
+    """POST a commit whose lines are generated as they are sent, straight through the ASGI app (no client
+    buffers the body), and return the status and the JSON answer."""
+    def chunks():
+        for line in lines:
+            for start in range(0, len(line), chunk):
+                yield line[start:start + chunk]
+
+    source, messages = chunks(), []
+
+    async def receive():
+        piece = next(source, None)
+        return {"type": "http.request", "body": piece or b"", "more_body": piece is not None}
+
+    async def send(message):
+        messages.append(message)
+
+    path = "/v1/hf/api/datasets/ns/qa/commit/main"
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/x-ndjson")], "scheme": "http", "server": ("test", 80),
+             "client": ("test", 1), "http_version": "1.1", "asgi": {"version": "3.0"}}
+    asyncio.run(app(scope, receive, send))
+    return messages[0]["status"], json.loads(b"".join(m.get("body", b"") for m in messages[1:]))
+
+
+def _file_lines(count: int, size: int):
+    yield json.dumps({"key": "header", "value": {"summary": "big"}}).encode() + b"\n"
+    for index in range(count):
+        data = bytes([index]) * size
+        yield json.dumps({"key": "file", "value": {"path": f"training/{index}.jsonl", "content": base64.b64encode(data).decode(),
+                                                    "encoding": "base64"}}).encode() + b"\n"
+
+
+def test_a_large_commit_streams_with_flat_memory_and_a_line_over_the_cap_is_refused(tmp_path):
+    import tracemalloc
+
+    from api.limits import MAX_COMMIT_LINE_BYTES
+
+    app = create_app(Settings(data_dir=tmp_path / "data", max_upload_bytes=256 << 20))
+    with TestClient(app) as client:
+        assert client.post("/v1/hf/api/repos/create", json={"name": "qa", "organization": "ns", "type": "dataset"}).status_code == 200
+    upload = 48 << 20  # 48 files of 1 MiB: a 64 MiB body once base64-encoded
+    tracemalloc.start()
+    try:
+        status, answer = _asgi_commit(app, _file_lines(48, 1 << 20))
+        _, peak = tracemalloc.get_traced_memory()
+        assert status == 200, answer
+        assert peak < upload // 2, f"peak {peak >> 20} MiB for a {upload >> 20} MiB upload"
+
+        giant = b'{"key": "file", "value": {"path": "big.jsonl", "content": "' + b"A" * (MAX_COMMIT_LINE_BYTES + (8 << 20)) + b'"}}\n'
+        tracemalloc.reset_peak()
+        status, answer = _asgi_commit(app, [b'{"key": "header", "value": {}}\n', giant])
+        _, peak = tracemalloc.get_traced_memory()
+        assert status == 413 and answer["detail"].startswith("commit line 2 is over the 32 MiB line limit")
+        assert "23 MiB" in answer["detail"] and "split" in answer["detail"]
+        assert peak - len(giant) < 24 << 20, f"peak {peak >> 20} MiB beside the {len(giant) >> 20} MiB line the test holds"
+    finally:
+        tracemalloc.stop()
+    with TestClient(app) as client:
+        assert len(_files(client)) == 48 and "big.jsonl" not in _files(client)
+
+
+def test_a_dataset_name_taken_from_its_url_obeys_the_name_rule(client):
+    response = client.post("/v1/datasets", json={"files_url": "hf://datasets/ns/qa\u202egpj"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "name"], response.text
+    assert client.post("/v1/datasets", json={"files_url": "hf://datasets/ns/qa"}).json()["name"] == "qa"
+
+
+@pytest.mark.parametrize("body", ['{"min_task_gain": NaN}', '{"min_task_gain": 1e400}', '{"benchmarks": ["\\ud800"]}',
+                                  '{"approval_timeout_hours": 1e300}'])
+def test_a_promotion_policy_out_of_bounds_is_422(client, body):
+    response = client.put("/v1/policies", content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert any(field in json.dumps(response.json()["detail"]) for field in ("min_task_gain", "benchmarks", "approval_timeout_hours"))
+
+
+def test_the_documented_file_limit_fits_in_one_commit_line():
+    from api.limits import MAX_COMMIT_FILE_BYTES, MAX_COMMIT_LINE_BYTES
+
+    around = len(json.dumps({"key": "file", "value": {"content": "", "path": "p" * 1024, "encoding": "base64"}}))
+    assert 4 * -(-MAX_COMMIT_FILE_BYTES // 3) + around <= MAX_COMMIT_LINE_BYTES

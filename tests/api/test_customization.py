@@ -199,7 +199,7 @@ def test_cancel_and_secrets_never_echoed(nemo, email_dataset, platform):
     from core.secrets import unseal
     from core.settings import Settings
 
-    parameters = httpx.get(f"{platform.prefect_api}/flow_runs/{uuid_from_id(job.id)}", timeout=30).json()["parameters"]
+    parameters = httpx.get(f"{platform.prefect_api}/flow_runs/{uuid_from_id(job.id)}", auth=platform.services_auth, timeout=30).json()["parameters"]
     sealed = parameters["spec"]["secrets"]["wandb-api-key"]
     assert secret not in json.dumps(parameters) and unseal(Settings(data_dir=platform.data_dir), sealed) == secret
 
@@ -255,7 +255,7 @@ def test_customizer_extensions_ride_on_the_sdks_extra_body(nemo, email_dataset, 
     extensions = {"evaluation": {"target_score": 75.0, "few_shot": 1}, "budget": {"max_device_hours": 3.0}, "policy": {"min_task_gain": 0.5}}
     job = nemo.customization.jobs.create(**(NEMO_EXAMPLE | {"config": TINY_CONFIG}), extra_body=extensions)
     nemo.customization.jobs.cancel(job.id)  # what was asked is all this test reads
-    spec = httpx.get(f"{platform.prefect_api}/flow_runs/{uuid_from_id(job.id)}", timeout=30).json()["parameters"]["spec"]
+    spec = httpx.get(f"{platform.prefect_api}/flow_runs/{uuid_from_id(job.id)}", auth=platform.services_auth, timeout=30).json()["parameters"]["spec"]
     assert (spec["evaluation"]["target_score"], spec["evaluation"]["few_shot"]) == (75.0, 1)
     assert spec["budget"]["max_device_hours"] == 3.0 and spec["policy"]["min_task_gain"] == 0.5
     assert spec["dataset_source"] == "hf://datasets/default/email-assist-dataset"

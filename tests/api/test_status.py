@@ -95,7 +95,7 @@ def test_a_failed_customization_marks_its_upload_failed(store, monkeypatch):
     assert done["status_details"]["status_logs"][-1] == {"updated_at": AT.isoformat(), "message": "Failed", "detail": "ValueError: no rows"}
     assert store.get(customization.MODEL, "model-2")["artifact"]["status"] == "upload_failed"
     monkeypatch.setattr(orchestrator, "logs", lambda flow_run_id: [{"timestamp": "t", "logger": "flow", "message": f"ran {flow_run_id}"}])
-    logs = status.job_logs(done)
+    logs = status.job_logs(done, Settings())
     assert logs["error"]["exception_type"] == "ValueError"
     assert logs["entries"]["cust-2"]["object"] == f"flow-run/{RUN}" and logs["entries"]["cust-2"]["logs"]["customize"] == [f"t flow: ran {RUN}"]
 

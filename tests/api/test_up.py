@@ -24,6 +24,28 @@ def test_services_run_below_the_workers_priority(platform):
     assert niceness == {"uvicorn": {niced}, "prefect": {niced}, "mlflow": {niced}, "worker": {base}}
 
 
+def test_the_orchestrator_and_the_registry_admit_only_the_platform(platform):
+    """Prefect and MLflow ask for the service account, answer no foreign origin or Host, and the UI still loads."""
+    import httpx
+
+    with httpx.Client(timeout=30) as client:
+        runs = f"{platform.prefect_api}/flow_runs/filter"
+        assert client.post(runs, json={}).status_code == 401
+        assert client.post(runs, json={}, auth=("customizer", "a-guess-of-32-characters-long-xx")).status_code == 401
+        assert client.post(runs, json={}, auth=platform.services_auth).status_code == 200
+        preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+        assert "access-control-allow-origin" not in client.options(runs, headers=preflight).headers
+        port = platform.prefect_api.rsplit(":", 1)[1].split("/")[0]
+        assert client.get(f"{platform.prefect_api}/health", headers={"Host": f"evil.example:{port}"}).status_code == 400
+        ui = client.get(platform.prefect_api.removesuffix("/api") + "/")
+        assert ui.status_code == 200 and "<html" in ui.text.lower()
+        alias = f"{platform.mlflow}/api/2.0/mlflow/registered-models/alias"
+        champion = {"name": "default/any", "alias": "champion", "version": "1"}
+        assert client.post(alias, json=champion).status_code == 401
+        assert client.get(f"{platform.mlflow}/api/2.0/mlflow/registered-models/search").status_code == 401
+        assert client.get(f"{platform.mlflow}/api/2.0/mlflow/registered-models/search", auth=platform.services_auth).status_code == 200
+
+
 @pytest.mark.faults  # stops and starts the service it depends on
 def test_state_survives_a_restart(platform, example_jobs):
     before = NeMoMicroservices(base_url=platform.api, max_retries=0)

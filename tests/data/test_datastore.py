@@ -15,6 +15,7 @@ from data.datastore import (
     download_dataset,
     open_files,
     parse_hf_url,
+    safe_name,
     safe_path,
 )
 
@@ -28,6 +29,21 @@ def test_doctests():
 def test_unsafe_paths_are_refused(path):
     with pytest.raises(DatastoreError):
         safe_path(path)
+
+
+@pytest.mark.parametrize("path", ["evil\u202elsonj.jsonl", "a/zero\u200bwidth.jsonl", "bom\ufeff.jsonl", "line\u2028sep", ".tmp-1-abc",
+                                  "training/.tmp-x.jsonl"])
+def test_hidden_characters_and_the_stores_own_prefix_are_refused(path):
+    with pytest.raises(DatastoreError, match="U\\+|store's own"):
+        safe_path(path)
+
+
+def test_names_are_single_segments_and_say_which_field():
+    assert safe_name("team-a", "organization") == "team-a" and safe_path("tmp-.jsonl") == "tmp-.jsonl"
+    with pytest.raises(DatastoreError, match="^`organization`"):
+        safe_name("a/b", "organization")
+    with pytest.raises(DatastoreError, match="^`name`: .*U\\+202E"):
+        safe_name("x\u202e", "name")
 
 
 def test_symlinks_are_never_followed(tmp_path):

@@ -75,3 +75,73 @@ def test_s3_errors_are_one_clear_line(tmp_path: Path, s3_endpoint: str):
     unreachable = Settings(data_dir=tmp_path / "data", s3_endpoint_url="http://127.0.0.1:9")
     with pytest.raises(DatasetError, match="cannot read the dataset from the S3 store"):
         ingest_dataset("s3://datasets/teams", tmp_path / "e", seed=0, settings=unreachable)
+
+
+# ---------------------------------------------------------------- who may read what
+
+
+def _layout(tmp_path: Path) -> Settings:
+    """A data folder with a Data Store file in team-a and team-b, and a file of the service's own state."""
+    settings = Settings(data_dir=tmp_path / "data")
+    for namespace in ("team-a", "team-b"):
+        write_jsonl(settings.root / "datastore" / "datasets" / namespace / "qa" / "rows.jsonl", [{"q": namespace}])
+    write_jsonl(settings.root / "api" / "secret.jsonl", [{"key": "k"}])
+    return settings
+
+
+def test_a_folder_spanning_namespaces_is_readable_only_for_every_namespace(tmp_path: Path):
+    from data.sources import SourceError, check_access
+
+    settings = _layout(tmp_path)
+    spanning = [settings.root, settings.root / "datastore", settings.root / "datastore" / "datasets", settings.root / "store"]
+    for folder in spanning:
+        for namespaces in ({"default"}, {"team-a"}, {"default", "team-a"}):
+            with pytest.raises(SourceError, match="spans every namespace"):
+                check_access(folder.as_uri(), settings, namespaces)
+    for namespaces in (None, {"*"}):
+        check_access(settings.root.as_uri(), settings, namespaces)
+    team_b = settings.root / "datastore" / "datasets" / "team-b" / "qa"
+    with pytest.raises(SourceError, match="'team-b'"):
+        check_access(team_b.as_uri(), settings, {"team-a", "default"})
+    with pytest.raises(SourceError, match="'team-b'"):
+        check_access("hf://datasets/team-b/qa", settings, {"team-a"})
+    check_access(str(team_b), settings, {"team-b"})
+
+
+def test_every_file_read_below_a_folder_is_checked_where_it_really_lies(tmp_path: Path):
+    from data.sources import SourceError, checked_files
+
+    settings = _layout(tmp_path)
+    mine = settings.root / "datastore" / "datasets" / "team-a" / "qa"
+    assert checked_files(mine, settings, {"team-a"}) == [mine / "rows.jsonl"]
+    (mine / "theirs.jsonl").symlink_to(settings.root / "datastore" / "datasets" / "team-b" / "qa" / "rows.jsonl")
+    with pytest.raises(SourceError, match=r"theirs\.jsonl .*'team-b'"):
+        checked_files(mine, settings, {"team-a"})
+    assert len(checked_files(mine, settings, None)) == 2  # every namespace may read both
+    (mine / "theirs.jsonl").unlink()
+    (mine / "state.jsonl").symlink_to(settings.root / "api" / "secret.jsonl")
+    with pytest.raises(SourceError, match="service's own state"):
+        checked_files(mine, settings, None)
+    (mine / "state.jsonl").unlink()
+    outside = tmp_path / "outside.jsonl"
+    write_jsonl(outside, [{"q": "x"}])
+    (mine / "out.jsonl").symlink_to(outside)
+    with pytest.raises(SourceError, match="outside the folders"):
+        checked_files(mine, settings, None)
+    with pytest.raises(SourceError, match=r"^api holds the service's own state"):
+        checked_files(settings.root, settings, None)  # the data folder itself: its own state is never walked
+
+
+def test_packaged_model_uris_cannot_leave_their_package(tmp_path: Path):
+    from data.sources import SourceError, check_url, package_path
+
+    settings = Settings(data_dir=tmp_path)
+    refused = ["pkg://json/../json/__init__.py", "pkg://json/../../../../etc/passwd", "pkg://json//etc/../passwd", "pkg://os.path/x",
+               "pkg://json/./decoder.py", "builtin://tiny-llama/../../etc/passwd", "builtin://../etc", "builtin://tiny-llama?x=1"]
+    for uri in refused:
+        with pytest.raises(SourceError):
+            check_url(uri, settings, "model")
+    check_url("builtin://tiny-llama", settings, "model")
+    assert package_path("pkg://json/decoder.py").name == "decoder.py"
+    with pytest.raises(SourceError, match=r"\.\."):
+        package_path("pkg://json/../json/__init__.py")  # an existing file, still refused: no existence oracle

@@ -170,7 +170,7 @@ class Faulty:
 
 
 @pytest.fixture(scope="session")
-def faulty(tiny_config_dir, held_s3):
+def faulty(tiny_config_dir, held_s3, tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root = SESSION_DIR / "faults"
@@ -187,6 +187,8 @@ def faulty(tiny_config_dir, held_s3):
         "CUSTOMIZER_S3_ENDPOINT_URL": held_s3.endpoint,
         "CUSTOMIZER_S3_MAX_ATTEMPTS": "1",
         "PYTHONPATH": str(ROOT),
+        # The jobs read datasets the tests write under pytest's temporary folder.
+        "CUSTOMIZER_ALLOWED_FILE_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp()), str(root / "data")]),
     }
     platform = Faulty(root=root, env=env, prefect_url=url, prefect_port=port, s3=held_s3)
     # The tiny model's general scores are noise: the operator opens the forgetting limit (a job may only tighten it).

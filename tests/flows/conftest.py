@@ -1,6 +1,8 @@
 """Real services for flow tests, started once per session: a Prefect server (the test harness)
 and an S3 endpoint over HTTP (moto's server)."""
 
+import json
+
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
@@ -38,10 +40,12 @@ class Store:
 
 
 @pytest.fixture
-def services(prefect_server, s3_store, tiny_config_dir, tmp_path, monkeypatch) -> Store:
-    """Fresh data folder (so a fresh MLflow database) and S3 prefix per test; S3 is served over HTTP."""
+def services(prefect_server, s3_store, tiny_config_dir, tmp_path, tmp_path_factory, monkeypatch) -> Store:
+    """Fresh data folder (so a fresh MLflow database) and S3 prefix per test; S3 is served over HTTP.
+    The tests' own folders are the allowed ones: a flow reads a dataset only there."""
     store = Store(s3_store, tmp_path.name)
     monkeypatch.setenv("CUSTOMIZER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CUSTOMIZER_ALLOWED_FILE_ROOTS", json.dumps([str(tmp_path_factory.getbasetemp())]))
     monkeypatch.setenv("CUSTOMIZER_STORE_URI", store.uri)
     monkeypatch.setenv("CUSTOMIZER_S3_ENDPOINT_URL", s3_store)
     return store

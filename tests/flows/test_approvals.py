@@ -12,6 +12,7 @@ from prefect.flow_runs import resume_flow_run
 
 from core.ids import uuid_from_id
 from core.settings import get_settings
+from core.submission import signed
 from core import tracking
 from deploy.registry import registered_name
 from tests.flows.test_customize import OUTPUT, REVIEW_LORA_TOO, spec_for
@@ -145,7 +146,7 @@ def test_with_authentication_on_only_the_platforms_signed_answer_counts(services
 
     monkeypatch.setenv("CUSTOMIZER_API_KEYS", '{"reviewer-key": ["*"]}')
     spec = spec_for(ok_dataset, review_methods=REVIEW_LORA_TOO, approval_timeout_hours=1.0).model_copy(update={"submitted_by": "alice"})
-    thread, outcome = start(spec)
+    thread, outcome = start(signed(spec, get_settings(), "alice", ["*"], ["submit"]))  # as the REST API submits it
     first = paused_run(thread, outcome)
     job_id = prefixed_id("cust", first.id)
     answer(first, approved=True, reviewer="mallory", comment="from the UI form")

@@ -18,6 +18,7 @@ from core import tracking
 from deploy.registry import registered_name
 from deploy.store import Manifest, Published, StoreError, fetch, publish, publishable_files
 from tests.conftest import TINY_CONFIG_URN
+from tests.deploy import sign_decision
 from tests.s3server import counting_s3_server
 from tests.serving import TINY_BASE_NAME, running_server
 from core.specs import CustomizationSpec, PromotionPolicy
@@ -136,7 +137,9 @@ def test_a_hand_off_that_fails_leaves_a_warning_on_the_run_and_version(services,
     monkeypatch.setenv("CUSTOMIZER_SERVING_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     settings = get_settings()
     run_id = tracking.start_run(settings, "cust-handoff", tags={}, params={})
-    version = registry.promote(settings, OUTPUT, registry.register_version(settings, OUTPUT, "s3://x", run_id, {}).version)
+    registered = registry.register_version(settings, OUTPUT, "s3://x", run_id, {}).version
+    sign_decision(settings, OUTPUT, registered)  # the gate's promote decision, as the register task signs it
+    version = registry.promote(settings, OUTPUT, registered)
     spec = CustomizationSpec(config=TINY_CONFIG_URN, dataset="/data", output_model=OUTPUT)
     job = Job(job_id="cust-handoff", work_dir="/tmp", run_id=run_id, spec=spec, config=get_config(TINY_CONFIG_URN, settings),
               policy=spec.policy, policy_source="job")

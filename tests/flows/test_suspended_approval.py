@@ -5,6 +5,7 @@ training run once. A job nobody answers is rejected at its deadline by the worke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ from core import audit, tracking
 from core.ids import prefixed_id
 from core.processes import free_port, stop_processes, wait_until_healthy
 from core.settings import get_settings
+from core.submission import signed
 from tasks.approval import TIMED_OUT
 from tests.flows.test_approvals import logged
 from tests.flows.test_customize import REVIEW_LORA_TOO, spec_for
@@ -73,6 +75,7 @@ def platform(tmp_path_factory, tiny_config_dir):
         "PREFECT_HOME": str(folder / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "CUSTOMIZER_DATA_DIR": str(folder / "data"), "PYTHONPATH": str(ROOT),
         "CUSTOMIZER_APPROVAL_POLL_SECONDS": "1", "CUSTOMIZER_API_KEYS": '{"reviewer-key": ["*"]}',
+        "CUSTOMIZER_ALLOWED_FILE_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
     }
     log = folder / "server.log"
     with open(log, "wb") as out:
@@ -91,6 +94,8 @@ def platform(tmp_path_factory, tiny_config_dir):
 
 
 def _submit(spec) -> str:
+    """Start a job as the platform does: signed (authentication is on, so an unsigned one would not run)."""
+    spec = signed(spec, get_settings(), spec.submitted_by, ["*"], ["submit"])
     return orchestrator.start(get_settings().customize_deployment, {"spec": spec.model_dump(mode="json")})
 
 
@@ -199,3 +204,24 @@ def test_an_unanswered_suspended_job_is_rejected_at_its_deadline(platform, ok_da
 def _states(flow_run_id: str):
     with get_client(sync_client=True) as client:
         return client.read_flow_run_states(flow_run_id)
+
+
+def test_a_job_cancelled_while_its_worker_submits_it_never_starts(platform, ok_dataset):
+    """Cancelled through the API while Pending (the worker starting its process): reported cancelling,
+    never Running afterwards, and it ends Cancelled without having read or trained anything."""
+    flow_run_id = _submit(spec_for(ok_dataset))
+    deadline = time.monotonic() + 120
+    while (run := _run(flow_run_id)).state.type.value == "SCHEDULED":
+        assert time.monotonic() < deadline, f"the worker did not take the run\n{_tail(platform)}"
+        time.sleep(0.05)
+    assert run.state.type.value == "PENDING", f"the run was {run.state.name} before it could be cancelled while pending"
+    orchestrator.cancel(flow_run_id)
+    assert orchestrator.states([flow_run_id])[flow_run_id].status == "cancelling"  # not "cancelled": it could still start
+
+    run = _wait_for(platform, flow_run_id, lambda r: r.state.is_final(), "ending cancelled", 300)
+    assert run.state.is_cancelled(), run.state
+    history = sorted(_states(flow_run_id), key=lambda s: s.timestamp)
+    asked = next(i for i, s in enumerate(history) if s.type.value == "CANCELLING")
+    assert not [s.name for s in history[asked:] if s.type.value == "RUNNING"], [s.name for s in history]
+    job_id = prefixed_id("cust", flow_run_id)
+    assert not (get_settings().jobs_dir / job_id / "data").exists() and not any(get_settings().jobs_dir.glob(f"{job_id}/checkpoints"))

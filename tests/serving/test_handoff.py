@@ -14,6 +14,8 @@ from deploy import registry
 from core import tracking
 from serving.handoff import HandOffError, go_live, lora_path, vllm_args
 from deploy.store import publish
+from deploy.trust import UntrustedChampion
+from tests.deploy import sign_decision
 from tests.serving import TINY_BASE_NAME, make_adapter, reference_chat, running_server
 
 FILES = ["adapter_config.json", "adapter_model.safetensors"]
@@ -56,6 +58,7 @@ def test_vllm_launch_arguments_name_the_champions_of_a_namespace(tmp_path, tiny_
         version = registry.register_version(settings, name, str(adapter), run_id, {})
         published = publish(adapter, FILES, name, version.version, TINY_BASE_NAME, {}, settings)
         registry.set_version_tags(settings, name, version.version, {"customizer.published_uri": published.uri})
+        sign_decision(settings, name, version.version)
         registry.promote(settings, name, version.version)
     run_id = tracking.start_run(settings, "cust-unpromoted", tags={}, params={})
     registry.register_version(settings, "team/candidate-only", str(tmp_path), run_id, {})
@@ -74,3 +77,18 @@ def test_vllm_launch_arguments_name_the_champions_of_a_namespace(tmp_path, tiny_
     assert main(["serving", "vllm-args", "nobody"]) == 2
     assert "no published champion" in capsys.readouterr().err
     assert json.loads((tmp_path / "store" / "team" / "large" / "1" / "adapter_config.json").read_text())["r"] == 16
+
+    # A champion whose decision was edited after it was signed leaves no namespace argument list silently short.
+    tracking.client(settings).set_model_version_tag("team.small", "1", "customizer.decision.reasons", "[]")
+    assert vllm_args("team", settings)[-2:] == ["team/large=/adapters/team/large/1", "team/small=/adapters/team/small/1"]
+    tracking.client(settings).set_model_version_tag("team.small", "1", "customizer.artifact.sha256", "0" * 64)
+    with pytest.raises(UntrustedChampion, match="team/small: the champion alias points at version 1, which is not trusted"):
+        vllm_args("team", settings)
+    assert main(["serving", "vllm-args", "team"]) == 2
+    assert "changed after the platform signed them" in capsys.readouterr().err
+    # Its published URI is not signed: it must name the champion itself.
+    sign_decision(settings, "team/small", "1")
+    tracking.client(settings).set_model_version_tag("team.small", "1", "customizer.published_uri",
+                                                    registry.client(settings).get_model_version("team.large", "1").tags["customizer.published_uri"])
+    with pytest.raises(HandOffError, match="team/small v1: its `customizer.published_uri` tag points at team/large v1"):
+        vllm_args("team", settings)

@@ -15,6 +15,7 @@ import yaml
 
 from core import tracking
 from core.ids import prefixed_id
+from core.settings import get_settings
 from core.specs import CustomizationSpec, PromotionPolicy
 from evaluation.policy import PolicyError, policy_file, write_policy
 from tasks.check import CheckedJob, JobRefused, check, check_job, job_folder
@@ -32,9 +33,10 @@ def spec(dataset: Path, **fields) -> CustomizationSpec:
 
 
 @pytest.fixture
-def settings(job_settings, tiny_config_dir):
-    """The module's data folder, with the tiny model's config in the catalog."""
-    return job_settings
+def settings(job_settings, tiny_config_dir, tmp_path_factory, monkeypatch):
+    """The module's data folder, with the tiny model's config in the catalog; the tests' folders are the allowed ones."""
+    monkeypatch.setenv("CUSTOMIZER_ALLOWED_FILE_ROOTS", json.dumps([str(tmp_path_factory.getbasetemp())]))
+    return get_settings()
 
 
 def dataset(tmp_path: Path, rows: list) -> Path:
@@ -221,3 +223,63 @@ def test_a_job_its_check_refused_still_leaves_a_failed_run_with_the_report(setti
 
 def tags_of(settings, job) -> dict[str, str]:
     return tracking.client(settings).get_run(job.run_id).data.tags
+
+
+# --- where a run came from (check_origin) ----------------------------------------------------------
+
+def test_an_unsigned_job_with_authentication_on_is_not_admitted(settings, tmp_path):
+    from core.submission import NotSubmitted
+    from tasks.check import check_origin
+
+    with pytest.raises(NotSubmitted, match="not submitted through the platform"):
+        check_origin(spec(dataset(tmp_path, ok_rows(10))), settings.model_copy(update={"auth_required": True}))
+    check_origin(spec(dataset(tmp_path, ok_rows(10))), settings)  # authentication off: within the allowed folders
+
+
+def test_a_job_may_not_read_outside_the_allowed_folders_even_unsigned(settings, tmp_path):
+    from tasks.check import AccessRefused, check_origin
+
+    with pytest.raises(AccessRefused, match=r"`dataset` '/root' is refused: .* outside the folders the server may read"):
+        check_origin(spec(Path("/root")), settings)
+    with pytest.raises(AccessRefused, match=r"`data.replay.source` '/etc' is refused"):
+        check_origin(spec(dataset(tmp_path, ok_rows(10)), data={"replay": {"ratio": 0.1, "source": "/etc"}}), settings)
+
+
+def test_a_signed_job_stays_in_its_submitters_namespaces(settings, tmp_path):
+    from core.submission import signed
+    from tasks.check import AccessRefused, check_origin
+
+    def as_team(job):
+        return signed(job, settings, "alice", ["team"], ["submit"])
+
+    folder = dataset(tmp_path, ok_rows(10))
+    assert check_origin(as_team(spec(folder)), settings).principal == "alice"
+    with pytest.raises(AccessRefused, match="`output_model` is in namespace 'team-b', which the submitter may not use"):
+        check_origin(as_team(spec(folder, output_model="team-b/bot")), settings)
+    with pytest.raises(AccessRefused, match="`dataset` 'hf://datasets/team-b/data' is refused: names Data Store namespace 'team-b'"):
+        check_origin(as_team(spec(folder).model_copy(update={"dataset": "hf://datasets/team-b/data"})), settings)
+    copy = settings.root / "api" / "dataset-snapshots" / "abc"  # the API's copy: the platform made it, its source is checked
+    assert check_origin(as_team(spec(copy, dataset_source="hf://datasets/team/data")), settings) is not None
+    with pytest.raises(AccessRefused, match="`dataset` .* holds the service's own state"):
+        check_origin(spec(copy), settings)  # unsigned: nobody vouches for a folder of the service's own state
+    operator = signed(spec(Path("/srv/own-data")), settings, "operator", ["*"], ["admin"], door="cli")
+    assert check_origin(operator, settings).door == "cli"  # the CLI on the server: the operator's own files
+
+
+def test_an_evaluation_is_checked_like_a_job(settings, tmp_path, monkeypatch):
+    from core.submission import NotSubmitted, signed
+    from evaluation.custom import EvaluationRequest, ModelSpec
+    from tasks.check import AccessRefused, check_evaluation
+
+    model = tmp_path / "model"
+    model.mkdir()
+    request = EvaluationRequest(config={"type": "capitals"}, model=ModelSpec(model_uri=model.as_uri()))
+    assert check_evaluation.fn(request) is None  # authentication off, inside the allowed folders
+    with pytest.raises(AccessRefused, match="`model.model_uri` 'file:///root' is refused"):
+        check_evaluation.fn(request.model_copy(update={"model": ModelSpec(model_uri="file:///root")}))
+    with pytest.raises(AccessRefused, match="`data_files.qa` '/etc/passwd' is refused"):
+        check_evaluation.fn(request.model_copy(update={"data_files": {"qa": "/etc/passwd"}}))
+    monkeypatch.setenv("CUSTOMIZER_AUTH_REQUIRED", "true")
+    with pytest.raises(NotSubmitted, match="not submitted through the platform"):
+        check_evaluation.fn(request)
+    assert check_evaluation.fn(signed(request, settings, "alice", ["team"], ["submit"])).principal == "alice"

@@ -14,9 +14,11 @@ from core import tracking
 from data.ingest import IngestedDataset
 from deploy import registry
 from deploy.store import StoreError, publish
+from deploy.trust import UntrustedChampion, files_digest, trusted_champion
 from evaluation.gate import ApprovalRecord, Decision
 from serving import handoff
 from tasks.deploy import go_live, promote, register, transient_io_error
+from tasks.evaluation import champion_scores
 from tests.tasks.conftest import make_job, stage
 from training.base_model import ResolvedModel
 from training.common import TrainResult
@@ -106,6 +108,23 @@ def test_promotion_needs_the_gate_and_every_published_file(job_settings, registe
     stored.write_bytes(b"weights")
     assert promote.fn(job, version, published, PROMOTE).aliases == ["candidate", "champion"]
     assert registry.champion_version(job_settings, job.spec.output_model) == "1"
+
+
+def test_the_registered_decision_is_signed_and_the_gate_refuses_a_forged_champion(job_settings, registered):
+    job, trained, version = registered
+    published = publish(Path(trained.output_dir), FILES, job.spec.output_model, version.version, "customizer/tiny-llama", {}, job_settings)
+    promote.fn(job, version, published, PROMOTE)
+    champion = trusted_champion(job_settings, job.spec.output_model)
+    # What is signed names the very files the store holds for the version.
+    assert champion.tags["customizer.artifact.sha256"] == files_digest({n: e.sha256 for n, e in published.manifest.files.items()})
+    assert champion_scores.fn(job, BASE, {}, DATA) == {"task": {"em": 0.6}, "general": {"g": 0.5}}
+
+    # A lower bar slipped in through the registry is refused, not compared against.
+    client = tracking.client(job_settings)
+    client.set_model_version_tag(version.registered_model, "1", "customizer.scores.candidate",
+                                 json.dumps({"task": {"em": 0.0}, "general": {}, "versions": {}}))
+    with pytest.raises(UntrustedChampion, match=rf"{job.spec.output_model}: the champion alias points at version 1, which is not trusted"):
+        champion_scores.fn(job, BASE, {}, DATA)
 
 
 def test_go_live_loads_only_a_promoted_adapter_and_records_where(job_settings, registered, monkeypatch):

@@ -19,6 +19,7 @@ from evaluation.gate import Decision
 from tasks.job import CustomizationResult
 from data.datastore import open_files
 from tasks.retrain import Champion, champion_spec, dataset_now, discard, find_champions, outcome, retrain_spec
+from tests.deploy import sign_decision
 from tests.conftest import ok_rows, write_jsonl
 from tests.tasks.conftest import CONFIG, stage
 
@@ -60,6 +61,7 @@ def test_find_champions_skips_models_without_one(job_settings, tmp_path):
         tags = {"customizer.spec": SPEC.model_copy(update={"output_model": model}).model_dump_json(),
                 "customizer.dataset.uri": "/data/ok", "customizer.dataset.sha256": "f" * 64}
         registry.register_version(job_settings, model, source, run_id, tags)
+        sign_decision(job_settings, model, "1")
     registry.promote(job_settings, crowned, "1")
 
     champions, skipped = find_champions.fn([crowned, uncrowned])
@@ -67,6 +69,26 @@ def test_find_champions_skips_models_without_one(job_settings, tmp_path):
     assert [(c.output_model, c.version, c.dataset_uri, c.dataset_sha256) for c in champions] == [(crowned, "1", "/data/ok", "f" * 64)]
     assert champions[0].spec.output_model == crowned
     assert [(s.output_model, s.action, s.reason) for s in skipped] == [(uncrowned, "skipped", "no champion to retrain")]
+
+
+def test_find_champions_skips_a_champion_the_gate_did_not_promote(job_settings, tmp_path):
+    forged = f"team/forged-{uuid.uuid4().hex[:8]}"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    run_id = tracking.start_run(job_settings, f"cust-{uuid.uuid4().hex[:8]}", tags={}, params={})
+    tags = {"customizer.spec": SPEC.model_copy(update={"output_model": forged}).model_dump_json(),
+            "customizer.dataset.uri": "/data/ok", "customizer.dataset.sha256": "f" * 64}
+    registry.register_version(job_settings, forged, tracking.log_artifacts(job_settings, run_id, adapter, "adapter"), run_id, tags)
+    sign_decision(job_settings, forged, "1", "reject")
+    tracking.client(job_settings).set_registered_model_alias(registry.registered_name(forged), "champion", "1")  # around the platform
+
+    champions, skipped = find_champions.fn([forged])
+
+    assert champions == []
+    ((model, action, reason, version),) = [(s.output_model, s.action, s.reason, s.champion_version) for s in skipped]
+    assert (model, action, version) == (forged, "skipped", "1")
+    assert f"{forged}: the champion alias points at version 1, which is not trusted: the gate decided 'reject'" in reason
 
 
 def test_the_dataset_identity_is_what_ingest_computes_and_changes_with_the_data(job_settings, tmp_path):
