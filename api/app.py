@@ -12,6 +12,7 @@ a caller.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 from typing import Any
@@ -42,10 +43,26 @@ def _no_retry(status: int) -> dict[str, str]:
 
 def _json_safe(errors: list) -> list:
     """Validation errors with their ``ctx``/``input`` made JSON-safe (they may hold exceptions or bytes)."""
+    def writable(value: Any) -> bool:  # JSON can carry it: no NaN/Infinity, no lone surrogate
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        return isinstance(value, (str, int, float, bool, type(None)))
+
+    def text(value: Any) -> Any:
+        return value if writable(value) else str(value).encode("utf-8", "backslashreplace").decode("ascii", "replace")
+
     safe = []
     for error in errors:
-        entry = {k: error[k] for k in ("loc", "msg", "type") if k in error}
-        if "input" in error and isinstance(error["input"], (str, int, float, bool, type(None))):
+        entry = {k: error[k] for k in ("msg", "type") if k in error}
+        entry = {k: text(v) for k, v in entry.items()}
+        if "loc" in error:
+            entry["loc"] = [part if isinstance(part, int) else text(part) for part in error["loc"]]
+        if "input" in error and writable(error["input"]):
             entry["input"] = error["input"]
         safe.append(entry)
     return safe

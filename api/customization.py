@@ -361,6 +361,10 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
     stored_config = store.find(CONFIG, config_namespace, config_name)
     if stored_config is not None and not caller.sees(stored_config["namespace"]):  # before the pre-flight: it would describe the config
         raise NotFound(f"customization config {body.config} does not exist")
+    try:
+        parse_config_urn(body.config)
+    except CatalogError as exc:
+        raise BadRequest(str(exc)) from exc
     try:  # before the pre-flight, whose message would list every namespace's configs
         get_config(body.config, settings, caller.namespaces)
     except CatalogError as exc:

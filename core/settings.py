@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     config_dirs: list[Path] = Field(
         default_factory=list, description="Extra folders of config YAML files added to the built-in catalog."
     )
+    benchmark_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Extra folders of general benchmark YAML files (lm-eval task format, data beside them), "
+        "named by file name without .yaml. They are the operator's: lm-eval runs their templates as code, so "
+        "jobs only ever name a benchmark, never give a file.",
+    )
     hub_offline: bool = Field(
         default=True, description="Never contact a model hub. Set false to allow Hugging Face downloads."
     )

@@ -396,7 +396,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # The failed-key throttle counts per client address: a forwarded-for header must not choose it.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", proxy_headers=False)
     return 0
 
 

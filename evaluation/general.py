@@ -1,11 +1,12 @@
 """General benchmarks (the forgetting check): shipped as versioned lm-eval YAML under
-``evaluation/benchmarks/general``, or a task of lm-eval's registry by name; loaded as lm-eval task
+``evaluation/benchmarks/general``, added by the operator in the ``benchmark_dirs`` folders, or a task
+of lm-eval's registry by name; loaded as lm-eval task
 configs with absolute data paths, with the customizer scorer they name attached and the churn they
 record read for the power figures.
 
 A benchmark is named, never given as a file: lm-eval renders a task YAML's templates with an
-unsandboxed Jinja and runs its ``!function`` code, so a YAML from outside the package would be code
-run by the worker. ``check_benchmark_name`` is that rule, checked by the API and again right before
+unsandboxed Jinja and runs its ``!function`` code, so a YAML from anywhere but the package or the
+operator's folders would be code run by the worker. ``check_benchmark_name`` is that rule, checked by the API and again right before
 lm-eval is called.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from core.settings import get_settings
 from evaluation.instructions import process_results
 
 BENCHMARKS_DIR = Path(__file__).parent / "benchmarks"
@@ -57,14 +59,23 @@ def check_benchmark_name(name: Any, field: str = "config.type") -> str:
     return name
 
 
+def _benchmark_files() -> dict[str, Path]:
+    """Every named benchmark's YAML: the operator's folders, then the shipped ones (which keep their names)."""
+    files: dict[str, Path] = {}
+    for folder in [*reversed(get_settings().benchmark_dirs), GENERAL_DIR]:
+        files |= {p.stem: p for p in sorted(Path(folder).glob("*.yaml"))}
+    return files
+
+
 def shipped_benchmarks() -> list[str]:
-    return sorted(p.stem for p in GENERAL_DIR.glob("*.yaml"))
+    """The benchmarks a job may name besides lm-eval's: the shipped ones and the operator's."""
+    return sorted(_benchmark_files())
 
 
 def general_benchmark(name: str) -> dict[str, Any]:
     """Load a general benchmark as an lm-eval task config with absolute data paths.
 
-    ``name`` is a shipped benchmark (``capitals``) or ``lm-eval:<task>`` for a task of lm-eval's
+    ``name`` is a shipped or operator benchmark (``capitals``) or ``lm-eval:<task>`` for a task of lm-eval's
     registry (``mmlu``, ``arc_easy``, ...), which needs that task's data in the local Hugging Face cache.
 
     Raises:
@@ -74,10 +85,10 @@ def general_benchmark(name: str) -> dict[str, Any]:
     check_benchmark_name(name, "general_benchmarks")
     if name.startswith(LM_EVAL_PREFIX):
         return {"task": name.removeprefix(LM_EVAL_PREFIX), "registry": True}
-    path = GENERAL_DIR / f"{name}.yaml"
-    if not path.is_file():
+    path = _benchmark_files().get(name)
+    if path is None:
         raise EvaluationError(
-            f"general benchmark {name!r} does not exist; shipped benchmarks: {', '.join(shipped_benchmarks())} "
+            f"general benchmark {name!r} does not exist; benchmarks: {', '.join(shipped_benchmarks())} "
             f"(or lm-eval:<task>; a benchmark YAML file is not supported)"
         )
     config = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -539,3 +539,11 @@ def test_the_documented_file_limit_fits_in_one_commit_line():
 
     around = len(json.dumps({"key": "file", "value": {"content": "", "path": "p" * 1024, "encoding": "base64"}}))
     assert 4 * -(-MAX_COMMIT_FILE_BYTES // 3) + around <= MAX_COMMIT_LINE_BYTES
+
+
+def test_a_refusal_of_text_json_cannot_carry_is_still_a_422(client):
+    """A lone surrogate echoed back in a validation error must not turn the 422 into a 500."""
+    response = client.post("/v1/principals", content=b'{"name": "\\ud800x", "namespaces": ["a"], "roles": ["submit"]}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "name"]

@@ -36,3 +36,18 @@ def test_shipped_and_registry_benchmarks_are_named():
         assert check_benchmark_name(name) == name
     assert general_benchmark("capitals")["task"]
     check_config({"type": "gsm8k"})
+
+
+def test_an_operator_benchmark_is_named_from_its_folder_and_the_shipped_ones_keep_their_names(tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "colors.yaml").write_text("task: colors\ndataset_path: json\ndataset_kwargs: {data_files: {test: colors.jsonl}}\n")
+    (tmp_path / "capitals.yaml").write_text(YAML)  # cannot replace a shipped benchmark
+    with pytest.raises(EvaluationError, match="'colors' does not exist"):
+        general_benchmark("colors")
+    monkeypatch.setenv("CUSTOMIZER_BENCHMARK_DIRS", json.dumps([str(tmp_path)]))
+    config = general_benchmark("colors")
+    assert config["task"] == "colors" and config["dataset_kwargs"]["data_files"]["test"] == str(tmp_path / "colors.jsonl")
+    assert general_benchmark("capitals")["task"] != "owned"
+    with pytest.raises(EvaluationError, match="not supported"):
+        general_benchmark(str(tmp_path / "colors.yaml"))  # still named, never given as a file

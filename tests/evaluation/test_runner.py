@@ -38,7 +38,7 @@ def test_every_shipped_general_benchmark_loads_with_its_data_and_version(name):
 
 
 def test_unknown_general_benchmark_lists_the_shipped_ones():
-    with pytest.raises(EvaluationError, match="shipped benchmarks: .*capitals"):
+    with pytest.raises(EvaluationError, match="does not exist; benchmarks: .*capitals"):
         general_benchmark("hellaswag-offline")
 
 

@@ -47,7 +47,7 @@ def knowledgeable_base(tiny_model_dir: Path, folder: Path) -> Path:
 
 @pytest.fixture
 def knowledge(tmp_path, tiny_model_dir, monkeypatch):
-    """A config over the knowledgeable base and a general benchmark of its facts (lm-eval YAML)."""
+    """A config over the knowledgeable base and a general benchmark of its facts (lm-eval YAML in an operator folder)."""
     import os
 
     base = knowledgeable_base(tiny_model_dir, tmp_path / "knowing-base")
@@ -69,14 +69,15 @@ def knowledge(tmp_path, tiny_model_dir, monkeypatch):
     # The tiny model tells its colours apart by small margins that bfloat16 rounding can flip: float32 here.
     monkeypatch.setenv("CUSTOMIZER_EVAL_PRECISION", "float32")
     monkeypatch.setenv("CUSTOMIZER_CONFIG_DIRS", json.dumps([*json.loads(os.environ["CUSTOMIZER_CONFIG_DIRS"]), str(configs)]))
-    return bench / "colors.yaml"
+    monkeypatch.setenv("CUSTOMIZER_BENCHMARK_DIRS", json.dumps([str(bench)]))  # the operator's benchmark, named by jobs
+    return "colors"
 
 
-def knowing_spec(dataset: Path, benchmark: Path, hyperparameters: dict):
+def knowing_spec(dataset: Path, benchmark: str, hyperparameters: dict):
     # 48 facts can rule out drops of about 5 points at best (none lost), ~20 with five lost (what this LoRA
     # loses): the limit fits the data; the over-trained candidate loses most of them.
     spec = spec_for(dataset, hyperparameters, operator={"review_methods": []}, max_general_drop=25.0)
-    spec.evaluation.general_benchmarks = [str(benchmark)]
+    spec.evaluation.general_benchmarks = [benchmark]
     spec.evaluation.limit = None
     return spec.model_copy(update={"config": "test/knowing@v1"})
 

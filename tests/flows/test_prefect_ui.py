@@ -7,6 +7,7 @@ saying why, where they are missing."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -33,13 +34,14 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no Chromium
 
 
 @pytest.fixture
-def prefect_with_worker(tmp_path):
+def prefect_with_worker(tmp_path, tmp_path_factory):
     """A `prefect server start` (API and UI) and a `customizer worker` serving the deployments."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ) | {
         "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "CUSTOMIZER_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT),
+        "CUSTOMIZER_ALLOWED_FILE_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),  # the test datasets
     }
     logs, processes = [], []
     try:

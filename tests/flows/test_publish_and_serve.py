@@ -4,6 +4,7 @@ hands the promoted adapter to a running serve-models server, which answers with 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import boto3
@@ -41,9 +42,10 @@ def s3():
 
 
 @pytest.fixture
-def services(prefect_server, s3, tiny_config_dir, tmp_path, monkeypatch):
+def services(prefect_server, s3, tiny_config_dir, tmp_path, tmp_path_factory, monkeypatch):
     bucket = s3.new_bucket("models")
     monkeypatch.setenv("CUSTOMIZER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CUSTOMIZER_ALLOWED_FILE_ROOTS", json.dumps([str(tmp_path_factory.getbasetemp())]))
     monkeypatch.setenv("CUSTOMIZER_STORE_URI", f"s3://{bucket}/adapters")
     monkeypatch.setenv("CUSTOMIZER_S3_ENDPOINT_URL", s3.endpoint)
     return bucket
