@@ -191,9 +191,15 @@ def test_an_unanswered_suspended_job_is_rejected_at_its_deadline(platform, ok_da
     assert f"training was not approved (nobody: {TIMED_OUT})" in run.state.message
     assert any(s.name == "Suspended" for s in _states(flow_run_id)), "the job held no process while it waited"
 
+    # The failure hook closes the MLflow run right after the run's state turned Failed: give it a moment.
     settings = get_settings()
-    runs = tracking.client(settings).search_runs([tracking.client(settings).get_experiment_by_name(settings.mlflow_experiment).experiment_id],
-                                                 filter_string=f"tags.`customizer.job_id` = '{job_id}'")
+    experiment = tracking.client(settings).get_experiment_by_name(settings.mlflow_experiment).experiment_id
+    deadline = time.monotonic() + 60
+    while True:
+        runs = tracking.client(settings).search_runs([experiment], filter_string=f"tags.`customizer.job_id` = '{job_id}'")
+        if time.monotonic() > deadline or (runs and runs[0].info.status != "RUNNING"):
+            break
+        time.sleep(1)
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert f'"comment":"{TIMED_OUT}"' in runs[0].data.tags["customizer.approval.training"].replace(", ", ",").replace(": ", ":")
     decisions = [(r["action"], r["principal"], r["after"]["comment"]) for r in audit.records(settings, job=job_id) if r["action"].startswith("approval.")]

@@ -73,10 +73,23 @@ def admin(platform):
         yield client
 
 
+class PrefectClient(httpx.Client):
+    """Prefect's API over plain HTTP. Prefect answers 503 while its SQLite database is busy, and its own
+    client retries those answers; so does this one, or a busy moment would read as a refusal."""
+
+    def request(self, *args, **kwargs) -> httpx.Response:
+        for delay in (1, 2, 4, 8, 16):
+            response = super().request(*args, **kwargs)
+            if response.status_code != 503:
+                return response
+            time.sleep(delay)
+        return response
+
+
 @pytest.fixture(scope="package")
 def prefect(platform):
     """The platform's Prefect API as an insider: with the service account."""
-    with httpx.Client(base_url=platform.prefect_api, auth=platform.services_auth, timeout=60) as client:
+    with PrefectClient(base_url=platform.prefect_api, auth=platform.services_auth, timeout=60) as client:
         yield client
 
 
