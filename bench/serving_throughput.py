@@ -1,11 +1,13 @@
-"""Serving throughput of ``customizer serve-models``: requests spread over 8 distinct LoRA adapters
-against the same requests to the base model alone, on the same server in the same run.
+"""Serving throughput of ``customizer serve-models`` (batching): 1, 8 and 16 concurrent clients, all
+asking one adapter or spread over 8 distinct adapters, against serve-models' serial throughput
+(one client, one adapter) on the same server in the same run.
 
 The server runs in its own process; client threads keep it busy. Every request generates exactly
-``--max-tokens`` tokens (``ignore_eos``), so tokens/s compare like for like. Phases alternate
-(base, adapters, base, ...) and the median of each is compared. Goal: >= 0.8x the base.
+``--max-tokens`` tokens (``ignore_eos``), so tokens/s compare like for like. Phases alternate and
+the median of each over ``--repeats`` is compared. Goals: 16 clients >= 3x serial; 8 mixed
+adapters >= 0.8x one adapter (at 16 clients).
 
-    python bench/serving_throughput.py [--model tiny|embedded] [--adapters 8] [--rank 16]
+    python bench/serving_throughput.py [--quick] [--model tiny|embedded] [--adapters 8] [--rank 16]
 """
 
 from __future__ import annotations
@@ -42,18 +44,23 @@ def run_phase(url: str, models: list[str], max_tokens: int, clients: int) -> tup
     return time.perf_counter() - started, tokens
 
 
+CLIENTS = (1, 8, 16)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny", "embedded"], default="tiny")
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=32, help="requests per phase")
+    parser.add_argument("--requests", type=int, default=48, help="requests per phase")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the server")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and two repeats (minutes on 2 cores)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.repeats = 32, 2
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
@@ -67,27 +74,35 @@ def main() -> None:
             publish(folder, ["adapter_config.json", "adapter_model.safetensors"], f"bench/adapter-{i}", "1", base_name, {}, settings)
             names.append(f"bench/adapter-{i}@1")
         env["CUSTOMIZER_STORE_URI"] = store.as_uri()
+        runs: dict[str, list[float]] = {}
         with serve_models(urn, env, args.adapters, args.threads, work / "server.log") as url:
-            run_phase(url, [base_name, *names], 4, args.clients)  # warm-up: every adapter loaded once
+            run_phase(url, [base_name, *names], 4, 4)  # warm-up: every adapter loaded once
+            single = [names[0]] * args.requests
             mixed = [names[i % len(names)] for i in range(args.requests)]
-            base_runs, adapter_runs = [], []
             for _ in range(args.repeats):
-                seconds, tokens = run_phase(url, [base_name] * args.requests, args.max_tokens, args.clients)
-                base_runs.append(tokens / seconds)
-                seconds, tokens = run_phase(url, mixed, args.max_tokens, args.clients)
-                adapter_runs.append(tokens / seconds)
+                for clients in CLIENTS:
+                    for label, models in (("one adapter", single), (f"{args.adapters} adapters", mixed)):
+                        seconds, tokens = run_phase(url, models, args.max_tokens, clients)
+                        runs.setdefault(f"{label}, {clients} clients", []).append(tokens / seconds)
 
-    base_rate, adapter_rate = median(base_runs), median(adapter_runs)
-    print(f"\nserve-models throughput, {args.model} model ({base_name}), {args.requests} requests x {args.max_tokens} tokens, "
-          f"{args.clients} clients, median of {args.repeats}")
-    print(f"{'':44} {'tokens/s':>9} {'ratio':>6}")
-    print(f"{'base model alone (baseline)':44} {base_rate:9.1f} {1.0:6.2f}")
-    print(f"{f'{args.adapters} distinct adapters (r={args.rank}, q/k/v/o)':44} {adapter_rate:9.1f} {adapter_rate / base_rate:6.2f}   goal >= 0.80")
-    print(f"runs (tokens/s): base {', '.join(f'{r:.1f}' for r in base_runs)}; adapters {', '.join(f'{r:.1f}' for r in adapter_runs)}")
+    rates = {key: median(values) for key, values in runs.items()}
+    serial = rates["one adapter, 1 clients"]
+    single16, mixed16 = rates["one adapter, 16 clients"], rates[f"{args.adapters} adapters, 16 clients"]
+    print(f"\nserve-models throughput, {args.model} model ({base_name}), {args.requests} requests x {args.max_tokens} tokens "
+          f"per phase, median of {args.repeats}")
+    print(f"{'':36} {'tokens/s':>9} {'x serial':>9}")
+    for key, rate in rates.items():
+        goal = "   goal >= 3.00" if key == "one adapter, 16 clients" else ""
+        print(f"{key:36} {rate:9.1f} {rate / serial:9.2f}{goal}")
+    print(f"{args.adapters} adapters vs one adapter at 16 clients: {mixed16 / single16:.2f}   goal >= 0.80")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "adapters": args.adapters, "rank": args.rank, "base_runs": base_runs,
-                                         "adapter_runs": adapter_runs, "base_tokens_per_second": base_rate,
-                                         "adapter_tokens_per_second": adapter_rate}, indent=2))
+        args.json.write_text(json.dumps({
+            "model": args.model, "adapters": args.adapters, "rank": args.rank, "requests": args.requests, "max_tokens": args.max_tokens,
+            "runs": runs, "tokens_per_second": rates, "serial_tokens_per_second": serial,
+            "clients16_vs_serial": single16 / serial, "mixed_vs_single": mixed16 / single16,
+            # what bench/report.py compares: the mixed adapters against one adapter, both at 16 clients
+            "base_tokens_per_second": single16, "adapter_tokens_per_second": mixed16,
+        }, indent=2))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,28 @@ class Settings(BaseSettings):
         description="Let the serving check pass adapters that target embeddings or the LM head "
         "(only for engines that support them).",
     )
+    # vLLM (`customizer serving start`), in its own venv: its pins conflict with Prefect's (`make vllm`).
+    vllm_python: Path | None = Field(
+        default=None,
+        description="Python of the venv vLLM is installed in. Default: .venv-vllm/bin/python in the project folder (`make vllm`).",
+    )
+    vllm_host: str = Field(default="127.0.0.1", description="Address `customizer serving start` has vLLM listen on.")
+    vllm_port: int = Field(default=8100, ge=1, le=65535, description="Port `customizer serving start` has vLLM listen on.")
+    vllm_max_lora_rank: int = Field(
+        default=64, ge=1,
+        description="Largest LoRA rank vLLM makes room for (rounded up to a vLLM choice; raised when a champion needs more): "
+        "adapters the resolver loads later must fit in it.",
+    )
+    vllm_max_loras: int = Field(default=4, ge=1, description="Adapters vLLM holds in one batch (raised to the champions' count).")
+    vllm_max_model_len: int | None = Field(default=None, ge=1, description="vLLM's --max-model-len; default: the model's own.")
+    vllm_cpu_kvcache_gib: int = Field(default=2, ge=1, description="KV cache vLLM's CPU build reserves (VLLM_CPU_KVCACHE_SPACE), in GiB.")
+    vllm_base_model: str | None = Field(
+        default=None,
+        description="The base model vLLM serves (set by `customizer serving start`): its LoRA resolver loads only adapters of it.",
+    )
+    vllm_in_up: bool = Field(
+        default=False, description="`customizer up` also starts vLLM (as `customizer serving start`), when its venv is installed."
+    )
     api_database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the API's state (jobs, entities, configs), e.g. postgresql+psycopg://... "

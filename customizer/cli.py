@@ -15,6 +15,7 @@
                                     load a registered version from MLflow and generate
     customizer serve-models         serve the base model and published adapters (OpenAI-compatible API)
     customizer serving vllm-args NS vLLM launch arguments for a namespace's champion adapters
+    customizer serving start        run vLLM (`make vllm`) with the trusted champions and the store's resolver
     customizer data validate PATH   check a dataset alone (exit status 2 when it has errors)
     customizer up                   the whole platform: REST API, Prefect server + UI, worker, MLflow UI
     customizer api                  the REST API alone (needs PREFECT_API_URL)
@@ -101,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     serving_sub = serving.add_subparsers(dest="serving_command", required=True)
     vllm = serving_sub.add_parser("vllm-args", help="print vLLM launch arguments for a namespace's champion adapters")
     vllm.add_argument("namespace")
+    start = serving_sub.add_parser("start", help="run vLLM (installed by `make vllm`) on a config's base model with the trusted "
+                                   "champions loaded and any published version resolved from the store on first request")
+    start.add_argument("--config", help="config URN whose base model is served (default: the serve_config setting)")
+    start.add_argument("--namespace", help="load this namespace's champions at start (default: every namespace's)")
+    start.add_argument("--host", help="address to listen on (default: the vllm_host setting)")
+    start.add_argument("--port", type=int, help="port to listen on (default: the vllm_port setting)")
+    start.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for vLLM to answer (default 900)")
     data = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
     validate = data.add_parser("validate", help="validate a dataset alone, as a job would ingest it")
     validate.add_argument("path", help="dataset folder, file:// or s3://bucket/prefix")
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--poll-seconds", type=float, default=2.0, help="how often the worker looks for new runs (default 2)")
     up.add_argument("--limit", type=int, default=2, help="flow runs the worker runs at once (default 2)")
     up.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
+    up.add_argument("--vllm", action="store_true", help="also start vLLM (`customizer serving start`) where `make vllm` "
+                    "installed it, and hand promoted adapters off to it (default: the vllm_in_up setting)")
     api = sub.add_parser("api", help="run the REST API alone")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         chosen = {
             "configs": run.cmd_configs, "prepare-model": run.cmd_prepare_model, "approve": run.cmd_approve,
-            "generate": run.cmd_generate, "serve-models": run.cmd_serve_models, "serving": run.cmd_vllm_args,
+            "generate": run.cmd_generate, "serve-models": run.cmd_serve_models, "serving": run.cmd_serving,
             "data": run.cmd_data_validate, "up": run.cmd_up, "api": run.cmd_api, "worker": run.cmd_worker, "keys": run.cmd_keys,
             "services": run.cmd_services, "reapprove": run.cmd_reapprove,
         }

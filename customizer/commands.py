@@ -12,6 +12,8 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +33,7 @@ from core import tags as tag
 from core import tracking
 from core.catalog import CatalogError, get_config, load_catalog
 from core.ids import uuid_from_id
+from core.processes import NotHealthy, stop_processes, wait_until_healthy
 from core.settings import Settings
 from core.specs import CustomizationSpec
 from core.submission import EVERY, signed
@@ -47,6 +50,7 @@ from deploy.trust import UntrustedChampion, re_approve, trusted_champion
 from evaluation.policy import PolicyError
 from flows.customize import customize
 from serving.handoff import HandOffError, vllm_args
+from serving.vllm import VllmNotInstalled, launch_command
 from serving.server import run_server
 from tasks.approval import watch_deadlines
 from tasks.check import JobRefused, check
@@ -321,6 +325,39 @@ def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serving(args: argparse.Namespace, settings: Settings) -> int:
+    return cmd_serving_start(args, settings) if args.serving_command == "start" else cmd_vllm_args(args, settings)
+
+
+def cmd_serving_start(args: argparse.Namespace, settings: Settings) -> int:
+    """Run vLLM on a config's base model with the trusted champions loaded, until it exits or Ctrl-C."""
+    try:
+        config = get_config(args.config or settings.serve_config, settings)
+        resolved = resolve_base_model(config.target, settings)
+        launch = launch_command(settings, resolved.path, [config.target.name, config.urn], args.namespace,
+                                args.host or settings.vllm_host, settings.vllm_port if args.port is None else args.port)
+    except (CatalogError, BaseModelError, VllmNotInstalled, HandOffError, StoreError, UntrustedChampion, RegistryUnavailable) as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"starting vLLM: {shlex.join(launch.command)}", file=sys.stderr, flush=True)
+    process = subprocess.Popen(launch.command, env=os.environ | launch.env, start_new_session=True)
+    signal.signal(signal.SIGTERM, _interrupted)  # stopped by `customizer up` (or a service manager): vLLM stops too
+    try:
+        wait_until_healthy(f"{launch.url}/health", process, timeout=args.timeout, what="vLLM")
+        print(f"vLLM is serving {config.target.name} and its adapters at {launch.url}", flush=True)
+        return process.wait()
+    except NotHealthy as exc:
+        print(f"customizer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_processes(process, grace=10)
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_vllm_args(args: argparse.Namespace, settings: Settings) -> int:
 
 
@@ -403,6 +440,6 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return up(settings, args.host, args.port, args.prefect_port, args.mlflow_port, not args.no_mlflow_ui, args.poll_seconds,
-              args.limit, args.ready_file)
+              args.limit, args.ready_file, vllm=args.vllm or settings.vllm_in_up)
 
 

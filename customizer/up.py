@@ -4,7 +4,9 @@ Starts, each in its own process group so it can be stopped with everything it sp
 1. the Prefect API and UI (``customizer.prefect_server``: ``prefect server start``'s app, SQLite under the data folder);
 2. the worker that runs the ``customize``, ``evaluate``, ``ingest`` and ``retrain`` deployments (``customizer worker``);
 3. the MLflow UI (``mlflow server`` on the same SQLite store, job execution off), unless disabled;
-4. the REST API (uvicorn).
+4. the REST API (uvicorn);
+5. with ``--vllm`` (or the ``vllm_in_up`` setting), vLLM as ``customizer serving start`` where ``make vllm``
+   installed it; promoted adapters are then handed off to it unless ``serving_endpoint`` names another.
 
 The Prefect and MLflow servers admit only the platform (``core.services``): both ask for the service
 account ``customizer`` (HTTP basic auth; MLflow grants nobody else anything), answer only their own
@@ -42,6 +44,7 @@ from pathlib import Path
 from core import auth, services
 from core.processes import free_port, stop_processes
 from core.settings import Settings
+from serving.vllm import VllmNotInstalled, vllm_python
 
 
 class StartError(RuntimeError):
@@ -181,8 +184,20 @@ def resume_orphaned_runs(deployment: str) -> list[tuple[str, str]]:
     return done
 
 
+def _vllm_wanted(settings: Settings, asked: bool) -> bool:
+    """Whether to start vLLM: asked for, and installed (else it is said why not; the platform starts without it)."""
+    if not asked:
+        return False
+    try:
+        vllm_python(settings)
+    except VllmNotInstalled as exc:
+        print(f"customizer: not starting vLLM: {exc}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, mlflow_port: int | None, mlflow_ui: bool,
-       poll_seconds: float, worker_limit: int, ready_file: Path | None = None) -> int:
+       poll_seconds: float, worker_limit: int, ready_file: Path | None = None, vllm: bool = False) -> int:
     """Start the platform and block until interrupted (or a component dies). Returns the exit status."""
     root = settings.root
     logs = root / "logs"
@@ -205,6 +220,9 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
     worker_env = prefect_client | ({"CUSTOMIZER_AUTH_REQUIRED": "true"} if auth.enabled(settings) else {})
     user, _ = services.credentials(settings)
     python = sys.executable
+    vllm_url = f"http://{host}:{settings.vllm_port}" if _vllm_wanted(settings, vllm) else None
+    if vllm_url and not settings.serving_endpoint:  # promoted adapters go live on it
+        worker_env["CUSTOMIZER_SERVING_ENDPOINT"] = vllm_url
     platform = Platform()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -216,6 +234,9 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
     try:
         # The services that answer clients run below the worker's priority: training gets the CPU first.
         nice = settings.services_nice
+        if vllm_url:  # first: it loads the base model while the rest starts
+            vllm_child = platform.start("vllm", [python, "-m", "customizer.cli", "serving", "start", "--host", host,
+                                                 "--port", str(settings.vllm_port)], env, logs)
         prefect = platform.start("prefect", [python, "-m", "customizer.prefect_server", "--host", host, "--port", str(prefect_port)],
                                  env | services.prefect_server_environment(settings, host, prefect_port), logs, nice)
         wait_healthy(f"{prefect_api}/health", prefect, timeout=180)
@@ -235,12 +256,14 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
         api = platform.start("api", [python, "-m", "uvicorn", "--factory", "api.app:app_from_environment", "--host", host,
                                      "--port", str(api_port), "--log-level", "warning", "--no-proxy-headers"], prefect_client | api_keys, logs, nice)
         wait_healthy(f"http://{host}:{api_port}/v1/health", api, timeout=120)
+        if vllm_url:
+            wait_healthy(f"{vllm_url}/health", vllm_child, timeout=900)
         sign_in = f"(sign in as {user}; password: `customizer services`)"
         urls = {
             "API": f"http://{host}:{api_port}  (docs: http://{host}:{api_port}/docs)",
             "Prefect UI": f"{services.origin(host, prefect_port)}  {sign_in}",
             "MLflow UI": f"{mlflow_url}  {sign_in}" if mlflow_url else f"run: mlflow ui --backend-store-uri {settings.tracking_uri}",
-        }
+        } | ({"vLLM": f"{vllm_url}  (OpenAI-compatible; adapters by name)"} if vllm_url else {})
         print("customizer is up:", flush=True)
         for name, url in urls.items():
             print(f"  {name:11} {url}", flush=True)

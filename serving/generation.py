@@ -1,13 +1,15 @@
-"""Generation for serve-models: greedy or sampled decoding with transformers, stop sequences, and
-OpenAI's legacy ``logprobs`` for a prompt and what was generated.
+"""Generation for serve-models, one request at a time within a batch: its options, how its next
+token is chosen from its row of logits, stop sequences, and OpenAI's legacy ``logprobs``.
 
-Functions here take a model and a tokenizer and know nothing of adapters: ``ModelServer`` calls
-them with its lock held and the requested adapter merged into the weights.
+``serving.batching`` runs the model for a whole batch; everything here looks at one row, so a
+request's answer depends on its own options only, whatever it was batched with. Sampling draws
+from the request's own ``torch.Generator`` (seeded with its ``seed``), so a seeded request gives
+the same tokens alone or in any batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -52,107 +54,117 @@ def held_back(text: str, stops: list[str]) -> int:
     return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """One value or several as a list (a generation config's ``eos_token_id`` is either).
+
+    >>> as_list(None), as_list(2), as_list([2, 3])
+    ([], [2], [2, 3])
+    """
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def decode(
-    model: Any, tokenizer: Any, ids: list[int], max_tokens: int, temperature: float, top_p: float, stop: list[str],
-    seed: int | None, ignore_eos: bool, min_tokens: int, streamer: Any, device: str,
-) -> tuple[list[int], str]:
-    """Generate up to ``max_tokens`` after ``ids`` (greedy when ``temperature`` is 0).
+@dataclass
+class Options:
+    """How one request generates (OpenAI's sampling fields, plus vLLM's ``ignore_eos`` and ``min_tokens``)."""
 
-    Args:
-        stop: stop sequences; generation ends once the decoded text holds one (the caller cuts it).
-        seed: seeds torch's generator first, for reproducible sampling.
-        ignore_eos: generate exactly ``max_tokens``, past any end-of-sequence token.
-        min_tokens: no end-of-sequence before this many tokens.
-        streamer: a transformers streamer that receives tokens as they come, or None.
-        device: where the model is.
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: all tokens
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    logprobs: int | None = None  # with a number: score the tokens, with that many alternatives each
+    echo: bool = False  # score the prompt too (with ``logprobs``)
+    json_object: bool = False  # ``response_format: json_object``
 
-    Returns:
-        The generated ids (an end-of-sequence token that ended them stays, as vLLM counts it) and
-        the finish reason: "stop" at an end-of-sequence token, else "length".
-    """
-    import torch  # delayed: torch and transformers are heavy (start-up time)
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
-    prompt_len = len(ids)
-
-    class StopOnText(StoppingCriteria):
-        """Stop once the generated text holds a stop sequence (checked on the decoded tail)."""
-
-        def __call__(self, input_ids, scores, **kwargs):
-            tail = tokenizer.decode(input_ids[0, prompt_len:], skip_special_tokens=True)
-            return torch.tensor([first_stop(tail, stop) is not None], device=input_ids.device)
-
-    if seed is not None:
-        torch.manual_seed(seed)
-    eos = [t for t in {tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))} if t is not None]
-    sample = temperature > 0
-    options: dict[str, Any] = {
-        "max_new_tokens": max_tokens,
-        "min_new_tokens": max_tokens if ignore_eos else min(min_tokens, max_tokens),
-        "do_sample": sample,
-        "eos_token_id": eos or None,
-        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0),
-    }
-    if sample:
-        options |= {"temperature": temperature, "top_p": top_p, "top_k": 0}
-    else:
-        options |= {"temperature": None, "top_p": None, "top_k": None}
-    if stop:
-        options["stopping_criteria"] = StoppingCriteriaList([StopOnText()])
-    if streamer is not None:
-        options["streamer"] = streamer
-    input_ids = torch.tensor([ids], device=device)
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
-    generated = out[0, prompt_len:].tolist()
-    # The end-of-sequence token stays in the ids (it is scored and counted, as vLLM does); the
-    # text leaves it out.
-    finished = bool(generated) and generated[-1] in eos and not ignore_eos
-    return generated, "stop" if finished else "length"
+    @property
+    def plain(self) -> bool:
+        """Greedy with nothing that changes the logits: the batch's argmax is this row's token."""
+        return self.greedy and not (self.presence_penalty or self.frequency_penalty or self.logit_bias or self.json_object)
 
 
-def score_logprobs(model: Any, tokenizer: Any, echoed: bool, full: list[int], top: int, prompt_len: int, device: str) -> dict[str, Any]:
-    """OpenAI's legacy ``logprobs`` object for the echoed prompt (if any) and the generated tokens.
+def process_logits(row: Any, options: Options, output: list[int], eos: list[int]) -> Any:
+    """One row of logits (float32, [vocab]) after the request's biases, penalties and ``min_tokens``.
 
-    Args:
-        echoed: score the prompt's tokens too (``echo``); else only the generated ones.
-        full: the prompt's ids followed by the generated ids.
-        top: how many most likely alternatives to give per position (``top_logprobs``).
-        prompt_len: how many of ``full`` are the prompt.
-
-    Returns:
-        ``tokens``, ``token_logprobs`` (None for the very first token, which has no context),
-        ``top_logprobs`` and ``text_offset``, one entry per scored position.
+    Penalties follow OpenAI: ``frequency_penalty`` times how often a token was generated, plus
+    ``presence_penalty`` once it was generated at all.
     """
     import torch  # delayed: torch is heavy (start-up time)
 
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([full], device=device)).logits[0].float()
-        logp = torch.log_softmax(logits, dim=-1)
-    start = 0 if echoed else prompt_len
-    tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
-    offset = 0
-    for position in range(start, len(full)):
-        token = full[position]
+    row = row.clone()
+    if options.logit_bias:
+        ids = torch.tensor(list(options.logit_bias), device=row.device)
+        row[ids] += torch.tensor(list(options.logit_bias.values()), device=row.device, dtype=row.dtype)
+    if output and (options.presence_penalty or options.frequency_penalty):
+        counts = torch.bincount(torch.tensor(output, device=row.device), minlength=row.shape[0])[: row.shape[0]].to(row.dtype)
+        row -= counts * options.frequency_penalty + (counts > 0).to(row.dtype) * options.presence_penalty
+    if eos and (options.ignore_eos or len(output) < options.min_tokens):
+        row[eos] = float("-inf")
+    return row
+
+
+def choose(row: Any, options: Options, generator: Any, allowed: list[int] | None = None) -> int:
+    """The next token from one processed row: the most likely (greedy) or sampled with
+    ``temperature``, ``top_k`` and ``top_p`` from the request's own generator.
+
+    Args:
+        allowed: only these tokens (a constraint's), when given.
+    """
+    import torch  # delayed: torch is heavy (start-up time)
+
+    if allowed is not None:
+        keep = torch.full_like(row, float("-inf"))
+        keep[allowed] = row[allowed]
+        row = keep
+    if options.greedy:
+        return int(row.argmax())
+    row = row / options.temperature
+    if 0 < options.top_k < row.shape[0]:
+        cutoff = torch.topk(row, options.top_k).values[-1]
+        row = row.masked_fill(row < cutoff, float("-inf"))
+    probs = torch.softmax(row, dim=-1)
+    if options.top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        outside = ordered.cumsum(0) - ordered > options.top_p  # the smallest set whose mass reaches top_p
+        probs = probs.clone()
+        probs[order[outside]] = 0
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def logprob_entry(logp: Any, token: int, top: int, tokenizer: Any) -> tuple[float, dict[str, float]]:
+    """A token's log probability in its row of ``log_softmax`` and the ``top`` most likely alternatives."""
+    import torch  # delayed: torch is heavy (start-up time)
+
+    alternatives: dict[str, float] = {}
+    if top > 0:
+        values, indices = torch.topk(logp, top)
+        alternatives = {tokenizer.decode([int(i)]): float(v) for v, i in zip(values, indices)}
+    return float(logp[token]), alternatives
+
+
+def logprobs_object(tokenizer: Any, tokens: list[int], scored: list[tuple[float, dict[str, float]] | None]) -> dict[str, Any]:
+    """OpenAI's legacy ``logprobs`` object: ``tokens``, ``token_logprobs`` (None for the very first
+    token of a prompt, which has no context), ``top_logprobs`` and ``text_offset``, one per token."""
+    texts, offsets, offset = [], [], 0
+    for token in tokens:
         text = tokenizer.decode([token])
-        tokens.append(text)
+        texts.append(text)
         offsets.append(offset)
         offset += len(text)
-        if position == 0:  # the first token has no context to be scored in
-            token_logprobs.append(None)
-            top_logprobs.append(None)
-            continue
-        row = logp[position - 1]
-        token_logprobs.append(float(row[token]))
-        if top > 0:
-            values, indices = torch.topk(row, top)
-            top_logprobs.append({tokenizer.decode([int(i)]): float(v) for v, i in zip(values, indices)})
-        else:
-            top_logprobs.append({})
-    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
+    return {
+        "tokens": texts,
+        "token_logprobs": [None if s is None else s[0] for s in scored],
+        "top_logprobs": [None if s is None else s[1] for s in scored],
+        "text_offset": offsets,
+    }

@@ -7,8 +7,9 @@ serve-models`` fetches and verifies, and which vLLM reads only through a LoRA re
 understands it.
 
 A promoted version is loaded twice over: under its immutable name ``namespace/name@version`` and
-under ``namespace/name``, which is moved to it (unload, then load), so clients that ask for the
-model by name get the new champion.
+under ``namespace/name``, which is replaced in place (``load_inplace``: vLLM and serve-models swap
+the adapter behind the name atomically), so clients that ask for the model by name get the new
+champion and never a 404 while it changes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 
 from core import tags as tag
 from core.settings import Settings
-from deploy.registry import namespace_champions
+from deploy.registry import champions, namespace_champions
 from deploy.store import parse_published_uri, read_published_file
 from deploy.trust import trusted_champion
 from serving.compat import required_max_lora_rank
@@ -72,16 +73,16 @@ def _reason(response: Any) -> str:
 
 
 def load_adapter(settings: Settings, name: str, path: str, replace: bool = False) -> None:
-    """``POST /v1/load_lora_adapter``; with ``replace``, unload ``name`` first.
+    """``POST /v1/load_lora_adapter``; with ``replace``, swap what ``name`` serves in place.
+
+    Replacing sends ``load_inplace``, never unload-then-load: between those two calls the name would
+    answer 404 to every client asking for it.
 
     Raises:
         HandOffError: the endpoint is unreachable or answered with an error.
     """
-    if replace:
-        response = _post(settings, "/v1/unload_lora_adapter", {"lora_name": name})
-        if response.status_code not in (200, 404) and "cannot be found" not in _reason(response):
-            raise HandOffError(f"unloading {name} answered {response.status_code}: {_reason(response)}")
-    response = _post(settings, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+    body = {"lora_name": name, "lora_path": path} | ({"load_inplace": True} if replace else {})
+    response = _post(settings, "/v1/load_lora_adapter", body)
     if response.status_code == 200:
         return
     reason = _reason(response)
@@ -111,22 +112,29 @@ def go_live(output_model: str, version: str, published_uri: str, settings: Setti
     return HandOff(endpoint=endpoint, loaded=loaded)
 
 
-def vllm_args(namespace: str, settings: Settings) -> list[str]:
-    """vLLM launch arguments that serve the champion of every model in ``namespace``.
+class ChampionAdapter(BaseModel):
+    """A trusted champion's published adapter, as a vLLM launch names it."""
 
-    ``--lora-modules`` names each adapter ``namespace/name`` at its path; ``--max-lora-rank`` is the
-    smallest vLLM choice that holds the largest rank; ``--max-loras`` lets them share a batch.
+    output_model: str
+    version: str
+    published_uri: str
+    ranks: list[int]  # its ``r`` and every rank in its ``rank_pattern``
+
+
+def champion_adapters(namespace: str | None, settings: Settings) -> list[ChampionAdapter]:
+    """The published adapter of every trusted champion in ``namespace`` (None: every model), by name.
 
     Raises:
-        HandOffError: the namespace has no published champion, or a champion's published URI names
-            another model or version.
+        HandOffError: a champion's published URI names another model or version.
         deploy.trust.UntrustedChampion: a champion's signed decision does not allow it (none is left out silently).
         deploy.store.StoreError: a champion's adapter_config.json cannot be read from the store.
         deploy.registry.RegistryUnavailable: the registry could not be read (no champion is left out for it).
     """
-    modules, ranks = [], []
-    for output_model, _, _ in namespace_champions(settings, namespace):
-        champion = trusted_champion(settings, output_model, purpose=f"vllm-args for namespace {namespace}")
+    where = "the registry" if namespace is None else f"namespace {namespace}"
+    listed = namespace_champions(settings, namespace) if namespace is not None else [c for c in champions(settings) if c[1]]
+    found = []
+    for output_model, _, _ in listed:
+        champion = trusted_champion(settings, output_model, purpose=f"vllm-args for {where}")
         if champion is None:  # its alias was removed meanwhile
             continue
         version, uri = champion.version, champion.tags.get(tag.PUBLISHED_URI)
@@ -138,11 +146,46 @@ def vllm_args(namespace: str, settings: Settings) -> list[str]:
             raise HandOffError(f"{output_model} v{version}: its `{tag.PUBLISHED_URI}` tag points at {model} v{stored_version}; "
                                "refusing to serve another version under the champion's name")
         config = json.loads(read_published_file(model, stored_version, "adapter_config.json", settings, store_uri=store_uri))
-        ranks += [int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
-        modules.append(f"{output_model}={lora_path(uri, settings)}")
-    if not modules:
-        raise HandOffError(f"namespace {namespace!r} has no published champion adapters")
-    max_rank = required_max_lora_rank(max(ranks))
+        ranks = [int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
+        found.append(ChampionAdapter(output_model=output_model, version=version, published_uri=uri, ranks=ranks))
+    return found
+
+
+def lora_arguments(modules: list[str], rank: int, max_loras: int) -> list[str]:
+    """vLLM's LoRA arguments: ``--max-lora-rank`` is the smallest vLLM choice that holds ``rank``.
+
+    >>> lora_arguments(["team/bot=/adapters/team/bot/2"], 12, 1)
+    ['--enable-lora', '--max-lora-rank', '16', '--max-loras', '1', '--lora-modules', 'team/bot=/adapters/team/bot/2']
+
+    Raises:
+        HandOffError: ``rank`` is above vLLM's largest ``--max-lora-rank``.
+    """
+    max_rank = required_max_lora_rank(rank)
     if max_rank is None:
-        raise HandOffError(f"rank {max(ranks)} in namespace {namespace!r} is above vLLM's largest --max-lora-rank")
-    return ["--enable-lora", "--max-lora-rank", str(max_rank), "--max-loras", str(len(modules)), "--lora-modules", *modules]
+        raise HandOffError(f"rank {rank} is above vLLM's largest --max-lora-rank")
+    return ["--enable-lora", "--max-lora-rank", str(max_rank), "--max-loras", str(max_loras),
+            *(["--lora-modules", *modules] if modules else [])]
+
+
+def vllm_args(namespace: str | None, settings: Settings) -> list[str]:
+    """vLLM launch arguments that serve the champion of every model in ``namespace`` (None: every model).
+
+    ``--lora-modules`` names each adapter ``namespace/name`` at its path; ``--max-lora-rank`` is the
+    smallest vLLM choice that holds the largest rank; ``--max-loras`` lets them share a batch.
+
+    Raises:
+        HandOffError: there is no published champion, a champion's rank is above vLLM's largest, or
+            a champion's published URI names another model or version.
+        deploy.trust.UntrustedChampion: a champion's signed decision does not allow it (none is left out silently).
+        deploy.store.StoreError: a champion's adapter_config.json cannot be read from the store.
+        deploy.registry.RegistryUnavailable: the registry could not be read (no champion is left out for it).
+    """
+    adapters = champion_adapters(namespace, settings)
+    where = "the registry" if namespace is None else f"namespace {namespace!r}"
+    if not adapters:
+        raise HandOffError(f"{where} has no published champion adapters")
+    rank = max(r for a in adapters for r in a.ranks)
+    if required_max_lora_rank(rank) is None:
+        raise HandOffError(f"rank {rank} in {where} is above vLLM's largest --max-lora-rank")
+    modules = [f"{a.output_model}={lora_path(a.published_uri, settings)}" for a in adapters]
+    return lora_arguments(modules, rank, len(modules))

@@ -1,4 +1,4 @@
-"""The model serve-models answers with: one base model and the LoRA adapters of it, swapped per request.
+"""The model serve-models answers with: one base model and the LoRA adapters of it, chosen per request.
 
 A request's ``model`` names what answers it:
 - the base model's name (the config's target name, or the config URN): the base, adapters off;
@@ -11,10 +11,15 @@ A request's ``model`` names what answers it:
 At most ``serve_max_adapters`` adapters are held in memory; using another evicts the least recently
 used one, which comes back from its verified local copy when asked for again.
 
-One lock guards the model: a request merges its adapter into the weights (the base weights are
-restored from a kept copy before another one goes in, so they stay bit-exact), generates and
-releases, so requests for different adapters never see each other's weights and each runs at the
-base model's speed. Downloads happen outside the lock.
+Requests are batched (``serving.batching``): one scheduler thread runs the model, and a batch may
+mix adapters, each row getting its own adapter's LoRA contribution (``serving.lora``). The base
+weights are never written, so they stay bit-exact, and a row never sees another adapter's weights.
+The lock guards the adapters held in memory: a batch holds it while it runs, loading and unloading
+wait for it. Downloads happen outside the lock.
+
+``/v1/models`` lists the base, the adapters this server knows and the registered models whose
+champion is trusted (``deploy.trust``); listing fails soft (an unreachable registry leaves the
+champions out, with a warning), serving never does.
 """
 
 from __future__ import annotations
@@ -33,10 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
-from deploy.registry import RegistryUnavailable
+from core import tags as tag
+from deploy.registry import RegistryUnavailable, champions
 from deploy.store import MANIFEST, TOKENIZER_FILES, NotPublished, StoreError, fetch, list_published, parse_published_uri
 from deploy.trust import UntrustedChampion, trusted_champion
-from serving.generation import Generated, decode, first_stop, score_logprobs
+from serving.batching import MAX_BATCH, Job, Scheduler, decode_batch
+from serving.generation import Generated, Options, as_list
+from serving.lora import BatchedLora
+from serving.metrics import ServingMetrics
 from serving.schemas import ServingError
 
 log = logging.getLogger("customizer.serving")
@@ -58,11 +67,16 @@ class Adapter:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
+CHAMPIONS_TTL = 10.0  # seconds a listing of the registry's champions is reused (each refusal is audited)
+
+
 class ModelServer:
-    """The base model, its adapters (at most ``max_adapters`` in memory) and the lock that guards them."""
+    """The base model, its adapters (at most ``max_adapters`` in memory), the lock that guards them
+    and the scheduler that batches requests."""
 
     def __init__(
-        self, settings: Settings, base_model_dir: Path, base_name: str, aliases: tuple[str, ...] = (), max_adapters: int | None = None
+        self, settings: Settings, base_model_dir: Path, base_name: str, aliases: tuple[str, ...] = (), max_adapters: int | None = None,
+        max_batch: int = MAX_BATCH,
     ):
         """Load the base model.
 
@@ -72,6 +86,7 @@ class ModelServer:
             base_name: the name it is served under (a config's target name; adapters name it too).
             aliases: more names for the base (e.g. the config URN).
             max_adapters: adapters held in memory; default the ``serve_max_adapters`` setting.
+            max_batch: requests run together at most.
         """
         import torch  # delayed: torch and transformers are heavy (start-up time)
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,19 +104,28 @@ class ModelServer:
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.max_adapters = max_adapters or settings.serve_max_adapters
         self.peft: Any = None  # the PeftModel, once the first adapter is loaded
-        self.merged: str | None = None  # the PEFT adapter whose weights are in the base weights now
-        self._pristine: dict[str, Any] = {}  # module name -> its base weight before any merge
-        self._merged_layers: list[str] = []
+        self.lora = BatchedLora()
+        self.eos = [t for t in dict.fromkeys([self.tokenizer.eos_token_id, *as_list(getattr(self.model.generation_config, "eos_token_id", None))])
+                    if t is not None]
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos[0] if self.eos else 0)
+        self._champions: tuple[float, list[tuple[str, str]]] | None = None
+        # Replaced, never changed in place (under the lock): requests read it without waiting for a batch.
         self.adapters: dict[str, Adapter] = {}
         self.resident: OrderedDict[str, Adapter] = OrderedDict()  # least recently used first
         self.lock = threading.RLock()
         self._fetch_locks: dict[str, threading.Lock] = {}
+        self._fetch_locks_lock = threading.Lock()
         self._counter = 0
         self.loads = 0  # adapters loaded into memory so far (evicted ones that return count again)
         self.created = int(time.time())
-        # Evicting the active adapter is routine here: the next request activates its own.
+        # Evicting the active adapter is routine here: PEFT's active adapter is not what answers.
         warnings.filterwarnings("ignore", message=r"Adapter .* was active which is now deleted")
-        log.info("Serving %s from %s on %s (at most %d adapters in memory)", base_name, base_model_dir, self.device, self.max_adapters)
+        self.metrics = ServingMetrics()
+        self._exclusive = threading.Event()  # set while a load or unload waits for the lock
+        self._waiters, self._waiters_lock = 0, threading.Lock()
+        self.scheduler = Scheduler(self._run_batch, max_batch=max_batch, max_keys=self.max_adapters)
+        log.info("Serving %s from %s on %s (at most %d adapters in memory, batches of up to %d)", base_name, base_model_dir,
+                 self.device, self.max_adapters, max_batch)
 
     # names -------------------------------------------------------------------------------------------
 
@@ -138,8 +162,7 @@ class ModelServer:
         """
         if self.is_base(name):
             return None
-        with self.lock:
-            known = self.adapters.get(name)
+        known = self.adapters.get(name)
         if known is not None:
             return known
         match = _PUBLISHED.match(name)
@@ -188,7 +211,7 @@ class ModelServer:
         self._check_adapter_folder(adapter)
 
     def _fetch_lock(self, key: str) -> threading.Lock:
-        with self.lock:
+        with self._fetch_locks_lock:
             return self._fetch_locks.setdefault(key, threading.Lock())
 
     def _check_adapter_folder(self, adapter: Adapter) -> None:
@@ -212,21 +235,22 @@ class ModelServer:
         if any((folder / name).is_file() for name in TOKENIZER_FILES):
             adapter.tokenizer = AutoTokenizer.from_pretrained(str(folder))
 
-    def _make_resident(self, adapter: Adapter) -> None:
-        """Load a fetched adapter into the model, evicting the least recently used one if full. Holds the lock."""
+    def _make_resident(self, adapter: Adapter, in_use: frozenset[str] = frozenset()) -> None:
+        """Load a fetched adapter into the model, evicting the least recently used one (not among
+        ``in_use``, the running rows' adapters) if full. Holds the lock."""
         from peft import PeftModel  # delayed: peft is heavy (start-up time)
 
         if adapter.peft_name is not None:
             self.resident.move_to_end(adapter.name)
             return
-        self._restore()  # PEFT changes layers below: the base weights must be the base's first
         while len(self.resident) >= self.max_adapters:
-            _, evicted = self.resident.popitem(last=False)
+            name = next(n for n, a in self.resident.items() if a.name not in in_use)
+            evicted = self.resident.pop(name)
             self.peft.delete_adapter(evicted.peft_name)
             log.info("Evicted adapter %s (least recently used)", evicted.name)
             evicted.peft_name = None
             if not evicted.explicit and self.adapters.get(evicted.name) is evicted:
-                del self.adapters[evicted.name]
+                self.adapters = {k: v for k, v in self.adapters.items() if k != evicted.name}
         self._counter += 1
         peft_name = f"adapter_{self._counter}"  # PEFT keys modules by adapter name: no '/', '@' or '.'
         try:
@@ -235,17 +259,21 @@ class ModelServer:
                 self.peft.eval()
             else:
                 self.peft.load_adapter(str(adapter.local_dir), adapter_name=peft_name)
+            self.lora.attach(self.model)
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            if self.peft is not None and peft_name in self.peft.peft_config:
+                self.peft.delete_adapter(peft_name)
             raise ServingError(400, f"{adapter.name} does not load on {self.base_name}: {str(exc).splitlines()[0]}", param="model") from exc
-        # The LoRA branches stay off: an adapter runs merged into the weights (see _merge).
+        # PEFT's own LoRA branches stay off: the batch's hooks add each row's adapter (serving.lora).
         self.peft.base_model.disable_adapter_layers()
         adapter.peft_name = peft_name
         self.resident[adapter.name] = adapter
-        self.adapters.setdefault(adapter.name, adapter)
+        if adapter.name not in self.adapters:
+            self.adapters = self.adapters | {adapter.name: adapter}
         self.loads += 1
 
     def acquire(self, name: str) -> Adapter | None:
-        """Resolve ``name`` and fetch its files; the caller then activates it under the lock."""
+        """Resolve ``name`` and fetch its files (outside the lock); its batch loads it into memory."""
         adapter = self.lookup(name)
         if adapter is not None:
             self._fetch(adapter)
@@ -253,89 +281,73 @@ class ModelServer:
 
     @contextmanager
     def active(self, adapter: Adapter | None) -> Iterator[Any]:
-        """Hold the model with ``adapter`` in effect (or the base alone); yields the tokenizer to use."""
-        with self.lock:
-            if adapter is None:
-                self._restore()
-                yield self.tokenizer
-                return
-            registered = self.adapters.get(adapter.name)
-            if registered is not None and registered is not adapter:
-                adapter = registered  # another request registered it meanwhile
-            self._make_resident(adapter)
-            self._merge(adapter.peft_name)
-            yield adapter.tokenizer or self.tokenizer
+        """Hold the model (no batch runs meanwhile) with ``adapter`` loaded; yields its tokenizer."""
+        with self._exclusively():
+            if adapter is not None:
+                adapter = self._registered(adapter)
+                self._make_resident(adapter)
+            yield self.tokenizer if adapter is None else adapter.tokenizer or self.tokenizer
 
-    def _lora_layers(self) -> list[tuple[str, Any]]:
-        from peft.tuners.lora import LoraLayer  # delayed: peft is heavy (start-up time)
+    @contextmanager
+    def _exclusively(self) -> Iterator[None]:
+        """Hold the lock, asking the running batch to take no new rows meanwhile (so it ends soon)."""
+        with self._waiters_lock:
+            self._waiters += 1
+            self._exclusive.set()
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._waiters_lock:
+                self._waiters -= 1
+                if not self._waiters:
+                    self._exclusive.clear()
 
-        return [(name, module) for name, module in self.model.named_modules() if isinstance(module, LoraLayer)]
+    def _registered(self, adapter: Adapter) -> Adapter:
+        """The adapter as this server knows it (another request may have registered it meanwhile).
 
-    def _merge(self, peft_name: str) -> None:
-        """Put one adapter's weights into the base weights: W = W_base + B A * scale.
-
-        A request then runs at the base model's speed (no LoRA branch per layer and token); a swap
-        costs one small matrix product per adapted layer. The base weights are restored from a
-        kept copy, never by subtraction, so they stay bit-exact however many swaps happen, and the
-        merged weights are the very ones the job's candidate evaluation scored (PEFT's merge).
+        Raises:
+            ServingError: 404 when it was loaded by name and unloaded since.
         """
-        import torch  # delayed: torch is heavy (start-up time)
-
-        if self.merged == peft_name:
-            return
-        self._restore()
-        with torch.no_grad():
-            for name, layer in self._lora_layers():
-                if peft_name not in layer.lora_A:
-                    continue
-                weight = layer.get_base_layer().weight
-                if name not in self._pristine:
-                    self._pristine[name] = weight.detach().clone()
-                weight.data += layer.get_delta_weight(peft_name).to(weight.dtype)
-                self._merged_layers.append(name)
-        self.merged = peft_name
-
-    def _restore(self) -> None:
-        """Give every merged layer its base weights back."""
-        if self.merged is None:
-            return
-        modules = dict(self.model.named_modules())
-        for name in self._merged_layers:
-            modules[name].get_base_layer().weight.data.copy_(self._pristine[name])
-        self._merged_layers, self.merged = [], None
+        registered = self.adapters.get(adapter.name)
+        if registered is not None and registered is not adapter:
+            return registered
+        if registered is None and adapter.explicit:
+            raise ServingError(404, f"The lora adapter '{adapter.name}' cannot be found.", kind="NotFoundError", param="model")
+        return adapter
 
     def load(self, name: str, path: str, replace: bool = False) -> Adapter:
         """``/v1/load_lora_adapter``: fetch and load ``path`` under ``name`` (loading the same again is a no-op)."""
         if self.is_base(name):
             raise ServingError(400, f"`lora_name` {name!r} is the base model's name", param="lora_name")
-        with self.lock:
-            existing = self.adapters.get(name)
+        existing = self.adapters.get(name)
         if existing is not None and existing.explicit and not replace:
             if existing.source.rstrip("/") == path.rstrip("/"):
                 return existing
             raise ServingError(400, f"The lora adapter '{name}' has already been loaded (from {existing.source}); unload it first", param="lora_name")
         adapter = Adapter(name=name, source=path, explicit=True)
         self._fetch(adapter)
-        with self.lock:
+        with self._exclusively():
             if existing is not None:
-                self._drop(existing)
-            self.adapters[name] = adapter
+                adapter.created = existing.created
+            self.adapters = self.adapters | {name: adapter}  # one assignment: the name is never missing (no 404 mid-swap)
+            if existing is not None:
+                self._drop(existing)  # frees the old weights; the name already points at the new adapter
             self._make_resident(adapter)
         log.info("Loaded adapter %s from %s", name, path)
         return adapter
 
     def _drop(self, adapter: Adapter) -> None:
         if adapter.peft_name is not None:
-            self._restore()
             self.peft.delete_adapter(adapter.peft_name)
             self.resident.pop(adapter.name, None)
             adapter.peft_name = None
         if self.adapters.get(adapter.name) is adapter:
-            del self.adapters[adapter.name]
+            self.adapters = {k: v for k, v in self.adapters.items() if k != adapter.name}
 
     def unload(self, name: str) -> None:
         """``/v1/unload_lora_adapter``: forget ``name`` and free its memory."""
-        with self.lock:
+        with self._exclusively():
             adapter = self.adapters.get(name)
             if adapter is None:
                 raise ServingError(404, f"The lora adapter '{name}' cannot be found.", kind="NotFoundError", param="lora_name")
@@ -344,83 +356,124 @@ class ModelServer:
 
     # generation --------------------------------------------------------------------------------------
 
-    def generate(
-        self,
-        adapter: Adapter | None,
-        prompt: str | list[int],
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        stop: list[str],
-        seed: int | None,
-        ignore_eos: bool = False,
-        min_tokens: int = 0,
-        logprobs: int | None = None,
-        echo: bool = False,
-        add_special_tokens: bool = True,
-        streamer: Any = None,
-    ) -> Generated:
-        """Generate from one prompt with ``adapter`` active (None: the base).
+    def submit(self, adapter: Adapter | None, prompt: str | list[int], options: Options, add_special_tokens: bool = True,
+               stream: Any = None) -> Job:
+        """Check one prompt and queue it for the next batch; ``Job.wait()`` gives its answer.
 
         Args:
-            adapter: from ``acquire`` (fetched; it is loaded and merged here, under the lock).
+            adapter: from ``acquire`` (fetched; the batch loads it into memory), None for the base.
             prompt: text, or token ids taken as they are.
-            max_tokens: tokens to generate at most; 0 only scores the prompt.
-            temperature, top_p, seed: sampling (``temperature`` 0 is greedy decoding).
-            stop: stop sequences; the text ends before the first one found.
-            ignore_eos, min_tokens: vLLM's options to generate past an end-of-sequence token.
-            logprobs: with a number, score the tokens and give that many alternatives per position.
-            echo: score the prompt's tokens as well (with ``logprobs``).
+            options: how to generate; ``max_tokens`` 0 only scores the prompt.
             add_special_tokens: let the tokenizer add its special tokens to a text prompt.
-            streamer: a transformers streamer that receives the text as it is generated.
-
-        Returns:
-            The prompt's and the generated ids, the text and the finish reason.
+            stream: a queue that receives the text as it is generated, then None.
 
         Raises:
-            ServingError: the prompt and ``max_tokens`` do not fit the model's context.
+            ServingError: the prompt is empty, holds ids outside the vocabulary, or does not fit the
+                model's context with ``max_tokens``.
         """
-        with self.active(adapter) as tokenizer:
-            ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
-            if not ids:
-                raise ServingError(400, "`prompt` is empty", param="prompt")
-            vocab = len(tokenizer)
-            if any(not 0 <= i < max(vocab, self.model.config.vocab_size) for i in ids):
-                raise ServingError(400, f"`prompt` holds token ids outside the vocabulary (0..{vocab - 1})", param="prompt")
-            if len(ids) + max_tokens > self.max_length:
-                raise ServingError(
-                    400,
-                    f"This model's maximum context length is {self.max_length} tokens; the prompt has {len(ids)} "
-                    f"and max_tokens asks for {max_tokens} more",
-                    param="max_tokens",
-                )
-            model = self.model  # PEFT wraps layers in place: this is the model with the active adapter merged
-            output: list[int] = []
-            finish = "length"
-            if max_tokens > 0:
-                output, finish = decode(model, tokenizer, ids, max_tokens, temperature, top_p, stop, seed, ignore_eos, min_tokens, streamer,
-                                        self.device)
-            text = tokenizer.decode(output, skip_special_tokens=True)
-            cut = first_stop(text, stop)
-            if cut is not None:
-                text, finish = text[:cut], "stop"
-            scored = None
-            if logprobs is not None:
-                scored = score_logprobs(model, tokenizer, echo, ids + output, logprobs, len(ids), self.device)
-        return Generated(prompt_ids=ids, output_ids=output, text=text, finish_reason=finish, logprobs=scored)
+        tokenizer = (adapter.tokenizer if adapter is not None else None) or self.tokenizer
+        ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+        if not ids:
+            raise ServingError(400, "`prompt` is empty", param="prompt")
+        vocab = len(tokenizer)
+        if any(not 0 <= i < max(vocab, self.model.config.vocab_size) for i in ids):
+            raise ServingError(400, f"`prompt` holds token ids outside the vocabulary (0..{vocab - 1})", param="prompt")
+        if len(ids) + options.max_tokens > self.max_length:
+            raise ServingError(
+                400,
+                f"This model's maximum context length is {self.max_length} tokens; the prompt has {len(ids)} "
+                f"and max_tokens asks for {options.max_tokens} more",
+                param="max_tokens",
+            )
+        bad = [t for t in options.logit_bias if not 0 <= t < self.model.config.vocab_size]
+        if bad:
+            raise ServingError(400, f"`logit_bias` names token ids outside the vocabulary: {bad[:5]}", param="logit_bias")
+        job = Job(ids=ids, options=options, tokenizer=tokenizer, key=adapter.name if adapter else None, adapter=adapter, stream=stream)
+        return self.scheduler.submit(job)
+
+    def generate(self, adapter: Adapter | None, prompt: str | list[int], options: Options, add_special_tokens: bool = True) -> Generated:
+        """``submit`` and wait for the answer."""
+        return self.submit(adapter, prompt, options, add_special_tokens).wait()
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Run a batch (the scheduler's thread) from ``jobs`` until no row is left, letting queued
+        requests join as it goes; holds the lock throughout (loading or unloading an adapter stops
+        new requests from joining, so the batch drains and the lock is free)."""
+        first = [jobs]
+
+        def admit(running: list[Any]) -> list[tuple[Job, str | None]]:
+            if first:
+                fresh = first.pop()
+            elif self._exclusive.is_set():
+                return []
+            else:
+                fresh = self.scheduler.take(self.scheduler.max_batch - len(running), {row.job.key for row in running})
+            admitted = []
+            for job in fresh:
+                try:
+                    if job.adapter is not None:
+                        job.adapter = self._registered(job.adapter)
+                        self._make_resident(job.adapter, frozenset(row.job.adapter.name for row in running if row.job.adapter is not None))
+                except ServingError as exc:
+                    job.finish(exc)
+                    continue
+                admitted.append((job, job.adapter.peft_name if job.adapter is not None else None))
+            if admitted:
+                self.metrics.started([job for job, _ in admitted], len(running) + len(admitted))
+            return admitted
+
+        with self.lock:
+            decode_batch(self.model, self.pad_id, self.eos, admit,
+                         lambda names: self.lora.set_rows(self.model, names, [a.peft_name for a in self.resident.values()]),
+                         self.lora.select)
+
+    def trusted_champions(self) -> list[tuple[str, str]]:
+        """``(output_model, version)`` of each registered model of this base whose champion is trusted.
+
+        For listing only, so it fails soft: when the registry cannot be read it logs a warning and
+        lists none (a request naming a model still resolves it strictly, in ``lookup``). An
+        untrusted champion is left out (and its refusal audited, at most every ``CHAMPIONS_TTL`` s).
+        """
+        cached = self._champions
+        if cached is not None and time.monotonic() - cached[0] < CHAMPIONS_TTL:
+            return cached[1]
+        listed = []
+        try:
+            for output_model, version, tags in champions(self.settings):
+                base = tags.get(tag.BASE_MODEL)
+                if version is None or tags.get(tag.ARTIFACT, "adapter") != "adapter" or (base and base.lower() not in {
+                        n.lower() for n in self.base_names}):
+                    continue  # no champion, full weights (not served here), or another base's
+                try:
+                    trusted = trusted_champion(self.settings, output_model, principal=None, purpose="serving")
+                except UntrustedChampion:
+                    continue
+                if trusted is not None:
+                    listed.append((output_model, trusted.version))
+        except RegistryUnavailable as exc:
+            log.warning("Listing models without the registry's champions: %s", exc)
+            return []
+        self._champions = (time.monotonic(), listed)
+        return listed
 
     def describe(self) -> list[dict[str, Any]]:
-        """``/v1/models`` entries: the base, then every adapter this server knows."""
+        """``/v1/models`` entries: the base, every adapter this server knows, then the trusted champions."""
         entries = [{
             "id": self.base_name, "object": "model", "created": self.created, "owned_by": "customizer",
             "root": str(self.base_dir), "parent": None, "max_model_len": self.max_length,
         }]
-        with self.lock:
-            known = sorted(self.adapters.values(), key=lambda a: a.name)
+        known = sorted(self.adapters.values(), key=lambda a: a.name)
         for adapter in known:
             entries.append({
                 "id": adapter.name, "object": "model", "created": adapter.created, "owned_by": "customizer",
                 "root": adapter.source, "parent": self.base_name, "max_model_len": self.max_length,
                 "resident": adapter.peft_name is not None,
             })
+        listed = {entry["id"] for entry in entries}
+        for output_model, version in self.trusted_champions():
+            if output_model not in listed:
+                entries.append({
+                    "id": output_model, "object": "model", "created": self.created, "owned_by": "customizer",
+                    "root": f"{output_model}@{version}", "parent": self.base_name, "max_model_len": self.max_length,
+                })
         return entries

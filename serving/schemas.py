@@ -1,37 +1,108 @@
 """The OpenAI wire format serve-models speaks: request bodies (with the fields vLLM adds) and errors.
 
-Bodies forbid unknown fields, so a misspelt option is a 400 that names it rather than a silently
-ignored one. An error is ``{"error": {"message", "type", "param", "code"}}`` with a 4xx or 5xx
-status, as OpenAI and vLLM answer.
+Every field the official ``openai`` client sends is declared and its value checked (a bad value is a
+400 naming the field). Fields serve-models takes but does not act on (``IGNORED``: e.g.
+``repetition_penalty``, ``store``, ``metadata``) are accepted and logged as ignored, as vLLM does;
+a field nobody defines is still a 400 that names it, so a misspelt option is not silently dropped.
+An error is ``{"error": {"message", "type", "param", "code"}}`` with a 4xx or 5xx status, as
+OpenAI and vLLM answer.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Accepted and ignored (with a warning in the log): what they ask for is not implemented here.
+IGNORED = ("repetition_penalty", "min_p", "best_of", "use_beam_search", "length_penalty", "skip_special_tokens",
+           "spaces_between_special_tokens", "truncate_prompt_tokens", "store", "metadata", "service_tier", "prompt_cache_key",
+           "safety_identifier", "reasoning_effort", "verbosity", "modalities", "parallel_tool_calls", "include_stop_str_in_output")
+Penalty = Field(default=0.0, ge=-2.0, le=2.0)
 
 
-class CompletionRequest(BaseModel):
-    """``POST /v1/completions`` (OpenAI's fields plus vLLM's ``ignore_eos``, ``min_tokens``, ``add_special_tokens``)."""
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with ``choices: []`` and the usage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's; ignored
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: plain text, or a JSON object (``json_schema`` is refused by the route)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class Sampling(BaseModel):
+    """The sampling fields both routes share (OpenAI's, plus vLLM's ``top_k``, ``ignore_eos``, ``min_tokens``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(description="Text or token ids, one or a batch.")
-    max_tokens: int | None = Field(default=16, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice per prompt.")
+    top_k: int = Field(default=0, ge=-1, description="Sample among the k most likely tokens; 0 or -1: all.")
+    n: int = Field(default=1, ge=1, le=16, description="Choices per prompt (one when streaming).")
     stop: str | list[str] | None = None
-    echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=20)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
+    presence_penalty: float = Penalty
+    frequency_penalty: float = Penalty
+    logit_bias: dict[str, float] | None = None
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     user: str | None = None
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
+    response_format: ResponseFormat | None = None
+    # IGNORED: accepted, logged, not acted on
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    best_of: int | None = Field(default=None, ge=1)
+    use_beam_search: bool | None = None
+    length_penalty: float | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=1)
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    parallel_tool_calls: bool | None = None
+    include_stop_str_in_output: bool | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.lstrip("-").isdigit():
+                raise ValueError(f"`logit_bias` keys are token ids, got {token!r}")
+            if not -100 <= value <= 100:
+                raise ValueError(f"`logit_bias` values are from -100 to 100, got {value} for token {token}")
+        return bias
+
+    def ignored(self) -> list[str]:
+        """The ``IGNORED`` fields this request set (to log)."""
+        return [name for name in IGNORED if getattr(self, name) is not None]
+
+
+class CompletionRequest(Sampling):
+    """``POST /v1/completions`` (OpenAI's fields plus vLLM's ``add_special_tokens``)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(description="Text or token ids, one or a batch.")
+    max_tokens: int | None = Field(default=16, ge=0)
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    suffix: str | None = None
     add_special_tokens: bool = True
 
 
@@ -60,25 +131,14 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Sampling):
     """``POST /v1/chat/completions``."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice.")
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    user: str | None = None
-    ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class LoadLoraRequest(BaseModel):

@@ -33,3 +33,23 @@ def test_a_forged_champion_is_not_served(tmp_path, tiny_model_dir):
     assert [r["detail"] for r in audit.records(settings, model="team/bot", action="champion.refused")] == [
         "serving: the gate decided 'reject', not promote"]
     assert server.lookup("team/bot@1").name == "team/bot@1"  # a version asked for by number is what it is
+
+
+def test_listing_leaves_champions_out_when_the_registry_is_down_but_serving_stays_strict(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    import serving.model
+    from deploy.registry import RegistryUnavailable
+
+    settings = Settings(data_dir=tmp_path, store_uri=(tmp_path / "store").as_uri())
+    server = ModelServer(settings, tiny_model_dir, TINY_BASE_NAME, max_adapters=1)
+
+    def down(*args, **kwargs):
+        raise RegistryUnavailable("could not read the registered models: connection refused")
+
+    monkeypatch.setattr(serving.model, "champions", down)
+    monkeypatch.setattr(serving.model, "trusted_champion", down)
+    with caplog.at_level("WARNING", logger="customizer.serving"):
+        assert [entry["id"] for entry in server.describe()] == [TINY_BASE_NAME]
+    assert "without the registry's champions" in caplog.text
+    with pytest.raises(ServingError) as unavailable:
+        server.lookup("team/bot")
+    assert unavailable.value.status == 503

@@ -44,6 +44,23 @@ def test_a_promoted_version_goes_live_under_both_names(tmp_path, tiny_model_dir)
     assert result.loaded == [] and "is published but not live on" in result.warning and "cannot reach" in result.warning
 
 
+def test_a_new_champion_replaces_the_plain_name_in_place(monkeypatch):
+    """One load with ``load_inplace`` and never an unload: between the two the name would answer 404."""
+    sent = []
+
+    def post(url, json, headers, timeout):
+        sent.append((url.rsplit("/", 1)[1], json))
+        return httpx.Response(200, text="Success")
+
+    monkeypatch.setattr(httpx, "post", post)
+    result = go_live("team/bot", "4", "s3://models/team/bot/4/", Settings(serving_endpoint="http://vllm:8000"))
+    assert result.warning is None and result.loaded == ["team/bot@4", "team/bot"]
+    assert sent == [
+        ("load_lora_adapter", {"lora_name": "team/bot@4", "lora_path": "s3://models/team/bot/4/"}),
+        ("load_lora_adapter", {"lora_name": "team/bot", "lora_path": "s3://models/team/bot/4/", "load_inplace": True}),
+    ]
+
+
 def test_lora_paths_follow_where_the_engine_sees_the_store():
     uri = "s3://models/adapters/team/bot/3/"
     assert lora_path(uri, Settings()) == uri

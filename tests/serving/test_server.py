@@ -1,5 +1,6 @@
 """serve-models over HTTP (uvicorn on a free port) on the tiny model, with adapters published to a
-file store: per-request adapter swaps, vLLM's load/unload routes, the LRU bound, OpenAI-style errors."""
+file store: adapters per request (mixed in batches), vLLM's load/unload routes, the LRU bound,
+OpenAI-style errors."""
 
 from __future__ import annotations
 
@@ -142,7 +143,11 @@ def test_bad_requests_get_openai_errors_naming_the_field(served):
     assert no_messages.status_code == 400 and no_messages.json()["error"]["param"] == "messages"
     broken = client.post("/v1/completions", content=b"{broken", headers={"Content-Type": "application/json"})
     assert broken.status_code == 400 and "JSON" in broken.json()["error"]["message"]
-    assert chat(client, TINY_BASE_NAME, n=2).json()["error"]["param"] == "n"
+    assert chat(client, TINY_BASE_NAME, n=17).json()["error"]["param"] == "n"
+    assert chat(client, TINY_BASE_NAME, n=2, stream=True).json()["error"]["param"] == "n"
+    assert chat(client, TINY_BASE_NAME, presence_penalty=3).json()["error"]["param"] == "presence_penalty"
+    schema = chat(client, TINY_BASE_NAME, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
+    assert schema.status_code == 400 and "not supported on this engine" in schema.json()["error"]["message"]
     too_long = client.post("/v1/completions", json={"model": TINY_BASE_NAME, "prompt": "hi", "max_tokens": 100_000})
     assert too_long.status_code == 400 and "maximum context length is 512" in too_long.json()["error"]["message"]
     bad_ids = client.post("/v1/completions", json={"model": TINY_BASE_NAME, "prompt": [1, 10**9]})
@@ -225,7 +230,7 @@ def test_base_weights_stay_bit_exact_however_many_swaps(served, tiny_model_dir):
     assert all(torch.equal(served_weights[name], fresh[name]) for name in fresh)
 
 
-def test_streamed_completions_hold_back_stop_sequences_and_report_errors(served):
+def test_streamed_completions_hold_back_stop_sequences_and_refuse_bad_requests_before_streaming(served):
     _, client, _ = served
 
     def stream(**body) -> list[str]:
@@ -241,5 +246,6 @@ def test_streamed_completions_hold_back_stop_sequences_and_report_errors(served)
     assert "".join(pieces) == expected and stop not in "".join(pieces)
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop" and events[-1] == "[DONE]"
 
-    failed = stream(prompt="the", max_tokens=100_000)
-    assert json.loads(failed[0])["error"]["code"] == 400 and failed[-1] == "[DONE]"
+    body = {"model": "team/alpha@1", "prompt": "the", "max_tokens": 100_000, "stream": True}
+    refused = client.post("/v1/completions", json=body)  # checked before the stream starts, as vLLM does
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"
