@@ -100,8 +100,6 @@ def main() -> None:
             "model": args.model, "adapters": args.adapters, "rank": args.rank, "requests": args.requests, "max_tokens": args.max_tokens,
             "runs": runs, "tokens_per_second": rates, "serial_tokens_per_second": serial,
             "clients16_vs_serial": single16 / serial, "mixed_vs_single": mixed16 / single16,
-            # what bench/report.py compares: the mixed adapters against one adapter, both at 16 clients
-            "base_tokens_per_second": single16, "adapter_tokens_per_second": mixed16,
         }, indent=2))
 
 

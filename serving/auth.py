@@ -17,11 +17,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import threading
 
 from core.auth import enabled, principals_file
 from core.settings import Settings
 from serving.schemas import ServingError
+
+log = logging.getLogger("customizer.serving")
 
 
 def namespace_of(model: str) -> str | None:
@@ -48,8 +51,9 @@ class Keys:
             stat = path.stat()
         except FileNotFoundError:
             return []
-        except OSError as exc:
-            raise ServingError(503, f"the API keys cannot be checked: {path} cannot be read ({exc.strerror})", kind="auth_unavailable") from exc
+        except OSError as exc:  # the path stays in the server log; a caller learns nothing of where keys are kept
+            log.error("The API keys cannot be checked: %s cannot be read (%s)", path, exc.strerror)
+            raise ServingError(503, "the API keys cannot be checked now; try again", kind="auth_unavailable") from exc
         seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         with self._lock:
             if seen != self._seen:
@@ -57,8 +61,8 @@ class Keys:
                     raw = json.loads(path.read_text(encoding="utf-8"))
                     entries = [(str(e["key_sha256"]), list(e["namespaces"])) for e in raw.values()]
                 except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-                    raise ServingError(503, f"the API keys cannot be checked: {path} is not a valid principals file",
-                                       kind="auth_unavailable") from exc
+                    log.error("The API keys cannot be checked: %s is not a valid principals file (%s)", path, exc)
+                    raise ServingError(503, "the API keys cannot be checked now; try again", kind="auth_unavailable") from exc
                 self._entries, self._seen = entries, seen
             return self._entries
 
