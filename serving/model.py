@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 import warnings
@@ -46,12 +45,10 @@ from serving.batching import MAX_BATCH, Job, Scheduler, decode_batch
 from serving.generation import Generated, Options, as_list
 from serving.lora import BatchedLora
 from serving.metrics import ServingMetrics
-from serving.schemas import ServingError
+from serving.schemas import PUBLISHED_NAME, REGISTERED_NAME, ServingError
 
 log = logging.getLogger("customizer.serving")
 
-_PUBLISHED = re.compile(r"^(?P<model>[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*)@(?P<version>[A-Za-z0-9._-]+)$")
-_REGISTERED = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*$")
 
 
 @dataclass
@@ -165,10 +162,10 @@ class ModelServer:
         known = self.adapters.get(name)
         if known is not None:
             return known
-        match = _PUBLISHED.match(name)
+        match = PUBLISHED_NAME.match(name)
         if match:
             return Adapter(name=name, source=f"{self.settings.publish_uri.rstrip('/')}/{match['model']}/{match['version']}/")
-        if _REGISTERED.match(name):
+        if REGISTERED_NAME.match(name):
             try:
                 champion = trusted_champion(self.settings, name, principal=None, purpose="serving")
             except UntrustedChampion as exc:  # someone moved the alias or edited its decision: nothing is served for it

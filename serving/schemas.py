@@ -10,9 +10,16 @@ OpenAI and vLLM answer.
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The names an adapter is asked for by, in serve-models and in vLLM's resolver alike: a published
+# version (``namespace/name@version``) and a registered model (``namespace/name``, its champion).
+PUBLISHED_NAME = re.compile(r"^(?P<model>[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*)@(?P<version>[A-Za-z0-9._-]+)$")
+REGISTERED_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*$")
 
 # Accepted and ignored (with a warning in the log): what they ask for is not implemented here.
 IGNORED = ("repetition_penalty", "min_p", "best_of", "use_beam_search", "length_penalty", "skip_special_tokens",

@@ -18,20 +18,17 @@ in every vLLM process; the resolver is asked only when ``VLLM_ALLOW_RUNTIME_LORA
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from core.settings import Settings, get_settings
 from deploy.registry import RegistryUnavailable
 from deploy.store import StoreError, fetch
 from deploy.trust import UntrustedChampion, trusted_champion
+from serving.schemas import PUBLISHED_NAME, REGISTERED_NAME
 
 log = logging.getLogger("customizer.vllm")
 
 NAME = "customizer"
-# The names serve-models answers to: a published version, and a registered model (its champion).
-PUBLISHED = re.compile(r"^(?P<model>[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*)@(?P<version>[A-Za-z0-9._-]+)$")
-REGISTERED = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*$")
 
 
 def _fetched(output_model: str, version: str, settings: Settings) -> Path:
@@ -49,9 +46,9 @@ def resolve(name: str, settings: Settings) -> Path | None:
     True
     """
     try:
-        if match := PUBLISHED.match(name):
+        if match := PUBLISHED_NAME.match(name):
             return _fetched(match["model"], match["version"], settings)
-        if REGISTERED.match(name):
+        if REGISTERED_NAME.match(name):
             champion = trusted_champion(settings, name, principal=None, purpose="serving")
             if champion is None:
                 log.warning("%s is not served: no published version of it has the champion alias", name)
