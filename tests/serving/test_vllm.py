@@ -118,6 +118,10 @@ def vllm_server(vllm_world):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(f"{url}/health", process, timeout=600, log=log, what="customizer serving start")
+        # vLLM answers its health check a moment before the command, polling it too, says it is serving.
+        deadline = time.monotonic() + 60
+        while "vLLM is serving" not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
         yield {"url": url, "log": log}
     finally:
         assert stop_processes(process, grace=20) == []
