@@ -60,6 +60,7 @@ BENCHMARKS = [
               report.gate_power_rows),
     Benchmark("serving", "serving_throughput.py", ["--model", "tiny"], None, {"full": 1200}, report.serving_rows),
     Benchmark("hotload", "hotload_latency.py", ["--model", "tiny"], None, {"full": 1200}, report.hotload_rows),
+    Benchmark("vllm_golive", "vllm_golive.py", [], None, {"full": 1200}, report.golive_rows),
 ]
 
 

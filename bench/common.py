@@ -180,6 +180,38 @@ def serve_models(config_urn: str, env: dict[str, str], max_adapters: int, thread
         stop_processes(process, grace=30)
 
 
+def vllm_installed() -> bool:
+    """Whether ``make vllm`` installed vLLM's venv (or CUSTOMIZER_VLLM_PYTHON names one)."""
+    from serving.vllm import VllmNotInstalled, vllm_python
+
+    try:
+        vllm_python(Settings())
+    except VllmNotInstalled:
+        return False
+    return True
+
+
+@contextmanager
+def vllm_serving(config_urn: str, env: dict[str, str], log: Path, max_loras: int = 8, max_rank: int = 16) -> Iterator[str]:
+    """vLLM started by ``customizer serving start`` in its own process group (room for ``max_loras``
+    adapters of rank ``max_rank`` in a batch; the store's resolver loads published versions on first
+    request); yields its URL once it says it is serving."""
+    port = free_port()
+    full_env = os.environ | env | {"CUSTOMIZER_VLLM_MAX_LORAS": str(max_loras), "CUSTOMIZER_VLLM_MAX_LORA_RANK": str(max_rank)}
+    command = [sys.executable, "-m", "customizer.cli", "serving", "start", "--config", config_urn, "--port", str(port)]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(f"{url}/health", process, 900, log, what=f"customizer serving start (log {log})")
+        deadline = time.monotonic() + 120  # its health answers a moment before `serving start` says it is serving
+        while "vLLM is serving" not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_processes(process, grace=30)
+
+
 @contextmanager
 def moto_server(log: Path) -> Iterator[str]:
     """moto's S3 server in its own process; yields its endpoint URL."""

@@ -10,6 +10,10 @@ be read means no adapter (vLLM answers 404), with the reason logged. Once resolv
 adapter under that name; a new champion reaches ``namespace/name`` through the hand-off
 (``serving.handoff.go_live``: ``load_inplace``).
 
+The hand-off names a version by its published URI (``file://`` or ``s3://``, as serve-models takes
+it), which vLLM itself cannot read: ``/v1/load_lora_adapter`` given a URI in customizer's own store
+loads the same verified local copy the resolver would (any other path goes to vLLM unchanged).
+
 vLLM loads it through its ``vllm.general_plugins`` entry point (customizer's ``pyproject.toml``),
 in every vLLM process; the resolver is asked only when ``VLLM_ALLOW_RUNTIME_LORA_UPDATING`` is set
 (``serving.vllm.launch_command`` sets it).
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from core.settings import Settings, get_settings
 from deploy.registry import RegistryUnavailable
-from deploy.store import StoreError, fetch
+from deploy.store import StoreError, fetch, parse_published_uri
 from deploy.trust import UntrustedChampion, trusted_champion
 from serving.schemas import PUBLISHED_NAME, REGISTERED_NAME
 
@@ -37,6 +41,25 @@ def _fetched(output_model: str, version: str, settings: Settings) -> Path:
     if settings.vllm_base_model and manifest.base_model != settings.vllm_base_model:
         raise StoreError(f"{output_model} v{version} adapts {manifest.base_model}, not the served base model {settings.vllm_base_model}")
     return folder
+
+
+def store_copy(lora_path: str, settings: Settings) -> Path | None:
+    """The verified local copy of a published version named by its URI in this store (None when
+    ``lora_path`` is not such a URI: vLLM then loads it as it is).
+
+    >>> store_copy("/adapters/team/bot/3", Settings()) is None
+    True
+
+    Raises:
+        deploy.store.StoreError: not published, a file that does not match its manifest, or another base's adapter.
+    """
+    try:
+        store_uri, output_model, version = parse_published_uri(lora_path)
+    except StoreError:
+        return None
+    if store_uri.rstrip("/") != settings.publish_uri.rstrip("/"):
+        return None  # another store's URI: never fetched on a caller's say-so
+    return _fetched(output_model, version, settings)
 
 
 def resolve(name: str, settings: Settings) -> Path | None:
@@ -114,4 +137,33 @@ def register() -> None:
             ours.addHandler(handler)
         ours.setLevel(logging.INFO)
     LoRAResolverRegistry.register_resolver(NAME, StoreResolver())
+    _load_from_the_store()
     _mend_cpu_prompt_logprobs()
+
+
+def _load_from_the_store() -> None:
+    """Let ``/v1/load_lora_adapter`` take a published version's URI in customizer's store (``store_copy``)."""
+    import asyncio
+    from http import HTTPStatus
+
+    # delayed: vLLM is only installed in its own venv
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+    from vllm.entrypoints.serve import create_error_response
+
+    original = OpenAIServingModels.load_lora_adapter
+    if getattr(original, "mended", False):
+        return
+
+    async def load_lora_adapter(self, request, base_model_name=None):
+        try:
+            folder = await asyncio.to_thread(store_copy, request.lora_path, get_settings())
+        except StoreError as exc:
+            log.warning("%s is not loaded: %s", request.lora_name, exc)
+            return create_error_response(message=f"{request.lora_name} is not loaded: {exc}", err_type="NotFoundError",
+                                         status_code=HTTPStatus.NOT_FOUND, param="lora_path")
+        if folder is not None:
+            request = request.model_copy(update={"lora_path": str(folder)})
+        return await original(self, request, base_model_name)
+
+    load_lora_adapter.mended = True
+    OpenAIServingModels.load_lora_adapter = load_lora_adapter

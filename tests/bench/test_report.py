@@ -122,3 +122,24 @@ def test_gate_power_rows_hold_the_three_goals():
     assert rows[0].metric == "true drop 3 points (limit + 1), one benchmark of 80 items" and rows[0].goal == "<= 5%"
     assert "(worst: b)" in rows[3].metric and rows[3].ours == "3.3% promoted"
     assert rows[4].goal == ">= 80%" and rows[4].ours == "88.6% promoted"
+
+
+def test_serving_rows_hold_serve_models_goals_and_vllm_beside_it():
+    keys = [f"{label}, {clients} clients" for clients in (1, 8, 16) for label in ("one adapter", "8 adapters")]
+    serve = dict(zip(keys, [50.0, 48.0, 200.0, 190.0, 300.0, 210.0], strict=True))
+    vllm = {key: 2 * rate for key, rate in serve.items()}
+    data = {"model": "tiny", "adapters": 8, "tokens_per_second": serve, "tokens_per_second_by_engine": {"serve-models": serve, "vllm": vllm}}
+    clients, mixed, vllm_scaling, *versus = report.serving_rows(data)
+    assert clients.ratio == pytest.approx(6.0) and clients.verdict == "met"
+    assert mixed.ratio == pytest.approx(0.7) and mixed.verdict == "missed"
+    assert "vLLM tokens/s, 16 clients" in vllm_scaling.metric and vllm_scaling.verdict == "info"
+    assert len(versus) == 6 and {row.ratio for row in versus} == {2.0}
+    # Before vLLM was measured: serve-models' rows only.
+    assert len(report.serving_rows({"model": "tiny", "adapters": 8, "tokens_per_second": serve})) == 2
+
+
+def test_golive_row_reads_seconds_against_the_goal():
+    row, = report.golive_rows({"model": "tiny", "seconds": 1.2, "go_live_task": 0.3, "goal": 2.0})
+    assert row.verdict == "met" and row.ours == "1.20 s" and "hand-off inside the job 0.30 s" in row.metric
+    row, = report.golive_rows({"model": "tiny", "seconds": 2.5, "go_live_task": 0.3, "goal": 2.0})
+    assert row.verdict == "missed"

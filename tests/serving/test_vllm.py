@@ -183,6 +183,28 @@ def test_the_handoff_replaces_the_plain_name_in_place_without_a_404(vllm_server,
 
 @needs_vllm
 @pytest.mark.platform
+def test_the_handoff_by_published_uri_loads_the_verified_copy(vllm_server, vllm_world):
+    """Where vLLM does not see the store as a folder (no serving_lora_root), the hand-off sends the
+    published URI, as to serve-models: customizer's plugin in vLLM fetches and verifies it."""
+    url, settings = vllm_server["url"], vllm_world["settings"]
+    endpoint = settings.model_copy(update={"serving_endpoint": url, "serving_lora_root": None})
+    uri = publish(vllm_world["adapters"][2], FILES, "team/byuri", "1", TINY_BASE_NAME, {}, settings).uri
+    assert uri.startswith("file://")
+    live = go_live("team/byuri", "1", uri, endpoint)
+    assert live.warning is None and live.loaded == ["team/byuri@1", "team/byuri"]
+    assert _text(url, "team/byuri") == _text(url, "team/bot@2")  # the same weights as adapter 2
+    assert _models(url)["team/byuri"] == str(settings.serving_cache_dir / "vllm" / "team" / "byuri" / "1")
+
+    tampered = publish(vllm_world["adapters"][3], FILES, "team/byuri", "2", TINY_BASE_NAME, {}, settings).uri
+    stored = settings.root / "store" / "team" / "byuri" / "2" / "adapter_model.safetensors"
+    stored.write_bytes(stored.read_bytes()[:-8] + b"\0" * 8)
+    refused = go_live("team/byuri", "2", tampered, endpoint)
+    assert refused.loaded == [] and "does not match its manifest" in refused.warning
+    assert _text(url, "team/byuri") == _text(url, "team/bot@2")  # still the version before
+
+
+@needs_vllm
+@pytest.mark.platform
 def test_lm_eval_through_vllm_scores_as_the_local_evaluation(vllm_server, vllm_world, settings, ok_dataset, tmp_path):
     from transformers import AutoTokenizer
 
