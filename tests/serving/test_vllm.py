@@ -224,13 +224,20 @@ def test_lm_eval_through_vllm_scores_as_the_local_evaluation(vllm_server, vllm_w
     local = evaluate_model(str(base), str(adapter), benchmark, plan, tmp_path / "local", local_settings)
     remote = evaluate_endpoint(vllm_server["url"], "team/bot@2", benchmark, plan, tmp_path / "remote", local_settings, str(base))
 
+    chat_plan = plan.model_copy(update={"general_benchmarks": []})  # local-chat-completions: generative items only
+    chat = evaluate_endpoint(vllm_server["url"], "team/bot@2", benchmark, chat_plan, tmp_path / "chat", local_settings, str(base),
+                             api="chat-completions")
+
     # bf16 in two engines (vLLM's CPU kernels, transformers): the same scores within rounding, item by item.
     assert remote.counts == local.counts and remote.counts["capitals"] == 10
     assert remote.task == pytest.approx(local.task, abs=0.2)
+    assert chat.counts["task"] == local.counts["task"] and chat.task == pytest.approx(local.task, abs=0.2)
     assert remote.general == pytest.approx(local.general, abs=0.2)
     # Summed over an answer's tokens, bf16 rounding (about 0.4% a logit) adds up: a few percent of log p.
     assert remote.per_sample_loglik["capitals"] == pytest.approx(local.per_sample_loglik["capitals"], rel=0.05, abs=0.01)
     # Greedy answers (the task benchmark): the same text for most items; bf16 can flip a near tie.
-    answers = {run: [s["resps"] for s in sorted(_samples(tmp_path / run, "task"), key=lambda s: s["doc_id"])] for run in ("local", "remote")}
-    same = sum(a == b for a, b in zip(answers["local"], answers["remote"], strict=True))
-    assert len(answers["local"]) == remote.counts["task"] and same >= len(answers["local"]) - 1, answers
+    answers = {run: [s["resps"] for s in sorted(_samples(tmp_path / run, "task"), key=lambda s: s["doc_id"])]
+               for run in ("local", "remote", "chat")}
+    for run in ("remote", "chat"):  # the chat route: the same prompt, rendered by vLLM with the model's chat template
+        same = sum(a == b for a, b in zip(answers["local"], answers[run], strict=True))
+        assert len(answers["local"]) == remote.counts["task"] and same >= len(answers["local"]) - 1, (run, answers)
