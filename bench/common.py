@@ -180,17 +180,6 @@ def serve_models(config_urn: str, env: dict[str, str], max_adapters: int, thread
         stop_processes(process, grace=30)
 
 
-def vllm_installed() -> bool:
-    """Whether ``make vllm`` installed vLLM's venv (or CUSTOMIZER_VLLM_PYTHON names one)."""
-    from serving.vllm import VllmNotInstalled, vllm_python
-
-    try:
-        vllm_python(Settings())
-    except VllmNotInstalled:
-        return False
-    return True
-
-
 @contextmanager
 def vllm_serving(config_urn: str, env: dict[str, str], log: Path, max_loras: int = 8, max_rank: int = 16) -> Iterator[str]:
     """vLLM started by ``customizer serving start`` in its own process group (room for ``max_loras``

@@ -23,10 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_adapters, median, prepare_base, serve_models, vllm_installed, vllm_serving
+from common import make_adapters, median, prepare_base, serve_models, vllm_serving
 
 from core.settings import Settings  # common puts the repository on the path
 from deploy.store import publish
+from serving.vllm import vllm_installed
 
 
 def run_phase(url: str, models: list[str], max_tokens: int, clients: int) -> tuple[float, int]:
@@ -80,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.requests, args.repeats = 32, 2
-    engines = [e for e in args.engines if e != "vllm" or vllm_installed()]
+    engines = [e for e in args.engines if e != "vllm" or vllm_installed(Settings())]
     if "vllm" in args.engines and "vllm" not in engines:
         print("vLLM is not installed (`make vllm`): measuring serve-models only")
 

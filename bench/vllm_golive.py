@@ -27,8 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_tiny_model, vllm_installed, vllm_serving
+from common import build_tiny_model, vllm_serving
 from customize_overhead import task_durations
+
+from core.settings import Settings  # common puts the repository on the path
+from serving.vllm import vllm_installed
 
 CONFIG = "bench/tiny-golive@v1.0.0+cpu"
 BASE_NAME = "bench/tiny-golive"
@@ -74,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if not vllm_installed():
+    if not vllm_installed(Settings()):
         raise SystemExit("vLLM is not installed: run `make vllm` first")
 
     with tempfile.TemporaryDirectory(prefix="bench-golive-") as scratch:

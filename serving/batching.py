@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.constrained import JsonConstraint
+from serving.schema_constraint import SchemaConstraint
 from serving.generation import Generated, Options, choose, first_stop, logprob_entry, logprobs_object, process_logits
 
 log = logging.getLogger("customizer.serving")
@@ -133,7 +134,7 @@ class _Row:
     name: str | None  # the PEFT adapter it uses
     eos: list[int]
     generator: Any
-    constraint: JsonConstraint | None
+    constraint: JsonConstraint | SchemaConstraint | None
     output: list[int] = field(default_factory=list)
     scored: list[Any] = field(default_factory=list)
     sent: str = ""  # text streamed so far
@@ -192,6 +193,13 @@ def _decode(model: Any, rows: list[_Row], state: dict[str, Any], joining: list[t
             joining = state["joining"] = admit(rows)
 
 
+def _constraint(job: Job, special: set[int]) -> JsonConstraint | SchemaConstraint | None:
+    """What keeps a row's output JSON: its schema's grammar, or a JSON object, or nothing."""
+    if job.options.json_schema is not None:
+        return SchemaConstraint(job.tokenizer, job.options.json_schema)
+    return JsonConstraint(job.tokenizer, special) if job.options.json_object else None
+
+
 def _left_pad(tensor: Any, width: int, dim: int) -> Any:
     """``tensor`` with zeros added before its entries along ``dim`` up to ``width``."""
     import torch  # delayed: torch is heavy (start-up time)
@@ -228,7 +236,7 @@ def _join(model: Any, rows: list[_Row], state: dict[str, Any], joining: list[tup
             generator.seed()
         row_eos = list(dict.fromkeys(eos + ([job.tokenizer.eos_token_id] if job.tokenizer.eos_token_id is not None else [])))
         special = set(getattr(job.tokenizer, "all_special_ids", [])) | set(row_eos)
-        new_rows.append(_Row(job, name, row_eos, generator, JsonConstraint(job.tokenizer, special) if job.options.json_object else None))
+        new_rows.append(_Row(job, name, row_eos, generator, _constraint(job, special)))
     echo = any(job.options.echo and job.options.logprobs is not None for job in jobs)
     cache = DynamicCache()
     set_rows([row.name for row in new_rows])
@@ -311,7 +319,7 @@ def _step(active: list[_Row], last: Any) -> list[int]:
             row.scored.append(logprob_entry(torch.log_softmax(last[i], dim=-1), token, options.logprobs, job.tokenizer))
         if row.constraint is not None:
             row.constraint.advance(row.output)
-        ended = "stop" if (token in row.eos and not options.ignore_eos) or (row.constraint is not None and row.constraint.state.done) \
+        ended = "stop" if (token in row.eos and not options.ignore_eos) or (row.constraint is not None and row.constraint.done) \
             else "length" if len(row.output) >= options.max_tokens else None
         if job.stream is None and not options.stop and ended is None:
             continue  # the text is only needed to stream it, look for stop sequences, or answer

@@ -196,6 +196,11 @@ class JsonConstraint:
         self.state = JsonPrefix()
         self.text = ""  # the output's text so far
 
+    @property
+    def done(self) -> bool:
+        """The object is closed: the answer is complete."""
+        return self.state.done
+
     def _piece(self, output: list[int], token: int) -> str | None:
         """The text ``token`` adds after ``output`` (None when it is special or ends mid-character)."""
         if token in self.special:

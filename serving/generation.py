@@ -83,6 +83,7 @@ class Options:
     logprobs: int | None = None  # with a number: score the tokens, with that many alternatives each
     echo: bool = False  # score the prompt too (with ``logprobs``)
     json_object: bool = False  # ``response_format: json_object``
+    json_schema: str | None = None  # ``response_format: json_schema``: its compiled grammar (``serving.schema_constraint``)
 
     @property
     def greedy(self) -> bool:
@@ -91,7 +92,8 @@ class Options:
     @property
     def plain(self) -> bool:
         """Greedy with nothing that changes the logits: the batch's argmax is this row's token."""
-        return self.greedy and not (self.presence_penalty or self.frequency_penalty or self.logit_bias or self.json_object)
+        return self.greedy and not (self.presence_penalty or self.frequency_penalty or self.logit_bias or self.json_object
+                                 or self.json_schema is not None)
 
 
 def process_logits(row: Any, options: Options, output: list[int], eos: list[int]) -> Any:

@@ -38,7 +38,7 @@ class StreamOptions(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    """``response_format``: plain text, or a JSON object (``json_schema`` is refused by the route)."""
+    """``response_format``: plain text, a JSON object, or JSON following ``json_schema.schema``."""
 
     model_config = ConfigDict(extra="forbid")
 

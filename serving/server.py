@@ -15,7 +15,8 @@ vLLM uses (``serving.schemas``):
 
 Both generation routes stream server-sent events with ``stream`` (from the same batches), ending
 with a usage chunk when ``stream_options.include_usage`` is set. ``response_format``
-``json_object`` constrains the answer to a JSON object (``serving.constrained``). With API keys
+``json_object`` constrains the answer to a JSON object (``serving.constrained``), ``json_schema`` to
+its schema (``serving.schema_constraint``). With API keys
 configured, every route but ``/health`` needs one (``serving.auth``). Errors are OpenAI-style JSON
 (``{"error": {...}}``) with a 4xx status that names the problem; nothing answers with a stack trace.
 """
@@ -38,6 +39,7 @@ from serving.auth import Keys, check_all, check_model, namespace_of
 from serving.batching import Job
 from serving.generation import Generated, Options, first_stop, held_back, stop_list
 from serving.model import Adapter, ModelServer
+from serving.schema_constraint import GrammarUnavailable, SchemaError, compile_schema
 from serving.schemas import ChatRequest, CompletionRequest, LoadLoraRequest, Sampling, ServingError, UnloadLoraRequest, error_body
 
 log = logging.getLogger("customizer.serving")
@@ -74,17 +76,26 @@ def _options(body: Sampling, max_tokens: int, logprobs: int | None = None, echo:
     """The request's generation options; refuses what this engine cannot do, logs what it ignores."""
     if ignored := body.ignored():
         log.warning("Request for %s: ignoring %s (not implemented by serve-models)", body.model, ", ".join(ignored))
-    json_object = False
+    json_object, grammar = False, None
     if body.response_format is not None and body.response_format.type == "json_schema":
-        raise ServingError(400, "`response_format` type 'json_schema' is not supported on this engine (serve-models); "
-                           "use 'json_object', or vLLM", param="response_format")
-    if body.response_format is not None:
+        schema = (body.response_format.json_schema or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise ServingError(400, "`response_format.json_schema.schema` is required: the JSON schema the answer follows",
+                               param="response_format.json_schema")
+        try:
+            grammar = compile_schema(schema)
+        except SchemaError as exc:
+            raise ServingError(400, f"`response_format.json_schema.schema` cannot be followed: {exc}", param="response_format") from exc
+        except GrammarUnavailable as exc:
+            raise ServingError(400, f"`response_format` type 'json_schema' is not available on this server: {exc}",
+                               param="response_format") from exc
+    elif body.response_format is not None:
         json_object = body.response_format.type == "json_object"
     return Options(
         max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, top_k=max(0, body.top_k), seed=body.seed,
         stop=stop_list(body.stop), presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
         logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()}, ignore_eos=body.ignore_eos, min_tokens=body.min_tokens,
-        logprobs=logprobs, echo=echo, json_object=json_object,
+        logprobs=logprobs, echo=echo, json_object=json_object, json_schema=grammar,
     )
 
 

@@ -14,11 +14,14 @@ run) with:
   ``serving_lora_root`` says where vLLM sees the store;
 - ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``: ``/v1/load_lora_adapter`` (the hand-off) and the resolver
   work only with it;
+- ``response_format`` (``json_object``, ``json_schema``) through llguidance, as in serve-models, with
+  no whitespace between JSON tokens (a model cannot spend its tokens on blank space);
 - on a machine without a GPU, ``--dtype bfloat16`` and a KV cache of ``vllm_cpu_kvcache_gib``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -30,6 +33,8 @@ from serving.handoff import champion_adapters, lora_arguments, lora_path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+# json_object / json_schema through llguidance, as serve-models does, and compact: no whitespace between tokens.
+STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
 
 
 class VllmNotInstalled(RuntimeError):
@@ -57,6 +62,15 @@ def vllm_python(settings: Settings) -> Path:
             "(or set CUSTOMIZER_VLLM_PYTHON to the Python of a venv that has vLLM and customizer)"
         )
     return python
+
+
+def vllm_installed(settings: Settings) -> bool:
+    """Whether there is a Python with vLLM where the settings say (``make vllm`` installed it)."""
+    try:
+        vllm_python(settings)
+    except VllmNotInstalled:
+        return False
+    return True
 
 
 def on_gpu() -> bool:
@@ -101,7 +115,8 @@ def launch_command(settings: Settings, base_model_dir: str | Path, served_names:
     rank = max([settings.vllm_max_lora_rank, *(r for a in adapters for r in a.ranks)])
     command = [str(python), "-m", ENTRYPOINT, "--model", str(base_model_dir), "--served-model-name", *served_names,
                "--host", host, "--port", str(port),
-               *lora_arguments(modules, rank, max(settings.vllm_max_loras, len(modules)))]
+               *lora_arguments(modules, rank, max(settings.vllm_max_loras, len(modules))),
+               "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS)]
     # The resolver (serving.vllm_resolver) reads the settings from this environment in vLLM's process.
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "CUSTOMIZER_VLLM_BASE_MODEL": served_names[0]}
     if not on_gpu():

@@ -19,7 +19,7 @@ from core.processes import free_port, stop_processes, wait_until_healthy
 from core.settings import Settings
 from deploy import registry
 from deploy.store import publish
-from serving.vllm import VllmNotInstalled, vllm_python
+from serving.vllm import vllm_installed
 from tests.deploy import sign_decision
 from tests.serving import TINY_BASE_NAME, make_adapter
 
@@ -28,15 +28,7 @@ VLLM_CONFIG_URN = "test/tiny-vllm@v1.0.0+cpu"
 NOT_INSTALLED = ".venv-vllm not installed: run `make vllm`"
 
 
-def vllm_installed() -> bool:
-    try:
-        vllm_python(Settings())
-    except VllmNotInstalled:
-        return False
-    return True
-
-
-needs_vllm = pytest.mark.skipif(not vllm_installed(), reason=NOT_INSTALLED)
+needs_vllm = pytest.mark.skipif(not vllm_installed(Settings()), reason=NOT_INSTALLED)
 
 
 def build_vllm_tiny_model(folder: Path) -> Path:
@@ -101,7 +93,7 @@ def vllm_server(vllm_world):
     """`customizer serving start` (vLLM from .venv-vllm) on the session's vLLM data folder: yields its URL and log.
 
     One server for every module that asks (a start takes about a minute on two cores)."""
-    if not vllm_installed():
+    if not vllm_installed(Settings()):
         pytest.skip(NOT_INSTALLED)
     port = free_port()
     log = vllm_world["root"] / "serving-start.log"

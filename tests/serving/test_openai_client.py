@@ -170,6 +170,39 @@ def test_json_object_output_parses(engine):
         assert isinstance(json.loads(text), dict), text  # serve-models closes what is open when the tokens run short
 
 
+TICKET = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "count": {"type": "integer", "minimum": 0, "maximum": 999},
+        "kind": {"enum": ["bug", "question", "praise"]},
+        "urgent": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 3},
+    },
+    "required": ["name", "count", "kind", "urgent", "tags"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_output_follows_the_schema(engine):
+    import jsonschema
+
+    response_format = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": TICKET, "strict": True}}
+    answers = set()
+    for model, temperature, seed in [(TINY_BASE_NAME, 0, None), ("team/bot", 0, None), (TINY_BASE_NAME, 1.0, 1), (TINY_BASE_NAME, 1.0, 2)]:
+        reply = engine.api.chat.completions.create(model=model, messages=messages(), max_tokens=160, temperature=temperature, seed=seed,
+                                                   response_format=response_format)
+        text = reply.choices[0].message.content
+        jsonschema.validate(json.loads(text), TICKET)  # raises when it does not follow the schema
+        answers.add(text)
+    assert len(answers) >= 2  # the model chose the values: not one canned answer
+    stream = engine.api.chat.completions.create(model=TINY_BASE_NAME, messages=messages(), max_tokens=160, temperature=0,
+                                                response_format=response_format, stream=True)
+    greedy = engine.api.chat.completions.create(model=TINY_BASE_NAME, messages=messages(), max_tokens=160, temperature=0,
+                                                response_format=response_format)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == greedy.choices[0].message.content
+
+
 def test_echo_with_logprobs_scores_the_prompt(engine):
     api = engine.api
     reply = api.completions.create(model=TINY_BASE_NAME, prompt="Reply with the word ok", max_tokens=2, temperature=0, echo=True,

@@ -146,15 +146,18 @@ def test_bad_requests_get_openai_errors_naming_the_field(served):
     assert chat(client, TINY_BASE_NAME, n=17).json()["error"]["param"] == "n"
     assert chat(client, TINY_BASE_NAME, n=2, stream=True).json()["error"]["param"] == "n"
     assert chat(client, TINY_BASE_NAME, presence_penalty=3).json()["error"]["param"] == "presence_penalty"
-    schema = chat(client, TINY_BASE_NAME, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
-    assert schema.status_code == 400 and "not supported on this engine" in schema.json()["error"]["message"]
+    schemaless = chat(client, TINY_BASE_NAME, response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+    assert schemaless.status_code == 400 and schemaless.json()["error"]["param"] == "response_format.json_schema"
+    unfollowable = chat(client, TINY_BASE_NAME, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}})
+    assert unfollowable.status_code == 400 and unfollowable.json()["error"]["param"] == "response_format"
+    assert "cannot be followed" in unfollowable.json()["error"]["message"]
     too_long = client.post("/v1/completions", json={"model": TINY_BASE_NAME, "prompt": "hi", "max_tokens": 100_000})
     assert too_long.status_code == 400 and "maximum context length is 512" in too_long.json()["error"]["message"]
     bad_ids = client.post("/v1/completions", json={"model": TINY_BASE_NAME, "prompt": [1, 10**9]})
     assert bad_ids.status_code == 400 and bad_ids.json()["error"]["param"] == "prompt"
     nothing = client.get("/v1/nothing")
     assert nothing.status_code == 404 and "error" in nothing.json()
-    for response in (unknown, extra, no_messages, broken, too_long, nothing):
+    for response in (unknown, extra, no_messages, broken, too_long, nothing, schemaless, unfollowable):
         assert "Traceback" not in response.text
 
 
