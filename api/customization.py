@@ -35,6 +35,7 @@ from core.settings import Settings
 from core.catalog import CatalogError, CustomizationConfig, Target, TrainingOption, get_config, load_catalog, parse_config_urn
 from core.specs import CustomizationSpec, method_name
 from tasks.check import CheckedJob, JobRefused, check
+from training.resources import InsufficientResources, available_gpus, check_capacity
 
 log = logging.getLogger("customizer.api")
 
@@ -305,6 +306,18 @@ def _refused(exc: JobRefused, dataset: dict[str, Any]) -> ApiError:
     return Unprocessable(str(exc))
 
 
+def _check_capacity(settings: Settings, checked: CheckedJob) -> None:
+    """Refuse (422, naming `training_option` and its field) a job whose option asks for more GPUs per node
+    than a training worker has: ``worker_gpus``, else this machine's (``customizer up`` trains where it answers)."""
+    known = settings.worker_gpus is not None
+    gpus = settings.worker_gpus if known else available_gpus()
+    holder = "a training worker has" if known else "this machine, where jobs train, has"
+    try:
+        check_capacity(checked.option, gpus, config=checked.config.urn, holder=holder)
+    except InsufficientResources as exc:
+        raise Unprocessable(f"`training_option`: {exc}") from exc
+
+
 def _guidance(body: JobCreate, checked: CheckedJob) -> list[dict[str, Any]]:
     """The job's warnings: the pre-flight's guidance, what the server ignores, and a cost over the budget."""
     warnings = [w.model_dump() for w in checked.warnings]
@@ -333,6 +346,7 @@ def _check_and_start(
             checked = check(spec, settings, Path(scratch), model="if_available")
         except JobRefused as exc:
             raise _refused(exc, dataset) from exc
+    _check_capacity(settings, checked)
     warnings = _guidance(body, checked)
     flow_run_id = orchestrator.start(
         settings.customize_deployment, {"spec": spec.model_dump(mode="json")}, tags=["customizer-api", f"namespace:{body.namespace}"]

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=True, description="Never contact a model hub. Set false to allow Hugging Face downloads."
     )
     torch_threads: int | None = Field(default=None, description="CPU threads for torch; default: all cores.")
+    worker_gpus: int | None = Field(
+        default=None, ge=0,
+        description="GPUs a training worker has; when set, jobs asking for more are refused at creation. Default: "
+        "this machine's (`customizer up` runs the API and the worker together).",
+    )
     eval_precision: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
         description="dtype models are scored in: auto is bfloat16 where the hardware runs it natively (CPUs with "

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default: the serve_host setting)")
     serve.add_argument("--port", type=int, help="port to listen on (default: the serve_port setting)")
     serve.add_argument("--max-adapters", type=int, help="adapters held in memory (default: the serve_max_adapters setting)")
-    serve.add_argument("--preload", action="append", default=[], metavar="NAME", help="adapter to load at start (namespace/name[@version]); repeatable")
+    serve.add_argument("--max-full-models", type=int, default=1,
+                       help="full-weight versions held in memory, each its own model (default: 1); the least recently used is evicted")
+    serve.add_argument("--preload", action="append", default=[], metavar="NAME", help="adapter or full-weight version to load at start (namespace/name[@version]); repeatable")
     serving = sub.add_parser("serving", help="hand-off to a production serving engine")
     serving_sub = serving.add_subparsers(dest="serving_command", required=True)
     vllm = serving_sub.add_parser("vllm-args", help="print vLLM launch arguments for a namespace's champion adapters")

@@ -313,6 +313,8 @@ def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.max_adapters is not None and args.max_adapters < 1:
         raise UsageError(f"--max-adapters must be at least 1, got {args.max_adapters}")
+    if args.max_full_models < 1:
+        raise UsageError(f"--max-full-models must be at least 1, got {args.max_full_models}")
     try:
         config = get_config(args.config or settings.serve_config, settings)
         resolved = resolve_base_model(config.target, settings)
@@ -321,6 +323,7 @@ def cmd_serve_models(args: argparse.Namespace, settings: Settings) -> int:
     run_server(
         settings, resolved.path, config.target.name, (config.urn,), args.host or settings.serve_host,
         settings.serve_port if args.port is None else args.port, args.max_adapters, args.preload,
+        max_full_models=args.max_full_models,
     )
     return 0
 

@@ -7,6 +7,8 @@ A request's ``model`` names what answers it:
   file verified against its manifest) and kept on local disk;
 - ``namespace/name``: the version the MLflow ``champion`` alias points at, when the platform's
   signed gate decision allows it (``deploy.trust``; otherwise the request is refused with why).
+A published version holding full weights rather than an adapter is its own model, with its own
+batches (``serving.full_models``); the names and the rules above are the same.
 
 At most ``serve_max_adapters`` adapters are held in memory; using another evicts the least recently
 used one, which comes back from its verified local copy when asked for again.
@@ -42,6 +44,7 @@ from deploy.registry import RegistryUnavailable, champions
 from deploy.store import MANIFEST, TOKENIZER_FILES, NotPublished, StoreError, fetch, list_published, parse_published_uri
 from deploy.trust import UntrustedChampion, trusted_champion
 from serving.batching import MAX_BATCH, Job, Scheduler, decode_batch
+from serving.full_models import FullModel, FullModels, is_full_weights
 from serving.generation import Generated, Options, as_list
 from serving.lora import BatchedLora
 from serving.metrics import ServingMetrics
@@ -73,7 +76,7 @@ class ModelServer:
 
     def __init__(
         self, settings: Settings, base_model_dir: Path, base_name: str, aliases: tuple[str, ...] = (), max_adapters: int | None = None,
-        max_batch: int = MAX_BATCH,
+        max_batch: int = MAX_BATCH, max_full_models: int = 1,
     ):
         """Load the base model.
 
@@ -84,6 +87,7 @@ class ModelServer:
             aliases: more names for the base (e.g. the config URN).
             max_adapters: adapters held in memory; default the ``serve_max_adapters`` setting.
             max_batch: requests run together at most.
+            max_full_models: full-weight versions held in memory (``serving.full_models``).
         """
         import torch  # delayed: torch and transformers are heavy (start-up time)
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -121,6 +125,7 @@ class ModelServer:
         self._exclusive = threading.Event()  # set while a load or unload waits for the lock
         self._waiters, self._waiters_lock = 0, threading.Lock()
         self.scheduler = Scheduler(self._run_batch, max_batch=max_batch, max_keys=self.max_adapters)
+        self.full = FullModels(self.base_dir, base_name, self.tokenizer, self.device, dtype, self.metrics, max_full_models, max_batch)
         log.info("Serving %s from %s on %s (at most %d adapters in memory, batches of up to %d)", base_name, base_model_dir,
                  self.device, self.max_adapters, max_batch)
 
@@ -181,8 +186,9 @@ class ModelServer:
 
     # fetching and loading ----------------------------------------------------------------------------
 
-    def _fetch(self, adapter: Adapter) -> None:
-        """Put the adapter's files on local disk (verified against the manifest when it is published)."""
+    def _fetch(self, adapter: Adapter, full_ok: bool = False) -> None:
+        """Put the adapter's files on local disk (verified against the manifest when it is published);
+        ``full_ok``: a published version may hold full weights instead (``serving.full_models``)."""
         if adapter.local_dir is not None and (adapter.local_dir / "adapter_config.json").is_file():
             return
         source = adapter.source
@@ -200,11 +206,15 @@ class ModelServer:
                     manifest = fetch(output_model, version, dest, self.settings, store_uri=store_uri)
                 except NotPublished as exc:
                     raise self._unknown(adapter.name, f" ({output_model} v{version} is not published in {store_uri})") from exc
-                except StoreError as exc:
-                    raise ServingError(502, f"cannot fetch {adapter.name}: {exc}", kind="store_error") from exc
+                except StoreError as exc:  # what the store holds is not what was published: no retry helps (409)
+                    tampered = any(s in str(exc) for s in ("does not match its manifest", "listed in the manifest but missing"))
+                    raise ServingError(409 if tampered else 502, f"cannot fetch {adapter.name}: {exc}",
+                                       kind="manifest_mismatch" if tampered else "store_error", param="model") from exc
             if manifest.base_model.lower() != self.base_name.lower():
                 raise ServingError(400, f"{adapter.name} was trained on {manifest.base_model}, this server serves {self.base_name}", param="model")
             adapter.local_dir = dest
+            if full_ok and is_full_weights(dest):
+                return
         self._check_adapter_folder(adapter)
 
     def _fetch_lock(self, key: str) -> threading.Lock:
@@ -269,11 +279,17 @@ class ModelServer:
             self.adapters = self.adapters | {adapter.name: adapter}
         self.loads += 1
 
-    def acquire(self, name: str) -> Adapter | None:
+    def acquire(self, name: str) -> Adapter | FullModel | None:
         """Resolve ``name`` and fetch its files (outside the lock); its batch loads it into memory."""
         adapter = self.lookup(name)
-        if adapter is not None:
-            self._fetch(adapter)
+        if adapter is None:
+            return None
+        full = self.full.get(adapter.name) if adapter.name not in self.adapters else None
+        if full is not None:  # a full-weight version fetched before: its verified copy is on disk
+            return full
+        self._fetch(adapter, full_ok=True)
+        if is_full_weights(adapter.local_dir):
+            return self.full.register(adapter.name, adapter.source, adapter.local_dir)
         return adapter
 
     @contextmanager
@@ -353,12 +369,13 @@ class ModelServer:
 
     # generation --------------------------------------------------------------------------------------
 
-    def submit(self, adapter: Adapter | None, prompt: str | list[int], options: Options, add_special_tokens: bool = True,
+    def submit(self, adapter: Adapter | FullModel | None, prompt: str | list[int], options: Options, add_special_tokens: bool = True,
                stream: Any = None) -> Job:
         """Check one prompt and queue it for the next batch; ``Job.wait()`` gives its answer.
 
         Args:
-            adapter: from ``acquire`` (fetched; the batch loads it into memory), None for the base.
+            adapter: from ``acquire`` (fetched; the batch loads it into memory), None for the base; a
+                full-weight model's requests go to its own batches.
             prompt: text, or token ids taken as they are.
             options: how to generate; ``max_tokens`` 0 only scores the prompt.
             add_special_tokens: let the tokenizer add its special tokens to a text prompt.
@@ -368,6 +385,8 @@ class ModelServer:
             ServingError: the prompt is empty, holds ids outside the vocabulary, or does not fit the
                 model's context with ``max_tokens``.
         """
+        if isinstance(adapter, FullModel):
+            return self.full.submit(adapter, prompt, options, add_special_tokens, stream)
         tokenizer = (adapter.tokenizer if adapter is not None else None) or self.tokenizer
         ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
         if not ids:
@@ -388,7 +407,7 @@ class ModelServer:
         job = Job(ids=ids, options=options, tokenizer=tokenizer, key=adapter.name if adapter else None, adapter=adapter, stream=stream)
         return self.scheduler.submit(job)
 
-    def generate(self, adapter: Adapter | None, prompt: str | list[int], options: Options, add_special_tokens: bool = True) -> Generated:
+    def generate(self, adapter: Adapter | FullModel | None, prompt: str | list[int], options: Options, add_special_tokens: bool = True) -> Generated:
         """``submit`` and wait for the answer."""
         return self.submit(adapter, prompt, options, add_special_tokens).wait()
 
@@ -438,9 +457,8 @@ class ModelServer:
         try:
             for output_model, version, tags in champions(self.settings):
                 base = tags.get(tag.BASE_MODEL)
-                if version is None or tags.get(tag.ARTIFACT, "adapter") != "adapter" or (base and base.lower() not in {
-                        n.lower() for n in self.base_names}):
-                    continue  # no champion, full weights (not served here), or another base's
+                if version is None or (base and base.lower() not in {n.lower() for n in self.base_names}):
+                    continue  # no champion, or another base's (full weights are served too: serving.full_models)
                 try:
                     trusted = trusted_champion(self.settings, output_model, principal=None, purpose="serving")
                 except UntrustedChampion:
@@ -454,7 +472,7 @@ class ModelServer:
         return listed
 
     def describe(self) -> list[dict[str, Any]]:
-        """``/v1/models`` entries: the base, every adapter this server knows, then the trusted champions."""
+        """``/v1/models`` entries: the base, every adapter and full-weight version this server knows, then the trusted champions."""
         entries = [{
             "id": self.base_name, "object": "model", "created": self.created, "owned_by": "customizer",
             "root": str(self.base_dir), "parent": None, "max_model_len": self.max_length,
@@ -466,6 +484,7 @@ class ModelServer:
                 "root": adapter.source, "parent": self.base_name, "max_model_len": self.max_length,
                 "resident": adapter.peft_name is not None,
             })
+        entries += self.full.describe()
         listed = {entry["id"] for entry in entries}
         for output_model, version in self.trusted_champions():
             if output_model not in listed:

@@ -1,7 +1,8 @@
 """``customizer serve-models``: an OpenAI-compatible server over transformers + PEFT, with batching.
 
 One base model (a config's target) is loaded once; any number of LoRA adapters of that base are
-served by name (``serving.model`` says which names a request may use). Requests that arrive
+served by name (``serving.model`` says which names a request may use), and so are published
+full-weight versions of it, each its own model (``serving.full_models``). Requests that arrive
 together run as one batch, adapters mixed (``serving.batching``). Routes, with the request bodies
 vLLM uses (``serving.schemas``):
 
@@ -38,6 +39,7 @@ from core.settings import Settings
 from serving.auth import Keys, check_all, check_model, namespace_of
 from serving.batching import Job
 from serving.generation import Generated, Options, first_stop, held_back, stop_list
+from serving.full_models import FullModel
 from serving.model import Adapter, ModelServer
 from serving.schema_constraint import GrammarUnavailable, SchemaError, compile_schema
 from serving.schemas import ChatRequest, CompletionRequest, LoadLoraRequest, Sampling, ServingError, UnloadLoraRequest, error_body
@@ -360,7 +362,7 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterato
 
 def run_server(
     settings: Settings, base_model_dir: Path, base_name: str, aliases: tuple[str, ...], host: str, port: int,
-    max_adapters: int | None, preload: list[str],
+    max_adapters: int | None, preload: list[str], max_full_models: int = 1,
 ) -> None:
     """Load the base model (and ``preload`` adapters), then serve until interrupted.
 
@@ -371,17 +373,21 @@ def run_server(
         host, port: where to listen.
         max_adapters: adapters held in memory; default the ``serve_max_adapters`` setting.
         preload: model names to fetch and load before the server answers.
+        max_full_models: full-weight versions held in memory (``serving.full_models``).
 
     Raises:
         ServingError: a ``preload`` name is unknown or does not load on this base.
     """
     import uvicorn  # delayed: uvicorn is heavy (start-up time)
 
-    server = ModelServer(settings, base_model_dir, base_name, aliases, max_adapters)
+    server = ModelServer(settings, base_model_dir, base_name, aliases, max_adapters, max_full_models=max_full_models)
     for name in preload:
         adapter = server.acquire(name)
-        if adapter is not None:
+        if isinstance(adapter, FullModel):
+            server.full.preload(adapter)
+        elif adapter is not None:
             with server.active(adapter):
                 pass
-    print(f"customizer serve-models: {server.base_name} on http://{host}:{port}/v1 (max {server.max_adapters} adapters in memory)", flush=True)
+    print(f"customizer serve-models: {server.base_name} on http://{host}:{port}/v1 (max {server.max_adapters} adapters and "
+          f"{max_full_models} full-weight models in memory)", flush=True)
     uvicorn.run(create_app(server), host=host, port=port, log_level="info")

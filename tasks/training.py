@@ -26,6 +26,7 @@ from training.base_model import ResolvedModel
 from training.common import Hooks, TrainingCancelled, TrainResult
 from training.guidance import Estimate, JobWarning, check_budget
 from training.launch import TrainingRequest, launch
+from training.resources import available_resources, check_resources
 
 
 class TrainingPlan(BaseModel):
@@ -85,6 +86,10 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
     """Run the job's method (SFT, DPO or GRPO) in-process, or under torchrun for several devices;
     metrics and progress stream to the job's MLflow run. The policy's ``max_forgetting_kl`` stops
     training at the first validation over it (the best checkpoint under it is delivered)."""
+    hp = job.spec.hyperparameters
+    # Before a training slot is taken or any model loaded: an option this worker cannot run is refused
+    # with what it asks for and what the worker has, instead of starting a process per missing GPU.
+    check_resources(job.config.option_for(hp.training_type, hp.finetuning_type), available_resources(), config=job.config.urn)
     settings = get_settings()
     buffer = tracking.MetricBuffer(settings, job.run_id)
     client = tracking.client(settings)

@@ -29,6 +29,7 @@ from data.ingest import IngestedDataset
 from training.common import Hooks, TrainingCancelled, TrainingError, TrainResult
 from training.dpo import train_dpo
 from training.grpo import train_grpo
+from training.resources import RDZV_ENDPOINT_ENV
 from training.sft import train_sft
 
 log = logging.getLogger("customizer.training")
@@ -91,7 +92,7 @@ def launch(
     if nodes > 1:
         # Multi-node: every node runs this launch with the same rendezvous endpoint (e.g. a Kubernetes
         # job's head service) and its own node rank, from the environment torchrun documents.
-        command += [f"--rdzv-endpoint={os.environ['CUSTOMIZER_RDZV_ENDPOINT']}", "--rdzv-backend=c10d", f"--rdzv-id={work_dir.name}"]
+        command += [f"--rdzv-endpoint={os.environ[RDZV_ENDPOINT_ENV]}", "--rdzv-backend=c10d", f"--rdzv-id={work_dir.name}"]
     else:
         command += ["--standalone"]
     command += ["-m", "training.launch", str(request_path)]
