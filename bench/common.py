@@ -21,11 +21,27 @@ sys.path.insert(0, str(ROOT))
 
 from core.catalog import get_config  # noqa: E402 (the repository is on the path from here on)
 from core.processes import free_port, stop_processes, wait_until_healthy  # noqa: E402
+from serving.vllm import READY as VLLM_READY  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from training.base_model import resolve_base_model  # noqa: E402
 
 EMBEDDED = "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu"
 TINY = "bench/tiny-llama@v1.0.0+cpu"
+
+
+def isolate_platform(work: Path, **extra: str) -> dict[str, str]:
+    """Point this process at a fresh platform state under ``work`` (data folder, Prefect's own
+    database; offline), drop what could reach another platform, and return what was set.
+
+    Set before Prefect is imported: it reads ``PREFECT_HOME`` and its other settings then.
+    """
+    env = {"CUSTOMIZER_DATA_DIR": str(work / "data"), "PREFECT_HOME": str(work / "prefect"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"} | extra
+    for leaked in ("PREFECT_API_URL", "CUSTOMIZER_STORE_URI", "CUSTOMIZER_MLFLOW_TRACKING_URI", "CUSTOMIZER_S3_ENDPOINT_URL"):
+        os.environ.pop(leaked, None)
+    os.environ.update(env)
+    return env
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -192,10 +208,7 @@ def vllm_serving(config_urn: str, env: dict[str, str], log: Path, max_loras: int
         process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(f"{url}/health", process, 900, log, what=f"customizer serving start (log {log})")
-        deadline = time.monotonic() + 120  # its health answers a moment before `serving start` says it is serving
-        while "vLLM is serving" not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.5)
+        wait_until_healthy(f"{url}/health", process, 900, log, what=f"customizer serving start (log {log})", says=VLLM_READY)
         yield url
     finally:
         stop_processes(process, grace=30)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,6 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import isolate_platform  # noqa: E402
 
 from core.catalog import get_config  # noqa: E402 (the repository is on the path from here on)
 from core.settings import apply_environment, get_settings  # noqa: E402
@@ -79,11 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-customize-") as scratch:
         work = Path(scratch)
         # A fresh platform state: data folder (MLflow, store) and Prefect's own database.
-        os.environ |= {"CUSTOMIZER_DATA_DIR": str(work / "data"), "PREFECT_HOME": str(work / "prefect"),
-                       "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
-        for leaked in ("PREFECT_API_URL", "CUSTOMIZER_STORE_URI", "CUSTOMIZER_MLFLOW_TRACKING_URI", "CUSTOMIZER_S3_ENDPOINT_URL"):
-            os.environ.pop(leaked, None)
+        isolate_platform(work)
         # delayed: Prefect reads PREFECT_HOME and its other settings when imported, so these come
         # after the environment above (and Prefect is heavy: start-up time)
         from prefect.client.orchestration import get_client

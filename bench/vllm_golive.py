@@ -27,10 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_tiny_model, vllm_serving
+from common import build_tiny_model, isolate_platform, vllm_serving
 from customize_overhead import task_durations
 
 from core.settings import Settings  # common puts the repository on the path
+from training.tiny import write_tiny_config
 from serving.vllm import vllm_installed
 
 CONFIG = "bench/tiny-golive@v1.0.0+cpu"
@@ -44,11 +45,7 @@ def write_world(work: Path) -> tuple[Path, Path]:
     base = build_tiny_model(work / "base")
     configs = work / "configs"
     configs.mkdir()
-    (configs / "tiny-golive.yaml").write_text(
-        f"namespace: bench\nname: tiny-golive@v1.0.0+cpu\ntarget:\n  name: {BASE_NAME}\n  model_uri: {base}\n"
-        "max_seq_length: 128\nprompt_format: chat\nlora_target_modules: [q_proj, v_proj]\n"
-        "training_options:\n  - {training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4}\n"
-    )
+    write_tiny_config(configs, CONFIG, BASE_NAME, base)
     dataset = work / "dataset"
     for split, rows in (("training", range(40)), ("testing", range(100, 108))):
         (dataset / split).mkdir(parents=True)
@@ -83,13 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-golive-") as scratch:
         work = Path(scratch)
         configs, dataset = write_world(work)
-        env = {"CUSTOMIZER_DATA_DIR": str(work / "data"), "PREFECT_HOME": str(work / "prefect"),
-               "CUSTOMIZER_CONFIG_DIRS": json.dumps([str(configs)]), "CUSTOMIZER_ALLOWED_FILE_ROOTS": json.dumps([str(work)]),
-               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
-        for leaked in ("PREFECT_API_URL", "CUSTOMIZER_STORE_URI", "CUSTOMIZER_MLFLOW_TRACKING_URI", "CUSTOMIZER_S3_ENDPOINT_URL"):
-            os.environ.pop(leaked, None)
-        os.environ.update(env)
+        env = isolate_platform(work, CUSTOMIZER_CONFIG_DIRS=json.dumps([str(configs)]),
+                               CUSTOMIZER_ALLOWED_FILE_ROOTS=json.dumps([str(work)]))
         with vllm_serving(CONFIG, env, work / "vllm.log", max_loras=2, max_rank=8) as url:
             os.environ["CUSTOMIZER_SERVING_ENDPOINT"] = url
             # delayed: Prefect reads PREFECT_HOME and its other settings when imported, so these come after the

@@ -106,8 +106,12 @@ class NotHealthy(RuntimeError):
     """A server exited, or did not answer its health check in time (the message ends with its log)."""
 
 
-def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None, what: str = "the server") -> None:
-    """Wait until ``GET url`` answers 200, polling every half second.
+def wait_until_healthy(
+    url: str, process: subprocess.Popen, timeout: float, log: Path | None = None, what: str = "the server", *, says: str | None = None,
+) -> None:
+    """Wait until ``GET url`` answers 200, polling every half second, and then, with ``says``, until
+    that text is in ``log`` (a launcher that says when the server behind it is ready, within the same
+    ``timeout``).
 
     Raises:
         NotHealthy: ``process`` exited first, or ``timeout`` seconds passed; the message names
@@ -117,12 +121,14 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float, log:
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
+                healthy = answer.status == 200
         except (urllib.error.URLError, OSError):
-            pass
+            healthy = False
+        if healthy and (says is None or (log is not None and log.exists() and says in log.read_text(errors="replace"))):
+            return
         if process.poll() is not None or time.monotonic() > deadline:
-            why = f"exited with {process.returncode}" if process.returncode is not None else f"did not answer {url} within {timeout:.0f} s"
+            why = (f"exited with {process.returncode}" if process.returncode is not None
+                   else f"did not say {says!r} within {timeout:.0f} s" if healthy else f"did not answer {url} within {timeout:.0f} s")
             tail = f":\n{log.read_text(errors='replace')[-3000:]}" if log is not None and log.exists() else ""
             raise NotHealthy(f"{what} {why}{tail}")
         time.sleep(0.5)

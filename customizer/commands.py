@@ -50,6 +50,7 @@ from deploy.trust import UntrustedChampion, re_approve, trusted_champion
 from evaluation.policy import PolicyError
 from flows.customize import customize
 from serving.handoff import HandOffError, vllm_args
+from serving.vllm import READY as VLLM_READY
 from serving.vllm import VllmNotInstalled, launch_command
 from serving.server import run_server
 from tasks.approval import watch_deadlines
@@ -346,7 +347,7 @@ def cmd_serving_start(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _interrupted)  # stopped by `customizer up` (or a service manager): vLLM stops too
     try:
         wait_until_healthy(f"{launch.url}/health", process, timeout=args.timeout, what="vLLM")
-        print(f"vLLM is serving {config.target.name} and its adapters at {launch.url}", flush=True)
+        print(f"{VLLM_READY} {config.target.name} and its adapters at {launch.url}", flush=True)
         return process.wait()
     except NotHealthy as exc:
         print(f"customizer: error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from typing import Any
 
 COMPILE_OPTIONS = {"whitespace_flexible": False}
@@ -28,7 +29,8 @@ class GrammarUnavailable(RuntimeError):
     """The constrained-decoding library is not installed."""
 
 
-_TOKENIZERS: dict[int, tuple[Any, Any]] = {}  # id(HF tokenizer) -> (the tokenizer, its llguidance form)
+# HF tokenizer -> its llguidance form; an entry goes when its tokenizer does (an evicted adapter's, say)
+_TOKENIZERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 _TOKENIZERS_LOCK = threading.Lock()
 
 
@@ -65,11 +67,10 @@ def _ll_tokenizer(tokenizer: Any) -> Any:
     from llguidance.hf import from_tokenizer  # delayed: only json_schema requests need it
 
     with _TOKENIZERS_LOCK:
-        cached = _TOKENIZERS.get(id(tokenizer))
-        if cached is None or cached[0] is not tokenizer:
-            cached = (tokenizer, from_tokenizer(tokenizer))
-            _TOKENIZERS[id(tokenizer)] = cached
-        return cached[1]
+        cached = _TOKENIZERS.get(tokenizer)
+        if cached is None:
+            cached = _TOKENIZERS[tokenizer] = from_tokenizer(tokenizer)
+        return cached
 
 
 class SchemaConstraint:

@@ -34,6 +34,7 @@ from serving.handoff import champion_adapters, lora_arguments, lora_path
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 # json_object / json_schema through llguidance, as serve-models does, and compact: no whitespace between tokens.
+READY = "vLLM is serving"  # what `customizer serving start` prints once vLLM answers, before its model and URL
 STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
 
 

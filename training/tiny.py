@@ -53,3 +53,23 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_tiny_config(folder: Path, urn: str, base_name: str, base: Path) -> Path:
+    """Write a CPU LoRA config ``urn`` (``namespace/name@version``) whose base is the model folder
+    ``base``, served as ``base_name``, into ``folder``; returns the file.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as scratch:
+    ...     print(write_tiny_config(Path(scratch), "bench/tiny@v1.0.0+cpu", "bench/tiny", Path("/m")).read_text().splitlines()[:3])
+    ['namespace: bench', 'name: tiny@v1.0.0+cpu', 'target:']
+    """
+    namespace, name = urn.split("/", 1)
+    path = folder / f"{name.split('@')[0]}.yaml"
+    path.write_text(
+        f"namespace: {namespace}\nname: {name}\ntarget:\n  name: {base_name}\n  model_uri: {base}\n"
+        "max_seq_length: 128\nprompt_format: chat\nlora_target_modules: [q_proj, v_proj]\n"
+        "training_options:\n  - {training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4}\n",
+        encoding="utf-8",
+    )
+    return path

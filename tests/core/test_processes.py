@@ -146,3 +146,19 @@ def test_a_server_is_waited_for_until_it_answers_and_one_that_exits_is_reported_
     crashed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
     with pytest.raises(NotHealthy, match=r"(?s)the server exited with 3.*boot failed: no model"):
         wait_until_healthy(f"http://127.0.0.1:{free_port()}/", crashed, 60, log)
+
+
+def test_a_launcher_is_waited_for_until_its_log_says_it_is_ready(tmp_path):
+    port, log = free_port(), tmp_path / "launcher.log"
+    launcher = (f"import http.server as h, threading, time; s = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler); "
+                "threading.Thread(target=s.serve_forever, daemon=True).start(); time.sleep(1.5); "
+                "print('engine is serving', flush=True); time.sleep(120)")
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-c", launcher], cwd=tmp_path, stdout=out, start_new_session=True)
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/", server, 60, log, says="engine is serving")
+        assert "engine is serving" in log.read_text()  # healthy a moment earlier, but not yet ready
+        with pytest.raises(NotHealthy, match="did not say 'never printed' within 1 s"):
+            wait_until_healthy(f"http://127.0.0.1:{port}/", server, 1, log, says="never printed")
+    finally:
+        stop_processes(server)

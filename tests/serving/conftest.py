@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,9 +18,11 @@ from core.processes import free_port, stop_processes, wait_until_healthy
 from core.settings import Settings
 from deploy import registry
 from deploy.store import publish
+from serving.vllm import READY as VLLM_READY
 from serving.vllm import vllm_installed
 from tests.deploy import sign_decision
 from tests.serving import TINY_BASE_NAME, make_adapter
+from training.tiny import write_tiny_config
 
 FILES = ["adapter_config.json", "adapter_model.safetensors"]
 VLLM_CONFIG_URN = "test/tiny-vllm@v1.0.0+cpu"
@@ -66,11 +67,7 @@ def vllm_world(tmp_path_factory, tiny_config_dir):
     base = build_vllm_tiny_model(root / "base")
     configs = root / "configs"
     configs.mkdir()
-    (configs / "tiny-vllm.yaml").write_text(
-        f"namespace: test\nname: tiny-vllm@v1.0.0+cpu\ntarget:\n  name: {TINY_BASE_NAME}\n  model_uri: {base}\n"
-        "max_seq_length: 128\nprompt_format: chat\nlora_target_modules: [q_proj, v_proj]\n"
-        "training_options:\n  - {training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4}\n"
-    )
+    write_tiny_config(configs, "test/tiny-vllm@v1.0.0+cpu", TINY_BASE_NAME, base)
     settings = Settings(data_dir=root / "data", serving_lora_root=str(root / "data" / "store"))
     adapters = {seed: make_adapter(root / f"adapter-{seed}", base, seed=seed) for seed in (1, 2, 3)}
     uri1 = register_champion(settings, "team/bot", adapters[1])
@@ -105,11 +102,8 @@ def vllm_server(vllm_world):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(f"{url}/health", process, timeout=600, log=log, what="customizer serving start")
         # vLLM answers its health check a moment before the command, polling it too, says it is serving.
-        deadline = time.monotonic() + 60
-        while "vLLM is serving" not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.5)
+        wait_until_healthy(f"{url}/health", process, timeout=600, log=log, what="customizer serving start", says=VLLM_READY)
         yield {"url": url, "log": log}
     finally:
         assert stop_processes(process, grace=20) == []

@@ -225,20 +225,35 @@ def test_an_unknown_model_is_a_404(engine):
     assert "team/nothing@3" in str(missing.value.body)
 
 
-def test_concurrent_requests_are_served_faster_than_sequential_ones(engine):
+def _gauge(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def _batched(engine: Engine) -> float:
+    """serve-models: times requests started or joined a batch of several rows; vLLM: its engine's
+    steps (a step advances every request in its batch by a token)."""
+    text = httpx.get(f"{engine.url}/metrics").text
+    if engine.name == "vllm":
+        return _gauge(text, "vllm:iteration_tokens_total_count")
+    return _gauge(text, "customizer_serving_batch_size_count") - _gauge(text, 'customizer_serving_batch_size_bucket{le="1.0"}')
+
+
+def test_concurrent_requests_run_together(engine):
+    """Eight requests at once share the engine's batches, by the engine's own metrics (how much faster
+    that is, `python -m bench --only serving` measures); every one still gets its full answer."""
     def ask(_: int) -> int:
         return engine.api.completions.create(model="team/bot", prompt=PROMPT, max_tokens=24, temperature=0,
                                              extra_body={"ignore_eos": True}).usage.completion_tokens
 
     ask(0)  # warm: the adapter resident
-    started = time.perf_counter()
-    assert [ask(i) for i in range(8)] == [24] * 8
-    sequential = time.perf_counter() - started
-    started = time.perf_counter()
+    before = _batched(engine)
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(ask, range(8))) == [24] * 8
-    concurrent = time.perf_counter() - started
-    assert concurrent < 0.8 * sequential, (concurrent, sequential)  # batched, not one after another
+    after = _batched(engine)
+    if engine.name == "vllm":  # one after another would take at least 8 x 24 steps
+        assert 24 <= after - before < 96, (before, after)
+    else:
+        assert after - before >= 1
 
 
 def test_metrics_count_requests_and_tokens(engine):
