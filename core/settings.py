@@ -6,12 +6,16 @@ Every value can be set from the environment with the ``CUSTOMIZER_`` prefix, e.g
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -187,10 +191,18 @@ class Settings(BaseSettings):
         "jobs it runs keep the normal priority): on a machine that both trains and answers clients, training gets the "
         "CPU first and clients wait a little longer. 0: all at the same priority.",
     )
-    notify_webhook_url: str | None = Field(
+    notify_urls: SecretStr | None = Field(
         default=None,
-        description="Webhook that receives job notifications (completed, failed, waiting for approval, promoted) "
-        'as Slack-compatible JSON {"text": ...}, e.g. a Slack incoming webhook. Default: none are sent.',
+        description="Where job notifications (completed, failed, waiting for approval, promoted) go: a JSON object "
+        'from a namespace, or "*" for every namespace, to a list of Apprise URLs (slack://, workflows:// for Teams, '
+        "mailtos://, json:// or jsons:// for any webhook, ...), e.g. "
+        '{"*": ["slack://T000/B000/XXXX"], "team-a": ["jsons://hooks.example.com/team-a"]}. '
+        "Secret: the URLs carry tokens. Default: none are sent.",
+    )
+    notify_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="Deprecated, use notify_urls: one http(s) webhook that receives every namespace's notifications "
+        'as Slack-compatible JSON {"text": ...}, e.g. a Slack incoming webhook.',
     )
     customize_deployment: str = Field(
         default="customize/customizer", description="Prefect deployment (flow/deployment) that runs customization jobs."
@@ -198,6 +210,21 @@ class Settings(BaseSettings):
     evaluate_deployment: str = Field(
         default="evaluate/customizer", description="Prefect deployment (flow/deployment) that runs evaluation jobs."
     )
+
+    @model_validator(mode="after")
+    def _notifications_deliverable(self) -> Settings:
+        """Refuse, at start-up and naming the setting, notification URLs that could never be delivered."""
+        check_notify_settings(self)
+        return self
+
+    @property
+    def notify_routes(self) -> dict[str, list[str]]:
+        """``notify_urls`` read: namespace (or ``"*"``) -> Apprise URLs; empty when it is not set.
+
+        Raises:
+            SettingError: naming CUSTOMIZER_NOTIFY_URLS and what is wrong with it.
+        """
+        return parse_notify_urls(self.notify_urls.get_secret_value()) if self.notify_urls else {}
 
     @property
     def root(self) -> Path:
@@ -276,6 +303,87 @@ class Settings(BaseSettings):
         if self.serving_endpoint:
             hosts.add(urlparse(self.serving_endpoint).netloc.lower())
         return hosts
+
+
+class SettingError(Exception):
+    """A setting's value is unusable; the message names the setting. Not a ValueError on purpose: pydantic
+    would wrap it and echo the raw input, and notification URLs are secrets (a webhook's path is its token)."""
+
+
+_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # a namespace as an output_model spells it
+
+
+def parse_notify_urls(raw: str) -> dict[str, list[str]]:
+    """Read CUSTOMIZER_NOTIFY_URLS: a JSON object from a namespace (or ``"*"``) to a list of URLs.
+
+    Errors name the setting and the namespace, never a URL: URLs carry tokens.
+
+    >>> parse_notify_urls('{"*": ["json://hooks.example.com/all"], "team-a": []}')
+    {'*': ['json://hooks.example.com/all'], 'team-a': []}
+    >>> parse_notify_urls('{"Team A": ["json://x"]}')
+    Traceback (most recent call last):
+    ...
+    core.settings.SettingError: CUSTOMIZER_NOTIFY_URLS: 'Team A' is not a namespace (lowercase letters, digits, '.', '_' or '-') nor "*"
+
+    Raises:
+        SettingError: the text is not such an object.
+    """
+    try:
+        routes = json.loads(raw)
+    except json.JSONDecodeError as exc:  # its message holds no part of the text
+        raise SettingError(f"CUSTOMIZER_NOTIFY_URLS is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                           f'{exc.colno}); expected an object such as {{"*": ["slack://T000/B000/XXXX"]}}') from None
+    if not isinstance(routes, dict):
+        raise SettingError("CUSTOMIZER_NOTIFY_URLS must be a JSON object from a namespace (or \"*\") to a list of "
+                           f"Apprise URLs, got a JSON {type(routes).__name__}")
+    for namespace, urls in routes.items():
+        if namespace != "*" and not _NAMESPACE.match(namespace):
+            raise SettingError(f"CUSTOMIZER_NOTIFY_URLS: {namespace!r} is not a namespace "
+                               "(lowercase letters, digits, '.', '_' or '-') nor \"*\"")
+        if not isinstance(urls, list) or not all(isinstance(url, str) and url.strip() for url in urls):
+            raise SettingError(f'CUSTOMIZER_NOTIFY_URLS["{namespace}"] must be a list of Apprise URLs (strings)')
+    return {namespace: [url.strip() for url in urls] for namespace, urls in routes.items()}
+
+
+class _Silence(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@functools.lru_cache(maxsize=64)  # settings are read per request and per task; a URL's answer never changes
+def _apprise_reads(url: str) -> bool:
+    # delayed: apprise loads its ~150 service plugins (~0.2 s); only processes that notify pay for it
+    import apprise
+
+    apprise_logger = logging.getLogger("apprise")
+    silence = _Silence()
+    apprise_logger.addFilter(silence)  # its load errors repeat the URL, token included
+    try:
+        return apprise.Apprise.instantiate(url) is not None
+    finally:
+        apprise_logger.removeFilter(silence)
+
+
+def check_notify_settings(settings: Settings) -> None:
+    """Check that Apprise reads every notification URL and that the deprecated webhook is http(s).
+
+    Raises:
+        SettingError: naming the setting, the namespace and the URL's position and scheme, not the URL.
+    """
+    webhook = settings.notify_webhook_url.get_secret_value() if settings.notify_webhook_url else None
+    if webhook is not None:
+        parts = urlparse(webhook.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingError("CUSTOMIZER_NOTIFY_WEBHOOK_URL must be an http:// or https:// URL with a host, "
+                               f"got {f'a {parts.scheme}:// URL' if parts.scheme else 'no scheme'}")
+    for namespace, urls in settings.notify_routes.items():
+        for index, url in enumerate(urls):
+            if not _apprise_reads(url):
+                scheme = url.partition("://")[0] if "://" in url else ""
+                raise SettingError(
+                    f'CUSTOMIZER_NOTIFY_URLS["{namespace}"][{index}]: Apprise cannot read this '
+                    f"{f'{scheme}:// URL' if scheme else 'URL (it has no scheme://)'}: an unknown service, or a "
+                    "token or field missing or malformed (see https://github.com/caronc/apprise/wiki)")
 
 
 def get_settings() -> Settings:

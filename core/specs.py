@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -266,6 +266,20 @@ class EvaluationPlan(_Bounded):
         description="Task score (points) that is good enough: if prompting the base model reaches it, no fine-tuning is done.",
     )
     force_training: bool = Field(default=False, description="Train even when prompting already reaches target_score.")
+    prompts: list[Annotated[str, Field(max_length=4000)]] = Field(
+        default_factory=list, max_length=8,  # each is one more pass over the testing split
+        description="Candidate prompts scored at the baseline: a system prompt, or a user-turn template with one `{prompt}`. "
+        "One whose lower bound reaches target_score ends the job untrained and is kept in the prompt registry.",
+    )
+    retrieval_few_shot: bool = Field(default=False, description="Also score few-shot with the `few_shot` training examples nearest each item (BM25).")
+
+    @field_validator("prompts")
+    @classmethod
+    def _candidate_prompts(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            if not text.strip() or text.count("{prompt}") > 1 or text in value[:i]:
+                raise ValueError(f"`evaluation.prompts[{i}]` must be non-blank, unique and hold at most one `{{prompt}}`: {text[:80]!r}")
+        return value
 
 
 class PromotionPolicy(_Bounded):

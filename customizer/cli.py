@@ -17,6 +17,8 @@
     customizer serving vllm-args NS vLLM launch arguments for a namespace's champion adapters
     customizer serving start        run vLLM (`make vllm`) with the trusted champions and the store's resolver
     customizer data validate PATH   check a dataset alone (exit status 2 when it has errors)
+    customizer jobs list|status|logs|cancel|approve   the platform's jobs over its REST API
+    customizer datasets upload|list                     datasets over the REST API (Data Store + Entity Store)
     customizer up                   the whole platform: REST API, Prefect server + UI, worker, MLflow UI
     customizer api                  the REST API alone (needs PREFECT_API_URL)
     customizer worker               serve the customize and evaluate deployments (needs PREFECT_API_URL)
@@ -30,9 +32,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from core.services import default_prefect_auth
-from core.settings import apply_environment, get_settings
+from core.settings import SettingError, apply_environment, get_settings
 from core.storage import NotPrivate, make_private, private_umask
+from customizer import exits, remote
 
 
 def quiet_libraries() -> None:
@@ -46,15 +51,31 @@ def quiet_libraries() -> None:
     logging.getLogger("customizer").setLevel(logging.INFO)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("customizer")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="customizer", description="Customize LLMs end to end.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="customizer", description="Customize LLMs end to end.",
+                                     epilog="exit status:\n" + exits.__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"customizer {version()}")
+    sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="fine-tune the embedded model on the shipped support-ticket dataset")
     demo.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
     demo.add_argument("--output-model", default="default/support-triage", help="output model name, namespace/name")
     for name, text in (("run", "run the customize flow for a spec file"), ("check", "validate a spec without training")):
         p = sub.add_parser(name, help=text)
         p.add_argument("spec", type=Path, help="spec file (.yaml, .yml or .json)")
+    for p in (demo, sub.choices["run"]):
+        p.add_argument("--fail-on", action="append", choices=["rejected", "held"], default=[],
+                       help="exit 5 when the candidate ends this way (repeatable; default: exit 0 whatever the decision)")
+    remote.add_commands(sub)
     sub.add_parser("configs", help="list the config catalog")
     prep = sub.add_parser("prepare-model", help="convert and cache a config's base model")
     prep.add_argument("config", nargs="?", help="config URN (default: the embedded model's config)")
@@ -138,14 +159,29 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="serve the customize and evaluate deployments")
     worker.add_argument("--limit", type=int, default=2, help="flow runs at once (default 2)")
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return exits.OK
+    if args.command in ("jobs", "datasets"):  # a client of a platform, maybe elsewhere: no local data folder
+        try:
+            return (remote.cmd_jobs if args.command == "jobs" else remote.cmd_datasets)(args)
+        except exits.UsageError as exc:
+            print(f"customizer: error: {exc}", file=sys.stderr)
+            return exc.code
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except (SettingError, ValidationError) as exc:  # the messages name the setting, never its value
+        problems = str(exc) if isinstance(exc, SettingError) else "; ".join(
+            f"CUSTOMIZER_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"customizer: error: {problems}", file=sys.stderr)
+        return exits.USAGE
     try:  # before any command: what this process and those it starts create is the platform user's alone
         private_umask()
         make_private(settings.root)
     except NotPrivate as exc:
         print(f"customizer: error: {exc}", file=sys.stderr)
-        return 2
+        return exits.USAGE
     apply_environment(settings)
     default_prefect_auth(settings)  # a platform's Prefect server asks for the service account
     quiet_libraries()
@@ -167,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             print(f"spec OK: config {spec.config}, dataset {spec.dataset}, output {spec.output_model}")
             return 0
-        return run.run_flow(spec, settings)
-    except run.UsageError as exc:
+        return run.run_flow(spec, settings, args.fail_on)
+    except exits.UsageError as exc:
         print(f"customizer: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from core.processes import NotHealthy, stop_processes, wait_until_healthy
 from core.settings import Settings
 from core.specs import CustomizationSpec
 from core.submission import EVERY, signed
+from customizer.exits import InvalidData, JobFailed, NotPromoted, UsageError
 from customizer.summary import render_summary
 from customizer.up import resume_orphaned_runs, up
 from customizer.worker import DeploymentsError, runner_deployments
@@ -87,14 +88,10 @@ def load_spec_file(path: Path) -> dict:
     try:
         return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from exc
+        raise InvalidData(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from exc
 
 
 OPERATOR = "operator"  # the principal the CLI's own submissions are signed for
-
-
-class UsageError(Exception):
-    """A user error: printed as one clear message, exit status 2."""
 
 
 def check_spec(raw: dict, settings: Settings):
@@ -112,22 +109,35 @@ def check_spec(raw: dict, settings: Settings):
         spec = CustomizationSpec.model_validate(raw)
     except ValidationError as exc:
         problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise UsageError(f"invalid spec:\n{problems}") from exc
+        raise InvalidData(f"invalid spec:\n{problems}") from exc
     try:
         with tempfile.TemporaryDirectory() as scratch:
             check(spec, settings, Path(scratch))
-    except (JobRefused, PolicyError, BaseModelError) as exc:
+    except (JobRefused, PolicyError) as exc:
+        raise InvalidData(str(exc)) from exc
+    except BaseModelError as exc:
         raise UsageError(str(exc)) from exc
     return spec
 
 
-def run_flow(spec, settings: Settings) -> int:
+def run_flow(spec, settings: Settings, fail_on: list[str] | None = None) -> int:
+    """Run the customize flow here and print its summary.
 
+    Raises:
+        JobFailed: the flow failed (its reason in one line; the log above has the detail).
+        NotPromoted: the decision is one ``fail_on`` names (``rejected``, ``held``).
+    """
     started = time.monotonic()
     print(f"customizer: data folder {settings.root}; store {settings.publish_uri}", flush=True)
-    # The operator's own submission, on this server: every namespace, the operator's files.
-    result = customize(signed(spec, settings, OPERATOR, [EVERY], ROLES, door="cli"))
+    try:  # the operator's own submission, on this server: every namespace, the operator's files
+        result = customize(signed(spec, settings, OPERATOR, [EVERY], ROLES, door="cli"))
+    except Exception as exc:  # noqa: BLE001 - any failure of the job is reported as one line, exit 1
+        raise JobFailed(f"the job failed: {type(exc).__name__}: {exc}") from exc
     print(render_summary(result, time.monotonic() - started))
+    action = result.decision.action if result.decision and result.outcome != "prompt_sufficient" else None
+    outcome = {"reject": "rejected", "hold": "held"}.get(action or "")
+    if outcome and outcome in (fail_on or []):
+        raise NotPromoted(f"the candidate was {outcome} (--fail-on {outcome})")
     return 0
 
 
@@ -376,7 +386,7 @@ def cmd_vllm_args(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_data_validate(args: argparse.Namespace, settings: Settings) -> int:
-    """Validate a dataset alone: print the report's summary, and the errors on stderr (exit 2)."""
+    """Validate a dataset alone: print the report's summary, and the errors on stderr (exit 3)."""
 
     lengths = None
     if args.config:
@@ -405,7 +415,7 @@ def cmd_data_validate(args: argparse.Namespace, settings: Settings) -> int:
                 shutil.copyfile(out_dir / name, args.report / name)
             print(f"report: {args.report / 'report.html'}")
     if failure is not None:
-        raise UsageError(str(failure))
+        raise InvalidData(str(failure))
     print(f"dataset OK: {args.path}")
     return 0
 

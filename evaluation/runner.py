@@ -39,6 +39,7 @@ from evaluation.general import (  # noqa: F401  (GENERAL_DIR, LM_EVAL_PREFIX, ob
     observed_spreads,
 )
 from evaluation.metrics import TASK_METRICS, register_with_lm_eval
+from evaluation.rungs import RungResult, rung_results
 from training.rewards import references, resolve_reward, reward_name
 
 log = logging.getLogger("customizer.evaluation")
@@ -55,6 +56,7 @@ class StageScores(BaseModel):
     task: dict[str, float]  # task metric name -> score in [0, 1]
     task_metric: str  # the one the gate reads
     few_shot: dict[str, float] = {}  # the task benchmark with examples in the prompt (baseline only)
+    rungs: list[RungResult] = []  # the free rungs scored at the baseline: candidate prompts, retrieval few-shot
     general: dict[str, float]  # general benchmark name -> accuracy in [0, 1], or bits-per-byte (see measures)
     measures: dict[str, str] = {}  # general benchmark -> "accuracy" | "bits_per_byte"
     skills: dict[str, str] = {}  # general benchmark -> the skill it stands for (knowledge, reasoning, ...)
@@ -98,7 +100,7 @@ def benchmark_digest(config: dict[str, Any]) -> str:
 
 def cache_key(
     model_digest: str, adapter_digest: str | None, task: dict[str, Any], plan: EvaluationPlan, precision: str = "auto",
-    few_shot: dict[str, Any] | None = None,
+    few_shot: dict[str, Any] | None = None, rungs: list[dict[str, Any]] | None = None,
 ) -> str:
     """What a stage's scores depend on: the model, every benchmark's content and version, and the
     pinned settings. A retraining run on an unchanged base finds its baseline under this key."""
@@ -111,7 +113,7 @@ def cache_key(
         "limit": plan.limit, "batch_size": plan.batch_size, "max_new_tokens": plan.max_new_tokens,
         "lm_eval": lm_eval.__version__, "seed": 0, "runner": RUNNER_VERSION,
         "dtype": eval_dtype(precision),
-    }
+    } | ({"rungs": [benchmark_digest(r) for r in rungs]} if rungs else {})
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -332,6 +334,7 @@ def evaluate_model(
     out_dir: Path,
     settings: Settings,
     few_shot: dict[str, Any] | None = None,
+    rungs: list[dict[str, Any]] | None = None,
 ) -> StageScores:
     """Score one model on the task benchmark and the plan's general benchmarks, in one model load.
 
@@ -340,6 +343,7 @@ def evaluate_model(
         adapter_dir: LoRA adapter folder applied on top, or None for the base model alone.
         task: the task benchmark config from ``task_benchmark``.
         few_shot: the few-shot variant of it (``few_shot_benchmark``), scored in the same load.
+        rungs: the free rungs' variants of it (``evaluation.rungs``), scored in the same load.
         plan: general benchmarks, limit, batch size.
         out_dir: where per-sample outputs (``samples/<benchmark>.jsonl``) and ``scores.json`` go.
         settings: runtime settings.
@@ -374,7 +378,7 @@ def evaluate_model(
     )
     output = lm_eval.simple_evaluate(
         model=model,
-        tasks=[task, *([few_shot] if few_shot else []), *(c["task"] if c.get("registry") else c for c in plain)],
+        tasks=[task, *([few_shot] if few_shot else []), *(rungs or []), *(c["task"] if c.get("registry") else c for c in plain)],
         # Indexing lm-eval's 14k built-in task files takes ~12 s: only when a registry task is asked for.
         task_manager=TaskManager(include_defaults=registry),
         limit=plan.limit,
@@ -390,7 +394,8 @@ def evaluate_model(
         )
         for key in ("results", "samples", "versions"):
             output.setdefault(key, {}).update(more.get(key, {}))
-    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot is not None, precision=eval_dtype(settings.eval_precision))
+    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot is not None, precision=eval_dtype(settings.eval_precision),
+                        rungs=rungs)
 
 
 def _gold_loglik(sample: dict[str, Any]) -> float | None:
@@ -413,7 +418,7 @@ def _bits_per_byte(sample: dict[str, Any]) -> float:
 
 def stage_scores(
     output: dict[str, Any], task: dict[str, Any], general: dict[str, dict[str, Any]], out_dir: Path, started: float,
-    few_shot: bool = False, precision: str = "float32",
+    few_shot: bool = False, precision: str = "float32", rungs: list[dict[str, Any]] | None = None,
 ) -> StageScores:
     """Turn lm-eval's output into the stage's scores; per-sample outputs and ``scores.json`` go to ``out_dir``."""
     results = output["results"]
@@ -451,6 +456,7 @@ def stage_scores(
         task={name: _score(results, TASK_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]},
         task_metric=meta["task_metric"],
         few_shot={name: _score(results, FEW_SHOT_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]} if few_shot else {},
+        rungs=rung_results(rungs or [], output.get("samples", {}), meta["task_metric"]),
         general={name: general_score(name) for name in general},
         measures=measures,
         skills={name: str(cfg.get("metadata", {}).get("skill", "")) for name, cfg in general.items()},

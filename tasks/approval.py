@@ -163,7 +163,8 @@ def wait_for_approval(job: Job, stage: Stage, question: str) -> ApprovalRecord:
                      WHERE_TO_APPROVE.format(job_id=job.job_id).replace("`customizer approve", "`customizer approve --reviewer NAME")
                      + ", or the run's form in the Prefect UI")
             logger.warning("Waiting for a reviewer to approve %s: %s (%s)", stage, question, where)
-            notify(settings, f"customize job {job.job_id} for {job.spec.output_model} is waiting for approval of {stage}: {question} ({where})")
+            notify(settings, f"customize job {job.job_id} for {job.spec.output_model} is waiting for approval of {stage}: {question} ({where})",
+                   namespace=job.spec.output_model.partition("/")[0])
         form = Approval.with_initial_data(description=f"{stage.capitalize()} of job {job.job_id}: {question}", approved=False, reviewer="")
         try:
             if suspend:

@@ -203,7 +203,8 @@ def promote(job: Job, version: RegisteredVersion, published: Published, decision
     _record_promotion(settings, job, promoted.version, previous, flow_run, decision)
     _tag_audit(settings, job, promoted.version)
     get_run_logger().info("%s version %s is now the champion", promoted.registered_model, promoted.version)
-    notify(settings, f"{job.spec.output_model} version {promoted.version} is the champion (job {job.job_id}), published at {published.uri}")
+    notify(settings, f"{job.spec.output_model} version {promoted.version} is the champion (job {job.job_id}), published at {published.uri}",
+           namespace=job.spec.output_model.partition("/")[0])
     return promoted
 
 

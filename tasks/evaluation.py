@@ -19,6 +19,19 @@ from deploy import registry
 from deploy.trust import trusted_champion
 from evaluation.gate import Decision, Power, decide, plan_power, prompting_suffices
 from evaluation.report import write_report
+from evaluation.rungs import (
+    PROMPT_RETRIEVAL,
+    PROMPT_RUN_ID,
+    PROMPT_RUNG,
+    PROMPT_SCORE,
+    RungResult,
+    RungScore,
+    judge,
+    prompt_benchmarks,
+    registered_template,
+    retrieval_benchmark,
+    winner,
+)
 from evaluation.runner import (
     StageScores,
     cache_key,
@@ -27,6 +40,7 @@ from evaluation.runner import (
     observed_spreads,
     task_benchmark,
 )
+from tasks.artifacts import scores_table
 from tasks.job import Job
 from training.base_model import ResolvedModel, resolve_base_model
 from training.common import TrainResult
@@ -34,20 +48,26 @@ from training.common import TrainResult
 
 @task(name="build-task-benchmark")
 def build_task_benchmark(job: Job, base: ResolvedModel, data: IngestedDataset) -> dict[str, Any]:
-    """Render the testing split with the training prompt into lm-eval benchmarks (zero- and few-shot)."""
+    """Render the testing split with the training prompt into lm-eval benchmarks (zero- and few-shot),
+    and with each free rung of the ladder (candidate prompts, retrieval-augmented few-shot)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     folder = Path(job.work_dir) / "benchmarks"
     plan = job.spec.evaluation
     task_config = task_benchmark(data, job.config, tokenizer, plan, folder, job.spec.hyperparameters.grpo.rewards)
-    return {"task": task_config, "few_shot": few_shot_benchmark(data, job.config, tokenizer, plan, task_config, folder)}
+    retrieval = retrieval_benchmark(data, job.config, tokenizer, plan, task_config, folder)
+    return {
+        "task": task_config, "few_shot": few_shot_benchmark(data, job.config, tokenizer, plan, task_config, folder),
+        "rungs": [*prompt_benchmarks(data, job.config, tokenizer, plan, task_config, folder), *([retrieval] if retrieval else [])],
+    }
 
 
 def _log_scores(job: Job, stage: str, scores: StageScores, folder: Path) -> None:
     settings = get_settings()
     values = {f"{stage}.task.{k}": v for k, v in scores.task.items()} | {f"{stage}.general.{k}": v for k, v in scores.general.items()}
     values |= {f"{stage}.few_shot.{k}": v for k, v in scores.few_shot.items()}
+    values |= {f"{stage}.rung.{r.benchmark}.{scores.task_metric}": r.score for r in scores.rungs}
     tracking.log_metrics(settings, job.run_id, values)
     tracking.log_artifacts(settings, job.run_id, folder, f"eval/{stage}")
 
@@ -62,7 +82,7 @@ def evaluate(job: Job, base: ResolvedModel, benchmarks: dict[str, Any], trained:
     folder = Path(job.work_dir) / "eval" / stage
     plan = job.spec.evaluation
     if trained is None:
-        key = cache_key(base.digest, None, benchmarks["task"], plan, settings.eval_precision, benchmarks["few_shot"])
+        key = cache_key(base.digest, None, benchmarks["task"], plan, settings.eval_precision, benchmarks["few_shot"], benchmarks["rungs"])
         cached = settings.root / "cache" / "eval" / key
         if (cached / "scores.json").exists():
             shutil.copytree(cached, folder, dirs_exist_ok=True)
@@ -70,7 +90,8 @@ def evaluate(job: Job, base: ResolvedModel, benchmarks: dict[str, Any], trained:
             logger.info("baseline scores from the cache (same base model, benchmarks and settings): task %s", scores.task)
             _log_scores(job, stage, scores, folder)
             return scores
-        scores = evaluate_model(base.path, None, benchmarks["task"], plan, folder, settings, few_shot=benchmarks["few_shot"])
+        scores = evaluate_model(base.path, None, benchmarks["task"], plan, folder, settings, few_shot=benchmarks["few_shot"],
+                                rungs=benchmarks["rungs"])
         shutil.copytree(folder, cached, dirs_exist_ok=True)
     else:
         model_dir, adapter_dir = (base.path, trained.output_dir) if trained.artifact == "adapter" else (trained.output_dir, None)
@@ -83,18 +104,62 @@ def evaluate(job: Job, base: ResolvedModel, benchmarks: dict[str, Any], trained:
 
 @task(name="prompt-baseline")
 def check_prompt_baseline(job: Job, baseline: StageScores) -> str | None:
-    """Whether prompting alone already reaches the job's target (then no fine-tuning is needed)."""
+    """Whether prompting alone already reaches the job's target (then no fine-tuning is needed):
+    zero- and few-shot on their estimate, each free rung (candidate prompts, retrieval few-shot) on
+    its lower bound. A winning free rung's prompt is kept in the prompt registry."""
     plan = job.spec.evaluation
-    enough = prompting_suffices(baseline.task, baseline.few_shot, baseline.task_metric, plan.target_score)
-    if enough is None:
+    if plan.target_score is None:
         return None
     logger = get_run_logger()
+    enough = prompting_suffices(baseline.task, baseline.few_shot, baseline.task_metric, plan.target_score)
+    kept = None
+    if enough is None and baseline.rungs:
+        alpha = job.policy.forgetting_alpha
+        coverage = f"{100 * (1 - 2 * alpha):.0f}% CI"
+        judged = [judge(r, baseline.per_sample_task, baseline.task_metric, plan.target_score, alpha) for r in baseline.rungs]
+        for rung in judged:
+            logger.info("Free rung: %s", rung.describe(coverage))
+        tracking.log_dict(get_settings(), job.run_id, [r.model_dump() for r in judged], "rungs.json")
+        if kept := winner(baseline.rungs, judged):
+            best = kept[1]
+            enough = (f"{best.label} reaches {best.metric} {best.score:.1f}, lower bound {best.ci_low:.1f} "
+                      f">= target {best.target:.1f}")
+    if enough is None:
+        return None
     if plan.force_training:
         logger.info("%s, but the job forces training", enough)
         return None
     logger.info("No fine-tuning needed: %s", enough)
+    if kept:
+        name, version = _keep_prompt(job, *kept)
+        logger.info("The prompt is kept in the prompt registry as %s version %s", name, version)
+        enough += f"; prompt registered as {name} version {version}"
     tracking.client(get_settings()).set_tag(job.run_id, tag.DECISION, "no fine-tuning needed")
     return enough
+
+
+def _keep_prompt(job: Job, rung: RungResult, judged: RungScore) -> tuple[str, int]:
+    """Register the winning rung's prompt in MLflow's prompt registry, named in the job's namespace,
+    with the job's lineage (job, run, dataset, base model, rung, score) as tags."""
+    settings = get_settings()
+    client = tracking.client(settings)
+    lineage = client.get_run(job.run_id).data.tags
+    missing = [k for k in (tag.DATASET_SHA256, tag.DATASET_URI, tag.BASE_MODEL) if k not in lineage]
+    if missing:  # fail closed: a prompt is not kept without the lineage that says where it came from
+        raise RuntimeError(f"the job's run {job.run_id} lacks the lineage tags {', '.join(missing)}; not registering its prompt")
+    tags = {
+        tag.JOB_ID: job.job_id, PROMPT_RUN_ID: job.run_id, tag.OUTPUT_MODEL: job.spec.output_model, tag.CONFIG: job.spec.config,
+        tag.DATASET_SHA256: lineage[tag.DATASET_SHA256], tag.DATASET_URI: lineage[tag.DATASET_URI],
+        tag.BASE_MODEL: lineage[tag.BASE_MODEL], PROMPT_RUNG: rung.label, tag.TASK_METRIC: judged.metric,
+        PROMPT_SCORE: json.dumps({"score": judged.score, "ci": [judged.ci_low, judged.ci_high], "items": judged.items,
+                                  "target": judged.target}),
+    } | ({tag.BASE_MODEL_DIGEST: lineage[tag.BASE_MODEL_DIGEST]} if tag.BASE_MODEL_DIGEST in lineage else {})
+    if rung.retrieval:
+        tags[PROMPT_RETRIEVAL] = json.dumps(rung.retrieval, sort_keys=True)
+    name = registry.registered_name(job.spec.output_model) + "-prompt"
+    version = client.register_prompt(name=name, template=registered_template(rung), tags=tags,
+                                     commit_message=f"{rung.label}: {judged.describe(f'{100 * (1 - 2 * job.policy.forgetting_alpha):.0f}% CI')}"[:500])
+    return name, int(version.version)
 
 
 @task(name="plan-power")
@@ -221,6 +286,7 @@ def report(
         train_loss=trained.train_loss, val_loss=trained.val_loss,
     )
     uri = tracking.log_artifacts(settings, job.run_id, folder, "report")
+    scores_table(job.job_id, score_rows(baseline, candidate, decision), f"scores and decision of {job.spec.output_model}")
     create_markdown_artifact(
         key=f"report-{job.job_id.lower().replace('_', '-')}"[:64],
         markdown=(
@@ -231,3 +297,20 @@ def report(
         description=f"customize report for {job.spec.output_model}",
     )
     return f"{uri}/report.html"
+
+
+def score_rows(baseline: StageScores, candidate: StageScores, decision: Decision) -> list[dict[str, Any]]:
+    """One row per score (points, 0-100; bits per byte as is) with the gate's verdict where it judged
+    one, then the decision with its reasons: the table the Prefect UI shows for the job."""
+    verdicts = {d.benchmark: d.verdict for d in decision.deltas}
+    rows = []
+    for kind, names in (("task", baseline.task), ("general", baseline.general)):
+        for name in names:
+            scale = 1.0 if baseline.measures.get(name) == "bits_per_byte" else 100.0
+            before, after = scale * getattr(baseline, kind)[name], scale * getattr(candidate, kind)[name]
+            verdict = (decision.task.verdict if decision.task and name == candidate.task_metric else "") if kind == "task" else verdicts.get(name, "")
+            rows.append({"score": f"{kind} {name}", "baseline": round(before, 3), "candidate": round(after, 3),
+                         "delta": round(after - before, 3), "verdict": verdict})
+    rows.append({"score": "decision", "baseline": None, "candidate": None, "delta": None,
+                 "verdict": f"{decision.action}: " + "; ".join(decision.reasons)})
+    return rows

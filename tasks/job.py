@@ -173,7 +173,8 @@ def finish_job(
         ending = f"{decision.action if decision else 'trained'}; version {registered.version} is {role}"
     else:
         ending = decision.action if decision else "trained"
-    notify(settings, f"customize job {job.job_id} for {job.spec.output_model} completed: {ending}")
+    notify(settings, f"customize job {job.job_id} for {job.spec.output_model} completed: {ending}",
+           namespace=job.spec.output_model.partition("/")[0])
     return result
 
 
@@ -185,7 +186,8 @@ def mark_failed(flow, flow_run, state) -> None:
     job_id, work_dir = job_folder(settings, flow_run.id)
     raw = flow_run.parameters.get("spec")
     output_model = raw.get("output_model") if isinstance(raw, dict) else getattr(raw, "output_model", None)
-    notify(settings, f"customize job {job_id} for {output_model or 'an unknown model'} failed: {state.message}"[:3000])
+    notify(settings, f"customize job {job_id} for {output_model or 'an unknown model'} failed: {state.message}"[:3000],
+           namespace=output_model.partition("/")[0] if isinstance(output_model, str) else None)
     try:
         spec = raw if isinstance(raw, CustomizationSpec) else CustomizationSpec.model_validate(raw)
     except ValidationError:

@@ -21,6 +21,7 @@ from core.secrets import unsealed_environment
 from core.settings import get_settings
 from data.ingest import IngestedDataset
 from tasks.check import CheckedJob
+from tasks.artifacts import ProgressArtifact, artifact_key
 from tasks.job import Job
 from training.base_model import ResolvedModel
 from training.common import Hooks, TrainingCancelled, TrainResult
@@ -94,6 +95,7 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
     buffer = tracking.MetricBuffer(settings, job.run_id)
     client = tracking.client(settings)
     last_progress = [0.0]
+    bar = ProgressArtifact(artifact_key("progress", job.job_id), f"training {job.spec.output_model}")
 
     def progress(snapshot: dict) -> None:
         # The job's status (steps, epochs, percentage) is read from this tag; keep it fresh but cheap.
@@ -101,6 +103,7 @@ def train(job: Job, base: ResolvedModel, data: IngestedDataset) -> TrainResult:
         if snapshot["phase"] != "running" or now - last_progress[0] > 5:
             last_progress[0] = now
             client.set_tag(job.run_id, tag.PROGRESS, json.dumps(snapshot))
+            bar.update(snapshot["percentage_done"])
 
     hooks = Hooks(sink=buffer.add, progress=progress, should_stop=_cancel_requested)
     request = TrainingRequest(

@@ -23,7 +23,7 @@ def test_check_accepts_a_good_spec(tmp_path, capsys, tiny_config_dir, ok_dataset
 def test_check_names_the_missing_version(tmp_path, capsys, ok_dataset):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"config: huggingfacetb/smollm2-135m-instruct\ndataset: {ok_dataset}\noutput_model: team/m\n")
-    assert main(["check", str(spec)]) == 2
+    assert main(["check", str(spec)]) == 3
     err = capsys.readouterr().err
     assert "config: `config` 'huggingfacetb/smollm2-135m-instruct' is missing its version" in err
     assert "Traceback" not in err
@@ -34,7 +34,7 @@ def test_check_reports_bad_dataset_lines(tmp_path, capsys, tiny_config_dir):
     write_jsonl(root / "training" / "t.jsonl", ok_rows(3) + ['{"prompt": 1, "completion": "x"}'])
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"config": TINY_CONFIG_URN, "dataset": str(root), "output_model": "team/m"}))
-    assert main(["check", str(spec)]) == 2
+    assert main(["check", str(spec)]) == 3
     assert "training/t.jsonl:4: `prompt` must be a string, got number" in capsys.readouterr().err
 
 
@@ -43,12 +43,12 @@ def test_check_runs_the_jobs_pre_flight_with_its_method_and_lengths(tmp_path, ca
     write_jsonl(root / "training" / "t.jsonl", ok_rows(9) + [{"prompt": "word " * 300, "completion": "ok"}])
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"config": TINY_CONFIG_URN, "dataset": str(root), "output_model": "team/m"}))
-    assert main(["check", str(spec)]) == 2
+    assert main(["check", str(spec)]) == 3
     err = capsys.readouterr().err
     assert "training/t.jsonl:10: " in err and "longer than the config's max_seq_length 128" in err and "Traceback" not in err
     spec.write_text(json.dumps({"config": TINY_CONFIG_URN, "dataset": str(root), "output_model": "team/m",
                                 "data": {"long_examples": "drop"}, "hyperparameters": {"training_type": "dpo"}}))
-    assert main(["check", str(spec)]) == 2
+    assert main(["check", str(spec)]) == 3
     assert "training/t.jsonl:1: training/ holds completion records; training_type dpo reads preference records" in capsys.readouterr().err
 
 
@@ -57,7 +57,7 @@ def test_unreadable_spec_files_are_reported(tmp_path, capsys):
     assert "cannot read spec file" in capsys.readouterr().err
     broken = tmp_path / "broken.json"
     broken.write_text("{nope")
-    assert main(["run", str(broken)]) == 2
+    assert main(["run", str(broken)]) == 3
     assert "not valid JSON" in capsys.readouterr().err
 
 
@@ -83,7 +83,7 @@ def test_data_validate_lists_every_error_and_exits_2(tmp_path, capsys):
     root = tmp_path / "ds"
     chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     write_jsonl(root / "training" / "t.jsonl", ok_rows(3) + ["{broken", chat])
-    assert main(["data", "validate", str(root)]) == 2
+    assert main(["data", "validate", str(root)]) == 3
     captured = capsys.readouterr()
     assert "  training   completion          2        0         0  training/" in captured.out  # what was read
     assert "dataset " + str(root) + " has 2 problems:" in captured.err
@@ -97,7 +97,7 @@ def test_data_validate_lists_every_error_and_exits_2(tmp_path, capsys):
 def test_data_validate_with_a_config_measures_tokens_under_the_policy(tmp_path, capsys, tiny_config_dir):
     root = tmp_path / "ds"
     write_jsonl(root / "training" / "t.jsonl", ok_rows(9) + [{"prompt": "word " * 300, "completion": "ok"}])
-    assert main(["data", "validate", str(root), "--config", TINY_CONFIG_URN]) == 2
+    assert main(["data", "validate", str(root), "--config", TINY_CONFIG_URN]) == 3
     captured = capsys.readouterr()
     assert "training/t.jsonl:10: " in captured.err and "longer than the config's max_seq_length 128" in captured.err
     assert main(["data", "validate", str(root), "--config", TINY_CONFIG_URN, "--long-examples", "drop"]) == 0

@@ -40,6 +40,19 @@ def spec_for(dataset: Path, hyperparameters: dict | None = None, operator: dict 
     )
 
 
+def prefect_artifact(kind: str, job_id: str):
+    """The latest Prefect artifact of ``kind`` for the job (``tasks.artifacts`` keys)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.artifacts import artifact_key
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(kind, job_id)])))
+    assert len(found) == 1, (kind, job_id, found)  # one per job: a progress artifact is moved on in place
+    return found[0]
+
+
 def test_customize_registers_publishes_and_promotes(services, ok_dataset, tiny_model_dir, tmp_path):
     from flows.customize import customize
 
@@ -71,6 +84,14 @@ def test_customize_registers_publishes_and_promotes(services, ok_dataset, tiny_m
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == result.train_loss[-1][0]
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 4
     assert run.data.metrics["candidate.task.exact_match"] == result.candidate.task["exact_match"]
+
+    # The Prefect UI shows the training's progress bar (at its end) and the scores with the decision.
+    progress, table = prefect_artifact("progress", result.job_id), prefect_artifact("scores", result.job_id)
+    assert progress.type == "progress" and progress.data == 100.0
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    task_row = next(r for r in rows if r["score"] == "task exact_match")
+    assert task_row["candidate"] == pytest.approx(100 * result.candidate.task["exact_match"], abs=1e-3)
+    assert rows[-1]["score"] == "decision" and rows[-1]["verdict"].startswith("promote")
 
     # The dataset report, measured with the base model's tokenizer, is on the run as JSON and HTML.
     assert {a.path for a in client.list_artifacts(run.info.run_id, "ingest")} == {"ingest/report.json", "ingest/report.html"}

@@ -2,6 +2,7 @@
 approval, promoted, completed and failed."""
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -73,9 +74,24 @@ def test_a_failed_job_notifies_with_the_reason(services, webhook, tmp_path):
     assert "training/t.jsonl:2: not valid JSON" in message["text"]
 
 
+def test_a_failed_job_notifies_its_own_namespace_only(services, webhook, monkeypatch, tmp_path):
+    from flows.customize import customize
+
+    hook = os.environ["CUSTOMIZER_NOTIFY_WEBHOOK_URL"].replace("http://", "json://")
+    monkeypatch.delenv("CUSTOMIZER_NOTIFY_WEBHOOK_URL")
+    monkeypatch.setenv("CUSTOMIZER_NOTIFY_URLS", json.dumps({OUTPUT.split("/")[0]: [hook], "someone-else": [hook + "-not-ours"]}))
+    root = tmp_path / "bad"
+    write_jsonl(root / "training" / "t.jsonl", [{"prompt": "x", "completion": "ok"}, "{broken"])
+    with pytest.raises(Exception, match="not valid JSON"):
+        customize(spec_for(root))
+    (message,) = webhook  # Apprise's JSON body, to the namespace's URL alone
+    assert message["message"].startswith("customize job cust-") and f"for {OUTPUT} failed: " in message["message"]
+
+
 def test_an_unreachable_webhook_is_logged_not_raised(monkeypatch, caplog):
     monkeypatch.setenv("CUSTOMIZER_NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/nobody-listens")
     assert notify(get_settings(), "hello") is False
-    assert "Notification not delivered to http://127.0.0.1:9/nobody-listens" in caplog.text
+    assert "Notification not delivered to JSON (json://127.0.0.1:9/…) after 3 attempts" in caplog.text
+    assert "nobody-listens" not in caplog.text  # a webhook's path may be its token: never logged
     monkeypatch.delenv("CUSTOMIZER_NOTIFY_WEBHOOK_URL")
     assert notify(get_settings(), "hello") is False  # none configured: nothing is sent

@@ -121,7 +121,7 @@ def test_the_cli_refuses_a_spec_that_loosens_the_policy_without_training(operato
     file.write_text(yaml.safe_dump({"config": TINY_CONFIG_URN, "dataset": str(dataset(tmp_path, ok_rows(10))),
                                     "output_model": "strict/bot", "policy": {"max_general_drop": 100.0}}))
     for command in ("check", "run"):  # `run` checks first: nothing is trained
-        assert main([command, str(file)]) == 2
+        assert main([command, str(file)]) == 3  # invalid data
         err = capsys.readouterr().err
         assert (f"customizer: error: `policy.max_general_drop`: 100.0 loosens the bound 0.5 set by {policy_file(operator, 'strict')} "
                 "(ask for 0.5 or less); a job may only tighten its policy") in err
@@ -203,7 +203,7 @@ def test_the_flows_check_task_feeds_open_ingest_and_plan(settings, tmp_path):
 def test_a_job_its_check_refused_still_leaves_a_failed_run_with_the_report(settings, tmp_path, monkeypatch):
     from tasks import job as job_tasks
 
-    monkeypatch.setattr(job_tasks, "notify", lambda settings, text: True)
+    monkeypatch.setattr(job_tasks, "notify", lambda settings, text, namespace=None: True)
     flow_run_id = uuid.uuid4()
     job_id, work_dir = job_folder(settings, flow_run_id)
     assert job_id == prefixed_id("cust", flow_run_id)

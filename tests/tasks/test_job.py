@@ -33,7 +33,7 @@ DATA = IngestedDataset(source="/data/ok", sha256="ab" * 32, files={}, counts={"t
 def notices(monkeypatch) -> list[str]:
     """What the job would post to the webhook."""
     sent: list[str] = []
-    monkeypatch.setattr(job_tasks, "notify", lambda settings, text: sent.append(text) or True)
+    monkeypatch.setattr(job_tasks, "notify", lambda settings, text, namespace=None: sent.append(text) or True)
     return sent
 
 

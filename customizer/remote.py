@@ -1,0 +1,207 @@
+"""``customizer jobs`` and ``customizer datasets``: the platform's jobs and datasets over its REST API.
+
+These commands talk to a running platform (``customizer up``, or the API of a server elsewhere) as
+the principal of an API key, exactly as any other client: ``CUSTOMIZER_API_URL`` (default
+``http://127.0.0.1:8000``) and ``CUSTOMIZER_API_KEY`` from the environment, or ``--api-url`` and
+``--api-key``. Output is a table on a terminal and JSON with ``--json`` (or when piped, a plain
+line per item); exit statuses are ``customizer.exits``'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from customizer.exits import InvalidData, JobFailed, NotPromoted, Unavailable, UsageError
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"  # where `customizer up` and `customizer api` listen by default
+JOBS = "/v1/customization/jobs"
+FINAL = {"completed", "failed", "cancelled"}
+OUTCOMES = {"reject": "rejected", "hold": "held"}  # the gate's decision -> the name --fail-on takes
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``jobs`` and ``datasets`` on the top-level parser's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api-url", help="the REST API (default: $CUSTOMIZER_API_URL, else http://127.0.0.1:8000)")
+    common.add_argument("--api-key", help="your API key (default: $CUSTOMIZER_API_KEY, which keeps it out of the shell history)")
+    common.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+
+    jobs = sub.add_parser("jobs", help="customization jobs over the REST API").add_subparsers(dest="jobs_command", required=True)
+    listing = jobs.add_parser("list", parents=[common], help="list the jobs your key may see, newest first")
+    listing.add_argument("--status", help="only jobs in this status (created, running, completed, failed, ...)")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 1000)")
+    status = jobs.add_parser("status", parents=[common], help="a job's status and progress")
+    status.add_argument("job_id")
+    status.add_argument("--wait", action="store_true", help="wait until the job ends: exit 0 completed, 1 failed or cancelled")
+    status.add_argument("--fail-on", action="append", choices=sorted(OUTCOMES.values()), default=[],
+                        help="with --wait: exit 5 when the candidate ends this way (repeatable)")
+    status.add_argument("--interval", type=float, default=5.0, help="with --wait: seconds between polls (default 5)")
+    logs = jobs.add_parser("logs", parents=[common], help="a job's log")
+    logs.add_argument("job_id")
+    cancel = jobs.add_parser("cancel", parents=[common], help="cancel a job")
+    cancel.add_argument("job_id")
+    approve = jobs.add_parser("approve", parents=[common], help="approve (or --reject) a job that waits for a reviewer")
+    approve.add_argument("job_id")
+    approve.add_argument("--reject", action="store_true", help="reject instead of approving")
+    approve.add_argument("--comment", default="", help="why")
+
+    datasets = sub.add_parser("datasets", help="datasets over the REST API").add_subparsers(dest="datasets_command", required=True)
+    upload = datasets.add_parser("upload", parents=[common], help="upload a dataset folder to the Data Store and register it")
+    upload.add_argument("name", help="namespace/name")
+    upload.add_argument("folder", type=Path, help="the dataset folder (training/, validation/, testing/ files)")
+    upload.add_argument("--description", default=None)
+    listed = datasets.add_parser("list", parents=[common], help="list the datasets your key may see")
+    listed.add_argument("--namespace", help="only this namespace")
+
+
+class Api:
+    """The REST API at ``url`` with ``key``; errors become one-line ``customizer.exits`` errors."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.url = (args.api_url or os.environ.get("CUSTOMIZER_API_URL") or DEFAULT_API_URL).rstrip("/")
+        self.key = args.api_key or os.environ.get("CUSTOMIZER_API_KEY")
+        self.http = httpx.Client(base_url=self.url, timeout=60,
+                                 headers={"Authorization": f"Bearer {self.key}"} if self.key else {})
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach the REST API at {self.url} ({type(exc).__name__}: {exc}); start it "
+                              "(`customizer up`), or pass --api-url (or set CUSTOMIZER_API_URL)") from exc
+        if response.status_code < 300:
+            return response.json() if response.content else None
+        what = f"{method} {path}: {response.status_code} {detail(response)}"
+        if response.status_code in (400, 409, 413, 422):
+            raise InvalidData(f"the REST API refused {what}")
+        hint = " (set CUSTOMIZER_API_KEY or pass --api-key)" if response.status_code == 401 and not self.key else ""
+        raise Unavailable(f"the REST API at {self.url} answered {what}{hint}")
+
+
+def detail(response: httpx.Response) -> str:
+    """The ``detail`` of an API error answer, readable on one line."""
+    try:
+        found = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:500] or response.reason_phrase
+    if isinstance(found, list):  # a validation error: field and message per problem
+        return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in found if isinstance(e, dict))
+    return str(found)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    api = Api(args)
+    if args.jobs_command == "list":
+        if not 1 <= args.limit <= 1000:
+            raise UsageError(f"--limit must be between 1 and 1000, got {args.limit}")
+        params = {"page_size": args.limit, "sort": "-created_at"} | ({"filter[status]": args.status} if args.status else {})
+        rows = api.call("GET", JOBS, params=params)["data"]
+        return show(args, rows, ["id", "status", "output_model", "config", "created_at"])
+    path = f"{JOBS}/{args.job_id}"
+    if args.jobs_command == "status":
+        return _status(api, args, path)
+    if args.jobs_command == "logs":
+        logs = api.call("GET", f"{path}/container-logs")
+        if args.json:
+            print(json.dumps(logs, indent=2))
+            return 0
+        for entry in logs.get("entries", {}).values():
+            for event in entry.get("events", []):
+                print(f"{event['last_seen']} [{event['reason']}] {event['message']}")
+            for lines in entry.get("logs", {}).values():
+                print("\n".join(lines))
+        if logs.get("error"):
+            print(f"customizer: the job failed: {logs['error'].get('message')}", file=sys.stderr)
+        return 0
+    if args.jobs_command == "cancel":
+        return show(args, api.call("POST", f"{path}/cancel"), ["id", "status"])
+    answer = {"approved": not args.reject, "comment": args.comment}
+    return show(args, api.call("POST", f"{path}/approval", json=answer) or {"id": args.job_id}, ["id", "status"])
+
+
+def _status(api: Api, args: argparse.Namespace, path: str) -> int:
+    status = api.call("GET", f"{path}/status")
+    while args.wait and status["status"] not in FINAL:
+        time.sleep(max(0.2, args.interval))
+        status = api.call("GET", f"{path}/status")
+    show(args, {"id": args.job_id} | status, ["id", "status", "percentage_done", "train_loss", "elapsed_time"])
+    if not args.wait:
+        return 0
+    if status["status"] != "completed":
+        last = (status.get("status_logs") or [{}])[-1]
+        raise JobFailed(f"job {args.job_id} {status['status']}" + (f": {last['detail']}" if last.get("detail") else ""))
+    if args.fail_on:
+        job = api.call("GET", path)
+        namespace, _, name = (job.get("output_model") or "/").partition("/")
+        model = api.call("GET", f"/v1/models/{namespace}/{name}") if name else {}
+        outcome = OUTCOMES.get((model.get("custom_fields") or {}).get("decision", ""))
+        if outcome in args.fail_on:
+            raise NotPromoted(f"job {args.job_id}: the candidate was {outcome} (--fail-on {outcome})")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    api = Api(args)
+    if args.datasets_command == "list":
+        params = {"page_size": 1000} | ({"filter[namespace]": args.namespace} if args.namespace else {})
+        return show(args, api.call("GET", "/v1/datasets", params=params)["data"], ["namespace", "name", "files_url", "created_at"])
+    namespace, slash, name = args.name.partition("/")
+    if not slash or not namespace or not name or "/" in name:
+        raise UsageError(f"dataset name: expected namespace/name, got {args.name!r}")
+    if not args.folder.is_dir():
+        raise UsageError(f"dataset folder {args.folder}: not a folder")
+    _upload(api, args.name, args.folder)
+    body = {"namespace": namespace, "name": name, "files_url": f"hf://datasets/{args.name}"}
+    created = api.call("POST", "/v1/datasets", json=body | ({"description": args.description} if args.description else {}))
+    return show(args, created, ["namespace", "name", "files_url"])
+
+
+def _upload(api: Api, repo_id: str, folder: Path) -> None:
+    """Every file below ``folder`` into the Data Store's dataset repo ``repo_id``, with huggingface_hub
+    as any Hub client uploads (the Data Store speaks the Hub's API)."""
+    import huggingface_hub.constants  # delayed: huggingface_hub is slow to import (start-up time)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    # The platform's own endpoint, not the Hub: an offline setting for the Hub does not apply to it.
+    huggingface_hub.constants.HF_HUB_OFFLINE = False
+    hub = HfApi(endpoint=f"{api.url}/v1/hf", token=api.key or False)
+    try:
+        hub.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+        hub.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset")
+    except HfHubHTTPError as exc:
+        response = exc.response
+        what = f"uploading {folder} to {repo_id}: {response.status_code} {detail(response)}"
+        raise (InvalidData if response.status_code in (400, 409, 413, 422) else Unavailable)(f"the Data Store refused {what}") from exc
+    except OSError as exc:
+        raise Unavailable(f"cannot upload {folder} to the Data Store at {api.url}: {exc}") from exc
+
+
+def show(args: argparse.Namespace, rows: list[dict[str, Any]] | dict[str, Any], columns: list[str]) -> int:
+    """Rows (a list) or one item (a dict) as JSON with ``--json``, a table on a terminal, or a
+    tab-separated line each when piped."""
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    rows = [rows] if isinstance(rows, dict) else rows
+    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+    if sys.stdout.isatty():
+        from rich.console import Console  # delayed: only a terminal needs it (start-up time)
+        from rich.table import Table
+
+        table = Table(*columns)
+        for line in cells:
+            table.add_row(*line)
+        Console().print(table)
+    else:
+        for line in cells:
+            print("\t".join(line))
+    return 0
