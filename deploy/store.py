@@ -4,7 +4,8 @@ Layout: ``<store>/<namespace>/<name>/<version>/`` holding the files and ``manife
 and size per file, base model, lineage, MLflow version). Files go first and the manifest last, so
 a manifest only exists for a complete upload. Publication is content-addressed: a file whose stored
 sha256 and size already match is not uploaded again, so re-publishing identical content sends no
-bytes. Downloads verify every file against the manifest.
+bytes. Each file is hashed once, and goes up while the next ones hash (``deploy.uploads``).
+Downloads verify every file against the manifest.
 
 A published version is immutable: once its manifest is written, publishing other content under the
 same model and version is refused (``VersionExists``), and publishing the same content again is a
@@ -24,7 +25,6 @@ import hashlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from core import objects
 from core.objects import sha256_file
 from core.settings import Settings
+from deploy.uploads import UploadFailed, hash_files, send
 
 log = logging.getLogger("customizer.store")
 MANIFEST = "manifest.json"
@@ -228,19 +229,16 @@ def _explain(exc: BaseException, store: Store, doing: str) -> StoreError:
     return StoreError(f"{doing} failed: {exc}")
 
 
-def _hash_all(folder: Path, files: list[str], output_model: str, version: str) -> dict[str, FileEntry]:
+def _check_files(folder: Path, files: list[str], output_model: str, version: str) -> None:
+    """Every listed file has an allowed name and is in ``folder``, checked before the store is touched.
+
+    Raises:
+        StoreError: naming the first file refused or missing.
+    """
     for name in files:
         _check_name(name)
         if not (folder / name).is_file():
             raise StoreError(f"cannot publish {output_model} v{version}: {folder / name} is missing")
-
-    def entry(name: str) -> FileEntry:
-        path = folder / name
-        return FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
-
-    # hashlib releases the GIL on large buffers: shards hash in parallel.
-    with ThreadPoolExecutor(max_workers=max(1, min(4, len(files)))) as pool:
-        return dict(zip(files, pool.map(entry, files)))
 
 
 def publish(
@@ -282,32 +280,32 @@ def publish(
     """
     store = open_store(settings.publish_uri, settings)
     prefix = f"{output_model}/{version}"
-    entries = _hash_all(folder, files, output_model, version)
-    uploaded, unchanged = [], []
+    doing = f"publishing {output_model} v{version} to {settings.publish_uri}"
+    _check_files(folder, files, output_model, version)
     try:
-        store.check()
-        previous = _published_manifest(store, prefix)
+        # One listing says what the version holds; it fails as clearly as a bucket check would
+        # (a missing bucket, refused credentials), so a new version costs a single request before its files.
+        stored = store.list(prefix)
+        previous = _published_manifest(store, prefix) if MANIFEST in stored else None
         if previous is not None:
-            _refuse_other_content(previous, entries, base_model, store.uri(prefix))
-        else:
-            _clear_strays(store, prefix, entries)
-        for name, entry in entries.items():
-            key = f"{prefix}/{name}"
-            if _matches(store.stat(key), entry):
-                unchanged.append(name)
-                continue
-            store.put_file(key, folder / name, entry.sha256)
-            uploaded.append(name)
-        if previous is not None:
+            # Every digest is needed before anything is written: other content is refused whole.
+            digests = hash_files(folder, files)
+            _refuse_other_content(previous, {name: FileEntry(**d) for name, d in digests.items()}, base_model, store.uri(prefix))
+            _, uploaded, unchanged = send(store, settings, folder, prefix, files, known=digests)
             manifest = previous  # identical content: the publication stays as it was
         else:
+            kept = _clear_strays(store, prefix, files, stored)
+            digests, uploaded, unchanged = send(store, settings, folder, prefix, files, listed=kept)
             manifest = Manifest(
                 output_model=output_model, version=version, base_model=base_model,
-                files=entries, lineage=lineage, created_at=time.time(),
+                files={name: FileEntry(**d) for name, d in digests.items()}, lineage=lineage, created_at=time.time(),
             )
+            # Last, once every file is stored: a manifest only exists for a complete upload.
             store.put(f"{prefix}/{MANIFEST}", manifest.model_dump_json(indent=2).encode())
+    except UploadFailed as exc:
+        raise _explain(exc.__cause__, store, f"{doing}: uploading {exc.name}") from exc.__cause__
     except _store_failures() as exc:
-        raise _explain(exc, store, f"publishing {output_model} v{version} to {settings.publish_uri}") from exc
+        raise _explain(exc, store, doing) from exc
     log.info(
         "%s %s v%s to %s (%d uploaded, %d unchanged, %d bytes sent)",
         "Already published:" if previous is not None else "Published", output_model, version, store.uri(prefix),
@@ -351,13 +349,21 @@ def _refuse_other_content(previous: Manifest, entries: dict[str, FileEntry], bas
         raise VersionExists(f"{head}: it was published for base model {previous.base_model!r}, not {base_model!r}; {tail}")
 
 
-def _clear_strays(store: Store, prefix: str, entries: dict[str, FileEntry]) -> None:
-    """Delete what an upload that stopped half-way left under an unpublished version and this
-    publication does not list, so the version holds exactly what its manifest will list."""
-    for name in store.list(prefix):
-        if name not in entries and name != MANIFEST:
+def _clear_strays(store: Store, prefix: str, files: list[str], stored: dict[str, int]) -> dict[str, int]:
+    """Delete what an upload that stopped half-way left under an unpublished version (``stored``, its
+    listing) and this publication does not list, so the version holds exactly what its manifest will list.
+
+    Returns:
+        name -> size of the listed files already there (candidates for being kept unchanged).
+    """
+    kept = {}
+    for name, size in stored.items():
+        if name in files:
+            kept[name] = size
+        elif name != MANIFEST:
             log.info("Removing %s/%s: left by an unfinished upload, not part of this publication", store.uri(prefix), name)
             store.delete(f"{prefix}/{name}")
+    return kept
 
 
 def _stored_manifest(store: Store, key: str) -> Manifest | None:

@@ -31,7 +31,7 @@ from typing import Any
 from deploy.store import TOKENIZER_FILES
 from serving.batching import MAX_BATCH, Job, Scheduler, decode_batch
 from serving.compat import CompatError, check_full_model
-from serving.generation import Options, as_list
+from serving.generation import Options, as_list, prompt_ids
 from serving.metrics import ServingMetrics
 from serving.schemas import ServingError
 
@@ -154,22 +154,7 @@ class FullModels:
                 model's context with ``max_tokens``.
         """
         tokenizer = full.tokenizer
-        ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
-        if not ids:
-            raise ServingError(400, "`prompt` is empty", param="prompt")
-        vocab = len(tokenizer)
-        if any(not 0 <= i < max(vocab, full.vocab_size) for i in ids):
-            raise ServingError(400, f"`prompt` holds token ids outside the vocabulary (0..{vocab - 1})", param="prompt")
-        if len(ids) + options.max_tokens > full.max_length:
-            raise ServingError(
-                400,
-                f"This model's maximum context length is {full.max_length} tokens; the prompt has {len(ids)} "
-                f"and max_tokens asks for {options.max_tokens} more",
-                param="max_tokens",
-            )
-        bad = [t for t in options.logit_bias if not 0 <= t < full.vocab_size]
-        if bad:
-            raise ServingError(400, f"`logit_bias` names token ids outside the vocabulary: {bad[:5]}", param="logit_bias")
+        ids = prompt_ids(tokenizer, prompt, options, full.vocab_size, full.max_length, add_special_tokens)
         assert full.scheduler is not None
         return full.scheduler.submit(Job(ids=ids, options=options, tokenizer=tokenizer, key=full.name, stream=stream))
 

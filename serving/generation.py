@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.schemas import ServingError
+
 
 @dataclass
 class Generated:
@@ -170,3 +172,31 @@ def logprobs_object(tokenizer: Any, tokens: list[int], scored: list[tuple[float,
         "top_logprobs": [None if s is None else s[1] for s in scored],
         "text_offset": offsets,
     }
+
+
+def prompt_ids(tokenizer: Any, prompt: str | list[int], options: Options, vocab_size: int, max_length: int,
+               add_special_tokens: bool = True) -> list[int]:
+    """A prompt's token ids (a text prompt tokenized), checked against the model's vocabulary
+    (``vocab_size`` rows of its embedding) and context (``max_length`` with ``max_tokens`` more).
+
+    Raises:
+        ServingError: the prompt is empty, holds ids outside the vocabulary, does not fit the context,
+            or ``logit_bias`` names ids outside the vocabulary (400, naming the field).
+    """
+    ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    if not ids:
+        raise ServingError(400, "`prompt` is empty", param="prompt")
+    vocab = len(tokenizer)
+    if any(not 0 <= i < max(vocab, vocab_size) for i in ids):
+        raise ServingError(400, f"`prompt` holds token ids outside the vocabulary (0..{vocab - 1})", param="prompt")
+    if len(ids) + options.max_tokens > max_length:
+        raise ServingError(
+            400,
+            f"This model's maximum context length is {max_length} tokens; the prompt has {len(ids)} "
+            f"and max_tokens asks for {options.max_tokens} more",
+            param="max_tokens",
+        )
+    bad = [t for t in options.logit_bias if not 0 <= t < vocab_size]
+    if bad:
+        raise ServingError(400, f"`logit_bias` names token ids outside the vocabulary: {bad[:5]}", param="logit_bias")
+    return ids

@@ -45,7 +45,7 @@ from deploy.store import MANIFEST, TOKENIZER_FILES, NotPublished, StoreError, fe
 from deploy.trust import UntrustedChampion, trusted_champion
 from serving.batching import MAX_BATCH, Job, Scheduler, decode_batch
 from serving.full_models import FullModel, FullModels, is_full_weights
-from serving.generation import Generated, Options, as_list
+from serving.generation import Generated, Options, as_list, prompt_ids
 from serving.lora import BatchedLora
 from serving.metrics import ServingMetrics
 from serving.schemas import PUBLISHED_NAME, REGISTERED_NAME, ServingError
@@ -388,22 +388,7 @@ class ModelServer:
         if isinstance(adapter, FullModel):
             return self.full.submit(adapter, prompt, options, add_special_tokens, stream)
         tokenizer = (adapter.tokenizer if adapter is not None else None) or self.tokenizer
-        ids = list(prompt) if isinstance(prompt, list) else tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
-        if not ids:
-            raise ServingError(400, "`prompt` is empty", param="prompt")
-        vocab = len(tokenizer)
-        if any(not 0 <= i < max(vocab, self.model.config.vocab_size) for i in ids):
-            raise ServingError(400, f"`prompt` holds token ids outside the vocabulary (0..{vocab - 1})", param="prompt")
-        if len(ids) + options.max_tokens > self.max_length:
-            raise ServingError(
-                400,
-                f"This model's maximum context length is {self.max_length} tokens; the prompt has {len(ids)} "
-                f"and max_tokens asks for {options.max_tokens} more",
-                param="max_tokens",
-            )
-        bad = [t for t in options.logit_bias if not 0 <= t < self.model.config.vocab_size]
-        if bad:
-            raise ServingError(400, f"`logit_bias` names token ids outside the vocabulary: {bad[:5]}", param="logit_bias")
+        ids = prompt_ids(tokenizer, prompt, options, self.model.config.vocab_size, self.max_length, add_special_tokens)
         job = Job(ids=ids, options=options, tokenizer=tokenizer, key=adapter.name if adapter else None, adapter=adapter, stream=stream)
         return self.scheduler.submit(job)
 

@@ -89,6 +89,17 @@ def tiny_config_dir(tiny_model_dir: Path) -> Path:
     return folder
 
 
+def add_config(folder: Path, monkeypatch, urn: str, model_dir: Path, **options) -> str:
+    """A config ``urn`` on the model in ``model_dir`` (``training.tiny.write_tiny_config``'s ``options``),
+    written into ``folder`` and added to the catalog's folders for the test; returns ``urn``."""
+    from training.tiny import write_tiny_config
+
+    folder.mkdir(exist_ok=True)
+    write_tiny_config(folder, urn, urn.split("@")[0], model_dir, **options)
+    monkeypatch.setenv("CUSTOMIZER_CONFIG_DIRS", json.dumps([*json.loads(os.environ["CUSTOMIZER_CONFIG_DIRS"]), str(folder)]))
+    return urn
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")

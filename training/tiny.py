@@ -55,9 +55,10 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def write_tiny_config(folder: Path, urn: str, base_name: str, base: Path) -> Path:
-    """Write a CPU LoRA config ``urn`` (``namespace/name@version``) whose base is the model folder
-    ``base``, served as ``base_name``, into ``folder``; returns the file.
+def write_tiny_config(folder: Path, urn: str, base_name: str, base: Path, *, num_gpus: int = 0, prompt_format: str | None = "chat") -> Path:
+    """Write a LoRA config ``urn`` (``namespace/name@version``) whose base is the model folder ``base``,
+    served as ``base_name``, into ``folder`` (one option asking for ``num_gpus``; ``prompt_format``
+    None leaves the catalog's default); returns the file.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as scratch:
@@ -68,8 +69,9 @@ def write_tiny_config(folder: Path, urn: str, base_name: str, base: Path) -> Pat
     path = folder / f"{name.split('@')[0]}.yaml"
     path.write_text(
         f"namespace: {namespace}\nname: {name}\ntarget:\n  name: {base_name}\n  model_uri: {base}\n"
-        "max_seq_length: 128\nprompt_format: chat\nlora_target_modules: [q_proj, v_proj]\n"
-        "training_options:\n  - {training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4}\n",
+        + (f"prompt_format: {prompt_format}\n" if prompt_format else "")
+        + "max_seq_length: 128\nlora_target_modules: [q_proj, v_proj]\n"
+        f"training_options:\n  - {{training_type: sft, finetuning_type: lora, num_gpus: {num_gpus}, micro_batch_size: 4}}\n",
         encoding="utf-8",
     )
     return path

@@ -3,7 +3,6 @@ example is in its prompt, and only then, is spared fine-tuning by retrieval-augm
 job names the rung and its prompt is in MLflow's prompt registry with the job's lineage."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from data.ingest import ingest_dataset
 from evaluation.policy import write_policy
 from evaluation.rungs import PROMPT_RUN_ID, PROMPT_RUNG, RETRIEVAL_BENCHMARK, retrieval_benchmark
 from evaluation.runner import few_shot_benchmark, task_benchmark
-from tests.conftest import TINY_CONFIG_URN, write_jsonl
+from tests.conftest import TINY_CONFIG_URN, add_config, write_jsonl
 
 # Each testing item shares a rare word with exactly one training example, whose answer is its own;
 # the first training example (the one plain few-shot shows) is nobody's neighbour.
@@ -77,14 +76,7 @@ def test_retrieval_few_shot_meets_the_target_and_the_job_keeps_its_prompt(servic
     write_jsonl(dataset / "validation" / "val.jsonl", TRAIN[1:3])
     write_jsonl(dataset / "testing" / "test.jsonl", TEST)
     coder = coder_model(tiny_model_dir, dataset, tmp_path / "teach")
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "coder.yaml").write_text(
-        f"namespace: test\nname: coder@v1\ntarget: {{name: test/coder, model_uri: {coder}}}\n"
-        "max_seq_length: 128\nprompt_format: chat\nlora_target_modules: [q_proj, v_proj]\n"
-        "training_options: [{training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4}]\n"
-    )
-    monkeypatch.setenv("CUSTOMIZER_CONFIG_DIRS", json.dumps([*json.loads(os.environ["CUSTOMIZER_CONFIG_DIRS"]), str(configs)]))
+    add_config(tmp_path / "configs", monkeypatch, "test/coder@v1", coder)
     write_policy(get_settings(), None, PromotionPolicy(max_general_drop=100.0))
     spec = CustomizationSpec.model_validate({"config": "test/coder@v1", "dataset": str(dataset), "output_model": "team/coder",
                                              "evaluation": PLAN})

@@ -1,7 +1,6 @@
 """Training methods through the customize flow: full weights, budget refusal, cancellation."""
 
 import json
-import os
 import threading
 import time
 
@@ -78,7 +77,7 @@ def test_cancelling_the_flow_run_stops_training_and_publishes_nothing(services, 
 
 def test_no_fine_tuning_when_prompting_already_meets_the_target(services, ok_dataset, tmp_path, tiny_model_dir, monkeypatch):
     from flows.customize import customize
-    from tests.conftest import TINY_CONFIG_URN
+    from tests.conftest import TINY_CONFIG_URN, add_config
     from core.catalog import get_config
     from data.ingest import ingest_dataset
     from training.sft import train_sft
@@ -89,14 +88,7 @@ def test_no_fine_tuning_when_prompting_already_meets_the_target(services, ok_dat
     data = ingest_dataset(str(ok_dataset), tmp_path / "data-for-base", seed=0)
     capable = train_sft(str(tiny_model_dir), data, get_config(TINY_CONFIG_URN, settings),
                         Hyperparameters(finetuning_type="all_weights", epochs=3, batch_size=4, learning_rate=2e-3), tmp_path / "base-job", settings)
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "capable.yaml").write_text(
-        f"namespace: test\nname: capable@v1\ntarget: {{name: test/capable, model_uri: {capable.output_dir}}}\n"
-        "max_seq_length: 128\nlora_target_modules: [q_proj, v_proj]\n"
-        "training_options: [{training_type: sft, finetuning_type: lora, num_gpus: 0, micro_batch_size: 4}]\n"
-    )
-    monkeypatch.setenv("CUSTOMIZER_CONFIG_DIRS", json.dumps([*json.loads(os.environ["CUSTOMIZER_CONFIG_DIRS"]), str(configs)]))
+    add_config(tmp_path / "configs", monkeypatch, "test/capable@v1", capable.output_dir, prompt_format=None)
 
     spec = spec_for(ok_dataset).model_copy(update={"config": "test/capable@v1"})
     spec.evaluation.target_score = 90.0

@@ -2,14 +2,13 @@
 before any model is loaded or process started, with what it asks for and what the worker has as the
 reason on its run (as a job over its budget is refused before training)."""
 
-import json
-import os
 
 import pytest
 
 from core import tags as tag
 from core import tracking
 from core.settings import get_settings
+from tests.conftest import add_config
 from tests.flows.test_customize import spec_for
 from training.resources import available_gpus
 
@@ -19,14 +18,7 @@ def test_a_job_needing_more_gpus_than_the_worker_has_fails_before_training(servi
 
     if available_gpus() >= 8:
         pytest.skip("this machine has 8 GPUs: the option fits")
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "eight-gpus.yaml").write_text(
-        f"namespace: test\nname: eight-gpus@v1\ntarget: {{name: test/eight-gpus, model_uri: {tiny_model_dir}}}\n"
-        "max_seq_length: 128\nlora_target_modules: [q_proj, v_proj]\n"
-        "training_options: [{training_type: sft, finetuning_type: lora, num_gpus: 8, micro_batch_size: 4}]\n"
-    )
-    monkeypatch.setenv("CUSTOMIZER_CONFIG_DIRS", json.dumps([*json.loads(os.environ["CUSTOMIZER_CONFIG_DIRS"]), str(configs)]))
+    add_config(tmp_path / "configs", monkeypatch, "test/eight-gpus@v1", tiny_model_dir, num_gpus=8, prompt_format=None)
 
     spec = spec_for(ok_dataset).model_copy(update={"config": "test/eight-gpus@v1"})
     reason = r"config test/eight-gpus@v1 option sft/lora asks for 8 GPUs per node \(`num_gpus` 8\); this worker has \d GPUs? and \d+ CPU core"

@@ -238,22 +238,39 @@ def _batched(engine: Engine) -> float:
     return _gauge(text, "customizer_serving_batch_size_count") - _gauge(text, 'customizer_serving_batch_size_bucket{le="1.0"}')
 
 
-def test_concurrent_requests_run_together(engine):
-    """Eight requests at once share the engine's batches, by the engine's own metrics (how much faster
-    that is, `python -m bench --only serving` measures); every one still gets its full answer."""
+def test_concurrent_requests_run_together_and_finish_sooner(engine):
+    """Eight requests at once share the engine's batches, by the engine's own metrics, and finish
+    sooner than eight in turn; every one still gets its full answer. (By how much, `python -m bench
+    --only serving` measures: a shared machine makes wall time here a yes/no, tried up to three times.)"""
     def ask(_: int) -> int:
         return engine.api.completions.create(model="team/bot", prompt=PROMPT, max_tokens=24, temperature=0,
                                              extra_body={"ignore_eos": True}).usage.completion_tokens
 
+    def together() -> float:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(ask, range(8))) == [24] * 8
+        return time.perf_counter() - started
+
     ask(0)  # warm: the adapter resident
     before = _batched(engine)
-    with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(ask, range(8))) == [24] * 8
+    concurrent = together()
     after = _batched(engine)
     if engine.name == "vllm":  # one after another would take at least 8 x 24 steps
         assert 24 <= after - before < 96, (before, after)
     else:
         assert after - before >= 1
+    timings = []
+    for attempt in range(3):
+        if attempt:
+            concurrent = together()
+        started = time.perf_counter()
+        assert [ask(i) for i in range(8)] == [24] * 8
+        sequential = time.perf_counter() - started
+        timings.append((concurrent, sequential))
+        if concurrent < sequential:
+            break
+    assert concurrent < sequential, timings  # (concurrent, sequential) seconds per try
 
 
 def test_metrics_count_requests_and_tokens(engine):
