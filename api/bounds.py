@@ -2,7 +2,7 @@
 or a response it cannot hold.
 
 Every request model derives from ``Bounded``: before its fields are read, the raw input passes
-``core.specs.check_value`` (the rule the job spec's own models apply), free-form objects such as
+``core.values.check_value`` (the rule the job spec's own models apply), free-form objects such as
 ``custom_fields`` included: no number that is not finite, no integer outside 64 bits (what SQLite,
 PostgreSQL and Prefect's run parameters hold), no text that is not valid Unicode (a lone surrogate)
 or holds NUL, no nesting deeper than 32 levels. It runs first because FastAPI's JSON parser accepts
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.specs import INT32_MAX, check_value
+from core.values import INT32_MAX, check_value
 
 Positive = Annotated[int, Field(ge=1, le=INT32_MAX, description="A count, 1 or more (below 2^31).")]
 

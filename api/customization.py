@@ -41,7 +41,7 @@ log = logging.getLogger("customizer.api")
 
 JOB, CONFIG, TARGET, MODEL = "customization_job", "customization_config", "customization_target", "model"
 _PRECISION = {"fp32": "fp32", "bf16": "bf16", "bf16-mixed": "bf16", "fp16": "fp16"}
-_TRAINING_PRECISION = {"fp32": "fp32", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed"}
+_TRAINING_PRECISION = {"fp32": "fp32", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed", "auto": "auto"}  # auto: bf16 where native
 
 
 def public(data: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +171,7 @@ def find_config(store: Store, settings: Settings, namespace: str, name: str,
 def _config_from_wire(data: dict[str, Any], target: Target) -> CustomizationConfig:
     precision = data.get("training_precision") or "fp32"
     if precision not in _TRAINING_PRECISION:
-        raise BadRequest(f"`training_precision` {precision!r} is not supported; use fp32, bf16 or bf16-mixed")
+        raise BadRequest(f"`training_precision` {precision!r} is not supported; use fp32, bf16, bf16-mixed or auto")
     options = [
         TrainingOption(**{k: o[k] for k in ("training_type", "finetuning_type", "num_gpus", "num_nodes", "micro_batch_size", "tensor_parallel_size") if o.get(k) is not None})
         for o in data["training_options"]
@@ -417,7 +417,8 @@ def create_job(store: Store, settings: Settings, body: JobCreate, secrets: dict[
         },
         "config_snapshot": _snapshot(checked.config, checked.option),
         "warnings": warnings,
-        "estimate": checked.estimate.model_dump() | {"describe": checked.estimate.describe()} if checked.estimate else None,
+        "estimate": checked.estimate.model_dump() | {"seconds": checked.estimate.seconds, "describe": checked.estimate.describe()}
+        if checked.estimate else None,
     } | JobRun(
         flow_run_id=flow_run_id, dataset_dir=str(folder), dataset_files_url=dataset["files_url"],
         dataset_sha256=checked.dataset.sha256, spec_output_model=spec.output_model, secrets=sealed,

@@ -1,4 +1,5 @@
-"""The API's state in one SQL table through SQLAlchemy: SQLite by default, Postgres in production.
+"""The API's state in one SQL table through SQLAlchemy: SQLite by default, PostgreSQL in production.
+Its schema is versioned with Alembic (``api/migrations``): opening a database upgrades it.
 
 Every resource (namespace, project, dataset, model, customization job/config/target, evaluation
 job/config/target, Data Store repo) is one row: its kind, id, namespace and name as columns (for
@@ -19,8 +20,24 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, UniqueConstraint, create_engine, delete, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 metadata = MetaData()
@@ -36,7 +53,10 @@ entities = Table(
     Column("updated_at", DateTime, nullable=False),
     Column("data", JSON, nullable=False),
     UniqueConstraint("kind", "namespace", "name", name="uq_kind_namespace_name"),
+    Index("ix_entities_kind_created_at", "kind", "created_at"),
 )
+MIGRATIONS = Path(__file__).parent / "migrations"
+BASELINE = "0001"  # the schema the API made before its migrations: such a database is stamped with it
 
 
 class Duplicate(Exception):
@@ -106,8 +126,34 @@ def open_database(url: str) -> Engine:
         # The API answers from a thread pool; SQLite serialises writers, so wait instead of failing.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)
-    metadata.create_all(engine)
+    with engine.begin() as conn:
+        migrate(conn)
     return engine
+
+
+def migrate(conn: Connection) -> str:
+    """Upgrade the database to the newest schema revision (a database made before the migrations
+    existed is first stamped as ``BASELINE``); returns the revision. Concurrent openers of one
+    PostgreSQL database take turns (an advisory lock held until the transaction ends)."""
+    # delayed: Alembic is needed only here, once per process (API start-up time)
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('customizer api schema'))"))
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current == head:
+        return head
+    if current is None and inspect(conn).has_table("entities"):
+        command.stamp(config, BASELINE)
+    command.upgrade(config, "head")
+    return head
 
 
 class Store:

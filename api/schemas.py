@@ -19,7 +19,7 @@ from api.bounds import Bounded, Positive
 from core.specs import Budget, EvaluationPlan, Hyperparameters, PromotionPolicy
 
 JobStatus = Literal["created", "pending", "running", "cancelling", "cancelled", "failed", "completed", "ready", "unknown"]
-Precision = Literal["int8", "bf16", "fp16", "fp32", "fp8-mixed", "bf16-mixed"]
+Precision = Literal["int8", "bf16", "fp16", "fp32", "fp8-mixed", "bf16-mixed", "auto"]  # auto: a customizer extension
 DEFAULT_NAMESPACE = "default"
 
 # NeMo hyperparameters customizer does not implement: accepted, ignored, and reported as job warnings.
@@ -372,6 +372,11 @@ class JobStatusPublic(Echo):
         default=None, description="customizer: after the gate, each forgetting comparison: delta, interval, the bound "
         "compared with the limit, and the verdict (passed, undecided, FAILED).",
     )
+    ladder: list[dict[str, Any]] | None = Field(
+        default=None, description="customizer: every rung of the customization ladder tried, cheapest first: rung, kind, "
+        "metric, score and its interval (0-1), forgetting verdict, cost (`free` or device-hours), mean prompt tokens per "
+        "request, and the decision (`met the target`, `missed the target`, or the gate's for a training rung).",
+    )
 
 
 class JobEstimate(Echo):
@@ -380,12 +385,12 @@ class JobEstimate(Echo):
     train_examples: int
     tokens_per_epoch: int = Field(description="Tokens one epoch trains on, counted with the base model's tokenizer.")
     epochs: int
-    training_flops: float = Field(description="6 x parameters x tokens x epochs.")
+    training_flops: float = Field(description="4 (LoRA) or 6 (full weights) x parameters x tokens x epochs.")
     devices: int
     device: str
-    peak_tflops: float
-    utilisation: float = Field(description="Share of the device's peak the estimate assumes.")
-    device_hours: float = Field(description="Device-hours (GPU-hours, or CPU-hours on a CPU config).")
+    peak_tflops: float = Field(description="The device's matmul peak in training's precision, measured (else the config's); see `peak_source`.")
+    utilisation: float = Field(description="Share of the peak: achieved by finished jobs of the config and method; see `utilisation_source`.")
+    device_hours: float = Field(description="Device-hours (GPU-hours, or CPU-hours on a CPU config); `seconds`: the wall clock.")
     describe: str | None = None
 
 

@@ -32,6 +32,7 @@ from core import tags as tag
 from core import tracking
 from core.ids import prefixed_id
 from core.settings import Settings
+from evaluation.ladder import LADDER_TAG
 
 log = logging.getLogger("customizer.api")
 
@@ -164,9 +165,10 @@ def training_metrics(settings: Settings, job_id: str) -> tuple[dict[str, Any], T
             out["train_loss"] = before[-1]["value"]
     elif series.get("train_loss"):
         out["train_loss"] = series["train_loss"][-1]["value"]
-    # customizer's additions: what the general suite can rule out (planned before training) and, once
-    # the gate ran, each forgetting comparison with its interval and verdict.
-    for field, name in (("power", tag.POWER), ("forgetting", tag.FORGETTING)):
+    # customizer's additions: what the general suite can rule out (planned before training), once
+    # the gate ran, each forgetting comparison with its interval and verdict, and the ladder's rungs
+    # tried (the free ones from the baseline on).
+    for field, name in (("power", tag.POWER), ("forgetting", tag.FORGETTING), ("ladder", LADDER_TAG)):
         if run.data.tags.get(name):
             out[field] = json.loads(run.data.tags[name])
     return out, dict(run.data.tags)

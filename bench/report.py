@@ -55,12 +55,27 @@ def _ms(seconds: float) -> str:
 
 
 def train_rows(data: dict[str, Any]) -> list[Row]:
-    """Training tokens/s vs bare TRL; MFU where a GPU trained."""
+    """Training tokens/s vs bare TRL and vs TRL with its best switches (at equal final loss, within 2%);
+    the loss parity of ``auto`` precision against fp32; MFU where a GPU trained."""
     device = data["device"]
     rates = data["tokens_per_second"]
     threshold = 2.0 if device["kind"] == "cuda" else 1.3  # G1: >= 2x bare TRL on GPU, >= 1.3x on CPU
-    metric = f"training tokens/s vs bare TRL ({data['model']}, LoRA SFT, batch {data['batch_size']}, {device['name']})"
-    rows = [ratio_row("train", metric, rates["customizer"], rates["trl"], "tok/s", ">=", threshold)]
+    where = f"{data['model']}, LoRA SFT, batch {data['batch_size']}, {device['name']}"
+    repeats = f", medians of {data['repeats']}" if data.get("repeats", 1) > 1 else ""
+    rows = []
+    for side, name, goal in (("trl", "bare TRL", threshold), ("trl-best", "TRL with its best switches", 1.15)):
+        if side not in rates:
+            continue
+        same = data.get("same_loss", {}).get(side, True)
+        row = ratio_row("train", f"training tokens/s vs {name}, final losses within 2% ({where}{repeats})", rates["customizer"],
+                        rates[side], "tok/s", ">=", goal)
+        rows.append(row if same else Row(**(asdict(row) | {"verdict": "missed (final loss differs)"})))
+    if "parity" in data:
+        parity = data["parity"]
+        ratio = parity["auto_loss"] / parity["fp32_loss"] if parity["fp32_loss"] else None
+        rows.append(Row("train", f"final training loss, auto precision ({parity['auto_precision']} here) vs fp32 ({where})",
+                        f"{parity['auto_loss']:.4f}", f"{parity['fp32_loss']:.4f}", ratio, "within ±2%",
+                        "met" if parity["within"] else "missed"))
     for side, mfu in data.get("mfu", {}).items():
         rows.append(Row("train", f"MFU, {side} (6·N·tok/s / {device['peak_tflops']:.0f} TFLOP/s bf16 dense)",
                         f"{100 * mfu['6N']:.2f}% (4N: {100 * mfu['4N']:.2f}%)", "-", mfu["6N"], ">= 0.35 (floor)",

@@ -66,11 +66,30 @@ class Target(BaseModel):
         description="Where the weights come from: pkg://<python package>/<file>.gguf, a local folder or "
         "file, file://..., s3://bucket/prefix, builtin://tiny-llama, or a Hugging Face repo id."
     )
+    hub_id: str | None = Field(
+        default=None,
+        description="The base model's Hugging Face Hub id (or a folder it loads from), written as "
+        "base_model_name_or_path in published adapters and as base_model in their model card; unset: the name.",
+    )
     num_parameters: int | None = Field(default=None, ge=1, description="Parameter count (for estimates).")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     instruction_tuned: bool = Field(
         default=True, description="The base already had supervised (instruction) tuning; DPO/GRPO assume it."
     )
+
+    def adapter_base(self, local_dir: str) -> str:
+        """What a trained adapter names as its base (``base_model_name_or_path``): the Hub id; for a
+        model built on this machine (``builtin://``, which has none) the folder ``local_dir`` it
+        loads from, so PEFT finds it; otherwise the catalog name.
+
+        >>> Target(name="meta/llama", model_uri="meta-llama/Llama-3.2-1B", hub_id="meta-llama/Llama-3.2-1B").adapter_base("/m")
+        'meta-llama/Llama-3.2-1B'
+        >>> Target(name="customizer/tiny-llama", model_uri="builtin://tiny-llama").adapter_base("/cache/tiny")
+        '/cache/tiny'
+        """
+        if self.hub_id:
+            return self.hub_id
+        return str(local_dir) if local_dir and self.model_uri.startswith("builtin://") else self.name
 
 
 class TrainingOption(BaseModel):
@@ -102,7 +121,9 @@ class CustomizationConfig(BaseModel):
         "template. template: rendered with prompt_template.",
     )
     prompt_template: str = Field(default="{prompt} {completion}")
-    training_precision: Literal["fp32", "bf16-mixed"] = "fp32"
+    training_precision: Literal["fp32", "bf16-mixed", "auto"] = Field(
+        default="fp32", description="auto: bf16 autocast where the hardware runs bf16 natively, fp32 elsewhere."
+    )
     gpu: str | None = Field(default=None, description="GPU the training options are sized for, e.g. A100-80GB.")
     gpu_peak_tflops: float | None = Field(
         default=None, gt=0, description="Dense bf16 peak of that GPU, for training-time estimates."

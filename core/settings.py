@@ -139,7 +139,13 @@ class Settings(BaseSettings):
     api_database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the API's state (jobs, entities, configs), e.g. postgresql+psycopg://... "
-        "Default: SQLite under the data folder.",
+        "Default: on `postgres_url` if set, else SQLite under the data folder.",
+    )
+    postgres_url: str | None = Field(
+        default=None,
+        description="A PostgreSQL server for the platform's state, postgresql://user:password@host:port: the API's state, "
+        "MLflow's store and Prefect's server each get a database there (customizer_api, customizer_mlflow, "
+        "customizer_prefect; `customizer up` makes them). api_database_url and mlflow_tracking_uri, if set, win.",
     )
     api_keys: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -248,7 +254,20 @@ class Settings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return self._postgres("mlflow") or f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def prefect_database_url(self) -> str | None:
+        """Prefect's server database on ``postgres_url``; None: Prefect's own default (SQLite in ``prefect_home``)."""
+        return self._postgres("prefect")
+
+    def _postgres(self, service: str) -> str | None:
+        # delayed: core.postgres imports SQLAlchemy, which only PostgreSQL setups need here (start-up time)
+        from core.postgres import database_url
+
+        return database_url(self.postgres_url, service) if self.postgres_url else None
 
     @property
     def mlflow_artifact_root(self) -> Path:
@@ -264,7 +283,7 @@ class Settings(BaseSettings):
 
     @property
     def api_db_url(self) -> str:
-        return self.api_database_url or f"sqlite:///{self.root / 'api' / 'api.db'}"
+        return self.api_database_url or self._postgres("api") or f"sqlite:///{self.root / 'api' / 'api.db'}"
 
     @property
     def api_configs_dir(self) -> Path:
@@ -414,6 +433,8 @@ def apply_environment(settings: Settings) -> None:
         "HF_DATASETS_CACHE": str(settings.root / "cache" / "datasets"),
         "GIT_PYTHON_REFRESH": "quiet",
     }
+    if settings.prefect_database_url:
+        defaults["PREFECT_API_DATABASE_CONNECTION_URL"] = settings.prefect_database_url
     settings.prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect's SQLite file lives there
     if settings.hub_offline:
         defaults["HF_HUB_OFFLINE"] = "1"

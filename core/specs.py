@@ -7,56 +7,15 @@ request into a spec without renaming. Defaults live here and nowhere else.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.catalog import FinetuningType, TrainingType, parse_config_urn
+from core.values import INT32_MAX, check_value
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-# The largest integer any spec field takes: what Prefect's run parameters, SQLite, PostgreSQL and torch all hold.
-INT32_MAX = 2**31 - 1
-INT64_MAX, MAX_DEPTH, MAX_VALUES = 2**63 - 1, 32, 100_000  # any integer; nesting levels and values in one input
-
-
-def check_value(value: Any) -> None:
-    """Refuse decoded JSON holding a number that is not finite, an integer outside 64 bits, text that is not
-    valid Unicode or holds NUL, or more than ``MAX_DEPTH`` levels or ``MAX_VALUES`` values; the ValueError
-    names the dotted path. It runs before fields are read: a refusal that echoed such a value could not be sent.
-
-    >>> check_value({"a": [1, float("nan")]})
-    Traceback (most recent call last):
-    ...
-    ValueError: `a.1` is not a finite number: send a number (NaN and Infinity are refused)
-    """
-    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
-    for seen in range(1, MAX_VALUES + 2):
-        if not stack:
-            return
-        item, path = stack.pop()
-        where = ".".join(map(str, path)) or "the body"
-        if seen > MAX_VALUES or len(path) > MAX_DEPTH:
-            where = ".".join(map(str, path[:3])) + "..."
-            raise ValueError(f"`{where}` is nested over {MAX_DEPTH} levels deep or holds over {MAX_VALUES} values: send less")
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"`{where}` is not a finite number: send a number (NaN and Infinity are refused)")
-        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > INT64_MAX:
-            raise ValueError(f"`{where}` is an integer outside 64 bits: send one between -2^63 and 2^63-1")
-        texts = [item] if isinstance(item, str) else [k for k in item if isinstance(k, str)] if isinstance(item, dict) else []
-        if any("\x00" in text or not text.isascii() and not _encodable(text) for text in texts):
-            raise ValueError(f"`{where}` holds NUL or text that is not valid Unicode: send valid UTF-8 text without NUL")
-        children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, (list, tuple)) else ()
-        stack.extend((child, (*path, key)) for key, child in children)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, e.g. from a "\ud800" JSON escape
-        return False
-    return True
 
 
 class _Bounded(BaseModel):
@@ -180,6 +139,14 @@ class EarlyStopping(_Bounded):
     min_delta: float = Field(default=0.001, ge=0.0, le=1e6, description="Smallest decrease of val_loss that counts.")
 
 
+class LadderRung(_Bounded):
+    """A training rung of the ladder: the job's training type with this finetuning type."""
+
+    finetuning_type: FinetuningType = Field(description="lora, lora_merged or all_weights.")
+    learning_rate: float | None = Field(default=None, gt=0.0, lt=1.0, description="This rung's peak learning rate; default: the job's.")
+    epochs: int | None = Field(default=None, ge=1, le=1000, description="This rung's passes over the data; default: the job's.")
+
+
 class Hyperparameters(_Bounded):
     """Training hyperparameters (NeMo Customizer names)."""
 
@@ -211,9 +178,24 @@ class Hyperparameters(_Bounded):
     lora: LoraParams = Field(default_factory=LoraParams)
     dpo: DpoParams = Field(default_factory=DpoParams)
     grpo: GrpoParams = Field(default_factory=GrpoParams)
+    ladder: list[LadderRung] = Field(
+        default_factory=list, max_length=4,
+        description="customizer extension: training rungs climbed in order while a trained candidate misses "
+        "evaluation.target_score, within budget.max_device_hours; the first is the job's own finetuning_type. "
+        'E.g. [{"finetuning_type": "lora"}, {"finetuning_type": "all_weights", "learning_rate": 1e-5}].',
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Hyperparameters:
+        for i, rung in enumerate(self.ladder):
+            where = f"`hyperparameters.ladder[{i}]` ({rung.finetuning_type})"
+            if i == 0 and (rung.finetuning_type != self.finetuning_type or rung.learning_rate or rung.epochs):
+                raise ValueError(f"{where} must be the job's own method: finetuning_type {self.finetuning_type}, its "
+                                 "learning_rate and epochs set on `hyperparameters`")
+            if rung.finetuning_type in [r.finetuning_type for r in self.ladder[:i]]:
+                raise ValueError(f"{where} repeats an earlier rung's finetuning_type")
+            if self.min_learning_rate is not None and self.min_learning_rate >= (rung.learning_rate or self.learning_rate):
+                raise ValueError(f"{where}: `min_learning_rate` ({self.min_learning_rate}) must be below its learning_rate")
         if self.min_learning_rate is not None and self.min_learning_rate >= self.learning_rate:
             raise ValueError(
                 f"`min_learning_rate` ({self.min_learning_rate}) must be below `learning_rate` ({self.learning_rate})"
@@ -263,9 +245,14 @@ class EvaluationPlan(_Bounded):
     )
     target_score: float | None = Field(
         default=None, ge=0.0, le=100.0,
-        description="Task score (points) that is good enough: if prompting the base model reaches it, no fine-tuning is done.",
+        description="Task score (points) that is good enough: if prompting the base model reaches it, no fine-tuning is done; "
+        "a trained candidate whose lower bound misses it climbs to the next rung of `hyperparameters.ladder`.",
     )
     force_training: bool = Field(default=False, description="Train even when prompting already reaches target_score.")
+    ladder_only: bool = Field(
+        default=False, description="Advice before committing to training: score the free rungs of the ladder, show them "
+        "(the job's status, summary and report) and end the job; nothing trains.",
+    )
     prompts: list[Annotated[str, Field(max_length=4000)]] = Field(
         default_factory=list, max_length=8,  # each is one more pass over the testing split
         description="Candidate prompts scored at the baseline: a system prompt, or a user-turn template with one `{prompt}`. "
@@ -356,7 +343,10 @@ class Budget(_Bounded):
     max_device_hours: float | None = Field(
         default=None, gt=0, le=1e9, description="GPU-hours (CPU-hours on a CPU config) the estimate may not exceed."
     )
-    utilisation: float = Field(default=0.4, gt=0, le=1, description="Share of the device's peak assumed by the estimate.")
+    utilisation: float | None = Field(
+        default=None, gt=0, le=1, description="Share of the device's peak the estimate assumes. Default: what the last finished "
+        "jobs of the same config and method achieved, else the device's typical share.",
+    )
 
 
 class Replay(_Bounded):
@@ -487,6 +477,12 @@ class CustomizationSpec(BaseModel):
     def dataset_uri(self) -> str:
         """The dataset's lineage: where it came from (``dataset_source``), else ``dataset``."""
         return self.dataset_source or self.dataset
+
+    @model_validator(mode="after")
+    def _ladder_has_a_target(self) -> CustomizationSpec:
+        if len(self.hyperparameters.ladder) > 1 and self.evaluation.target_score is None:
+            raise ValueError("`hyperparameters.ladder` climbs while a candidate misses `evaluation.target_score`: set it")
+        return self
 
     @model_validator(mode="after")
     def _replay_is_for_sft(self) -> CustomizationSpec:

@@ -31,6 +31,7 @@ POLICY = "customizer.policy"
 WARNINGS = "customizer.warnings"
 PROGRESS = "customizer.progress"
 STOP_REASON = "customizer.stop_reason"
+TRAINING_PRECISION = "customizer.training_precision"  # what training ran in (a config's `auto` resolved)
 FAILURE = "customizer.failure"
 POWER = "customizer.power"
 FORGETTING = "customizer.forgetting"

@@ -146,3 +146,34 @@ class MetricBuffer:
 def _metric_key(name: str) -> str:
     """MLflow metric names allow letters, digits and ``_-./ :``; TRL's names fit, others are cleaned."""
     return "".join(ch if ch.isalnum() or ch in "_-./ :" else "_" for ch in name)
+
+
+# What training achieved against its estimate, on the job's run (``record_throughput``); the achieved
+# utilisation calibrates the estimates of later jobs of the same config and method.
+ESTIMATE_SECONDS = "training.estimate_seconds"
+ACTUAL_SECONDS = "training.actual_seconds"
+ESTIMATE_RATIO = "training.estimate_ratio"  # estimate / actual: above 1 overestimated
+TOKENS = "training.tokens"
+ACHIEVED_TFLOPS = "training.achieved_tflops"
+ACHIEVED_UTILISATION = "training.achieved_utilisation"  # of the peak the estimate used
+
+
+def achieved_utilisation(settings: Settings, config_urn: str, training_type: str, finetuning_type: str, recent: int = 3) -> list[float]:
+    """The achieved utilisation of the ``recent`` most recently started jobs of this config and method
+    that finished training (newest first); empty when there are none.
+
+    Raises:
+        MlflowException, SQLAlchemyError, OSError: the registry cannot be read (an estimate falls back to its prior).
+    """
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return []
+    quoted = [value.replace("'", "\\'") for value in (config_urn, training_type, finetuning_type)]
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{tag.CONFIG}` = '{quoted[0]}' and params.training_type = '{quoted[1]}' "
+                      f"and params.finetuning_type = '{quoted[2]}' and metrics.`{ACHIEVED_UTILISATION}` > 0",
+        order_by=["attributes.start_time DESC"], max_results=recent,
+    )
+    return [run.data.metrics[ACHIEVED_UTILISATION] for run in runs]

@@ -2,7 +2,9 @@
 
     customizer demo                 fine-tune the embedded SmolLM2 on the shipped support-ticket data
     customizer run SPEC.yaml        run the customize flow for a spec (YAML or JSON)
-    customizer check SPEC.yaml      validate a spec, its config and its dataset without training
+    customizer check SPEC.yaml [--ladder] [--json]
+                                    validate a spec, its config and its dataset without training; with
+                                    --ladder, score the free rungs on the base model and print the ladder
     customizer configs              list the config catalog
     customizer prepare-model [URN]  convert/cache a config's base model ahead of time
     customizer approve JOB_ID [--reviewer NAME] [--reject] [--comment TEXT] [--api-url URL] [--api-key KEY]
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("run", "run the customize flow for a spec file"), ("check", "validate a spec without training")):
         p = sub.add_parser(name, help=text)
         p.add_argument("spec", type=Path, help="spec file (.yaml, .yml or .json)")
+    sub.choices["check"].add_argument("--ladder", action="store_true", help="also score the free rungs of the ladder (zero-shot, "
+                                      "candidate prompts, few-shot, retrieval few-shot) on the base model and print the ladder table")
+    sub.choices["check"].add_argument("--json", action="store_true", help="print the result as JSON (with --ladder: the ladder's rows)")
     for p in (demo, sub.choices["run"]):
         p.add_argument("--fail-on", action="append", choices=["rejected", "held"], default=[],
                        help="exit 5 when the candidate ends this way (repeatable; default: exit 0 whatever the decision)")
@@ -151,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--poll-seconds", type=float, default=2.0, help="how often the worker looks for new runs (default 2)")
     up.add_argument("--limit", type=int, default=2, help="flow runs the worker runs at once (default 2)")
     up.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
+    up.add_argument("--postgres", metavar="URL", default=None,
+                    help="keep the API's state, MLflow's store and Prefect's on this PostgreSQL server, postgresql://user:password@host:port "
+                    "(default: $CUSTOMIZER_POSTGRES_URL, else SQLite in the data folder)")
     up.add_argument("--vllm", action="store_true", help="also start vLLM (`customizer serving start`) where `make vllm` "
                     "installed it, and hand promoted adapters off to it (default: the vllm_in_up setting)")
     api = sub.add_parser("api", help="run the REST API alone")
@@ -188,21 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     # The commands import Prefect, MLflow and transformers, which read the environment when imported.
     # delayed: until the settings are in the environment (and so `--help` stays fast)
     from customizer import commands as run
+    from customizer.checking import cmd_check  # delayed: as commands, which it imports
 
     try:
         chosen = {
             "configs": run.cmd_configs, "prepare-model": run.cmd_prepare_model, "approve": run.cmd_approve,
             "generate": run.cmd_generate, "serve-models": run.cmd_serve_models, "serving": run.cmd_serving,
             "data": run.cmd_data_validate, "up": run.cmd_up, "api": run.cmd_api, "worker": run.cmd_worker, "keys": run.cmd_keys,
-            "services": run.cmd_services, "reapprove": run.cmd_reapprove,
+            "services": run.cmd_services, "reapprove": run.cmd_reapprove, "check": cmd_check,
         }
         if args.command in chosen:
             return chosen[args.command](args, settings)
         raw = run.demo_spec(args) if args.command == "demo" else run.load_spec_file(args.spec)
         spec = run.check_spec(raw, settings)
-        if args.command == "check":
-            print(f"spec OK: config {spec.config}, dataset {spec.dataset}, output {spec.output_model}")
-            return 0
         return run.run_flow(spec, settings, args.fail_on)
     except exits.UsageError as exc:
         print(f"customizer: error: {exc}", file=sys.stderr)

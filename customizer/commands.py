@@ -39,7 +39,7 @@ from core.specs import CustomizationSpec
 from core.submission import EVERY, signed
 from customizer.exits import InvalidData, JobFailed, NotPromoted, UsageError
 from customizer.summary import render_summary
-from customizer.up import resume_orphaned_runs, up
+from customizer.up import resume_orphaned_runs, up, watch_cancellations
 from customizer.worker import DeploymentsError, runner_deployments
 from data.ingest import DatasetError, ingest_dataset
 from data.lengths import LengthCheck
@@ -76,7 +76,12 @@ def demo_spec(args: argparse.Namespace) -> dict:
             "learning_rate": 5e-4,
             "lora": {"adapter_dim": 8, "alpha": 16, "adapter_dropout": 0.0},
         },
-        "evaluation": {"task_metric": "exact_match", "max_new_tokens": 24},
+        # The ladder's free rungs first: a candidate system prompt and retrieval few-shot, against a target.
+        "evaluation": {
+            "task_metric": "exact_match", "max_new_tokens": 24, "target_score": 70.0, "retrieval_few_shot": True,
+            "prompts": ['You triage support tickets. Answer with one line of JSON and nothing else, such as '
+                        '{"category": "billing", "priority": "medium"}.'],
+        },
     }
 
 
@@ -94,6 +99,29 @@ def load_spec_file(path: Path) -> dict:
 OPERATOR = "operator"  # the principal the CLI's own submissions are signed for
 
 
+def validated_spec(raw: dict) -> CustomizationSpec:
+    """The spec, or a ``InvalidData`` naming each field that is wrong."""
+    try:
+        return CustomizationSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise InvalidData(f"invalid spec:\n{problems}") from exc
+
+
+def preflight(spec: CustomizationSpec, settings: Settings, out_dir: Path):
+    """The job's pre-flight (``tasks.check.check``) with its refusals as the CLI's errors.
+
+    Raises:
+        UsageError: naming the field, file and line that is wrong.
+    """
+    try:
+        return check(spec, settings, out_dir)
+    except (JobRefused, PolicyError) as exc:
+        raise InvalidData(str(exc)) from exc
+    except BaseModelError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def check_spec(raw: dict, settings: Settings):
     """Validate a spec with the job's pre-flight before any work starts (no stack traces): its config
     and method, its policy, its base model, and every example of its dataset, read for the method and
@@ -105,18 +133,9 @@ def check_spec(raw: dict, settings: Settings):
     Raises:
         UsageError: naming the field, file and line that is wrong.
     """
-    try:
-        spec = CustomizationSpec.model_validate(raw)
-    except ValidationError as exc:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise InvalidData(f"invalid spec:\n{problems}") from exc
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            check(spec, settings, Path(scratch))
-    except (JobRefused, PolicyError) as exc:
-        raise InvalidData(str(exc)) from exc
-    except BaseModelError as exc:
-        raise UsageError(str(exc)) from exc
+    spec = validated_spec(raw)
+    with tempfile.TemporaryDirectory() as scratch:
+        preflight(spec, settings, Path(scratch))
     return spec
 
 
@@ -439,6 +458,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     except ObjectNotFound:
         pass  # the deployment does not exist yet: nothing was left behind
     watch_deadlines(settings.customize_deployment, settings.approval_poll_seconds)  # suspended runs cannot see their own
+    watch_cancellations(settings.customize_deployment, settings.approval_poll_seconds)  # runs cancelled as they started
     serve(*deployments, limit=args.limit, pause_on_shutdown=False, print_starting_message=False)
     return 0
 
@@ -453,6 +473,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.model_copy(update={"postgres_url": args.postgres}) if args.postgres else settings
     return up(settings, args.host, args.port, args.prefect_port, args.mlflow_port, not args.no_mlflow_ui, args.poll_seconds,
               args.limit, args.ready_file, vllm=args.vllm or settings.vllm_in_up)
 

@@ -139,13 +139,22 @@ def _status(api: Api, args: argparse.Namespace, path: str) -> int:
         last = (status.get("status_logs") or [{}])[-1]
         raise JobFailed(f"job {args.job_id} {status['status']}" + (f": {last['detail']}" if last.get("detail") else ""))
     if args.fail_on:
-        job = api.call("GET", path)
-        namespace, _, name = (job.get("output_model") or "/").partition("/")
-        model = api.call("GET", f"/v1/models/{namespace}/{name}") if name else {}
-        outcome = OUTCOMES.get((model.get("custom_fields") or {}).get("decision", ""))
-        if outcome in args.fail_on:
+        decision = _decision(api, args.job_id, path)
+        if (outcome := OUTCOMES.get(decision)) in args.fail_on:
             raise NotPromoted(f"job {args.job_id}: the candidate was {outcome} (--fail-on {outcome})")
     return 0
+
+
+def _decision(api: Api, job_id: str, path: str) -> str:
+    """The gate's recorded decision on a completed job's output model. ``--fail-on`` depends on it, so
+    one that cannot be read is an error (exit 4), never taken as promoted."""
+    namespace, _, name = (api.call("GET", path).get("output_model") or "").partition("/")
+    model = api.call("GET", f"/v1/models/{namespace}/{name}") if namespace and name else {}
+    decision = (model.get("custom_fields") or {}).get("decision")
+    if not decision:
+        raise Unavailable(f"job {job_id} completed, but its decision could not be read from its output model "
+                          f"{namespace + '/' + name if name else '(none)'}: --fail-on cannot be judged; try again later")
+    return decision
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

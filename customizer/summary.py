@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from evaluation.ladder import render_ladder
 from tasks.job import CustomizationResult
 
 
@@ -34,6 +35,8 @@ def render_summary(result: CustomizationResult, elapsed: float) -> str:
             f"training     {result.train_loss[-1][0]} steps; train_loss {result.train_loss[0][1]:.3f} -> "
             f"{result.train_loss[-1][1]:.3f}; val_loss {val}"
         )
+    if result.training_time:
+        lines.append(f"train time   {result.training_time}")
     if result.forgetting_kl:
         lines.append(f"forgetting   KL from the base on general prompts: {', '.join(f'{v:.4f}' for _, v in result.forgetting_kl)} (per validation)")
     if result.stop_reason:
@@ -71,8 +74,13 @@ def render_summary(result: CustomizationResult, elapsed: float) -> str:
     if result.power:
         lines += ["", "power (planned before training: the drop each comparison can rule out)"]
         lines += [f"  - {p.benchmark}: {p.describe()}" for p in result.power]
+    if result.ladder:
+        lines += ["", "ladder (every rung tried, cheapest first; score and interval in points)"]
+        lines += [f"  {line}" for line in render_ladder(result.ladder).splitlines()]
     if result.outcome == "prompt_sufficient":
         lines += ["", "decision     NO FINE-TUNING NEEDED", f"  - {result.prompt_baseline}"]
+    elif result.outcome == "advice":
+        lines += ["", "decision     ADVICE ONLY (evaluation.ladder_only)", "  - the free rungs above were scored; none met the target and nothing was trained"]
     else:
         lines += ["", f"decision     {result.decision.action.upper()}"]
         lines += [f"  - {reason}" for reason in result.decision.reasons]

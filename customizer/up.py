@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import auth, services
+from core.postgres import PostgresUnavailable, ensure_databases, where
 from core.processes import free_port, stop_processes
 from core.settings import Settings
+from customizer.exits import Unavailable
 from serving.vllm import VllmNotInstalled, vllm_python
 
 
@@ -128,14 +131,15 @@ def _process_gone(infrastructure_pid: str | None, started: dt.datetime | None) -
     return started is not None and created > started.timestamp() + 5
 
 
-def resume_orphaned_runs(deployment: str) -> list[tuple[str, str]]:
+def resume_orphaned_runs(deployment: str, cancelling_only: bool = False) -> list[tuple[str, str]]:
     """Give the runs of ``deployment`` (``flow/name``) that lost their process back to it.
 
     A run Running or Pending whose process on this host is gone (or that never recorded one within
     a minute) is scheduled again in a ``Resuming`` state that says why; the worker picks it up and
     the flow resumes (its tasks are idempotent; training continues from its last checkpoint). A run
     lost more than ``RESUME_LIMIT`` times is marked Crashed instead, and a run that was being
-    cancelled is marked Cancelled.
+    cancelled is marked Cancelled. With ``cancelling_only``, only the last (what ``watch_cancellations``
+    does while the worker runs).
 
     Returns:
         ``(flow run id, what was done)`` for each run taken back.
@@ -158,7 +162,7 @@ def resume_orphaned_runs(deployment: str) -> list[tuple[str, str]]:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]))),
+                any_=[StateType.CANCELLING] if cancelling_only else [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]))),
         )
         for run in runs:
             gone = _process_gone(run.infrastructure_pid, run.start_time)
@@ -184,6 +188,39 @@ def resume_orphaned_runs(deployment: str) -> list[tuple[str, str]]:
     return done
 
 
+def watch_cancellations(deployment: str, every: float) -> threading.Thread:
+    """Start a daemon thread that, every ``every`` seconds, marks Cancelled the runs of ``deployment``
+    left Cancelling with no process: a run cancelled while its worker was starting it can end its
+    process before the worker has its pid to stop it, and nothing else would ever finish it (it
+    never runs: the flow refuses to start once its history holds a cancellation)."""
+
+    def watch() -> None:
+        stop = threading.Event()
+        while not stop.wait(every):
+            try:
+                for flow_run_id, _ in resume_orphaned_runs(deployment, cancelling_only=True):
+                    print(f"customizer worker: flow run {flow_run_id} was left cancelling with no process: cancelled", flush=True)
+            except Exception as exc:  # noqa: BLE001 - Prefect unreachable or the deployment not yet there: try again next time
+                print(f"customizer worker: could not look for runs left cancelling: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=watch, name="cancellations", daemon=True)
+    thread.start()
+    return thread
+
+
+def _postgres_environment(settings: Settings) -> dict[str, str]:
+    """With ``postgres_url``: its databases made where missing, and the environment that points every
+    process at them (the API and the worker read the setting; Prefect's server its own variable)."""
+    if not settings.postgres_url:
+        return {}
+    try:
+        for name in ensure_databases(settings.postgres_url):
+            print(f"customizer: made database {name} on {where(settings.postgres_url)}", flush=True)
+    except PostgresUnavailable as exc:
+        raise Unavailable(f"cannot keep the platform's state on {exc}") from exc
+    return {"CUSTOMIZER_POSTGRES_URL": settings.postgres_url, "PREFECT_API_DATABASE_CONNECTION_URL": settings.prefect_database_url or ""}
+
+
 def _vllm_wanted(settings: Settings, asked: bool) -> bool:
     """Whether to start vLLM: asked for, and installed (else it is said why not; the platform starts without it)."""
     if not asked:
@@ -198,8 +235,13 @@ def _vllm_wanted(settings: Settings, asked: bool) -> bool:
 
 def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, mlflow_port: int | None, mlflow_ui: bool,
        poll_seconds: float, worker_limit: int, ready_file: Path | None = None, vllm: bool = False) -> int:
-    """Start the platform and block until interrupted (or a component dies). Returns the exit status."""
+    """Start the platform and block until interrupted (or a component dies). Returns the exit status.
+
+    Raises:
+        Unavailable: ``postgres_url`` names a PostgreSQL server that cannot be reached or used.
+    """
     root = settings.root
+    state = _postgres_environment(settings)  # before anything starts: its databases must exist
     logs = root / "logs"
     prefect_port = prefect_port or free_port(host)
     api_port = api_port or free_port(host)
@@ -212,7 +254,7 @@ def up(settings: Settings, host: str, api_port: int, prefect_port: int | None, m
         "PREFECT_RUNNER_POLL_FREQUENCY": str(poll_seconds),
         "PREFECT_UI_API_URL": prefect_api,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else mlflow starts ~10 worker processes
-    }
+    } | state
     # Each process gets the secrets it needs: every principal's key only the REST API, the Prefect
     # credentials only Prefect's clients, the MLflow admin's only MLflow.
     api_keys = {"CUSTOMIZER_API_KEYS": env.pop("CUSTOMIZER_API_KEYS")} if "CUSTOMIZER_API_KEYS" in env else {}

@@ -160,7 +160,8 @@ class _Redaction(logging.Filter):
 
 
 _REDACTION = _Redaction()
-_REDACTED_LOGGERS = ("apprise", "urllib3.connectionpool")
+# A filter acts only on its own logger's records (not its children's), so each logger that writes a URL is named.
+_REDACTED_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
 
 
 def _install_redaction() -> None:

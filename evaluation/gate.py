@@ -463,20 +463,3 @@ def decide(
     action: Action = "reject" if not passed else "hold" if hold else "promote"
     return Decision(action=action, reasons=reasons, deltas=deltas, task=gain)
 
-
-def prompting_suffices(task: dict[str, float], few_shot: dict[str, float], task_metric: str, target: float | None) -> str | None:
-    """Why no fine-tuning is needed (the base model, prompted, already reaches the target), or None.
-
-    >>> prompting_suffices({"em": 0.5}, {"em": 0.92}, "em", 90.0)
-    'few-shot prompting reaches em 92.0 >= target 90.0'
-    >>> prompting_suffices({"em": 0.5}, {}, "em", 90.0) is None
-    True
-    """
-    if target is None:
-        return None
-    zero, few = _points(task[task_metric]), _points(few_shot[task_metric]) if task_metric in few_shot else None
-    if zero >= target:
-        return f"zero-shot prompting reaches {task_metric} {zero:.1f} >= target {target:.1f}"
-    if few is not None and few >= target:
-        return f"few-shot prompting reaches {task_metric} {few:.1f} >= target {target:.1f}"
-    return None

@@ -15,6 +15,7 @@ from math import sqrt
 from pathlib import Path
 from typing import Any
 
+from core.tracking import ACTUAL_SECONDS, ESTIMATE_RATIO, ESTIMATE_SECONDS
 from evaluation.gate import Decision
 
 Z95 = 1.96
@@ -33,6 +34,21 @@ def wilson_interval(score: float, n: int) -> tuple[float, float]:
     half = Z95 * sqrt(score * (1 - score) / n + Z95**2 / (4 * n * n)) / denominator
     # min/max with the score: at 0 and 1 the bounds meet it exactly (no rounding error past it).
     return 100 * max(0.0, min(score, centre - half)), 100 * min(1.0, max(score, centre + half))
+
+
+def training_time(metrics: dict[str, float]) -> str | None:
+    """Training's actual time against its estimate, from the job run's metrics (written after training
+    by ``tasks.training.record_throughput``); None before training recorded them.
+
+    >>> training_time({"training.actual_seconds": 210.0, "training.estimate_seconds": 240.0, "training.estimate_ratio": 240 / 210})
+    '210 s (estimate 240 s, estimate / actual 1.14)'
+    """
+    actual, planned = metrics.get(ACTUAL_SECONDS), metrics.get(ESTIMATE_SECONDS)
+    if actual is None:
+        return None
+    if planned is None:
+        return f"{actual:.0f} s (no estimate)"
+    return f"{actual:.0f} s (estimate {planned:.0f} s, estimate / actual {metrics.get(ESTIMATE_RATIO, planned / actual):.2f})"
 
 
 def _loss_chart(path: Path, train: list[tuple[int, float]], val: list[tuple[int, float]]) -> None:
@@ -100,6 +116,17 @@ def _score_rows(baseline: dict, candidate: dict, champion: dict | None, counts: 
     return rows
 
 
+def _ladder_row(row: dict[str, Any]) -> str:
+    """One rung of the ladder (``evaluation.ladder.ladder_dicts``) as a table row, in points."""
+    def points(value: float | None) -> str:
+        return "" if value is None else f"{100 * value:.1f}"
+
+    interval = f"[{points(row['ci_low'])}, {points(row['ci_high'])}]" if row.get("ci_low") is not None else ""
+    tokens = "" if row.get("prompt_tokens") is None else f"{row['prompt_tokens']:.0f}"
+    cells = [row["rung"], points(row["score"]), interval, row.get("forgetting") or "", row.get("cost", ""), tokens, row.get("decision", "")]
+    return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+
 def write_report(
     out_dir: Path,
     *,
@@ -113,6 +140,7 @@ def write_report(
     decision: Decision,
     train_loss: list[tuple[int, float]],
     val_loss: list[tuple[int, float]],
+    ladder: list[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.html``, ``loss_curves.png`` and ``scores.png`` into ``out_dir``.
 
@@ -125,6 +153,7 @@ def write_report(
         task_metric: the metric the gate used.
         decision: the gate's decision (reasons and deltas).
         train_loss, val_loss: the curves as ``(step, value)``.
+        ladder: the rungs tried, cheapest first (``evaluation.ladder.ladder_dicts``), shown as a table.
 
     Returns:
         The written files by name.
@@ -153,6 +182,7 @@ def write_report(
         )
 
     deltas = "".join(change(d) for d in decision.deltas)
+    rungs = "".join(_ladder_row(r) for r in ladder or [])
     power = "".join(
         f"<tr><td>{esc(p['benchmark'])}</td><td>{p['items']}</td><td>{esc(p['describe'])}</td></tr>" for p in summary.get("power", [])
     ) if isinstance(summary.get("power"), list) else ""
@@ -162,6 +192,7 @@ table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #dd
 .decision{{font-size:1.3em;font-weight:600}} .promote{{color:#2e8b57}} .hold{{color:#d9822b}} .reject{{color:#b03a2e}}</style></head>
 <body><h1>{esc(title)}</h1>
 <p class="decision {decision.action}">Decision: {decision.action.upper()}</p><ul>{reasons}</ul>
+{"<h2>Ladder (every rung tried, cheapest first; score and interval in points)</h2><table><tr><th>rung</th><th>score</th><th>interval</th><th>forgetting</th><th>cost</th><th>prompt tokens</th><th>decision</th></tr>" + rungs + "</table>" if rungs else ""}
 <h2>Scores</h2>{image(files["scores"])}
 <h2>Forgetting (general benchmarks, candidate minus baseline: points, or percent of bits-per-byte)</h2>
 <p>The candidate must show, item by item, that it lost less than the limit: the bound is the worst change the data cannot rule out.</p>

@@ -3,14 +3,18 @@
 Below fine-tuning, each rung costs nothing but a longer prompt, so each is scored at the baseline
 with the task metric, in the same model load as the task benchmark (``evaluation.runner``):
 
+- zero-shot: the task benchmark itself, with the training prompt;
 - the user's candidate prompts (``evaluation.prompts``): a system prompt, or a template of the user
   turn with one ``{prompt}`` where the item's input goes;
+- few-shot (``evaluation.few_shot``): the first ``few_shot`` training examples before each item;
 - retrieval-augmented few-shot (``evaluation.retrieval_few_shot``): before each task item, the
   ``few_shot`` training examples nearest to its input by BM25 (``bm25s``) over the training split.
 
 A rung reaches the target only when its *lower* bound does (a one-sided bound at the policy's
 ``forgetting_alpha``): a few lucky items must not spare a job the training it needs. Each rung is
-also reported with its paired gain over zero-shot, item by item.
+also reported with its paired gain over zero-shot, item by item. Every variant of the task
+benchmark is written by one function, ``derived_benchmark``, with the rung it stands for and the mean
+length of its prompts in tokens in its metadata.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ PROMPT_RUN_ID = "customizer.run_id"
 PROMPT_RUNG = "customizer.rung"
 PROMPT_SCORE = "customizer.score"
 PROMPT_RETRIEVAL = "customizer.retrieval"
+PROMPT_SHOTS = "customizer.shots"
+
+RungKind = Literal["zero-shot", "prompt", "few-shot", "retrieval"]
+LADDER_ORDER: tuple[RungKind, ...] = ("zero-shot", "prompt", "few-shot", "retrieval")  # cheapest prompt first
 
 Verdict = Literal["passed", "undecided", "FAILED"]
 
@@ -48,10 +56,12 @@ class RungResult(BaseModel):
     """One free rung's result at the baseline: what it is, and its task metric per item (doc order)."""
 
     benchmark: str  # the lm-eval benchmark it was scored as
-    kind: Literal["prompt", "retrieval"]
-    label: str  # how a person reads it: "prompt 2", "retrieval few-shot (BM25, k=3)"
-    template: str  # the candidate prompt, or the training prompt the retrieved examples precede
+    kind: RungKind
+    label: str  # how a person reads it: "zero-shot", "prompt 2", "few-shot (k=3)", "retrieval few-shot (BM25, k=3)"
+    template: str  # the candidate prompt, or the training prompt (alone, or after the examples)
     retrieval: dict[str, Any] = {}  # k, library, and the dataset version the index was built over
+    shots: dict[str, Any] = {}  # few-shot: k, which examples, and the dataset version they come from
+    prompt_tokens: float | None = None  # mean prompt length of its requests, in the base model's tokens
     per_item: list[float]
 
     @property
@@ -114,7 +124,8 @@ def judge(rung: RungResult, zero_shot: list[float], metric: str, target: float, 
     low, high = score_bounds(rung.per_item, alpha)
     score = 100 * rung.score
     verdict: Verdict = "passed" if 100 * low >= target else "FAILED" if score < target else "undecided"
-    gain = task_gain(metric, zero_shot, rung.per_item, 0.0, alpha) if len(zero_shot) == len(rung.per_item) else None
+    paired = rung.kind != "zero-shot" and len(zero_shot) == len(rung.per_item)
+    gain = task_gain(metric, zero_shot, rung.per_item, 0.0, alpha) if paired else None
     return RungScore(
         label=rung.label, metric=metric, items=len(rung.per_item), score=score, ci_low=100 * low, ci_high=100 * high,
         target=target, verdict=verdict, gain=gain.gain if gain else None,
@@ -136,7 +147,7 @@ def rung_results(rungs: list[dict[str, Any]], samples: dict[str, list[dict[str, 
         ordered = sorted(samples.get(config["task"], []), key=lambda s: s["doc_id"])
         out.append(RungResult(benchmark=config["task"], per_item=[float(s[f"task_{metric}"]) for s in ordered],
                               **config["metadata"]["rung"]))
-    return out
+    return sorted(out, key=lambda r: LADDER_ORDER.index(r.kind))
 
 
 def input_text(record: dict[str, Any]) -> str:
@@ -202,9 +213,19 @@ def nearest_examples(corpus: list[str], queries: list[str], k: int) -> list[list
     return out
 
 
-def _with_shots(record: dict[str, Any], shots: list[dict[str, Any]], dataset: IngestedDataset, config: CustomizationConfig,
-                tokenizer: Any) -> dict[str, str]:
-    """The item preceded by ``shots``, as ``evaluation.runner.few_shot_benchmark`` lays examples out."""
+def training_prompt(config: CustomizationConfig) -> str:
+    """The prompt the training renders examples with: the config's template, or its chat template."""
+    return config.prompt_template if config.prompt_format == "template" else "chat template"
+
+
+def shot_row(record: dict[str, Any], shots: list[dict[str, Any]], dataset: IngestedDataset, config: CustomizationConfig,
+             tokenizer: Any) -> dict[str, str]:
+    """The item preceded by ``shots`` (few-shot and retrieval few-shot alike): rendered templates
+    before a template prompt, earlier turns of the conversation otherwise.
+
+    Returns:
+        ``{"prompt", "answer"}`` of the benchmark row.
+    """
     if config.prompt_format == "template" and dataset.formats["testing"] == "completion":
         shown = shots if dataset.formats["training"] == "completion" else []
         prefix = "".join(config.prompt_template.format(prompt=s["prompt"], completion=s["completion"]) + "\n\n" for s in shown)
@@ -217,15 +238,38 @@ def _with_shots(record: dict[str, Any], shots: list[dict[str, Any]], dataset: In
     return {"prompt": sample.prompt, "answer": sample.target}
 
 
-def _derived(task: dict[str, Any], name: str, rows: list[dict[str, Any]], rung: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """A variant of the task benchmark over ``rows``, written as ``<name>.jsonl`` and ``<name>.yaml``."""
+def mean_prompt_tokens(prompts: list[str], tokenizer: Any) -> float | None:
+    """The mean length of ``prompts`` in ``tokenizer``'s tokens (as the model reads them), or None for none."""
+    if not prompts:
+        return None
+    return sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts)
+
+
+def derived_benchmark(task: dict[str, Any], name: str, rows: list[dict[str, Any]], rung: dict[str, Any], out_dir: Path,
+                      tokenizer: Any, **metadata: Any) -> dict[str, Any]:
+    """A variant of the task benchmark over ``rows``, written as ``<name>.jsonl`` and ``<name>.yaml``.
+
+    Args:
+        task: the task benchmark (``evaluation.runner.task_benchmark``) it derives from.
+        name: the variant's benchmark name.
+        rows: its items, ``{"loc", "prompt", "answer"}`` in the task's order.
+        rung: what the variant stands for (``RungResult``'s fields but the scores); the mean prompt
+            tokens are added.
+        out_dir: the benchmarks' folder.
+        tokenizer: the base model's, to count prompt tokens with.
+        metadata: more of the variant's metadata.
+
+    Returns:
+        The variant's lm-eval config.
+    """
+    rung = rung | {"prompt_tokens": mean_prompt_tokens([r["prompt"] for r in rows], tokenizer)}
     data_file = out_dir / f"{name}.jsonl"
     data_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     benchmark = {k: v for k, v in task.items() if k not in ("task", "dataset_kwargs", "metadata")}
     benchmark |= {
         "task": name,
         "dataset_kwargs": {"data_files": {"test": str(data_file)}},
-        "metadata": task["metadata"] | {"rung": rung, "example_prompt": rows[0]["prompt"] if rows else ""},
+        "metadata": task["metadata"] | metadata | {"rung": rung, "example_prompt": rows[0]["prompt"] if rows else ""},
     }
     (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(benchmark, sort_keys=False), encoding="utf-8")
     return benchmark
@@ -242,7 +286,7 @@ def prompt_benchmarks(
     for i, candidate in enumerate(plan.prompts, start=1):
         rows = [{"loc": e.loc, **_render_prompted(e.record, candidate, config, tokenizer)} for e in examples]
         rung = {"kind": "prompt", "label": f"prompt {i}", "template": candidate}
-        out.append(_derived(task, PROMPT_BENCHMARK.format(index=i), rows, rung, out_dir))
+        out.append(derived_benchmark(task, PROMPT_BENCHMARK.format(index=i), rows, rung, out_dir, tokenizer))
     return out
 
 
@@ -258,13 +302,13 @@ def retrieval_benchmark(
         return None
     testing = list(read_examples(dataset.files["testing"]))
     nearest = nearest_examples([input_text(r) for r in training], [input_text(e.record) for e in testing], plan.few_shot)
-    rows = [{"loc": e.loc, **_with_shots(e.record, [training[i] for i in near], dataset, config, tokenizer)}
+    rows = [{"loc": e.loc, **shot_row(e.record, [training[i] for i in near], dataset, config, tokenizer)}
             for e, near in zip(testing, nearest, strict=True)]
     settings = {"k": plan.few_shot, "library": RETRIEVAL_LIBRARY, "method": "bm25", "stopwords": RETRIEVAL_STOPWORDS,
                 "index": "training split", "dataset_sha256": dataset.sha256, "dataset": dataset.source}
-    template = config.prompt_template if config.prompt_format == "template" else "chat template"
-    rung = {"kind": "retrieval", "label": f"retrieval few-shot (BM25, k={plan.few_shot})", "template": template, "retrieval": settings}
-    return _derived(task, RETRIEVAL_BENCHMARK, rows, rung, out_dir)
+    rung = {"kind": "retrieval", "label": f"retrieval few-shot (BM25, k={plan.few_shot})", "template": training_prompt(config),
+            "retrieval": settings}
+    return derived_benchmark(task, RETRIEVAL_BENCHMARK, rows, rung, out_dir, tokenizer)
 
 
 def registered_template(rung: RungResult) -> str:

@@ -28,7 +28,7 @@ from core.settings import Settings
 from core.specs import EvaluationPlan
 from data.ingest import IngestedDataset, read_examples
 from data.preference import preference_row, render_with_answer, reward_row
-from data.prompts import conversation, render, stop_sequences
+from data.prompts import render, stop_sequences
 from evaluation.general import (  # noqa: F401  (GENERAL_DIR, LM_EVAL_PREFIX, observed_spreads: callers import them from here too)
     GENERAL_DIR,
     LM_EVAL_PREFIX,
@@ -39,7 +39,7 @@ from evaluation.general import (  # noqa: F401  (GENERAL_DIR, LM_EVAL_PREFIX, ob
     observed_spreads,
 )
 from evaluation.metrics import TASK_METRICS, register_with_lm_eval
-from evaluation.rungs import RungResult, rung_results
+from evaluation.rungs import RungResult, derived_benchmark, mean_prompt_tokens, rung_results, shot_row, training_prompt
 from training.rewards import references, resolve_reward, reward_name
 
 log = logging.getLogger("customizer.evaluation")
@@ -47,7 +47,7 @@ log = logging.getLogger("customizer.evaluation")
 TASK_BENCHMARK = "task"
 TASK_BENCHMARK_VERSION = "1.0"
 GENERATION_BATCH = 64  # batch of the general generation benchmarks (instruction following)
-RUNNER_VERSION = "2"  # what the scores hold (per-item measures, dtype); cached scores of another version are not reused
+RUNNER_VERSION = "3"  # what the scores hold (per-item measures, dtype); cached scores of another version are not reused
 
 
 class StageScores(BaseModel):
@@ -56,7 +56,8 @@ class StageScores(BaseModel):
     task: dict[str, float]  # task metric name -> score in [0, 1]
     task_metric: str  # the one the gate reads
     few_shot: dict[str, float] = {}  # the task benchmark with examples in the prompt (baseline only)
-    rungs: list[RungResult] = []  # the free rungs scored at the baseline: candidate prompts, retrieval few-shot
+    zero_shot: RungResult | None = None  # the task benchmark read as the ladder's first rung (its prompt and length)
+    rungs: list[RungResult] = []  # the other free rungs scored at the baseline, in ladder order: prompts, few-shot, retrieval
     general: dict[str, float]  # general benchmark name -> accuracy in [0, 1], or bits-per-byte (see measures)
     measures: dict[str, str] = {}  # general benchmark -> "accuracy" | "bits_per_byte"
     skills: dict[str, str] = {}  # general benchmark -> the skill it stands for (knowledge, reasoning, ...)
@@ -209,6 +210,8 @@ def task_benchmark(
             "kind": kind,
             "task_metric": plan.task_metric or default_task_metric(kind, rewards),
             "prompt_format": config.prompt_format,
+            "rung": {"kind": "zero-shot", "label": "zero-shot", "template": training_prompt(config),
+                     "prompt_tokens": mean_prompt_tokens([r["prompt"] for r in rows], tokenizer)},
         },
     }
     if kind == "preference":
@@ -277,31 +280,11 @@ def few_shot_benchmark(
         shots.append(example.record)
     if not shots:
         return None
-    rows = []
-    completion_shots = dataset.formats["training"] == "completion"
-    for example in read_examples(dataset.files["testing"]):
-        if config.prompt_format == "template" and dataset.formats["testing"] == "completion":
-            shown = shots if completion_shots else []
-            prefix = "".join(config.prompt_template.format(prompt=s["prompt"], completion=s["completion"]) + "\n\n" for s in shown)
-            sample = render(example.record, config, tokenizer)
-            rows.append({"loc": example.loc, "prompt": prefix + sample.prompt, "answer": sample.target})
-            continue
-        turns = [m for s in shots for m in conversation(s) if m["role"] != "system"]
-        own = conversation(example.record)
-        system = [m for m in own if m["role"] == "system"][:1]
-        record = {"messages": system + turns + [m for m in own if m["role"] != "system"]}
-        sample = render(record, config, tokenizer)
-        rows.append({"loc": example.loc, "prompt": sample.prompt, "answer": sample.target})
-    data_file = out_dir / "task_few_shot.jsonl"
-    data_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    benchmark = {k: v for k, v in task.items() if k not in ("task", "dataset_kwargs", "metadata")}
-    benchmark |= {
-        "task": FEW_SHOT_BENCHMARK,
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
-        "metadata": task["metadata"] | {"few_shot": len(shots), "example_prompt": rows[0]["prompt"] if rows else ""},
-    }
-    (out_dir / "task_few_shot.yaml").write_text(yaml.safe_dump(benchmark, sort_keys=False), encoding="utf-8")
-    return benchmark
+    rows = [{"loc": e.loc, **shot_row(e.record, shots, dataset, config, tokenizer)} for e in read_examples(dataset.files["testing"])]
+    rung = {"kind": "few-shot", "label": f"few-shot (k={len(shots)})", "template": training_prompt(config),
+            "shots": {"k": len(shots), "examples": "the first of the training split", "dataset_sha256": dataset.sha256,
+                      "dataset": dataset.source}}
+    return derived_benchmark(task, FEW_SHOT_BENCHMARK, rows, rung, out_dir, tokenizer, few_shot=len(shots))
 
 
 def _score(results: dict[str, Any], benchmark: str, metric: str) -> float:
@@ -394,7 +377,7 @@ def evaluate_model(
         )
         for key in ("results", "samples", "versions"):
             output.setdefault(key, {}).update(more.get(key, {}))
-    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot is not None, precision=eval_dtype(settings.eval_precision),
+    return stage_scores(output, task, general, out_dir, started, few_shot=few_shot, precision=eval_dtype(settings.eval_precision),
                         rungs=rungs)
 
 
@@ -418,9 +401,10 @@ def _bits_per_byte(sample: dict[str, Any]) -> float:
 
 def stage_scores(
     output: dict[str, Any], task: dict[str, Any], general: dict[str, dict[str, Any]], out_dir: Path, started: float,
-    few_shot: bool = False, precision: str = "float32", rungs: list[dict[str, Any]] | None = None,
+    few_shot: dict[str, Any] | None = None, precision: str = "float32", rungs: list[dict[str, Any]] | None = None,
 ) -> StageScores:
-    """Turn lm-eval's output into the stage's scores; per-sample outputs and ``scores.json`` go to ``out_dir``."""
+    """Turn lm-eval's output into the stage's scores; per-sample outputs and ``scores.json`` go to ``out_dir``.
+    ``few_shot`` and ``rungs``: the baseline's variants of the task benchmark that were scored with it."""
     results = output["results"]
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -456,7 +440,8 @@ def stage_scores(
         task={name: _score(results, TASK_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]},
         task_metric=meta["task_metric"],
         few_shot={name: _score(results, FEW_SHOT_BENCHMARK, lm_eval_names(name)) for name in meta["metrics"]} if few_shot else {},
-        rungs=rung_results(rungs or [], output.get("samples", {}), meta["task_metric"]),
+        zero_shot=RungResult(benchmark=TASK_BENCHMARK, per_item=per_task, **meta["rung"]) if "rung" in meta else None,
+        rungs=rung_results([*([few_shot] if few_shot else []), *(rungs or [])], output.get("samples", {}), meta["task_metric"]),
         general={name: general_score(name) for name in general},
         measures=measures,
         skills={name: str(cfg.get("metadata", {}).get("skill", "")) for name, cfg in general.items()},

@@ -111,13 +111,15 @@ def _module_problems(modules: list[str], architecture: str, allow_embeddings: bo
     return problems
 
 
-def _static_problems(config: dict[str, Any], base_model_name: str, architecture: str, allow_embeddings: bool) -> list[str]:
+def _static_problems(config: dict[str, Any], base_model_name: str, architecture: str, allow_embeddings: bool,
+                     hub_id: str | None = None) -> list[str]:
     problems = []
     if config.get("peft_type") != "LORA":
         problems.append(f"peft_type is {config.get('peft_type')!r}; serving engines load LoRA adapters only")
     named = config.get("base_model_name_or_path")
-    if named != base_model_name:
-        problems.append(f"adapter_config.json names base model {named!r}, not {base_model_name!r}")
+    if named not in (base_model_name, hub_id or base_model_name):
+        expected = f"{base_model_name!r}" + (f" or {hub_id!r}" if hub_id and hub_id != base_model_name else "")
+        problems.append(f"adapter_config.json names base model {named!r}, not {expected}")
     rank = config.get("r")
     if not isinstance(rank, int) or rank < 1:
         problems.append(f"rank `r` is {rank!r}, not a positive integer")
@@ -192,7 +194,8 @@ def _load_problems(folder: Path, base_model_dir: Path, architecture: str, allow_
     return problems, adapted
 
 
-def check_adapter(folder: Path, base_model_dir: Path, base_model_name: str, allow_embedding_targets: bool = False) -> ServingCheck:
+def check_adapter(folder: Path, base_model_dir: Path, base_model_name: str, allow_embedding_targets: bool = False,
+                  hub_id: str | None = None) -> ServingCheck:
     """Check that a LoRA adapter folder will load in vLLM and in ``customizer serve-models``.
 
     Args:
@@ -200,6 +203,7 @@ def check_adapter(folder: Path, base_model_dir: Path, base_model_name: str, allo
         base_model_dir: local folder of the base model it was trained on.
         base_model_name: the name the adapter must give its base (the config's target name).
         allow_embedding_targets: accept adapters on the embeddings or LM head.
+        hub_id: another name the adapter may give its base (``Target.adapter_base``: its Hub id).
 
     Returns:
         What was found: rank, the ``--max-lora-rank`` it needs, adapted modules.
@@ -209,7 +213,7 @@ def check_adapter(folder: Path, base_model_dir: Path, base_model_name: str, allo
     """
     config = _read_json(folder / "adapter_config.json")
     architecture = _architecture(base_model_dir)
-    problems = _static_problems(config, base_model_name, architecture, allow_embedding_targets)
+    problems = _static_problems(config, base_model_name, architecture, allow_embedding_targets, hub_id)
     adapted: list[str] = []
     if not any("peft_type" in p for p in problems):
         load_problems, adapted = _load_problems(folder, base_model_dir, architecture, allow_embedding_targets)
@@ -248,12 +252,13 @@ def check_full_model(folder: Path, base_model_dir: Path, base_model_name: str) -
     return ServingCheck(kind="full", base_model=base_model_name)
 
 
-def check_serving(folder: Path, base_model_dir: Path, base_model_name: str, allow_embedding_targets: bool = False) -> ServingCheck:
+def check_serving(folder: Path, base_model_dir: Path, base_model_name: str, allow_embedding_targets: bool = False,
+                  hub_id: str | None = None) -> ServingCheck:
     """Check an adapter (``adapter_config.json`` present) or a full-weights folder before publication.
 
     Raises:
         CompatError: listing every reason it cannot be served.
     """
     if (folder / "adapter_config.json").is_file():
-        return check_adapter(folder, base_model_dir, base_model_name, allow_embedding_targets)
+        return check_adapter(folder, base_model_dir, base_model_name, allow_embedding_targets, hub_id)
     return check_full_model(folder, base_model_dir, base_model_name)

@@ -70,6 +70,19 @@ class Adapter:
 CHAMPIONS_TTL = 10.0  # seconds a listing of the registry's champions is reused (each refusal is audited)
 
 
+def _published_base_ids(folder: Path) -> set[str]:
+    """The Hub id (lowercase) that a fetched version's manifest records for its base: published
+    adapters name their base by it, and the manifest's catalog name was matched on fetch."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return set()
+    try:
+        hub_id = json.loads(path.read_text(encoding="utf-8")).get("lineage", {}).get("base_model_hub_id")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return set()  # nothing more is accepted than the server's own names
+    return {hub_id.lower()} if isinstance(hub_id, str) and hub_id else set()
+
+
 class ModelServer:
     """The base model, its adapters (at most ``max_adapters`` in memory), the lock that guards them
     and the scheduler that batches requests."""
@@ -237,7 +250,8 @@ class ModelServer:
         if config.get("use_dora") or config.get("peft_type", "LORA") != "LORA":
             raise ServingError(400, f"{adapter.name}: only plain LoRA adapters are served (no DoRA)", param="lora_path")
         named = str(config.get("base_model_name_or_path") or "")
-        if named and named.lower() not in {n.lower() for n in self.base_names} | {str(self.base_dir).lower()}:
+        known = {n.lower() for n in self.base_names} | {str(self.base_dir).lower()} | _published_base_ids(folder)
+        if named and named.lower() not in known:
             raise ServingError(400, f"{adapter.name} was trained on {named}, this server serves {self.base_name}", param="lora_path")
         if any((folder / name).is_file() for name in TOKENIZER_FILES):
             adapter.tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -92,7 +92,7 @@ def deadline_key(stage: str) -> str:
     return f"approval-deadline-{stage}"
 
 
-def _deadline(job: Job, stage: Stage, flow_run_id: UUID) -> dt.datetime:
+def _deadline(job: Job, stage: str, flow_run_id: UUID) -> dt.datetime:
     """The stage's deadline: set at its first wait and kept on the flow run, so a resumed run (and
     the worker's watch) reads the same one."""
     with get_client(sync_client=True) as client:
@@ -131,9 +131,10 @@ def _timed_out(stage: Stage, deadline: dt.datetime) -> ApprovalRecord:
     return ApprovalRecord(stage=stage, approved=False, reviewer=None, comment=TIMED_OUT, decided_at=_iso(deadline))
 
 
-def wait_for_approval(job: Job, stage: Stage, question: str) -> ApprovalRecord:
+def wait_for_approval(job: Job, stage: Stage, question: str, wait: str | None = None) -> ApprovalRecord:
     """Wait (suspended, or paused where the run has no deployment) until a reviewer other than the
-    submitter answers with an answer that counts, or the deadline passes.
+    submitter answers with an answer that counts, or the deadline passes. ``wait`` names the wait
+    (default: the stage) in its pause keys and deadline, so each rung of a ladder has its own.
 
     Raises:
         prefect.exceptions.Pause: the run is suspended (the flow run's process ends here; Prefect
@@ -147,13 +148,14 @@ def wait_for_approval(job: Job, stage: Stage, question: str) -> ApprovalRecord:
     suspend = run.deployment_id is not None  # a worker can resume it
     state_name = "Suspended" if suspend else "Paused"
     answered = run.empirical_policy.pause_keys or set()  # the waits this run went through (a resumed run replays them)
-    deadline = _deadline(job, stage, flow_run_id)
+    wait = wait or stage
+    deadline = _deadline(job, wait, flow_run_id)
     attempt = 0
     while True:
-        key = f"{stage}-approval-{attempt}"
+        key = f"{wait}-approval-{attempt}"
         attempt += 1
         replayed = key in answered  # a resumed run replays its earlier answers; only the newest one is news
-        news = not replayed or f"{stage}-approval-{attempt}" not in answered
+        news = not replayed or f"{wait}-approval-{attempt}" not in answered
         remaining = int((deadline - dt.datetime.now(dt.UTC)).total_seconds())
         if not replayed:
             if remaining <= 0:
@@ -204,12 +206,14 @@ def record_approval(job: Job, record: ApprovalRecord) -> ApprovalRecord:
     return record
 
 
-def approve_training(job: Job) -> ApprovalRecord | None:
-    """Methods the policy reviews wait for an approval before any training starts."""
+def approve_training(job: Job, rung: int = 0) -> ApprovalRecord | None:
+    """Methods the policy reviews wait for an approval before any training starts; each later rung of
+    the ladder (``rung`` > 0) waits for its own."""
     hp = job.spec.hyperparameters
     if not job.policy.needs_review(hp.training_type, hp.finetuning_type):
         return None
-    record = wait_for_approval(job, "training", f"train {hp.training_type}/{hp.finetuning_type} on {job.spec.config}")
+    wait = {"wait": f"rung{rung}-training"} if rung else {}  # a later rung's own keys; no wait name a prefix of another
+    record = wait_for_approval(job, "training", f"train {hp.training_type}/{hp.finetuning_type} on {job.spec.config}", **wait)
     if not record.approved:
         raise NotApproved(f"training was not approved ({record.reviewer or 'nobody'}: {record.comment or 'no reason given'})")
     return record

@@ -28,7 +28,9 @@ from data.ingest import DatasetError, IngestedDataset, ingest_dataset
 from data.lengths import LengthCheck, Policy
 from data.report import DataReport
 from data.sources import SourceError, UrlKind, check_access, checked_files, local_path
+from evaluation.climb import check_options
 from evaluation.custom import EvaluationRequest, check_config
+from evaluation.ladder import LadderRow, baseline_benchmarks, baseline_scores, free_rows
 from evaluation.policy import PolicyLoosened, effective_policy
 from training.base_model import BaseModelError, ResolvedModel, resolve_base_model
 from training.guidance import Estimate, JobWarning, estimate, guidance
@@ -112,7 +114,8 @@ def check(spec: CustomizationSpec, settings: Settings, out_dir: Path, *, model: 
         raise JobRefused("config", str(exc)) from exc
     try:
         option = config.option_for(hp.training_type, hp.finetuning_type)
-    except CatalogError as exc:
+        check_options(hp, config)  # every rung of its ladder, too
+    except (CatalogError, ValueError) as exc:
         raise JobRefused("method", str(exc)) from exc
     try:
         policy, policy_source = effective_policy(spec, settings)
@@ -135,6 +138,37 @@ def check(spec: CustomizationSpec, settings: Settings, out_dir: Path, *, model: 
         data_dir=str(out_dir), train_examples=examples, tokens_per_epoch=tokens,
         warnings=guidance(hp, config, examples) + deferred, estimate=cost,
     )
+
+
+def score_ladder(checked: CheckedJob, settings: Settings, out_dir: Path) -> list[LadderRow]:
+    """Score the free rungs of a checked job on its base model, before any training: zero-shot, the
+    candidate prompts, few-shot and retrieval few-shot, each judged on its lower bound against
+    ``evaluation.target_score``. The baseline is scored as the job would score it (general benchmarks
+    too) and cached, so the job that follows reuses it.
+
+    Args:
+        checked: the pre-flight's result, with its base model.
+        settings: the model cache, the evaluation cache and the runtime settings.
+        out_dir: where the benchmarks and per-sample outputs go.
+
+    Returns:
+        The ladder's free rows (``evaluation.ladder.free_rows``).
+
+    Raises:
+        BaseModelError: the job has no base model here to score.
+    """
+    # The REST API does not score inside a request (a model load, on a server that may not hold the
+    # weights): there, a job with `evaluation.ladder_only` scores the free rungs on a worker instead.
+    # delayed: transformers is heavy (start-up time)
+    from transformers import AutoTokenizer
+
+    if checked.base is None:
+        raise BaseModelError(f"the base model of {checked.spec.config} is not at hand: the ladder cannot be scored")
+    spec = checked.spec
+    benchmarks = baseline_benchmarks(checked.dataset, checked.config, AutoTokenizer.from_pretrained(checked.base.path),
+                                     spec.evaluation, out_dir / "benchmarks", spec.hyperparameters.grpo.rewards)
+    scores, _ = baseline_scores(checked.base.path, checked.base.digest, benchmarks, spec.evaluation, out_dir / "baseline", settings)
+    return free_rows(scores, spec.evaluation.target_score, checked.policy.forgetting_alpha)
 
 
 def _base_model(config: CustomizationConfig, settings: Settings, need: ModelNeed) -> tuple[ResolvedModel | None, list[JobWarning]]:

@@ -12,16 +12,17 @@ from pathlib import Path
 
 from prefect import get_run_logger, runtime, task
 
-from core import __version__, audit, tracking
+from core import __version__, audit, secrets, tracking
 from core.objects import sha256_file
 from core import tags as tag
 from core.settings import Settings, get_settings
 from data.ingest import IngestedDataset
 from deploy import registry
+from deploy.card import CardFacts, write_card
 from deploy.notify import notify
 from deploy.registry import RegisteredVersion
 from deploy.store import Published, VersionExists, publish, publishable_files, verify_published
-from deploy.trust import UntrustedChampion, decision_tags, files_digest, trusted_champion
+from deploy.trust import UntrustedChampion, decision_message, decision_tags, files_digest, trusted_champion
 from evaluation.gate import ApprovalRecord, Decision
 from evaluation.runner import StageScores
 from serving import handoff
@@ -64,7 +65,8 @@ def _tag_audit(settings: Settings, job: Job, version: str) -> None:
 
 
 def _artifact_digest(base: ResolvedModel, trained: TrainResult) -> str:
-    """The digest of the files ``publish_adapter`` publishes (the manifest's files, by the same rule)."""
+    """The digest of the trained files ``publish_adapter`` publishes (by the same rule); it signs the
+    manifest's digest, model card included, once the card naming this version is published."""
     folder = Path(trained.output_dir)
     names = publishable_files(folder, Path(base.path) if trained.artifact == "adapter" else None)
     return files_digest({name: sha256_file(folder / name) for name in names})
@@ -132,13 +134,49 @@ def register(
     return version
 
 
+def _card(job: Job, trained: TrainResult, version: RegisteredVersion, hub_id: str, tags: dict[str, str]) -> CardFacts:
+    """What the model card says: the version's lineage as the registry records it."""
+    try:
+        task_scores = json.loads(tags.get(tag.SCORES_CANDIDATE) or "{}").get("task") or {}
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{job.spec.output_model} v{version.version}: tag {tag.SCORES_CANDIDATE} is not a score record") from exc
+    metric = tags.get(tag.TASK_METRIC) or ""
+    score = task_scores.get(metric)
+    return CardFacts(
+        output_model=job.spec.output_model, version=version.version, base_model=hub_id, catalog_name=job.config.target.name,
+        artifact=trained.artifact, finetuning_type=job.spec.hyperparameters.finetuning_type,
+        training_type=job.spec.hyperparameters.training_type, job_id=job.job_id,
+        dataset_sha256=tags.get(tag.DATASET_SHA256, ""), config=job.spec.config, run_id=job.run_id,
+        registered_model=version.registered_model, decision=tags.get(tag.DECISION, ""), task_metric=metric,
+        task_score=float(score) if isinstance(score, int | float) else None,
+    )
+
+
+def _sign_published_files(settings: Settings, job: Job, version: RegisteredVersion, tags: dict[str, str], published: Published) -> None:
+    """Make the signed artifact digest that of the manifest: the card, written after registration
+    (it names the version), is one of the published files. The decision signed at registration must
+    still verify, so nothing changed in the registry since is signed over."""
+    digest = files_digest({n: e.sha256 for n, e in published.manifest.files.items()})
+    if tags.get(tag.ARTIFACT_SHA256) == digest:
+        return
+    message = decision_message(job.spec.output_model, version.version, job.run_id, tags)
+    if not secrets.verify(settings, message, tags.get(tag.DECISION_SIGNATURE) or ""):
+        raise ValueError(f"{job.spec.output_model} v{version.version}: its decision no longer matches the platform's "
+                         "signature, so the published files' digest is not signed")
+    new = {tag.ARTIFACT_SHA256: digest}
+    new.update(decision_tags(settings, job.spec.output_model, version.version, job.run_id, {**tags, **new}))
+    registry.set_version_tags(settings, job.spec.output_model, version.version, new)
+
+
 @task(name="publish", retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
 def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, trained: TrainResult, version: RegisteredVersion) -> Published:
-    """Check a serving engine would load the adapter, publish it with its manifest, record the URI."""
+    """Check a serving engine would load the adapter, publish it with its model card and manifest,
+    record the URI."""
     settings = get_settings()
     folder, base_dir = Path(trained.output_dir), Path(base.path)
+    hub_id = job.config.target.adapter_base(str(base_dir))
     try:
-        check = check_serving(folder, base_dir, job.config.target.name, settings.serving_allow_embedding_targets)
+        check = check_serving(folder, base_dir, job.config.target.name, settings.serving_allow_embedding_targets, hub_id)
     except CompatError as exc:  # nothing is published; the version says why
         registry.set_version_tags(settings, job.spec.output_model, version.version, {tag.SERVING_CHECK: f"failed: {exc}"[:5000]})
         raise
@@ -149,17 +187,21 @@ def publish_adapter(job: Job, base: ResolvedModel, data: IngestedDataset, traine
         "dataset_sha256": data.sha256,
         "dataset_uri": data.source,
         "base_model_digest": base.digest,
+        "base_model_hub_id": hub_id,
         "mlflow": {"registered_model": version.registered_model, "version": version.version, "run_id": job.run_id},
     }
+    tags = dict(tracking.client(settings).get_model_version(version.registered_model, version.version).tags)
+    card = write_card(folder, _card(job, trained, version, hub_id, tags))
     # Full weights carry their tokenizer (engines load the folder alone); an adapter only a changed one.
     try:
         published = publish(
-            folder, publishable_files(folder, base_dir if trained.artifact == "adapter" else None), job.spec.output_model,
-            version.version, job.config.target.name, lineage, settings,
+            folder, [*publishable_files(folder, base_dir if trained.artifact == "adapter" else None), card],
+            job.spec.output_model, version.version, job.config.target.name, lineage, settings,
         )
     except VersionExists as exc:  # the job fails with the reason; transient_io_error never retries it
         get_run_logger().error("Not published: %s", exc)
         raise
+    _sign_published_files(settings, job, version, tags, published)
     registry.set_version_tags(
         settings, job.spec.output_model, version.version,
         {tag.PUBLISHED_URI: published.uri, tag.SERVING_CHECK: check.summary()},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,30 @@ from core.settings import get_settings
 from data.ingest import IngestedDataset
 from deploy import registry
 from deploy.trust import trusted_champion
-from evaluation.gate import Decision, Power, decide, plan_power, prompting_suffices
-from evaluation.report import write_report
+from evaluation.gate import Decision, Power, decide, plan_power
+from evaluation.ladder import (
+    LADDER_TAG,
+    LadderRow,
+    baseline_benchmarks,
+    baseline_scores,
+    free_rows,
+    judged_rungs,
+    ladder_dicts,
+    ladder_json,
+)
+from evaluation.report import training_time, write_report
 from evaluation.rungs import (
     PROMPT_RETRIEVAL,
     PROMPT_RUN_ID,
     PROMPT_RUNG,
     PROMPT_SCORE,
+    PROMPT_SHOTS,
     RungResult,
     RungScore,
-    judge,
-    prompt_benchmarks,
     registered_template,
-    retrieval_benchmark,
     winner,
 )
-from evaluation.runner import (
-    StageScores,
-    cache_key,
-    evaluate_model,
-    few_shot_benchmark,
-    observed_spreads,
-    task_benchmark,
-)
+from evaluation.runner import StageScores, evaluate_model, observed_spreads
 from tasks.artifacts import scores_table
 from tasks.job import Job
 from training.base_model import ResolvedModel, resolve_base_model
@@ -53,14 +53,8 @@ def build_task_benchmark(job: Job, base: ResolvedModel, data: IngestedDataset) -
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    folder = Path(job.work_dir) / "benchmarks"
-    plan = job.spec.evaluation
-    task_config = task_benchmark(data, job.config, tokenizer, plan, folder, job.spec.hyperparameters.grpo.rewards)
-    retrieval = retrieval_benchmark(data, job.config, tokenizer, plan, task_config, folder)
-    return {
-        "task": task_config, "few_shot": few_shot_benchmark(data, job.config, tokenizer, plan, task_config, folder),
-        "rungs": [*prompt_benchmarks(data, job.config, tokenizer, plan, task_config, folder), *([retrieval] if retrieval else [])],
-    }
+    return baseline_benchmarks(data, job.config, tokenizer, job.spec.evaluation, Path(job.work_dir) / "benchmarks",
+                               job.spec.hyperparameters.grpo.rewards)
 
 
 def _log_scores(job: Job, stage: str, scores: StageScores, folder: Path) -> None:
@@ -82,17 +76,11 @@ def evaluate(job: Job, base: ResolvedModel, benchmarks: dict[str, Any], trained:
     folder = Path(job.work_dir) / "eval" / stage
     plan = job.spec.evaluation
     if trained is None:
-        key = cache_key(base.digest, None, benchmarks["task"], plan, settings.eval_precision, benchmarks["few_shot"], benchmarks["rungs"])
-        cached = settings.root / "cache" / "eval" / key
-        if (cached / "scores.json").exists():
-            shutil.copytree(cached, folder, dirs_exist_ok=True)
-            scores = StageScores.model_validate_json((folder / "scores.json").read_text())
+        scores, from_cache = baseline_scores(base.path, base.digest, benchmarks, plan, folder, settings)
+        if from_cache:
             logger.info("baseline scores from the cache (same base model, benchmarks and settings): task %s", scores.task)
             _log_scores(job, stage, scores, folder)
             return scores
-        scores = evaluate_model(base.path, None, benchmarks["task"], plan, folder, settings, few_shot=benchmarks["few_shot"],
-                                rungs=benchmarks["rungs"])
-        shutil.copytree(folder, cached, dirs_exist_ok=True)
     else:
         model_dir, adapter_dir = (base.path, trained.output_dir) if trained.artifact == "adapter" else (trained.output_dir, None)
         scores = evaluate_model(model_dir, adapter_dir, benchmarks["task"], plan, folder, settings)
@@ -104,43 +92,43 @@ def evaluate(job: Job, base: ResolvedModel, benchmarks: dict[str, Any], trained:
 
 @task(name="prompt-baseline")
 def check_prompt_baseline(job: Job, baseline: StageScores) -> str | None:
-    """Whether prompting alone already reaches the job's target (then no fine-tuning is needed):
-    zero- and few-shot on their estimate, each free rung (candidate prompts, retrieval few-shot) on
-    its lower bound. A winning free rung's prompt is kept in the prompt registry."""
+    """Whether prompting alone already reaches the job's target (then no fine-tuning is needed): each
+    free rung (zero-shot, candidate prompts, few-shot, retrieval few-shot) judged on the lower bound of
+    its score. The ladder's free rows are kept on the run (the API's status shows them); the winning
+    rung's prompt is kept in the prompt registry."""
     plan = job.spec.evaluation
+    settings = get_settings()
+    alpha = job.policy.forgetting_alpha
+    tracking.client(settings).set_tag(job.run_id, LADDER_TAG, ladder_json(free_rows(baseline, plan.target_score, alpha)))
     if plan.target_score is None:
         return None
     logger = get_run_logger()
-    enough = prompting_suffices(baseline.task, baseline.few_shot, baseline.task_metric, plan.target_score)
-    kept = None
-    if enough is None and baseline.rungs:
-        alpha = job.policy.forgetting_alpha
-        coverage = f"{100 * (1 - 2 * alpha):.0f}% CI"
-        judged = [judge(r, baseline.per_sample_task, baseline.task_metric, plan.target_score, alpha) for r in baseline.rungs]
-        for rung in judged:
-            logger.info("Free rung: %s", rung.describe(coverage))
-        tracking.log_dict(get_settings(), job.run_id, [r.model_dump() for r in judged], "rungs.json")
-        if kept := winner(baseline.rungs, judged):
-            best = kept[1]
-            enough = (f"{best.label} reaches {best.metric} {best.score:.1f}, lower bound {best.ci_low:.1f} "
-                      f">= target {best.target:.1f}")
-    if enough is None:
+    coverage = f"{100 * (1 - 2 * alpha):.0f}% CI"
+    pairs = judged_rungs(baseline, plan.target_score, alpha)
+    for _, rung in pairs:
+        logger.info("Free rung: %s", rung.describe(coverage))
+    if pairs:
+        tracking.log_dict(settings, job.run_id, [judged.model_dump() for _, judged in pairs], "rungs.json")
+    kept = winner([r for r, _ in pairs], [j for _, j in pairs])
+    if kept is None:
         return None
+    best = kept[1]
+    enough = f"{best.label} reaches {best.metric} {best.score:.1f}, lower bound {best.ci_low:.1f} >= target {best.target:.1f}"
     if plan.force_training:
         logger.info("%s, but the job forces training", enough)
         return None
     logger.info("No fine-tuning needed: %s", enough)
-    if kept:
-        name, version = _keep_prompt(job, *kept)
-        logger.info("The prompt is kept in the prompt registry as %s version %s", name, version)
-        enough += f"; prompt registered as {name} version {version}"
-    tracking.client(get_settings()).set_tag(job.run_id, tag.DECISION, "no fine-tuning needed")
+    name, version = _keep_prompt(job, *kept)
+    logger.info("The prompt is kept in the prompt registry as %s version %s", name, version)
+    enough += f"; prompt registered as {name} version {version}"
+    tracking.client(settings).set_tag(job.run_id, tag.DECISION, "no fine-tuning needed")
     return enough
 
 
 def _keep_prompt(job: Job, rung: RungResult, judged: RungScore) -> tuple[str, int]:
     """Register the winning rung's prompt in MLflow's prompt registry, named in the job's namespace,
-    with the job's lineage (job, run, dataset, base model, rung, score) as tags."""
+    with the job's lineage (job, run, dataset, base model, rung, score) as tags, and how its examples
+    were chosen (few-shot, retrieval)."""
     settings = get_settings()
     client = tracking.client(settings)
     lineage = client.get_run(job.run_id).data.tags
@@ -156,6 +144,8 @@ def _keep_prompt(job: Job, rung: RungResult, judged: RungScore) -> tuple[str, in
     } | ({tag.BASE_MODEL_DIGEST: lineage[tag.BASE_MODEL_DIGEST]} if tag.BASE_MODEL_DIGEST in lineage else {})
     if rung.retrieval:
         tags[PROMPT_RETRIEVAL] = json.dumps(rung.retrieval, sort_keys=True)
+    if rung.shots:
+        tags[PROMPT_SHOTS] = json.dumps(rung.shots, sort_keys=True)
     name = registry.registered_name(job.spec.output_model) + "-prompt"
     version = client.register_prompt(name=name, template=registered_template(rung), tags=tags,
                                      commit_message=f"{rung.label}: {judged.describe(f'{100 * (1 - 2 * job.policy.forgetting_alpha):.0f}% CI')}"[:500])
@@ -267,8 +257,10 @@ def report(
     trained: TrainResult,
     estimate: str,
     evidence: list[Power] | None = None,
+    ladder: list[LadderRow] | None = None,
 ) -> str:
-    """Write the job's HTML report with its charts, log it to MLflow and link it from the Prefect run."""
+    """Write the job's HTML report with its charts and its ladder (``ladder``: every rung tried; the
+    baseline's free rungs when not given), log it to MLflow and link it from the Prefect run."""
     settings = get_settings()
     hp = job.spec.hyperparameters
     folder = Path(job.work_dir) / "report"
@@ -278,12 +270,16 @@ def report(
         summary={
             "config": job.spec.config, "dataset": data.source, "dataset sha256": data.sha256, "examples": data.counts,
             "method": f"{hp.training_type}/{hp.finetuning_type}", "hyperparameters": hp.model_dump(),
-            "stopped": trained.stop_reason, "estimate": estimate, "policy": job.policy_source,
+            "stopped": trained.stop_reason, "estimate": estimate,
+            "training time": training_time(tracking.client(settings).get_run(job.run_id).data.metrics) or "not recorded",
+            "policy": job.policy_source,
             "power": [{"benchmark": p.benchmark, "items": p.items, "describe": p.describe()} for p in evidence or []],
         },
         baseline=baseline.gate_scores(), candidate=candidate.gate_scores(), champion=champion,
         counts=candidate.counts, task_metric=candidate.task_metric, decision=decision,
         train_loss=trained.train_loss, val_loss=trained.val_loss,
+        ladder=ladder_dicts(ladder if ladder is not None else free_rows(baseline, job.spec.evaluation.target_score,
+                                                                          job.policy.forgetting_alpha)),
     )
     uri = tracking.log_artifacts(settings, job.run_id, folder, "report")
     scores_table(job.job_id, score_rows(baseline, candidate, decision), f"scores and decision of {job.spec.output_model}")

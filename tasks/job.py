@@ -25,9 +25,14 @@ from deploy.notify import notify
 from deploy.registry import CHAMPION, RegisteredVersion
 from deploy.store import Published
 from evaluation.gate import ApprovalRecord, Decision, Power
+from evaluation.ladder import LADDER_TAG, LadderRow, free_rows, ladder_json
+from evaluation.report import training_time
 from evaluation.runner import StageScores
 from tasks.check import AccessRefused, CheckedJob, check_origin, job_folder
 from training.common import TrainResult
+
+
+ADVICE = "advice only"  # the decision of a job that only scored the free rungs (evaluation.ladder_only)
 
 
 class Job(BaseModel):
@@ -48,7 +53,7 @@ class CustomizationResult(BaseModel):
 
     job_id: str
     output_model: str
-    outcome: Literal["trained", "prompt_sufficient"]
+    outcome: Literal["trained", "prompt_sufficient", "advice"]  # advice: the free rungs only (evaluation.ladder_only)
     dataset_sha256: str
     task_metric: str
     baseline: StageScores
@@ -66,6 +71,9 @@ class CustomizationResult(BaseModel):
     forgetting_kl: list[tuple[int, float]] = []
     report: str | None = None
     power: list[Power] = []
+    ladder: list[LadderRow] = []  # every rung tried, cheapest first (evaluation.ladder)
+    climb: str | None = None  # which training rung met the target, or that none did and why the climb ended
+    training_time: str | None = None  # actual training time against its estimate (evaluation.report.training_time)
     mlflow_run_id: str
     tracking_uri: str
 
@@ -137,13 +145,18 @@ def finish_job(
     prompt_baseline: str | None = None,
     report: str | None = None,
     power: list[Power] | None = None,
+    ladder: list[LadderRow] | None = None,
+    climb: str | None = None,
+    advice: bool = False,
 ) -> CustomizationResult:
-    """Close the MLflow run and assemble the job's result."""
+    """Close the MLflow run and assemble the job's result (``advice``: the job only scored the free rungs)."""
     settings = get_settings()
+    if advice:
+        tracking.client(settings).set_tag(job.run_id, tag.DECISION, ADVICE)
     result = CustomizationResult(
         job_id=job.job_id,
         output_model=job.spec.output_model,
-        outcome="prompt_sufficient" if trained is None else "trained",
+        outcome="advice" if advice else "prompt_sufficient" if trained is None else "trained",
         dataset_sha256=data.sha256,
         task_metric=baseline.task_metric,
         baseline=baseline,
@@ -161,9 +174,15 @@ def finish_job(
         forgetting_kl=trained.forgetting_kl if trained else [],
         report=report,
         power=power or [],
+        # Without rows from the caller, the baseline's free rungs (a job that prompting satisfied).
+        ladder=free_rows(baseline, job.spec.evaluation.target_score, job.policy.forgetting_alpha) if ladder is None else ladder,
+        climb=climb,
+        training_time=training_time(tracking.client(settings).get_run(job.run_id).data.metrics) if trained else None,
         mlflow_run_id=job.run_id,
         tracking_uri=settings.tracking_uri,
     )
+    if result.ladder:  # the API's status reads the ladder from the run
+        tracking.client(settings).set_tag(job.run_id, LADDER_TAG, ladder_json(result.ladder))
     tracking.log_dict(settings, job.run_id, result.model_dump(), "result.json")
     tracking.end_run(settings, job.run_id, "FINISHED")
     if prompt_baseline:

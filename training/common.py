@@ -59,6 +59,8 @@ class TrainResult(BaseModel):
     stop_reason: str
     train_seconds: float
     tokens_per_second: float | None
+    # What training ran in on its hardware (a config's `auto` resolved): bf16-mixed or fp32.
+    precision: Literal["bf16-mixed", "fp32"] | None = None
     trainable_parameters: int
     total_parameters: int
     resumed_from: str | None = None
@@ -103,8 +105,32 @@ def native_bf16() -> bool:
 
 
 def use_bf16(config: CustomizationConfig) -> bool:
-    """bf16 autocast where the config asks for it and the hardware runs it natively."""
-    return config.training_precision == "bf16-mixed" and native_bf16()
+    """bf16 autocast where the config asks for it (``bf16-mixed`` or ``auto``) and the hardware runs it
+    natively; fp32 elsewhere (emulated bf16 is several times slower than fp32)."""
+    return config.training_precision in ("bf16-mixed", "auto") and native_bf16()
+
+
+def training_precision(config: CustomizationConfig) -> Literal["bf16-mixed", "fp32"]:
+    """The precision training runs in on this hardware for the config (``auto`` resolved)."""
+    return "bf16-mixed" if use_bf16(config) else "fp32"
+
+
+def model_loading(hp: Hyperparameters, config: CustomizationConfig) -> dict[str, Any] | None:
+    """How the trainer loads the base model (TRL's ``model_init_kwargs``; None: TRL's defaults).
+
+    On a GPU training in bf16: LoRA keeps the frozen base in bf16 (TRL loads fp32 by default, which
+    doubles the weights' memory and re-casts every weight to bf16 at each step; the adapters stay
+    fp32), and attention runs in flash attention when ``flash_attn`` is installed (SDPA otherwise).
+    Full weights keep fp32 master weights. On a CPU the base stays fp32 under bf16 autocast.
+    """
+    import torch
+
+    if not (torch.cuda.is_available() and use_bf16(config)):
+        return None
+    kwargs: dict[str, Any] = {"dtype": "bfloat16"} if hp.uses_lora else {}
+    if importlib.util.find_spec("flash_attn") is not None:
+        kwargs["attn_implementation"] = "flash_attention_2"
+    return kwargs or None
 
 
 def steps_per_epoch(examples: int, batch_size: int) -> int:
@@ -134,6 +160,9 @@ def common_args(
         )
     every = validation_every(hp, steps_per_epoch(train_examples, hp.batch_size))
     use_cuda = torch.cuda.is_available()
+    precision = training_precision(config)
+    log.info("Training precision: %s (the config asks %s; %s)", precision, config.training_precision,
+             "this hardware runs bf16 natively" if native_bf16() else "this hardware has no native bf16")
     return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=micro_batch,
@@ -160,7 +189,7 @@ def common_args(
         # Recomputing activations saves memory a model of this size does not need and costs ~2x per step.
         gradient_checkpointing=False,
         use_cpu=not use_cuda,
-        bf16=use_bf16(config),
+        bf16=precision == "bf16-mixed",
         # W&B as well as MLflow when the run was given a key (the API's wandb-api-key) and wandb is installed.
         report_to=["wandb"] if os.environ.get("WANDB_API_KEY") and importlib.util.find_spec("wandb") else "none",
         disable_tqdm=True,
@@ -173,8 +202,9 @@ def common_args(
 
 
 def _distributed_args(hp: Hyperparameters, use_cuda: bool) -> dict[str, Any]:
-    """Under torchrun: gloo between CPU processes; FSDP to shard full weights across GPUs."""
-    if world_size() == 1:
+    """Under torchrun: gloo between CPU processes; FSDP to shard full weights across GPUs (also with
+    one process, so that a one-GPU machine runs the same path as several)."""
+    if world_size() == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return {}
     if not use_cuda:
         return {"ddp_backend": "gloo"}
@@ -371,6 +401,7 @@ def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hoo
         train_seconds=seconds,
         tokens_per_second=(trained_steps * hp.batch_size * tokens_per_example / seconds) if seconds > 0 and trained_steps > 0 else None,
         resumed_from=resume,
+        precision="bf16-mixed" if trainer.args.bf16 else "fp32",
     )
 
 
@@ -400,13 +431,14 @@ def parameter_counts(model: Any) -> tuple[int, int]:
 
 
 def name_base_model(adapter_dir: Path, config: CustomizationConfig) -> None:
-    """Name the base model by its catalog name, not this machine's cache path, so the adapter is
-    portable and a serving engine can match it to its base. Target modules are sorted (PEFT keeps
-    them as a set) so that the same training writes the same bytes, which publication relies on
-    to skip unchanged content."""
+    """Name the base model by its Hub id (``Target.adapter_base``), not this machine's cache path,
+    so ``AutoPeftModelForCausalLM`` and the Hub find it (a serving engine matches it to its base by
+    the catalog name or this id). Target modules are sorted (PEFT keeps them as a set) so that the
+    same training writes the same bytes, which publication relies on to skip unchanged content."""
     path = adapter_dir / "adapter_config.json"
     values = json.loads(path.read_text())
-    values["base_model_name_or_path"] = config.target.name
+    # PEFT recorded the folder the base was loaded from: what a locally built base resolves to.
+    values["base_model_name_or_path"] = config.target.adapter_base(values.get("base_model_name_or_path") or "")
     if isinstance(values.get("target_modules"), list):
         values["target_modules"] = sorted(values["target_modules"])
     path.write_text(json.dumps(values, indent=2, sort_keys=True))

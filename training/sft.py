@@ -26,6 +26,7 @@ from training.common import (
     common_args,
     lora_config,
     micro_batch_size,
+    model_loading,
     parameter_counts,
     prepare_process,
     run_trainer,
@@ -42,6 +43,7 @@ def sft_config(hp: Hyperparameters, config: CustomizationConfig, output_dir: Pat
     return SFTConfig(
         **common_args(hp, config, output_dir, train_examples, micro_batch_size(hp, config)),
         max_length=config.max_seq_length,
+        model_init_kwargs=model_loading(hp, config),
         # Packing fills rows with several examples; position ids restart per example and the
         # attention mask is block-diagonal, so examples never attend to each other.
         packing=hp.sequence_packing_enabled,
@@ -134,5 +136,5 @@ def train_sft(
     trainable, total = parameter_counts(trainer.model)
     outcome = run_trainer(trainer, hp, checkpoints, hooks, mean_tokens)
     artifact, folder = save_output(trainer, hp, config, work_dir, tokenizer)
-    log.info("SFT (%s) finished: %s", hp.finetuning_type, outcome["stop_reason"])
+    log.info("SFT (%s, %s) finished: %s", hp.finetuning_type, outcome["precision"], outcome["stop_reason"])
     return TrainResult(artifact=artifact, output_dir=folder, trainable_parameters=trainable, total_parameters=total, **outcome)

@@ -10,6 +10,9 @@ checked before any I/O by the Data Store's path rule (``data.datastore.safe_path
 reserved prefix, over-long names and symlinks are refused, and so are two paths that differ only in
 case. A namespace or repo name that the rule refuses is a 422 naming the field. A commit streams in
 and is read line by line under the limits of ``api.limits`` (one line, one file, files per commit).
+
+A model repo the Data Store does not hold itself is the output model's published versions, read-only
+(``api.routes.published``): the revision is the version number, or ``main`` for the champion.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
 from api.errors import ApiError, BadRequest, Conflict, NotFound
 from api.limits import MAX_COMMIT_FILES, MAX_COMMIT_LINE_BYTES, line_too_long, too_many_files
+from api.routes import published
 from core import objects
 from data import datastore
+from deploy.registry import RegistryUnavailable
+from deploy.store import StoreError
+from deploy.trust import UntrustedChampion
 
 router = APIRouter(tags=["data store"])
 REPO, NAMESPACE = "hf_repo", "datastore_namespace"
@@ -45,6 +52,10 @@ _SPOOL_BYTES = 8 << 20  # a commit body larger than this waits on disk, not in m
 
 class TooLarge(ApiError):
     status_code = 413
+
+
+class StoreUnavailable(ApiError):
+    status_code = 502
 
 
 def _ns(value: str, field: str = "namespace", where: str = "path") -> str:
@@ -60,6 +71,22 @@ def _repo(store, repo_type: str, namespace: str, name: str) -> dict[str, Any]:
     if found is None:
         raise NotFound(f"repository {repo_type}/{namespace}/{name} does not exist")
     return found
+
+
+def _published(store, settings, repo_type: str, namespace: str, name: str, revision: str) -> published.PublishedRepo | None:
+    """The published version ``revision`` when ``namespace/name`` is a model repo the Data Store does
+    not hold itself and the model is published; else None (the Data Store's own repo answers).
+
+    Raises:
+        NotFound: a published model without that revision.
+        StoreUnavailable: the store or the registry cannot be read, or the version does not match its manifest.
+    """
+    if repo_type != "models" or store.find(REPO, _ns(namespace), f"models/{_ns(name, 'name')}") is not None:
+        return None
+    try:
+        return published.find(settings, namespace, name, revision)
+    except (StoreError, RegistryUnavailable, UntrustedChampion) as exc:
+        raise StoreUnavailable(f"{namespace}/{name}@{revision}: {exc}") from exc
 
 
 def _revision(repo: dict[str, Any], revision: str) -> None:
@@ -182,14 +209,19 @@ def _info(repo: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/v1/hf/api/{repo_type}/{namespace}/{name}", summary="Repository info")
-def repo_info(repo_type: RepoType, namespace: str, name: str, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def repo_info(repo_type: RepoType, namespace: str, name: str, store: StoreDep, settings: SettingsDep, caller: CallerDep) -> dict[str, Any]:
     caller.check(namespace)
+    if version := _published(store, settings, repo_type, namespace, name, "main"):
+        return published.info(version)
     return _info(_repo(store, repo_type, namespace, name))
 
 
 @router.get("/v1/hf/api/{repo_type}/{namespace}/{name}/revision/{revision}", summary="Repository info at a revision")
-def repo_info_revision(repo_type: RepoType, namespace: str, name: str, revision: str, store: StoreDep, caller: CallerDep) -> dict[str, Any]:
+def repo_info_revision(repo_type: RepoType, namespace: str, name: str, revision: str, store: StoreDep, settings: SettingsDep,
+                       caller: CallerDep) -> dict[str, Any]:
     caller.check(namespace)
+    if version := _published(store, settings, repo_type, namespace, name, revision):
+        return published.info(version)
     repo = _repo(store, repo_type, namespace, name)
     _revision(repo, revision)
     return _info(repo)
@@ -198,10 +230,14 @@ def repo_info_revision(repo_type: RepoType, namespace: str, name: str, revision:
 @router.get("/v1/hf/api/{repo_type}/{namespace}/{name}/tree/{revision}", summary="List a repository's files")
 @router.get("/v1/hf/api/{repo_type}/{namespace}/{name}/tree/{revision}/{path:path}", summary="List files under a folder")
 def list_tree(
-    repo_type: RepoType, namespace: str, name: str, revision: str, store: StoreDep, caller: CallerDep,
+    repo_type: RepoType, namespace: str, name: str, revision: str, store: StoreDep, settings: SettingsDep, caller: CallerDep,
     path: str = "", recursive: Annotated[bool, Query()] = False,
 ) -> list[dict[str, Any]]:
     caller.check(namespace)
+    if version := _published(store, settings, repo_type, namespace, name, revision):
+        if path.strip("/"):  # a published version's files sit at its top level
+            raise NotFound(f"{path} does not exist in {version.output_model} version {version.version}")
+        return published.tree(version)
     repo = _repo(store, repo_type, namespace, name)
     _revision(repo, revision)
     base = _path(path.strip("/")) + "/" if path.strip("/") else ""
@@ -394,6 +430,8 @@ async def commit(
 
 def _resolve(repo_type: str, namespace: str, name: str, revision: str, path: str, store, settings, caller, head: bool) -> Response:
     caller.check(namespace)
+    if version := _published(store, settings, repo_type, namespace, name, revision):
+        return _resolve_published(version, _path(path), settings, head)
     repo = _repo(store, repo_type, namespace, name)
     _revision(repo, revision)
     path = _path(path)
@@ -409,6 +447,17 @@ def _resolve(repo_type: str, namespace: str, name: str, revision: str, path: str
         raise BadRequest(str(exc)) from exc
     if content is None:
         raise NotFound(f"{path} is indexed in {repo['repo_id']} but missing from the store")
+    return Response(content=content, media_type="application/octet-stream", headers={k: v for k, v in headers.items() if k != "Content-Length"})
+
+
+def _resolve_published(version: published.PublishedRepo, path: str, settings, head: bool) -> Response:
+    headers = published.headers(version, path)
+    if head:
+        return Response(status_code=200, headers=headers)
+    try:
+        content = published.content(settings, version, path)
+    except StoreError as exc:
+        raise StoreUnavailable(f"{version.output_model} version {version.version}: {exc}") from exc
     return Response(content=content, media_type="application/octet-stream", headers={k: v for k, v in headers.items() if k != "Content-Length"})
 
 

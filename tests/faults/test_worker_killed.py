@@ -129,3 +129,26 @@ def test_a_job_lost_too_often_fails_with_the_reason(faulty, faulty_settings, dat
     status = states([flow_run_id])[flow_run_id]
     assert status.status == "failed" and "the worker running this job stopped" in status.message
     assert resume_orphaned_runs(DEPLOYMENT) == []  # a crashed run is left alone
+
+
+def test_a_run_left_cancelling_without_its_process_is_cancelled_while_the_worker_runs(faulty, faulty_settings, dataset):
+    """The worker's watch (``watch_cancellations``) settles a run whose process ended while it was
+    cancelling (cancelled as its worker started it), and leaves every other lost run to the next
+    worker start, which resumes it."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling, Running
+
+    faulty.start_worker(hold="ingest")
+    cancelling = start_job(job_spec(dataset, "faults/cancelling"))
+    running = start_job(job_spec(dataset, "faults/running"))
+    faulty.kill_worker()
+    gone = f"{__import__('socket').gethostname()}:999999999"
+    with get_client(sync_client=True) as client:
+        for flow_run_id in (running, cancelling):  # as if a worker had started both
+            client.update_flow_run(flow_run_id, infrastructure_pid=gone)
+            client.set_flow_run_state(flow_run_id, Running(), force=True)
+        client.set_flow_run_state(cancelling, Cancelling(), force=True)
+
+    assert resume_orphaned_runs(DEPLOYMENT, cancelling_only=True) == [(cancelling, "cancelled")]
+    assert flow_run(cancelling).state.is_cancelled()
+    assert flow_run(running).state.is_running()  # lost too, but only a starting worker resumes it

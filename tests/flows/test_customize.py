@@ -101,7 +101,8 @@ def test_customize_registers_publishes_and_promotes(services, ok_dataset, tiny_m
 
     # Every object in the bucket matches the manifest.
     objects = store.objects(f"{OUTPUT}/1/")
-    assert sorted(objects) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+    assert sorted(objects) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+    assert objects["README.md"].startswith(b'---\nbase_model: "test/tiny-llama"\nlibrary_name: peft\n')  # the model card
     manifest = json.loads(objects.pop("manifest.json"))
     assert manifest["files"].keys() == objects.keys()
     for name, body in objects.items():

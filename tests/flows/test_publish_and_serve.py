@@ -85,7 +85,8 @@ def test_a_promoted_adapter_is_served_the_moment_the_job_completes(services, s3,
         assert result.decision.action == "promote", result.decision.reasons
         assert result.published_uri == f"s3://{bucket}/adapters/{OUTPUT}/1/"
         puts = [path for method, path, _ in s3.requests if method == "PUT" and f"/adapters/{OUTPUT}/1/" in path]
-        assert [p.rsplit("/", 1)[1] for p in puts] == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+        names = [p.rsplit("/", 1)[1] for p in puts]
+        assert sorted(names[:-1]) == ["README.md", "adapter_config.json", "adapter_model.safetensors"] and names[-1] == "manifest.json"
 
         # Live right away, under both names, answering with the adapter: "ok", unlike the base model.
         listed = {m["id"] for m in client.get("/v1/models").json()["data"]}
@@ -103,7 +104,8 @@ def test_a_promoted_adapter_is_served_the_moment_the_job_completes(services, s3,
     # Re-publishing identical content sends nothing: no writes and zero bytes reach the store.
     adapter_dir = settings.jobs_dir / result.job_id / "adapter"
     s3.reset()
-    again = publish(adapter_dir, publishable_files(adapter_dir, tiny_model_dir), OUTPUT, "1", TINY_BASE_NAME, {}, settings)
+    files = [*publishable_files(adapter_dir, tiny_model_dir), "README.md"]  # the model card publish_adapter wrote there
+    again = publish(adapter_dir, files, OUTPUT, "1", TINY_BASE_NAME, {}, settings)
     assert again.uploaded == [] and again.bytes_uploaded == 0
     assert s3.writes() == [] and s3.bytes_received() == 0
 

@@ -158,6 +158,9 @@ def test_examples_over_max_seq_length_do_not_fit_under_the_error_policy(settings
         ({"config": "nope/none@v1"}, ok_rows(10), "config", "not in the catalog"),
         ({"config": "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu", "hyperparameters": {"training_type": "grpo", "finetuning_type": "all_weights"}},
          ok_rows(10), "method", "does not allow training_type='grpo'"),
+        ({"config": "huggingfacetb/smollm2-135m-instruct@v1.0.0+cpu", "evaluation": {"target_score": 90},
+          "hyperparameters": {"training_type": "grpo", "ladder": [{"finetuning_type": "lora"}, {"finetuning_type": "all_weights"}]}},
+         ok_rows(10), "method", "`hyperparameters.ladder[1]` (grpo/all_weights)"),
         ({}, ok_rows(3) + ['{"prompt": 1, "completion": "x"}'], "dataset", "training/t.jsonl:4: `prompt` must be a string, got number"),
     ],
 )

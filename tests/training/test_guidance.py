@@ -33,19 +33,24 @@ def test_preference_and_rl_methods_warn_on_a_base_without_sft(tmp_path):
     assert guidance(Hyperparameters(training_type="sft"), config, 5000) == []
 
 
-def test_estimate_uses_six_n_t_and_the_configs_devices():
+def test_estimate_counts_lora_at_four_n_and_full_weights_at_six_n_on_the_configs_devices(tmp_path):
     config = get_config(LLAMA, Settings(config_dirs=[]))
-    lora = estimate(Hyperparameters(epochs=2), config, 10_000, 2_000_000, 1_235_814_400)
-    assert lora.training_flops == pytest.approx(6 * 1_235_814_400 * 4_000_000)
-    assert lora.devices == 1 and lora.peak_tflops == 312
+    settings = Settings(config_dirs=[], data_dir=tmp_path)  # an empty registry: the prior utilisation
+    lora = estimate(Hyperparameters(epochs=2), config, 10_000, 2_000_000, 1_235_814_400, settings=settings)
+    assert lora.training_flops == pytest.approx(4 * 1_235_814_400 * 4_000_000)
+    assert lora.devices == 1 and lora.peak_tflops == 312 and lora.peak_source == "the config's gpu_peak_tflops"
     assert lora.device_hours == pytest.approx(lora.training_flops / (312e12 * 0.4) / 3600)
-    full = estimate(Hyperparameters(epochs=2, finetuning_type="all_weights"), config, 10_000, 2_000_000, 1_235_814_400)
-    assert full.devices == 8 and full.device_hours == pytest.approx(lora.device_hours / 8)
-    assert "A100-80GB-hours" in lora.describe()
+    full = estimate(Hyperparameters(epochs=2, finetuning_type="all_weights"), config, 10_000, 2_000_000, 1_235_814_400, settings=settings)
+    assert full.training_flops == pytest.approx(6 * 1_235_814_400 * 4_000_000)
+    assert full.devices == 8 and full.device_hours == pytest.approx(lora.device_hours * 1.5)  # device-hours: all 8 devices' time
+    assert full.seconds == pytest.approx(full.device_hours * 3600 / 8)  # the wall clock: 8 devices at once
+    assert "A100-80GB-hours" in lora.describe() and "typical GPU" in lora.describe()
+    assert estimate(Hyperparameters(epochs=2), config, 10_000, 2_000_000, 1_235_814_400, 0.2, settings=settings).device_hours == pytest.approx(2 * lora.device_hours)
 
 
-def test_a_budget_refuses_an_expensive_job():
-    cost = estimate(Hyperparameters(epochs=3), get_config(LLAMA, Settings(config_dirs=[])), 10**5, 10**8, 1_235_814_400)
+def test_a_budget_refuses_an_expensive_job(tmp_path):
+    cost = estimate(Hyperparameters(epochs=3), get_config(LLAMA, Settings(config_dirs=[])), 10**5, 10**8, 1_235_814_400,
+                    settings=Settings(config_dirs=[], data_dir=tmp_path))
     check_budget(cost, None)
     check_budget(cost, cost.device_hours * 2)
     with pytest.raises(BudgetExceeded, match=r"exceeds the budget of 0.5 .*raise `budget.max_device_hours`"):

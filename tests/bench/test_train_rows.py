@@ -1,0 +1,31 @@
+"""The training rows of the benchmark table: customizer against bare TRL and TRL-best at equal final
+loss, and the loss parity of `auto` precision against fp32."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import report
+from bench.train import same_loss
+
+
+def test_rows_against_both_trl_sides_and_the_parity_of_auto():
+    data = {"model": "embedded model", "batch_size": 8, "repeats": 3, "device": {"kind": "cpu", "name": "cpu"},
+            "tokens_per_second": {"customizer": 390.0, "trl": 100.0, "trl-best": 350.0},
+            "same_loss": {"trl": True, "trl-best": False},
+            "parity": {"auto_precision": "bf16-mixed", "auto_loss": 1.01, "fp32_loss": 1.0, "within": True}}
+    bare, best, parity = report.train_rows(data)
+    assert "bare TRL" in bare.metric and "medians of 3" in bare.metric and bare.verdict == "met" and bare.goal == ">= 1.30x"
+    assert best.ratio == pytest.approx(390 / 350) and best.goal == ">= 1.15x"
+    assert best.verdict == "missed (final loss differs)"  # faster, but not at the same loss
+    assert (parity.ours, parity.baseline, parity.goal, parity.verdict) == ("1.0100", "1.0000", "within ±2%", "met")
+    assert "bf16-mixed" in parity.metric and parity.ratio == pytest.approx(1.01)
+
+    slower = data | {"same_loss": {"trl": True, "trl-best": True}, "parity": data["parity"] | {"auto_loss": 1.05, "within": False}}
+    _, best, parity = report.train_rows(slower)
+    assert best.verdict == "missed" and parity.verdict == "missed"  # 1.11x < 1.15x; 5% off fp32
+
+
+def test_same_loss_is_relative_to_the_reference():
+    assert same_loss(2.03, 2.0) and same_loss(1.97, 2.0)
+    assert not same_loss(2.05, 2.0) and not same_loss(1.5, 2.0)
