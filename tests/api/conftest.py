@@ -9,8 +9,12 @@ import json
 import os
 import subprocess
 import sys
+import socket
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,3 +190,26 @@ def add_dataset(client, namespace: str, name: str, rows: list[dict]) -> None:
     assert answer.status_code == 200, answer.text
     created = client.post("/v1/datasets", json={"name": name, "namespace": namespace, "files_url": f"hf://datasets/{namespace}/{name}"})
     assert created.status_code == 200, created.text
+
+
+@contextmanager
+def over_http(app) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free loopback port, as a real client reaches it;
+    yields its base URL and stops the server after."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

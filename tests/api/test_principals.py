@@ -9,14 +9,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import socket
 import stat
-import threading
-import time
 import uuid
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api import orchestrator
@@ -25,6 +21,7 @@ from core import audit
 from core.auth import principals_file
 from core.settings import Settings
 from customizer.cli import main
+from tests.api.conftest import over_http
 from tests.conftest import ok_rows
 
 pytestmark = pytest.mark.unit
@@ -243,19 +240,8 @@ def test_a_principals_file_that_cannot_be_read_shuts_the_api(tmp_path):
 def served(secured):
     """The same app over HTTP on a free port, for the command line."""
     client, runs, settings = secured
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", client, runs, settings
-    server.should_exit = True
-    thread.join(timeout=30)
+    with over_http(client.app) as url:
+        yield url, client, runs, settings
 
 
 def test_customizer_approve_goes_through_the_api_with_a_key(served, monkeypatch, capsys):

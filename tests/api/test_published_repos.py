@@ -5,17 +5,14 @@ verified as they are read, and another namespace's key is refused."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from core.settings import Settings
 from deploy.store import publish
+from tests.api.conftest import over_http
 
 FILES = {
     "adapter_config.json": json.dumps({"r": 4, "peft_type": "LORA", "base_model_name_or_path": "org/base"}).encode(),
@@ -34,20 +31,8 @@ def served(tmp_path_factory):
     for name, data in FILES.items():
         (folder / name).write_bytes(data)
     publish(folder, sorted(FILES), "team-a/bot", "1", "customizer/tiny-llama", {"base_model_hub_id": "org/base"}, settings)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with TestClient(create_app(settings)) as client:
-        server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/v1/hf", settings
-        server.should_exit = True
-        thread.join(timeout=30)
+    with TestClient(create_app(settings)) as client, over_http(client.app) as url:
+        yield f"{url}/v1/hf", settings
 
 
 @pytest.fixture(autouse=True)
