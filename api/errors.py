@@ -54,6 +54,12 @@ class Unprocessable(ApiError):
     status_code = 422
 
 
+class StoreUnavailable(ApiError):
+    """The artifact store or the registry behind it cannot be read, or holds files that do not match their manifest."""
+
+    status_code = 502
+
+
 class TooManyRequests(ApiError):
     """Too many failed attempts from one client: answered 429 with ``Retry-After`` (seconds)."""
 

@@ -16,14 +16,18 @@ from api.customization import MODEL, dataset_of, public
 from api.datasets import snapshot_dataset
 from api.db import Duplicate, JobRun, Store
 from api.deps import Caller
-from api.errors import BadRequest, Conflict, NotFound
+from api.errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from api.routes import published
 from api.schemas import EvaluationConfigCreate, EvaluationJobCreate, EvaluationTargetCreate
 from api.urls import checked_url, refuse
 from core.catalog import CatalogError, get_config, parse_config_urn
 from core.ids import prefixed_id
 from core.settings import Settings
 from core.submission import signed
-from data.sources import SourceError, checked_files, local_path
+from data.sources import SourceError, checked_files, everyone, local_path
+from deploy.registry import RegistryUnavailable
+from deploy.store import StoreError
+from deploy.trust import UntrustedChampion
 from evaluation.custom import ConfigProblem, EvaluationRequest, ModelSpec, check_config
 
 log = logging.getLogger("customizer.api")
@@ -111,6 +115,8 @@ def _model_spec(store: Store, settings: Settings, target: dict[str, Any], namesp
         checked_url(settings, caller, ("body", "target", "model"), entry["api_endpoint"]["url"], kind="endpoint")
         return ModelSpec(api_url=entry["api_endpoint"]["url"], model_id=entry["api_endpoint"].get("model_id") or urn)
     files_url = artifact.get("files_url") or None
+    if files_url and files_url.startswith(published.MODEL_REPOS):
+        files_url = _published_folder(settings, caller, files_url)
     if custom.get("customization_job") and artifact.get("status") != "upload_completed":
         raise BadRequest(f"model {urn} is the output of customization job {custom['customization_job']}, which has not published it yet")
     if not files_url and not custom.get("config"):
@@ -119,6 +125,22 @@ def _model_spec(store: Store, settings: Settings, target: dict[str, Any], namesp
     if custom.get("config"):
         _check_base_config(store, settings, urn, custom["config"], caller)
     return ModelSpec(config=custom.get("config"), model_uri=files_url)
+
+
+def _published_folder(settings: Settings, caller: Caller, url: str) -> str:
+    """The store folder of the published version a Data Store model repo URL names, for a caller who
+    may use its namespace (422 otherwise, as for any URL)."""
+    loc = ("body", "target", "model")
+    try:
+        namespace, name, revision = published.parse_repo_url(url)
+    except ValueError as exc:
+        raise refuse(loc, url, str(exc)) from exc
+    if not everyone(caller.namespaces) and namespace not in caller.namespaces:
+        raise refuse(loc, url, f"names Data Store namespace {namespace!r}, which the caller may not use")
+    try:
+        return published.version_folder(settings, url)
+    except (StoreError, RegistryUnavailable, UntrustedChampion) as exc:
+        raise StoreUnavailable(f"{namespace}/{name}@{revision}: {exc}") from exc
 
 
 def _check_base_config(store: Store, settings: Settings, model_urn: str, config_urn: Any, caller: Caller) -> None:

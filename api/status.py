@@ -28,10 +28,12 @@ from api import customization, evaluation, orchestrator
 from api.db import JobRun, Store, iso, now
 from api.errors import Conflict, NotFound, for_caller
 from api.refresh import SharedRefresh
+from api.routes import published
 from core import tags as tag
 from core import tracking
 from core.ids import prefixed_id
 from core.settings import Settings
+from deploy.store import StoreError, parse_published_uri
 from evaluation.ladder import LADDER_TAG
 
 log = logging.getLogger("customizer.api")
@@ -217,11 +219,19 @@ def _finish_customization(store: Store, settings: Settings, job: Job, tags: Tags
     if model is None:
         return job
     artifact = dict(model.get("artifact") or {})
+    custom = dict(model.get("custom_fields") or {})
     if job["status"] == "completed" and tags.get(tag.PUBLISHED_URI):
-        artifact |= {"files_url": tags[tag.PUBLISHED_URI], "status": "upload_completed"}
+        # files_url: the version as a Data Store model repo (what huggingface_hub downloads and an
+        # evaluation target names); the store folder itself stays beside it, a customizer extension.
+        try:
+            _, output_model, version = parse_published_uri(tags[tag.PUBLISHED_URI])
+        except StoreError as exc:
+            log.warning("%s: %s; its files_url stays unset", job["id"], exc)
+        else:
+            artifact |= {"files_url": published.repo_url(output_model, version), "status": "upload_completed"}
+            custom["published_uri"] = tags[tag.PUBLISHED_URI]
     elif job["status"] != "completed":
         artifact |= {"status": "upload_failed"}
-    custom = dict(model.get("custom_fields") or {})
     if tags.get(tag.DECISION):
         custom["decision"] = tags[tag.DECISION]
     store.save(customization.MODEL, {**model, "artifact": artifact, "custom_fields": custom})

@@ -1,4 +1,5 @@
-"""MLflow tracking for a job: one run per job, addressed by run id from any task or process."""
+"""MLflow tracking for a job: one run per job, addressed by run id from any task or process, with
+its training dataset as a dataset input and the machine's use as system metrics while it trains."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import logging
 import math
 import os
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +98,77 @@ def log_artifacts(settings: Settings, run_id: str, folder: str | Path, artifact_
     mlflow_client = client(settings)
     mlflow_client.log_artifacts(run_id, str(folder), artifact_path)
     return f"{mlflow_client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+
+
+@contextmanager
+def process_default(settings: Settings) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to the settings' for the block, for the few MLflow
+    calls that read it instead of their client's (the SQL registry store looks a LoggedModel up
+    that way when a version is created from ``models:/<model id>``)."""
+    # private, in the pinned mlflow (<3.18): the public setter cannot put back "never set"
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(settings.tracking_uri):
+            yield
+    finally:  # putting back "never set" unsets the variable, which the user may have set
+        if environment is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+
+
+def dataset_source(uri: str):
+    """An MLflow dataset source for a dataset URI: a folder, ``file://`` or ``s3://`` as the
+    artifact-store source MLflow resolves it to; ``hf://datasets/<ns>/<name>`` (the Data Store,
+    which speaks the Hugging Face Hub's API) as a Hugging Face source of ``<ns>/<name>``.
+
+    Raises:
+        MlflowException: a URI of no kind MLflow knows.
+    """
+    # delayed: mlflow is heavy (start-up time)
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    if uri.startswith("hf://datasets/"):
+        return HuggingFaceDatasetSource(path=uri.removeprefix("hf://datasets/").strip("/"))
+    with warnings.catch_warnings():  # MLflow registers its local source for two schemes and warns that both match
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return resolve_dataset_source(uri)
+
+
+def log_dataset_input(settings: Settings, run_id: str, name: str, sha256: str, uri: str, context: str = "training") -> None:
+    """Record a dataset as an input of the run (MLflow's dataset tracking): its name, its sha256 as
+    the digest and where it came from. MLflow caps a digest at 36 characters, so the digest is the
+    sha256's first 32 hex digits and the whole sha256 is a tag of the input, beside the URI.
+    Logging the same dataset again adds nothing.
+
+    Raises:
+        MlflowException: the run could not be written, or ``uri`` is of no kind MLflow knows.
+    """
+    # delayed: mlflow is heavy (start-up time)
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    dataset = MetaDataset(source=dataset_source(uri), name=name, digest=sha256[:32])
+    tags = [InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag(tag.DATASET_SHA256, sha256), InputTag(tag.DATASET_URI, uri)]
+    client(settings).log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+
+
+@contextmanager
+def system_metrics(settings: Settings, run_id: str, interval_s: float = 10.0) -> Iterator[None]:
+    """Log the machine's CPU, memory, disk and network use (and GPU use where MLflow can read it)
+    to the run as ``system/...`` metrics every ``interval_s`` seconds while the block runs
+    (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides the interval)."""
+    # delayed: mlflow is heavy (start-up time)
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=settings.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def fail_job_runs(settings: Settings, job_id: str, message: str) -> None:

@@ -32,14 +32,14 @@ import argparse
 import logging
 import sys
 import warnings
-from pathlib import Path
 
+import click
 from pydantic import ValidationError
 
 from core.services import default_prefect_auth
 from core.settings import SettingError, apply_environment, get_settings
 from core.storage import NotPrivate, make_private, private_umask
-from customizer import exits, remote
+from customizer import exits, parser, remote
 
 
 def quiet_libraries() -> None:
@@ -53,122 +53,36 @@ def quiet_libraries() -> None:
     logging.getLogger("customizer").setLevel(logging.INFO)
 
 
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
+def parse(argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed command line, or the exit status when parsing ended it (``--help``, ``--version``,
+    a usage error, printed as a usage line and one ``customizer: error:`` line on stderr)."""
     try:
-        return installed("customizer")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+        return parser.build().main(args=argv, prog_name="customizer", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a group named without one of its commands
+        commands = ", ".join(exc.ctx.command.list_commands(exc.ctx))
+        usage_error(exc.ctx, f"{exc.ctx.command_path} needs a command: one of {commands}")
+    except click.UsageError as exc:  # unknown option, missing or bad argument, bad choice
+        usage_error(exc.ctx, exc.format_message())
+    except click.ClickException as exc:  # any other of click's errors: one line, as every error
+        print(f"customizer: error: {exc.format_message()}", file=sys.stderr)
+    except click.Abort:  # Ctrl-C before any command ran
+        print("customizer: error: interrupted", file=sys.stderr)
+    return exits.USAGE
+
+
+def usage_error(ctx: click.Context | None, message: str) -> None:
+    """Print the usage line of the command the error is in, then the error as one line."""
+    if ctx is not None:
+        print(ctx.get_usage(), file=sys.stderr)
+    hint = f" (see `{ctx.command_path if ctx is not None else 'customizer'} --help`)"
+    print(f"customizer: error: {message.replace(chr(10), ' ')}{hint}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="customizer", description="Customize LLMs end to end.",
-                                     epilog="exit status:\n" + exits.__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"customizer {version()}")
-    sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="fine-tune the embedded model on the shipped support-ticket dataset")
-    demo.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
-    demo.add_argument("--output-model", default="default/support-triage", help="output model name, namespace/name")
-    for name, text in (("run", "run the customize flow for a spec file"), ("check", "validate a spec without training")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("spec", type=Path, help="spec file (.yaml, .yml or .json)")
-    sub.choices["check"].add_argument("--ladder", action="store_true", help="also score the free rungs of the ladder (zero-shot, "
-                                      "candidate prompts, few-shot, retrieval few-shot) on the base model and print the ladder table")
-    sub.choices["check"].add_argument("--json", action="store_true", help="print the result as JSON (with --ladder: the ladder's rows)")
-    for p in (demo, sub.choices["run"]):
-        p.add_argument("--fail-on", action="append", choices=["rejected", "held"], default=[],
-                       help="exit 5 when the candidate ends this way (repeatable; default: exit 0 whatever the decision)")
-    remote.add_commands(sub)
-    sub.add_parser("configs", help="list the config catalog")
-    prep = sub.add_parser("prepare-model", help="convert and cache a config's base model")
-    prep.add_argument("config", nargs="?", help="config URN (default: the embedded model's config)")
-    approve = sub.add_parser("approve", help="approve (or reject) a job that waits for a reviewer")
-    approve.add_argument("job_id", help="the job id, cust-...")
-    approve.add_argument("--reviewer", help="who decides, not the job's submitter (required with authentication off; with "
-                         "it on, the principal of the API key decides and this may only repeat its name)")
-    approve.add_argument("--reject", action="store_true", help="reject instead of approving")
-    approve.add_argument("--comment", default="", help="why")
-    approve.add_argument("--api-url", help="the REST API, with authentication on (default: $CUSTOMIZER_API_URL, else "
-                         "http://127.0.0.1:8000)")
-    approve.add_argument("--api-key", help="your API key, with authentication on (default: $CUSTOMIZER_API_KEY, which "
-                         "keeps it out of the shell history)")
-    keys = sub.add_parser("keys", help="manage the API's principals and their keys in this data folder (on the server)")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    add = keys_sub.add_parser("add", help="add a principal and print its API key (shown once)")
-    add.add_argument("name", help="lower-case name, e.g. alice or ci-bot")
-    add.add_argument("--namespace", action="append", required=True, metavar="NS", help='a namespace the key may use ("*": all); repeatable')
-    add.add_argument("--role", action="append", required=True, metavar="ROLE",
-                     help="submit (create and cancel jobs), review (answer approvals) or admin; repeatable")
-    keys_sub.add_parser("list", help="list the principals and bootstrap keys (never a key)")
-    revoke = keys_sub.add_parser("revoke", help="revoke a principal: its key stops working at the API's next request")
-    revoke.add_argument("name")
-    services = sub.add_parser("services", help="print the user and password that sign in to the Prefect and MLflow UIs of "
-                              "`customizer up` on this data folder")
-    services.add_argument("--password", action="store_true", help="print the password alone (for scripts)")
-    reapprove = sub.add_parser("reapprove", help="sign, as a reviewer's approval, the gate decision of a version registered "
-                               "before decisions were signed, so serving and retraining trust it as champion")
-    reapprove.add_argument("model", help="output model, namespace/name")
-    reapprove.add_argument("version")
-    reapprove.add_argument("--reviewer", required=True, help="who confirms the decision (recorded in the audit trail)")
-    reapprove.add_argument("--comment", default="")
-    generate = sub.add_parser("generate", help="generate with a registered model version")
-    generate.add_argument("model", help="output model name, namespace/name")
-    generate.add_argument("prompt")
-    generate.add_argument("--version", default="champion", help="version number or alias (default champion)")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    serve = sub.add_parser("serve-models", help="serve the base model and published adapters over an OpenAI-compatible API")
-    serve.add_argument("--config", help="config URN whose base model is served (default: the serve_config setting)")
-    serve.add_argument("--host", help="address to listen on (default: the serve_host setting)")
-    serve.add_argument("--port", type=int, help="port to listen on (default: the serve_port setting)")
-    serve.add_argument("--max-adapters", type=int, help="adapters held in memory (default: the serve_max_adapters setting)")
-    serve.add_argument("--max-full-models", type=int, default=1,
-                       help="full-weight versions held in memory, each its own model (default: 1); the least recently used is evicted")
-    serve.add_argument("--preload", action="append", default=[], metavar="NAME", help="adapter or full-weight version to load at start (namespace/name[@version]); repeatable")
-    serving = sub.add_parser("serving", help="hand-off to a production serving engine")
-    serving_sub = serving.add_subparsers(dest="serving_command", required=True)
-    vllm = serving_sub.add_parser("vllm-args", help="print vLLM launch arguments for a namespace's champion adapters")
-    vllm.add_argument("namespace")
-    start = serving_sub.add_parser("start", help="run vLLM (installed by `make vllm`) on a config's base model with the trusted "
-                                   "champions loaded and any published version resolved from the store on first request")
-    start.add_argument("--config", help="config URN whose base model is served (default: the serve_config setting)")
-    start.add_argument("--namespace", help="load this namespace's champions at start (default: every namespace's)")
-    start.add_argument("--host", help="address to listen on (default: the vllm_host setting)")
-    start.add_argument("--port", type=int, help="port to listen on (default: the vllm_port setting)")
-    start.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for vLLM to answer (default 900)")
-    data = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
-    validate = data.add_parser("validate", help="validate a dataset alone, as a job would ingest it")
-    validate.add_argument("path", help="dataset folder, file:// or s3://bucket/prefix")
-    validate.add_argument("--config", help="config URN: measure examples with its tokenizer and max_seq_length")
-    validate.add_argument(
-        "--long-examples", choices=["error", "drop", "truncate"], default="error",
-        help="examples longer than max_seq_length (with --config): error (default), drop or truncate",
-    )
-    validate.add_argument("--seed", type=int, default=42, help="seed of the validation holdout (default 42)")
-    validate.add_argument("--report", type=Path, help="folder to write report.json and report.html to")
-    up = sub.add_parser("up", help="start the REST API, a Prefect server and UI, the worker and the MLflow UI")
-    up.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    up.add_argument("--port", type=int, default=8000, help="REST API port (default 8000)")
-    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect API/UI port (default 4200; 0: any free port)")
-    up.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000; 0: any free port)")
-    up.add_argument("--no-mlflow-ui", action="store_true", help="do not start the MLflow UI (print the command instead)")
-    up.add_argument("--poll-seconds", type=float, default=2.0, help="how often the worker looks for new runs (default 2)")
-    up.add_argument("--limit", type=int, default=2, help="flow runs the worker runs at once (default 2)")
-    up.add_argument("--ready-file", type=Path, default=None, help=argparse.SUPPRESS)
-    up.add_argument("--postgres", metavar="URL", default=None,
-                    help="keep the API's state, MLflow's store and Prefect's on this PostgreSQL server, postgresql://user:password@host:port "
-                    "(default: $CUSTOMIZER_POSTGRES_URL, else SQLite in the data folder)")
-    up.add_argument("--vllm", action="store_true", help="also start vLLM (`customizer serving start`) where `make vllm` "
-                    "installed it, and hand promoted adapters off to it (default: the vllm_in_up setting)")
-    api = sub.add_parser("api", help="run the REST API alone")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
-    worker = sub.add_parser("worker", help="serve the customize and evaluate deployments")
-    worker.add_argument("--limit", type=int, default=2, help="flow runs at once (default 2)")
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    args = parse(argv)
+    if isinstance(args, int):  # parsing ended the command line (help, version or an error)
+        return args
+    if args.command is None:  # a bare `customizer`: the help was printed
         return exits.OK
     if args.command in ("jobs", "datasets"):  # a client of a platform, maybe elsewhere: no local data folder
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
 from api import orchestrator
@@ -37,7 +38,9 @@ from core.processes import NotHealthy, stop_processes, wait_until_healthy
 from core.settings import Settings
 from core.specs import CustomizationSpec
 from core.submission import EVERY, signed
-from customizer.exits import InvalidData, JobFailed, NotPromoted, UsageError
+from customizer.exits import InvalidData, JobFailed, NotPromoted, Unavailable, UsageError
+from customizer.output import print_table
+from customizer.remote import DEFAULT_API_URL, detail
 from customizer.summary import render_summary
 from customizer.up import resume_orphaned_runs, up, watch_cancellations
 from customizer.worker import DeploymentsError, runner_deployments
@@ -162,9 +165,9 @@ def run_flow(spec, settings: Settings, fail_on: list[str] | None = None) -> int:
 
 def cmd_configs(args: argparse.Namespace, settings: Settings) -> int:
 
-    for urn, config in sorted(load_catalog(settings).items()):
-        pairs = ", ".join(f"{o.training_type}/{o.finetuning_type}" for o in config.training_options)
-        print(f"{urn:50} base {config.target.name:40} {pairs}")
+    rows = [[urn, config.target.name, ", ".join(f"{o.training_type}/{o.finetuning_type}" for o in config.training_options)]
+            for urn, config in sorted(load_catalog(settings).items())]
+    print_table(["config", "base model", "methods"], rows, lambda row: f"{row[0]:50} base {row[1]:40} {row[2]}")
     return 0
 
 
@@ -177,9 +180,6 @@ def cmd_prepare_model(args: argparse.Namespace, settings: Settings) -> int:
     resolved = resolve_base_model(config.target, settings)
     print(f"{config.urn}: {resolved.path} (sha256 {resolved.digest[:16]}...)")
     return 0
-
-
-DEFAULT_API_URL = "http://127.0.0.1:8000"  # where `customizer up` and `customizer api` listen by default
 
 
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
@@ -226,20 +226,9 @@ def _approve_through_api(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot reach the REST API at {url} ({type(exc).__name__}: {exc}); start it (`customizer up`), "
                          "or pass --api-url (or set CUSTOMIZER_API_URL)") from exc
     if response.status_code != 200:
-        raise UsageError(f"the REST API at {url} refused the answer ({response.status_code}): {_detail(response)}")
+        raise UsageError(f"the REST API at {url} refused the answer ({response.status_code}): {detail(response)}")
     print(f"job {args.job_id}: {'rejected' if args.reject else 'approved'} through the REST API at {url}")
     return 0
-
-
-def _detail(response: httpx.Response) -> str:
-    """The ``detail`` of an API error answer, readable on one line."""
-    try:
-        detail = response.json()["detail"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:500] or response.reason_phrase
-    if isinstance(detail, list):  # a schema error: FastAPI's list of {loc, msg}
-        return "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in detail if isinstance(e, dict))
-    return str(detail)
 
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
@@ -292,9 +281,10 @@ def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
     listed = sorted(store_for(settings).principals() + [p for _, p in bootstrap_principals(settings)], key=lambda p: p.name)
     if not listed:
         print("no principals and no api_keys: authentication is off (anyone who can reach the API can do anything)")
-    for principal in listed:
-        source = "api_keys setting" if principal.source == "setting" else f"added {principal.created_at}"
-        print(f"{principal.name:30} namespaces {','.join(principal.namespaces):30} roles {','.join(principal.roles):20} {source}")
+    rows = [[p.name, ",".join(p.namespaces), ",".join(p.roles), "api_keys setting" if p.source == "setting" else f"added {p.created_at}"]
+            for p in listed]
+    if rows:
+        print_table(["name", "namespaces", "roles", "source"], rows, lambda r: f"{r[0]:30} namespaces {r[1]:30} roles {r[2]:20} {r[3]}")
     return 0
 
 
@@ -318,6 +308,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         model, tokenizer, version = load_version(settings, args.model, ref)
     except (VersionNotFound, UntrustedChampion, RegistryUnavailable) as exc:
         raise UsageError(str(exc)) from exc
+    except (MlflowException, OSError) as exc:  # the version's files could not be downloaded or read
+        raise Unavailable(f"{args.model} version {ref}: its model could not be loaded from {settings.tracking_uri}: {exc}") from exc
     # The prompt exactly as training and evaluation rendered it (chat template or the config's template).
     config_urn = tracking.client(settings).get_model_version(version.registered_model, version.version).tags[tag.CONFIG]
     text = render_with_answer(args.prompt, "", get_config(config_urn, settings), tokenizer).prompt

@@ -4,7 +4,8 @@ These commands talk to a running platform (``customizer up``, or the API of a se
 the principal of an API key, exactly as any other client: ``CUSTOMIZER_API_URL`` (default
 ``http://127.0.0.1:8000``) and ``CUSTOMIZER_API_KEY`` from the environment, or ``--api-url`` and
 ``--api-key``. Output is a table on a terminal and JSON with ``--json`` (or when piped, a plain
-line per item); exit statuses are ``customizer.exits``'.
+line per item); exit statuses are ``customizer.exits``'. Their options are defined with the rest of
+the command line in ``customizer.parser``.
 """
 
 from __future__ import annotations
@@ -20,46 +21,12 @@ from typing import Any
 import httpx
 
 from customizer.exits import InvalidData, JobFailed, NotPromoted, Unavailable, UsageError
+from customizer.output import print_table
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"  # where `customizer up` and `customizer api` listen by default
 JOBS = "/v1/customization/jobs"
 FINAL = {"completed", "failed", "cancelled"}
 OUTCOMES = {"reject": "rejected", "hold": "held"}  # the gate's decision -> the name --fail-on takes
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``jobs`` and ``datasets`` on the top-level parser's subcommands."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--api-url", help="the REST API (default: $CUSTOMIZER_API_URL, else http://127.0.0.1:8000)")
-    common.add_argument("--api-key", help="your API key (default: $CUSTOMIZER_API_KEY, which keeps it out of the shell history)")
-    common.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-
-    jobs = sub.add_parser("jobs", help="customization jobs over the REST API").add_subparsers(dest="jobs_command", required=True)
-    listing = jobs.add_parser("list", parents=[common], help="list the jobs your key may see, newest first")
-    listing.add_argument("--status", help="only jobs in this status (created, running, completed, failed, ...)")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 1000)")
-    status = jobs.add_parser("status", parents=[common], help="a job's status and progress")
-    status.add_argument("job_id")
-    status.add_argument("--wait", action="store_true", help="wait until the job ends: exit 0 completed, 1 failed or cancelled")
-    status.add_argument("--fail-on", action="append", choices=sorted(OUTCOMES.values()), default=[],
-                        help="with --wait: exit 5 when the candidate ends this way (repeatable)")
-    status.add_argument("--interval", type=float, default=5.0, help="with --wait: seconds between polls (default 5)")
-    logs = jobs.add_parser("logs", parents=[common], help="a job's log")
-    logs.add_argument("job_id")
-    cancel = jobs.add_parser("cancel", parents=[common], help="cancel a job")
-    cancel.add_argument("job_id")
-    approve = jobs.add_parser("approve", parents=[common], help="approve (or --reject) a job that waits for a reviewer")
-    approve.add_argument("job_id")
-    approve.add_argument("--reject", action="store_true", help="reject instead of approving")
-    approve.add_argument("--comment", default="", help="why")
-
-    datasets = sub.add_parser("datasets", help="datasets over the REST API").add_subparsers(dest="datasets_command", required=True)
-    upload = datasets.add_parser("upload", parents=[common], help="upload a dataset folder to the Data Store and register it")
-    upload.add_argument("name", help="namespace/name")
-    upload.add_argument("folder", type=Path, help="the dataset folder (training/, validation/, testing/ files)")
-    upload.add_argument("--description", default=None)
-    listed = datasets.add_parser("list", parents=[common], help="list the datasets your key may see")
-    listed.add_argument("--namespace", help="only this namespace")
 
 
 class Api:
@@ -202,15 +169,5 @@ def show(args: argparse.Namespace, rows: list[dict[str, Any]] | dict[str, Any], 
         return 0
     rows = [rows] if isinstance(rows, dict) else rows
     cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
-    if sys.stdout.isatty():
-        from rich.console import Console  # delayed: only a terminal needs it (start-up time)
-        from rich.table import Table
-
-        table = Table(*columns)
-        for line in cells:
-            table.add_row(*line)
-        Console().print(table)
-    else:
-        for line in cells:
-            print("\t".join(line))
+    print_table(columns, cells, "\t".join)
     return 0

@@ -3,6 +3,9 @@
 Versions carry lineage tags (dataset sha256 and URI, base model, config URN, hyperparameters,
 scores, decision); aliases ``candidate`` and ``champion`` mark the latest and the promoted version.
 MLflow names may not contain ``/``, so ``namespace/name`` is registered as ``namespace.name``.
+A version is created from the MLflow Model its job logged (``deploy.mlflow_model``), so MLflow loads
+and serves it (``mlflow.pyfunc.load_model("models:/namespace.name@champion")``); customizer's own
+loaders (``download_version``, ``load_version``) take the weights from that model too.
 
 The registry is read fail-closed: only a definite "does not exist" (the registered model or its
 alias is absent) reads as "no champion". Any other error (the server down, a locked SQLite database,
@@ -22,6 +25,7 @@ can move it. What serves, retrains or sets the gate's bar reads the champion thr
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -30,11 +34,12 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from core import audit
+from core import audit, tracking
 from core import tags as tag
 from core.catalog import get_config
 from core.settings import Settings
 from core.tracking import client
+from deploy.mlflow_model import ModelFormatError, download_weights
 from training.base_model import resolve_base_model
 
 CHAMPION = "champion"
@@ -181,11 +186,13 @@ def register_version(
     settings: Settings, output_model: str, source: str, run_id: str, tags: dict[str, str], description: str = "",
     *, principal: str | None = PLATFORM, job: str | None = None, flow_run: str | None = None,
 ) -> RegisteredVersion:
-    """Create a model version for an adapter logged in ``run_id`` and mark it ``candidate``.
+    """Create a model version from the job's model and mark it ``candidate``.
 
     Re-running the same job (same run id) returns the version it already created.
 
     Args:
+        source: the MLflow Model the job logged under ``run_id`` (``models:/<model id>``, see
+            ``deploy.mlflow_model.log_chat_model``); the version loads with ``mlflow.pyfunc.load_model``.
         principal, job, flow_run: who moves the ``candidate`` alias and for which job, for its
             audit record (default: the platform itself, no job).
 
@@ -203,9 +210,27 @@ def register_version(
     if existing:
         version = existing[0]
     else:
-        version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description)
+        version = _create_version(settings, mlflow_client, name, source, run_id, tags, description)
     _move_alias(settings, output_model, CANDIDATE, str(version.version), principal=principal, job=job, flow_run=flow_run)
     return describe(settings, output_model, str(version.version))
+
+
+def _create_version(settings: Settings, mlflow_client, name: str, source: str, run_id: str, tags: dict[str, str], description: str):
+    """A new version of ``name`` from ``source``, its run kept as ``run_id``. A LoggedModel source
+    (``models:/<model id>``) is looked up by the SQL registry store through MLflow's process-wide
+    tracking URI, set here for the call; the model is tagged with the versions made from it, as
+    ``mlflow.register_model`` does."""
+    model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else None
+    with tracking.process_default(settings):
+        version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description,
+                                                     model_id=model_id)
+    if model_id is not None:
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS  # delayed: mlflow is heavy (start-up time)
+
+        known = json.loads(mlflow_client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        mlflow_client.set_logged_model_tags(model_id, {
+            MLFLOW_MODEL_VERSIONS: json.dumps([*known, {"name": name, "version": str(version.version)}])})
+    return version
 
 
 def set_version_tags(settings: Settings, output_model: str, version: str, tags: dict[str, str]) -> None:
@@ -320,11 +345,13 @@ def champions(settings: Settings, output_models: list[str] | None = None) -> lis
 
 
 def download_version(settings: Settings, output_model: str, version: str, dest) -> str:
-    """Download a version's artifacts (an adapter or full weights) into ``dest``; returns the local folder."""
-    import mlflow.artifacts
+    """Download a version's model into ``dest``; returns the local folder of its weights (an adapter
+    or full weights, the ``weights`` artifact of the MLflow Model).
 
-    source = client(settings).get_model_version(registered_name(output_model), version).source
-    return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=settings.tracking_uri)
+    Raises:
+        deploy.mlflow_model.ModelFormatError: the version's model has no weights artifact.
+    """
+    return str(download_weights(settings, registered_name(output_model), str(version), dest))
 
 
 def describe(settings: Settings, output_model: str, version: str) -> RegisteredVersion:
@@ -343,19 +370,19 @@ class VersionNotFound(LookupError):
 def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, dest=None):
     """Load a registered version back from MLflow, ready to generate: ``(model, tokenizer, version)``.
 
-    ``ref`` is a version number or an alias (``champion``, ``candidate``). The version's artifacts
-    (a LoRA adapter or full weights) are downloaded from the tracking store; an adapter is applied to
-    the base model its ``customizer.config`` tag names, resolved through the config catalog.
+    ``ref`` is a version number or an alias (``champion``, ``candidate``). The version's model is
+    downloaded from the tracking store and its weights (a LoRA adapter or full weights) loaded; an
+    adapter is applied to the base model its ``customizer.config`` tag names, resolved through the
+    config catalog.
 
     Raises:
-        VersionNotFound: no such registered model, version or alias.
+        VersionNotFound: no such registered model, version or alias, or the version's model holds no weights.
         RegistryUnavailable: the registry could not be read.
     """
     import tempfile
     from pathlib import Path
 
-    # delayed: mlflow's artifact client and transformers are heavy (start-up time)
-    import mlflow.artifacts
+    # delayed: transformers is heavy (start-up time)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     mlflow_client = client(settings)
@@ -367,8 +394,10 @@ def load_version(settings: Settings, output_model: str, ref: str = CHAMPION, des
     except _Absent as exc:
         raise VersionNotFound(f"{output_model}: no version or alias {ref!r} in the registry") from exc
     folder = Path(dest or tempfile.mkdtemp(prefix="customizer-model-"))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(folder),
-                                                      tracking_uri=settings.tracking_uri))
+    try:
+        local = download_weights(settings, name, str(version.version), folder)
+    except ModelFormatError as exc:
+        raise VersionNotFound(f"{output_model} v{version.version}: {exc}") from exc
     if version.tags.get(tag.ARTIFACT) == "adapter" or (local / "adapter_config.json").exists():
         from peft import PeftModel  # delayed: peft is heavy (start-up time)
 

@@ -19,6 +19,7 @@ from core.settings import Settings, get_settings
 from data.ingest import IngestedDataset
 from deploy import registry
 from deploy.card import CardFacts, write_card
+from deploy.mlflow_model import config_for, log_chat_model
 from deploy.notify import notify
 from deploy.registry import RegisteredVersion
 from deploy.store import Published, VersionExists, publish, publishable_files, verify_published
@@ -83,9 +84,13 @@ def register(
     decision: Decision,
     approvals: list[ApprovalRecord | None] | None = None,
 ) -> RegisteredVersion:
-    """Log the output to the run and register it as a model version with lineage tags (alias candidate)."""
+    """Log the output to the run as an MLflow Model (a pyfunc chat model carrying the trained folder)
+    and register it as a model version with lineage tags (alias candidate)."""
     settings = get_settings()
-    source = tracking.log_artifacts(settings, job.run_id, trained.output_dir, trained.artifact)
+    source = log_chat_model(
+        settings, job.run_id, trained.output_dir, config_for(trained.artifact, job.config, base.path),
+        job.spec.output_model, tags={tag.JOB_ID: job.job_id, tag.OUTPUT_MODEL: job.spec.output_model},
+    )
     tags = {
         tag.JOB_ID: job.job_id,
         tag.DATASET_SHA256: data.sha256,

@@ -31,7 +31,7 @@ from core.catalog import CustomizationConfig
 from core.processes import stop_processes
 from core.settings import Settings, apply_environment, get_settings
 from core.specs import Hyperparameters
-from core.tracking import MetricBuffer, client
+from core.tracking import MetricBuffer, client, log_dataset_input, system_metrics
 from data.ingest import IngestedDataset
 from training.common import Hooks, TrainingCancelled, TrainingError, TrainResult
 from training.dpo import train_dpo
@@ -84,6 +84,23 @@ def processes_for(request: TrainingRequest) -> tuple[int, int]:
 
 
 def launch(
+    request: TrainingRequest,
+    settings: Settings,
+    hooks: Hooks | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train (``_launch``); a request with a run records on it the dataset it trains on (as a dataset
+    input: name, sha256, URI) and the machine's use while it trains (system metrics)."""
+    if request.mlflow_run_id is None:
+        return _launch(request, settings, hooks, should_stop)
+    data = request.dataset
+    name = data.source.rstrip("/").rsplit("/", 1)[-1] or data.source
+    log_dataset_input(settings, request.mlflow_run_id, name, data.sha256, data.source)
+    with system_metrics(settings, request.mlflow_run_id):
+        return _launch(request, settings, hooks, should_stop)
+
+
+def _launch(
     request: TrainingRequest,
     settings: Settings,
     hooks: Hooks | None = None,

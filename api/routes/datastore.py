@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.db import Duplicate, iso, now
 from api.deps import CallerDep, ListDep, SettingsDep, StoreDep, paginate
-from api.errors import ApiError, BadRequest, Conflict, NotFound
+from api.errors import ApiError, BadRequest, Conflict, NotFound, StoreUnavailable
 from api.limits import MAX_COMMIT_FILES, MAX_COMMIT_LINE_BYTES, line_too_long, too_many_files
 from api.routes import published
 from core import objects
@@ -52,10 +52,6 @@ _SPOOL_BYTES = 8 << 20  # a commit body larger than this waits on disk, not in m
 
 class TooLarge(ApiError):
     status_code = 413
-
-
-class StoreUnavailable(ApiError):
-    status_code = 502
 
 
 def _ns(value: str, field: str = "namespace", where: str = "path") -> str:

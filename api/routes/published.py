@@ -103,3 +103,47 @@ def headers(repo: PublishedRepo, path: str) -> dict[str, str]:
 def content(settings: Settings, repo: PublishedRepo, path: str) -> bytes:
     """A file of the version, verified against its manifest (``deploy.store.read_published_file``)."""
     return read_published_file(repo.output_model, repo.version, path, settings)
+
+
+MODEL_REPOS = "hf://models/"  # a published version as an Entity Store model's files_url: hf://models/<ns>/<name>@<version>
+
+
+def repo_url(output_model: str, version: str) -> str:
+    """The Data Store model repo of a published version.
+
+    >>> repo_url("team/bot", "3")
+    'hf://models/team/bot@3'
+    """
+    return f"{MODEL_REPOS}{output_model}@{version}"
+
+
+def parse_repo_url(url: str) -> tuple[str, str, str]:
+    """``hf://models/<namespace>/<name>[@<revision>]`` -> ``(namespace, name, revision)`` (``main`` by default).
+
+    >>> parse_repo_url("hf://models/team/bot@3"), parse_repo_url("hf://models/team/bot")
+    (('team', 'bot', '3'), ('team', 'bot', 'main'))
+
+    Raises:
+        ValueError: the URL is not a Data Store model repo.
+    """
+    repo, _, revision = url.removeprefix(MODEL_REPOS).partition("@")
+    namespace, _, name = repo.strip("/").partition("/")
+    if not url.startswith(MODEL_REPOS) or not namespace or not name or "/" in name or (url.count("@") and not revision):
+        raise ValueError(f"{url!r} is not a Data Store model repo (hf://models/<namespace>/<name>[@<version>])")
+    return namespace, name, revision or "main"
+
+
+def version_folder(settings: Settings, url: str) -> str:
+    """The store folder of the published version a Data Store model repo URL names (its manifest verified).
+
+    Raises:
+        ValueError: the URL is not a model repo URL.
+        NotFound: the model has no published version, or none at the revision.
+        deploy.store.StoreError: the store cannot be read, or the version's files do not match its manifest.
+        deploy.trust.UntrustedChampion, deploy.registry.RegistryUnavailable: ``main`` cannot be resolved.
+    """
+    namespace, name, revision = parse_repo_url(url)
+    repo = find(settings, namespace, name, revision)
+    if repo is None:
+        raise NotFound(f"{namespace}/{name} has no published version")
+    return open_store(settings.publish_uri, settings).uri(f"{repo.output_model}/{repo.version}") + "/"

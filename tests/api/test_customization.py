@@ -89,7 +89,9 @@ def test_tiny_job_completes_and_reports_metrics(nemo, http, example_jobs):
     # The output model was published: its Entity Store entry says where.
     model = nemo.models.retrieve(f"tiny-llama-email-assist-dataset-lora@{job_id}", namespace="default")
     assert model.artifact.status == "upload_completed"
-    assert model.artifact.files_url.startswith("file://") and model.artifact.files_url.endswith("/default/tiny-llama-email-assist-dataset-lora/1/")
+    assert model.artifact.files_url == "hf://models/default/tiny-llama-email-assist-dataset-lora@1"
+    assert model.custom_fields["published_uri"].startswith("file://")
+    assert model.custom_fields["published_uri"].endswith("/default/tiny-llama-email-assist-dataset-lora/1/")
     assert model.base_model == "customizer/tiny-llama" and model.peft.finetuning_type == "lora"
 
     # The SDK's auto-pagination walks pages until an empty one: every job comes back once.

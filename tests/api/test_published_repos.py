@@ -84,3 +84,25 @@ def test_a_file_that_no_longer_matches_its_manifest_is_not_served(served, tmp_pa
         assert answer.status_code == 502 and "does not match its manifest" in answer.text
     finally:
         stored.write_bytes(original)
+
+
+def test_a_model_repo_url_names_the_published_version_for_an_evaluation(served):
+    """An Entity Store model's files_url ``hf://models/<ns>/<name>@<version>`` is read from the version's
+    store folder, verified; only by a caller who may use the namespace."""
+    from fastapi.exceptions import RequestValidationError
+
+    from api.deps import Caller
+    from api.errors import NotFound
+    from api.evaluation import _published_folder
+
+    _, settings = served
+    folder = _published_folder(settings, Caller(namespaces=frozenset({"team-a"})), "hf://models/team-a/bot@1")
+    assert folder == (settings.root / "store" / "team-a" / "bot" / "1").as_uri() + "/"
+    with pytest.raises(RequestValidationError, match="namespace 'team-a', which the caller may not use"):
+        _published_folder(settings, Caller(namespaces=frozenset({"team-b"})), "hf://models/team-a/bot@1")
+    with pytest.raises(RequestValidationError, match="is not a Data Store model repo"):
+        _published_folder(settings, Caller(namespaces=None), "hf://models/team-a")
+    with pytest.raises(NotFound, match="published versions: 1"):
+        _published_folder(settings, Caller(namespaces=None), "hf://models/team-a/bot@9")
+    with pytest.raises(NotFound, match="has no champion"):
+        _published_folder(settings, Caller(namespaces=None), "hf://models/team-a/bot")

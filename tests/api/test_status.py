@@ -63,7 +63,7 @@ def test_a_finished_customization_completes_its_output_model(store, monkeypatch)
     })
     store.add(customization.MODEL, "model-1", "ns", "out@cust-1", {"artifact": {"status": "created", "files_url": ""}})
     asked = _finished(monkeypatch, "completed", "Completed")
-    tags = {"customizer.published_uri": "s3://models/ns/out", "customizer.decision": "promote"}
+    tags = {"customizer.published_uri": "s3://models/ns/out/1/", "customizer.decision": "promote"}
     monkeypatch.setattr(status, "training_metrics", lambda settings, job_id: ({"steps_completed": 8, "elapsed_time": 1.0}, tags))
     _fresh(monkeypatch, status.customization_jobs)
 
@@ -74,8 +74,9 @@ def test_a_finished_customization_completes_its_output_model(store, monkeypatch)
     assert [log["message"] for log in done["status_details"]["status_logs"]] == ["created", "Completed"]
     assert asked == [([RUN], False), ([RUN], True)]  # a final state is recorded with its history
     model = store.get(customization.MODEL, "model-1")
-    assert model["artifact"] == {"status": "upload_completed", "files_url": "s3://models/ns/out"}
-    assert model["custom_fields"] == {"decision": "promote"}
+    # The version as a Data Store model repo; the store folder beside it.
+    assert model["artifact"] == {"status": "upload_completed", "files_url": "hf://models/ns/out@1"}
+    assert model["custom_fields"] == {"decision": "promote", "published_uri": "s3://models/ns/out/1/"}
     assert store.get(customization.JOB, "cust-1")["status"] == "completed"
     assert status.customization_jobs.refresh(store, Settings(), [done]) == [done] and len(asked) == 2  # not asked again
 
