@@ -28,6 +28,7 @@ from typing import Any
 
 from core.catalog import CustomizationConfig, Target
 from core.settings import Settings
+from core.storage import make_private
 from core.tracking import client
 
 log = logging.getLogger("customizer.mlflow_model")
@@ -161,6 +162,9 @@ def log_chat_model(settings: Settings, run_id: str, folder: str | Path, model_co
             )
             for cache in local.rglob("__pycache__"):  # importing the code to check it leaves these behind
                 shutil.rmtree(cache, ignore_errors=True)
+            # MLflow copies the code file with its mode (world-readable in an install); a local artifact
+            # store keeps the modes it is given, and the data folder holds nothing others may read.
+            make_private(local)
             mlflow_client.log_model_artifacts(model.model_id, str(local))
     except BaseException:
         mlflow_client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)

@@ -78,6 +78,10 @@ def test_the_version_is_a_logged_model_of_the_run_that_pyfunc_loads(trained, tin
     assert model_id in [output.model_id for output in client.get_run(run_id).outputs.model_outputs]
     assert client.get_model_version("test.chat", version.version).run_id == run_id  # what the signed decision names
 
+    # Nothing of the model is readable by others in the data folder (MLflow copies its code file with its mode).
+    stored = [p for p in settings.root.rglob("*") if model_id in str(p) and p.is_file()]
+    assert any(p.name == "chat_model.py" for p in stored) and all(p.stat().st_mode & 0o077 == 0 for p in stored)
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
     model = mlflow.pyfunc.load_model(uri(ADAPTER_MODEL))
     assert model.model_config == {"artifact": "adapter", "base_model": str(tiny_model_dir), "prompt_format": "chat", "max_new_tokens": 128}
