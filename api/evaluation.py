@@ -138,7 +138,7 @@ def _published_folder(settings: Settings, caller: Caller, url: str) -> str:
     if not everyone(caller.namespaces) and namespace not in caller.namespaces:
         raise refuse(loc, url, f"names Data Store namespace {namespace!r}, which the caller may not use")
     try:
-        return published.version_folder(settings, url)
+        return published.version_folder(settings, namespace, name, revision)
     except (StoreError, RegistryUnavailable, UntrustedChampion) as exc:
         raise StoreUnavailable(f"{namespace}/{name}@{revision}: {exc}") from exc
 

@@ -133,16 +133,15 @@ def parse_repo_url(url: str) -> tuple[str, str, str]:
     return namespace, name, revision or "main"
 
 
-def version_folder(settings: Settings, url: str) -> str:
-    """The store folder of the published version a Data Store model repo URL names (its manifest verified).
+def version_folder(settings: Settings, namespace: str, name: str, revision: str) -> str:
+    """The store folder of a published version (its manifest verified), named as a Data Store model
+    repo names it (``parse_repo_url``).
 
     Raises:
-        ValueError: the URL is not a model repo URL.
         NotFound: the model has no published version, or none at the revision.
         deploy.store.StoreError: the store cannot be read, or the version's files do not match its manifest.
         deploy.trust.UntrustedChampion, deploy.registry.RegistryUnavailable: ``main`` cannot be resolved.
     """
-    namespace, name, revision = parse_repo_url(url)
     repo = find(settings, namespace, name, revision)
     if repo is None:
         raise NotFound(f"{namespace}/{name} has no published version")
