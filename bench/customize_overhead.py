@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -96,8 +97,10 @@ def main() -> None:
             client.hello()
         prefect_start = time.perf_counter() - started
 
+        # A job reads files only under the platform's folders: the dataset is uploaded there, as a user's would be.
+        dataset = shutil.copytree(DATASET, settings.root / "uploads" / DATASET.name)
         spec = CustomizationSpec(
-            config=CONFIGS[args.model], dataset=str(DATASET), output_model="bench/overhead",
+            config=CONFIGS[args.model], dataset=str(dataset), output_model="bench/overhead",
             hyperparameters=Hyperparameters(epochs=args.epochs, max_steps=args.max_steps),
             evaluation=EvaluationPlan(limit=args.limit),
         )
