@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev vllm demo test test-fast bench clean
+.PHONY: install install-dev vllm demo test test-fast test-py313 bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -61,9 +61,16 @@ test: install-dev
 test-fast: install-dev
 	$(PY) -m pytest -m unit
 
+# The unit tests on Python 3.13, in a Debian 13 root built under build/py313-root (needs root or
+# sudo, and debootstrap): see .ci/py313.
+test-py313:
+	bash .ci/py313
+
 # Every benchmark into one table (bench/results/); `make bench BENCH_ARGS=--quick` for small sizes.
 bench: install-dev
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
+	@# the Python 3.13 root holds mounts while .ci/py313 runs (proc, the checkout): never delete through them
+	@! grep -q "$(CURDIR)/build/py313-root/" /proc/self/mounts || { echo "build/py313-root has mounts; unmount them first" >&2; exit 1; }
 	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache

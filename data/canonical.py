@@ -124,6 +124,21 @@ def _finite_float(text: str) -> float:
 
 _EXACT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
+# orjson's own nesting limit. The standard decoder's limit depends on the Python version (about
+# 1000 on 3.11, the C stack on 3.12+), so deeper values are refused here for the same verdict on each.
+MAX_NESTING = 1024
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
 
 def parse_exactly(raw: bytes) -> Any:
     """Parse with the standard decoder: integers of any size stay exact, and its messages name the column.
@@ -138,13 +153,17 @@ def parse_exactly(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise BadLine(f"not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the line)") from None
     try:
-        return _EXACT_DECODER.decode(text)
+        value = _EXACT_DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise BadLine(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
         raise BadLine("not valid JSON: nested too deeply") from None
     except ValueError as exc:  # NaN/Infinity, a float overflow, an integer over Python's digit limit
         raise BadLine(f"not valid JSON: {exc}") from None
+    # Counting brackets first keeps the walk off every line that cannot nest that deep.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting(value) > MAX_NESTING:
+        raise BadLine("not valid JSON: nested too deeply")
+    return value
 
 
 def parse_line(raw: bytes) -> tuple[Any, bool]:

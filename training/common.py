@@ -24,6 +24,7 @@ from core.storage import out_of_room
 from training.callbacks import MetricsCallback, MetricSink, ProgressSink, StopCallback
 from core.catalog import CustomizationConfig
 from training.forgetting import ForgettingCallback, ForgettingProbe, is_adapter_model
+from training.precision import lora_sum_in_fp32
 from core.specs import Hyperparameters
 
 log = logging.getLogger("customizer.training")
@@ -359,6 +360,8 @@ def run_trainer(trainer: Any, hp: Hyperparameters, checkpoints: Path, hooks: Hoo
         early = EarlyStoppingCallback(hp.early_stopping.patience, hp.early_stopping.min_delta)
         trainer.add_callback(early)
 
+    if trainer.args.bf16 and is_adapter_model(trainer.model):
+        lora_sum_in_fp32(trainer.model)  # else bf16 rounds early LoRA updates away (training.precision)
     atomic_checkpoints(trainer, checkpoints)
     resume = last_checkpoint(checkpoints)
     if resume:

@@ -3,7 +3,8 @@
 Reads the canonical splits written by ingest, renders each example with the prompt the evaluation
 uses (``data.prompts.render``) and tokenizes it with the function ingest measured it with
 (``data.prompts.tokenize``), so an example ingest accepted, dropped or truncated is exactly what
-training uses. The loss is on the answer tokens only. Validation and checkpoints follow
+training uses. The loss is on the answer tokens only, and on a CPU the logits are computed there
+only (``training.answer_logits``). Validation and checkpoints follow
 ``val_check_interval``; a re-run resumes from the last checkpoint; early stopping keeps the best
 checkpoint.
 """
@@ -19,6 +20,7 @@ from core.settings import Settings
 from core.specs import Hyperparameters
 from data.ingest import Example, IngestedDataset, read_examples
 from data.prompts import render, tokenize
+from training.answer_logits import keep_answer_logits
 from training.common import (
     Hooks,
     TrainingError,
@@ -133,6 +135,8 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=lora_config(hp, config) if hp.uses_lora else None,
     )
+    # On a CPU, the LM head projects only the positions the loss is on (the answers).
+    keep_answer_logits(trainer.model)
     trainable, total = parameter_counts(trainer.model)
     outcome = run_trainer(trainer, hp, checkpoints, hooks, mean_tokens)
     artifact, folder = save_output(trainer, hp, config, work_dir, tokenizer)
