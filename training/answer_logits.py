@@ -24,7 +24,7 @@ import sys
 import types
 from typing import Any
 
-# The switch tests and benchmarks flip to compare with TRL's head on every position.
+# The switch tests flip to compare with TRL's head on every position.
 ENABLED = True
 
 
@@ -87,11 +87,15 @@ def _head_in_fp32(model: Any) -> Any:
             bias = None if head.bias is None else head.bias.float()
             return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
 
+    own = vars(head).get("forward")  # a forward set on the instance (an accelerate hook) comes back after
     head.forward = forward
     try:
         yield
     finally:
-        del head.forward
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
 
 
 def _answer_head(model: Any, fused_forward: Any, args: tuple, kwargs: dict, labels: Any, num_items_in_batch: Any) -> Any:
