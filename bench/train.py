@@ -9,16 +9,20 @@ Each side trains in its own process (so peak memory is its own) for the same num
 the same rendered rows; the sides alternate (bare, best, customizer, bare, ...) over ``--repeats``
 rounds so that a machine busy with other work slows them alike, and medians are reported. Then
 customizer trains in ``auto`` precision (bf16 where the hardware runs it natively, whatever the
-model's config says), then once more in fp32, for the loss parity of the two. Reported: real (non-padding) tokens/s, their ratios, peak
-RSS, final loss, and the share of this machine's matmul peak (measured here, fp32 and bf16) that
-each side reaches with LoRA's ~4N FLOPs per token.
+model's config says), then once more in fp32, for the loss parity of the two. Every side is timed
+from the start of its training to the log of its last step (``StepClock``: not model loading, not
+customizer's validation and checkpoint after the last step). Reported: real (non-padding) tokens/s,
+their ratios, peak RSS, final loss, and the share of this machine's matmul peak (measured here, fp32
+and bf16) that each side reaches with LoRA's ~4N FLOPs per token.
 
 The bare script uses TRL's defaults, except the job's optimisation settings (learning rate, warm-up,
 cosine schedule with its floor, weight decay, seed: with TRL's linear schedule the final losses after
 8 steps differ by ~5% for that reason alone, and equal steps could not mean equal losses) and what
 this hardware needs to run at all: ``use_cpu`` without a GPU, and ``bf16=False`` on a CPU without
-native bf16 (where TRL's default bf16 autocast is emulated and runs orders of magnitude slower). TRL-best adds what TRL offers for speed: bf16 where
-native, padding-free batches (``padding_free=True``: each step's examples flattened into one row, no
+native bf16 (where TRL's default bf16 autocast is emulated and runs orders of magnitude slower).
+TRL-best adds what TRL offers for speed: bf16 where native, no recomputed activations (TRL turns
+gradient checkpointing on by default: memory a small model does not need, for more compute per
+step), padding-free batches (``padding_free=True``: each step's examples flattened into one row, no
 padding tokens, position ids restarting per example), Liger kernels and flash attention where a GPU
 has them installed. It does not pack (``packing=True`` fills rows with more examples than
 ``--batch-size``, so its loss after the same steps is not comparable).
@@ -112,20 +116,44 @@ def side_customizer(work: Path, model: str, steps: int, batch_size: int, precisi
     hp = Hyperparameters(epochs=1, max_steps=steps, batch_size=batch_size, learning_rate=5e-4, log_every_n_steps=1,
                          val_check_interval=steps if finetuning_type == "lora" else steps + 1, early_stopping={"enabled": False},
                          sequence_packing_enabled=packing, finetuning_type=finetuning_type)
-    tokens, times = [], []
+    clock = StepClock()
 
     def sink(name: str, value: float, step: int) -> None:
         if name == "num_tokens":  # cumulative, over every process
-            tokens.append(value)
-            times.append(time.perf_counter())
+            clock.log(value)
 
     started = time.perf_counter()
-    result = train_sft(base.path, data, config, hp, work / "customizer", settings, Hooks(sink=sink))
-    # Steady state: from the end of the first step to the last, without start-up, validation and saving.
-    steady = (tokens[-1] - tokens[0]) / (times[-1] - times[0]) if len(tokens) > 2 else None
-    return {"seconds": result.train_seconds, "wall": time.perf_counter() - started, "tokens": tokens[-1],
-            "steady_tokens_per_second": steady, "final_loss": result.train_loss[-1][1], "params": result.total_parameters,
-            "precision": result.precision}
+    result = train_sft(base.path, data, config, hp, work / "customizer", settings,
+                       Hooks(sink=sink, progress=lambda snapshot: clock.begin()))  # the first snapshot: training begins
+    return {**clock.figures(), "wall": time.perf_counter() - started, "final_loss": result.train_loss[-1][1],
+            "params": result.total_parameters, "precision": result.precision}
+
+
+class StepClock:
+    """The training time every side is timed by: from the start of training to the log of its last
+    step. Model loading and data preparation before it are not counted, nor what a side runs after
+    its last step (customizer's validation, forgetting check and checkpoint, which the TRL scripts do
+    not run). ``steady_tokens_per_second`` leaves out the first step as well (start-up)."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.logs: list[tuple[float, float]] = []  # (seconds since the start, tokens so far)
+
+    def begin(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def log(self, tokens: float) -> None:
+        if self.started is None:
+            raise RuntimeError("a step was logged before training began")
+        self.logs.append((time.perf_counter() - self.started, tokens))
+
+    def figures(self) -> dict:
+        if not self.logs:
+            raise RuntimeError("training logged no tokens")
+        (first, first_tokens), (seconds, tokens) = self.logs[0], self.logs[-1]
+        steady = (tokens - first_tokens) / (seconds - first) if len(self.logs) > 2 else None
+        return {"seconds": seconds, "tokens": tokens, "steady_tokens_per_second": steady}
 
 
 def attention() -> str:
@@ -159,7 +187,8 @@ def side_trl(work: Path, model: str, steps: int, batch_size: int, best: bool = F
     cuda = torch.cuda.is_available()
     if best:
         # Without packing TRL does not truncate padding-free rows: ingest kept only rows under max_seq_length.
-        switches = dict(bf16=bf16_native, padding_free=True, max_length=None, model_init_kwargs={"attn_implementation": attention()},
+        switches = dict(bf16=bf16_native, gradient_checkpointing=False, padding_free=True, max_length=None,
+                        model_init_kwargs={"attn_implementation": attention()},
                         use_liger_kernel=cuda and importlib.util.find_spec("liger_kernel") is not None)
     else:
         switches = {} if cuda or bf16_native else {"bf16": False}
@@ -171,21 +200,23 @@ def side_trl(work: Path, model: str, steps: int, batch_size: int, best: bool = F
     args = SFTConfig(output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=batch_size,
                      logging_steps=1, report_to="none", save_strategy="no", use_cpu=not cuda,
                      **({"max_length": config.max_seq_length} | schedule | switches))
-    seen = []
+    clock, losses = StepClock(), []
 
     class Tokens(TrainerCallback):
+        def on_train_begin(self, a, state, control, **k):
+            clock.begin()
+
         def on_log(self, a, state, control, logs=None, **k):
             if logs and "num_tokens" in logs:
-                seen.append((logs["num_tokens"], logs.get("loss")))
+                clock.log(logs["num_tokens"])
+                losses.append(logs.get("loss"))
 
     trainer = SFTTrainer(model=base.path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora_config(Hyperparameters(), config), callbacks=[Tokens()])
     started = time.perf_counter()
-    output = trainer.train()
-    seconds = time.perf_counter() - started
-    return {"seconds": output.metrics["train_runtime"], "wall": seconds, "tokens": seen[-1][0],
-            "final_loss": [loss for _, loss in seen if loss is not None][-1], "params": sum(p.numel() for p in trainer.model.parameters()),
-            "precision": "bf16-mixed" if args.bf16 else "fp32"}
+    trainer.train()
+    return {**clock.figures(), "wall": time.perf_counter() - started, "final_loss": [loss for loss in losses if loss is not None][-1],
+            "params": sum(p.numel() for p in trainer.model.parameters()), "precision": "bf16-mixed" if args.bf16 else "fp32"}
 
 
 def child(side: str, model: str, steps: int, batch_size: int, out: Path, packing: bool = False, work: Path | None = None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench import report
-from bench.train import no_worse_loss, same_loss
+from bench.train import StepClock, no_worse_loss, same_loss
 
 
 def test_rows_against_both_trl_sides_and_the_parity_of_auto():
@@ -34,3 +34,19 @@ def test_same_loss_is_relative_to_the_reference():
 def test_a_lower_loss_is_no_worse_but_a_higher_one_beyond_2_percent_is():
     assert no_worse_loss(1.5, 2.0) and no_worse_loss(2.03, 2.0)
     assert not no_worse_loss(2.05, 2.0)
+
+
+def test_every_side_is_timed_from_the_start_of_training_to_its_last_step(monkeypatch):
+    now = iter([10.0, 12.0, 13.0, 14.0])  # begin, then three steps' logs
+    monkeypatch.setattr("bench.train.time.perf_counter", lambda: next(now))
+    clock = StepClock()
+    with pytest.raises(RuntimeError, match="logged no tokens"):
+        clock.figures()
+    clock.begin()
+    clock.begin()  # a later progress report does not restart it (no perf_counter read)
+    for tokens in (100.0, 200.0, 300.0):
+        clock.log(tokens)
+    # validation and saving after the last log are not counted; steady leaves the first step out
+    assert clock.figures() == {"seconds": 4.0, "tokens": 300.0, "steady_tokens_per_second": 100.0}
+    with pytest.raises(RuntimeError, match="before training began"):
+        StepClock().log(1.0)
