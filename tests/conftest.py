@@ -27,6 +27,8 @@ os.environ.update(
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # Hypothesis keeps its files here, not in a .hypothesis folder of the checkout (which may be read-only).
+        "HYPOTHESIS_STORAGE_DIRECTORY": str(SESSION_DIR / "hypothesis"),
     }
 )
 for leaked in ("CUSTOMIZER_STORE_URI", "CUSTOMIZER_MLFLOW_TRACKING_URI", "CUSTOMIZER_S3_ENDPOINT_URL", "PREFECT_API_URL"):

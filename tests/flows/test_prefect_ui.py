@@ -62,6 +62,7 @@ def prefect_with_worker(tmp_path, tmp_path_factory):
 
 
 def test_a_run_submitted_from_the_ui_form_with_a_config_and_a_dataset_runs_the_lifecycle(prefect_with_worker, ok_dataset, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     ui, api, logs = prefect_with_worker
@@ -78,8 +79,16 @@ def test_a_run_submitted_from_the_ui_form_with_a_config_and_a_dataset_runs_the_l
 
             field("Config").fill(CONFIG)
             field("Dataset").fill(str(ok_dataset))
+            page.wait_for_load_state("networkidle")  # the form's own calls on input (validation) are done
             page.get_by_role("button", name="Submit").click()
-            page.wait_for_url(re.compile(r".*/deployments/deployment/.*tab=Runs"), timeout=60_000)  # the UI shows the runs
+            try:
+                page.wait_for_url(re.compile(r".*/deployments/deployment/.*tab=Runs"), timeout=60_000)  # the UI shows the runs
+            except PlaywrightTimeout:
+                page.screenshot(path=str(tmp_path / "not-submitted.png"))
+                created = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment["id"]]}}},
+                                     timeout=10).json()
+                pytest.fail(f"the UI stayed on {page.url} for 60 s after Submit ({len(created)} run(s) created); "
+                            f"the page says: {page.inner_text('body')[-1500:]}")
             page.screenshot(path=str(tmp_path / "submitted.png"))
         finally:
             browser.close()

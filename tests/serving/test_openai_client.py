@@ -252,14 +252,20 @@ def test_concurrent_requests_run_together_and_finish_sooner(engine):
             assert list(pool.map(ask, range(8))) == [24] * 8
         return time.perf_counter() - started
 
+    def shared(steps: float) -> bool:
+        if engine.name == "vllm":  # one after another would take at least 8 x 24 steps
+            return 24 <= steps < 96
+        return steps >= 1
+
     ask(0)  # warm: the adapter resident
-    before = _batched(engine)
-    concurrent = together()
-    after = _batched(engine)
-    if engine.name == "vllm":  # one after another would take at least 8 x 24 steps
-        assert 24 <= after - before < 96, (before, after)
-    else:
-        assert after - before >= 1
+    steps = []  # a busy machine can spread the eight arrivals over many steps: tried up to three times
+    for _ in range(3):
+        before = _batched(engine)
+        concurrent = together()
+        steps.append(_batched(engine) - before)
+        if shared(steps[-1]):
+            break
+    assert shared(steps[-1]), steps  # engine steps the eight requests took, per try
     timings = []
     for attempt in range(3):
         if attempt:
