@@ -85,15 +85,13 @@ def test_a_run_submitted_from_the_ui_form_with_a_config_and_a_dataset_runs_the_l
                 page.wait_for_url(re.compile(r".*/deployments/deployment/.*tab=Runs"), timeout=60_000)  # the UI shows the runs
             except PlaywrightTimeout:
                 page.screenshot(path=str(tmp_path / "not-submitted.png"))
-                created = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment["id"]]}}},
-                                     timeout=10).json()
-                pytest.fail(f"the UI stayed on {page.url} for 60 s after Submit ({len(created)} run(s) created); "
+                pytest.fail(f"the UI stayed on {page.url} for 60 s after Submit ({len(_runs(api, deployment['id']))} run(s) created); "
                             f"the page says: {page.inner_text('body')[-1500:]}")
             page.screenshot(path=str(tmp_path / "submitted.png"))
         finally:
             browser.close()
 
-    runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment["id"]]}}}, timeout=10).json()
+    runs = _runs(api, deployment["id"])
     assert len(runs) == 1, runs  # the form created exactly one run
     run, flow_run_id = runs[0], runs[0]["id"]
     assert run["parameters"]["spec"]["config"] == CONFIG and run["parameters"]["spec"]["dataset"] == str(ok_dataset)
@@ -115,6 +113,11 @@ def test_a_run_submitted_from_the_ui_form_with_a_config_and_a_dataset_runs_the_l
     # The lifecycle ran with defaults: output model named after config, dataset and method, trained, gated, registered.
     assert "default/tiny-llama-ok-dataset-lora" in messages or "default.tiny-llama-ok-dataset-lora" in messages, messages[-2000:]
     assert re.search(r"Registered default\.tiny-llama-ok-dataset-lora version 1", messages), messages[-2000:]
+
+
+def _runs(api: str, deployment_id: str) -> list[dict]:
+    """The deployment's flow runs."""
+    return httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment_id]}}}, timeout=10).json()
 
 
 def _run_logs(api: str, flow_run_id: str) -> str:
